@@ -1,0 +1,286 @@
+//! Command-line definitions (clap derive). No logic here: `main.rs` dispatches to
+//! `commands::*`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "backupctl",
+    version,
+    about = "Backup, archival and point-in-time recovery for PostgreSQL",
+    long_about = "Backup, archival and point-in-time recovery for PostgreSQL.\n\n\
+        Runs as a daemon (scheduled backups, verification, retention, partitions, archival), \
+        as PostgreSQL's archive_command/restore_command (wal-push, wal-fetch), and as an \
+        operator CLI. Exit codes: 0 success, 1 failure, 2 bad input or refused request, \
+        3 another run of the same job holds the lock (with --no-wait)."
+)]
+pub struct Cli {
+    /// Configuration file [default: /etc/backupctl/backup.toml, or the embedded default
+    /// when that does not exist]
+    #[arg(long, global = true, env = "BACKUPCTL_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout where the command has output
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less log output (-q warnings and errors only, -qq errors only)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run scheduled jobs from the config (systemd service)
+    Daemon,
+    /// Take a backup now (also the pre-migration hook)
+    Backup(BackupArgs),
+    /// Restore a physical backup with point-in-time recovery, or a logical backup
+    Restore(RestoreArgs),
+    /// Archive one WAL file (PostgreSQL archive_command: wal-push %p)
+    WalPush(WalPushArgs),
+    /// Fetch one WAL file (PostgreSQL restore_command: wal-fetch %f %p)
+    WalFetch(WalFetchArgs),
+    /// List backups and the recoverable window
+    List,
+    /// Show one backup in detail, or the repository summary
+    Info(InfoArgs),
+    /// Prove backups restore: test-restore into scratch clusters, check WAL continuity
+    Verify(VerifyArgs),
+    /// Check configuration, PostgreSQL, archiving and the repository
+    Check(CheckArgs),
+    /// Delete backups and WAL the retention policy no longer keeps
+    Retention(DryRunArgs),
+    /// Create the monthly partitions the [[partitions]] policies ask for
+    Partitions(DryRunArgs),
+    /// Move old rows or partitions into the archive schema per [[archive]] policies
+    Archive(DryRunArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    Physical,
+    Logical,
+    Both,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// What to back up
+    #[arg(long, value_enum, default_value = "physical")]
+    pub kind: KindArg,
+    /// Label stored in the manifest (e.g. pre-migration); labelled backups follow
+    /// retention.labels.<label>
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Logical backups: database to dump (repeatable) [default: logical.databases, or
+    /// every connectable non-template database]
+    #[arg(long = "database", value_name = "NAME")]
+    pub databases: Vec<String>,
+    /// Test-restore the backup before returning (exit non-zero if it fails)
+    #[arg(long, conflicts_with = "no_verify")]
+    pub verify: bool,
+    /// Skip the verification that verify.after_backup would run
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Fail at once (exit 3) if a backup of the same kind is running instead of waiting
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetAction {
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+impl TargetAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetKeyword {
+    Immediate,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Physical restore: data directory to restore into (must be empty or absent)
+    #[arg(long, value_name = "DIR", required_unless_present = "logical")]
+    pub pgdata: Option<PathBuf>,
+    /// Recover up to this time: RFC 3339 or 'YYYY-MM-DD HH:MM:SS+TZ' (a zone is required)
+    #[arg(long, value_name = "TIME", group = "recovery_target")]
+    pub target_time: Option<String>,
+    /// Recover up to this WAL location (e.g. 0/3000028)
+    #[arg(long, value_name = "LSN", group = "recovery_target")]
+    pub target_lsn: Option<String>,
+    /// Recover up to this restore point (pg_create_restore_point; the pre-migration
+    /// hook names them after the backup id)
+    #[arg(long, value_name = "NAME", group = "recovery_target")]
+    pub target_name: Option<String>,
+    /// Stop as soon as the backup is consistent
+    #[arg(long, value_enum, group = "recovery_target")]
+    pub target: Option<TargetKeyword>,
+    /// Physical backup to restore [default: the newest one that can reach the target]
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// What the server does when it reaches the target
+    #[arg(long, value_enum, default_value = "promote")]
+    pub target_action: TargetAction,
+    /// Start PostgreSQL on the restored directory, wait for recovery to finish and
+    /// report the timeline and last replayed commit
+    #[arg(long)]
+    pub start: bool,
+    /// Port for --start [default: 5432]
+    #[arg(long, requires = "start")]
+    pub port: Option<u16>,
+    /// Relocate a tablespace: OLD=NEW (OLD = original location or tablespace OID)
+    #[arg(long = "tablespace-map", value_name = "OLD=NEW")]
+    pub tablespace_map: Vec<String>,
+    /// Logical restore: the logical backup id to restore
+    #[arg(long, value_name = "ID", conflicts_with_all = ["pgdata", "recovery_target", "backup", "start"])]
+    pub logical: Option<String>,
+    /// Logical restore: database to restore into
+    #[arg(long, value_name = "NAME", requires = "logical")]
+    pub dbname: Option<String>,
+    /// Logical restore: which dumped database to take [default: the only one]
+    #[arg(long, value_name = "NAME", requires = "logical")]
+    pub database: Option<String>,
+    /// Logical restore: restore only this table (schema.table; repeatable)
+    #[arg(long = "table", value_name = "TABLE", requires = "logical")]
+    pub tables: Vec<String>,
+    /// Logical restore: create the target database
+    #[arg(long, requires = "logical")]
+    pub create: bool,
+    /// Logical restore: drop existing objects before restoring them
+    #[arg(long, requires = "logical")]
+    pub clean: bool,
+    /// Logical restore: restore roles and tablespaces (pg_dumpall --globals-only)
+    #[arg(long, requires = "logical")]
+    pub globals: bool,
+    /// Logical restore: parallel pg_restore jobs
+    #[arg(long, requires = "logical")]
+    pub jobs: Option<u32>,
+    /// Print what would be done, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// Path of the WAL file (%p), relative to the current directory (PGDATA)
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// WAL file name (%f)
+    pub name: String,
+    /// Where to write it (%p)
+    pub dest: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Backup id [default: repository summary]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup id to verify
+    #[arg(group = "which")]
+    pub id: Option<String>,
+    /// Verify the newest backup of each kind
+    #[arg(long, group = "which")]
+    pub latest: bool,
+    /// Verify every backup
+    #[arg(long, group = "which")]
+    pub all: bool,
+    /// Verify backups taken within this duration (e.g. 7d)
+    #[arg(long, value_name = "DURATION", group = "which")]
+    pub since: Option<String>,
+    /// Check WAL continuity from the oldest kept backup to the newest segment
+    #[arg(long)]
+    pub wal: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Create repo.json for this cluster if the repository is new
+    #[arg(long)]
+    pub init: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DryRunArgs {
+    /// Print exactly what would be done, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_design_subcommand_exists() {
+        let cmd = Cli::command();
+        let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+        for want in [
+            "daemon",
+            "backup",
+            "restore",
+            "wal-push",
+            "wal-fetch",
+            "list",
+            "info",
+            "verify",
+            "check",
+            "retention",
+            "partitions",
+            "archive",
+        ] {
+            assert!(names.contains(&want), "missing subcommand {want}");
+        }
+    }
+
+    #[test]
+    fn restore_targets_are_exclusive() {
+        let r = Cli::try_parse_from([
+            "backupctl",
+            "restore",
+            "--pgdata",
+            "/x",
+            "--target-time",
+            "2026-01-01 00:00:00+00",
+            "--target-lsn",
+            "0/1",
+        ]);
+        assert!(r.is_err());
+    }
+}

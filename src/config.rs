@@ -1,0 +1,956 @@
+//! `backup.toml`: the serde structs, defaults, validation and path resolution.
+//!
+//! Every section denies unknown keys so a typo never silently falls back to a default.
+//! Parsing goes through `serde_path_to_error` so an error names the full key
+//! (`repository.bukket`), and [`Config::validate`] checks what serde cannot (cross-field
+//! rules, cron expressions, durations) with messages that say how to fix the file.
+//!
+//! Relative paths in a config file are resolved against the file's directory; in the
+//! embedded default (no file) against the current directory. After loading, every path
+//! in the struct is absolute, so the config can be handed to PostgreSQL (archive_command,
+//! restore_command) whose working directory is PGDATA.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::UserError;
+
+/// The commented example at the top of the repository, used when no config file exists.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../backup.toml");
+
+/// Local repository root when `repository.path` is not set.
+pub const DEFAULT_LOCAL_REPOSITORY: &str = "/var/lib/backupctl/repo";
+
+/// Default location of the config file (overridden by `--config` / `BACKUPCTL_CONFIG`).
+pub const DEFAULT_PATH: &str = "/etc/backupctl/backup.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub repository: RepositoryConfig,
+    #[serde(default)]
+    pub compression: CompressionConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
+    #[serde(default)]
+    pub logical: LogicalConfig,
+    #[serde(default)]
+    pub restore: RestoreConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+    #[serde(default)]
+    pub partitions: Vec<PartitionPolicy>,
+    #[serde(default)]
+    pub archive: Vec<ArchivePolicy>,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub check: CheckConfig,
+
+    /// Where this config came from: `None` for the embedded default.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// A libpq connection string or URL; the discrete keys below override its parts.
+    pub connection: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub dbname: Option<String>,
+    /// File holding the password (first line). `PGPASSWORD` is used when absent.
+    pub password_file: Option<PathBuf>,
+    pub bin_dir: Option<PathBuf>,
+    pub pgdata: Option<PathBuf>,
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RepositoryType {
+    #[default]
+    Local,
+    S3,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    #[serde(rename = "type", default)]
+    pub kind: RepositoryType,
+    /// Local repository root (local only; default /var/lib/backupctl/repo).
+    pub path: Option<PathBuf>,
+    /// Name of this cluster inside the repository.
+    #[serde(default = "defaults::cluster")]
+    pub cluster: String,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub force_path_style: bool,
+    pub storage_class: Option<String>,
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// Static credentials (optional; the standard AWS chain is used otherwise).
+    pub access_key_id: Option<String>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Multipart part size in MiB (S3 only).
+    #[serde(default = "defaults::part_size_mib")]
+    pub part_size_mib: u64,
+    /// Parts uploaded concurrently per object (S3 only).
+    #[serde(default = "defaults::upload_concurrency")]
+    pub upload_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    #[default]
+    Zstd,
+    Gzip,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConfig {
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// Compression level; `None` = the algorithm's default (zstd 3, gzip 6).
+    pub level: Option<i32>,
+    /// zstd worker threads per stream (0 = compress on the calling thread).
+    #[serde(default)]
+    pub threads: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Parallel copy/compress/upload workers; default = number of CPUs.
+    pub workers: Option<usize>,
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+    /// How long a physical backup waits for its stop segment to reach the repository.
+    #[serde(default = "defaults::archive_timeout", with = "humantime_serde_compat")]
+    pub archive_timeout: Duration,
+    /// Target size of one tar part of a physical backup, in MiB (before compression).
+    #[serde(default = "defaults::tar_part_mib")]
+    pub part_size_mib: u64,
+    /// `pg_backup_start(fast => …)`: request an immediate checkpoint.
+    #[serde(default = "defaults::yes")]
+    pub fast_checkpoint: bool,
+}
+
+impl BackupConfig {
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogicalConfig {
+    /// Databases to dump; empty = every connectable non-template database.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// Include role passwords in the globals dump.
+    #[serde(default)]
+    pub include_passwords: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// Parallel download/extract workers; default = `backup.workers`.
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// IANA time zone the cron expressions are read in.
+    #[serde(default = "defaults::utc")]
+    pub timezone: String,
+    pub physical: Option<String>,
+    pub logical: Option<String>,
+    pub verify: Option<String>,
+    pub retention: Option<String>,
+    pub partitions: Option<String>,
+    pub archive: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    pub keep_last: Option<u32>,
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub keep_within: Option<Duration>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    #[serde(default = "defaults::retention_rule")]
+    pub physical: RetentionRule,
+    #[serde(default = "defaults::retention_rule")]
+    pub logical: RetentionRule,
+    /// Rules for labelled backups, by label (e.g. `[retention.labels.pre-migration]`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, RetentionRule>,
+    /// `"backups"` (keep WAL from the oldest kept physical backup on) or a duration.
+    #[serde(default = "defaults::wal_retention")]
+    pub wal: String,
+    #[serde(
+        default = "defaults::incomplete_after",
+        with = "humantime_serde_compat"
+    )]
+    pub incomplete_after: Duration,
+    #[serde(default)]
+    pub after_backup: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    #[serde(default = "defaults::yes")]
+    pub after_backup: bool,
+    /// Where scratch clusters live; default: a directory under `backup.state_dir`.
+    pub scratch_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub amcheck: bool,
+    /// Longest a verification may run before it is abandoned as failed.
+    #[serde(default = "defaults::verify_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionPolicy {
+    /// `schema.table` of the partitioned parent.
+    pub table: String,
+    #[serde(default = "defaults::monthly")]
+    pub interval: String,
+    #[serde(default = "defaults::premake")]
+    pub premake: u32,
+    #[serde(default = "defaults::utc")]
+    pub timezone: String,
+    /// Database holding the table; default `postgres.dbname`.
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveMode {
+    Rows,
+    Partitions,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnForeignKeys {
+    #[default]
+    Refuse,
+    Ignore,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchivePolicy {
+    pub table: String,
+    #[serde(default = "defaults::created_at")]
+    pub column: String,
+    /// A PostgreSQL interval, e.g. `"6 months"`.
+    pub older_than: String,
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: u32,
+    #[serde(default = "defaults::archive_mode")]
+    pub mode: ArchiveMode,
+    #[serde(default = "defaults::archive_schema")]
+    pub archive_schema: String,
+    #[serde(default)]
+    pub on_foreign_keys: OnForeignKeys,
+    pub database: Option<String>,
+    #[serde(default = "defaults::lock_timeout", with = "humantime_serde_compat")]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+    /// Extra attempts after a failed job run.
+    #[serde(default = "defaults::retry_attempts")]
+    pub retry_attempts: u32,
+    #[serde(default = "defaults::retry_delay", with = "humantime_serde_compat")]
+    pub retry_delay: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Loopback address of the Prometheus endpoint, e.g. `"127.0.0.1:9847"`; absent = off.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    pub webhook_url: Option<String>,
+    pub webhook_url_file: Option<PathBuf>,
+    /// Alert when the newest verified backup is older than this.
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// `error` | `warn` | `info` | `debug` | `trace`, or a tracing filter directive.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    #[serde(default = "defaults::check_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+/// `Default` = what an empty section deserializes to, so the serde attributes are the
+/// one place defaults are written.
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                toml::from_str("").expect("every key of this section has a default")
+            }
+        }
+    )*};
+}
+
+default_from_serde!(
+    Config,
+    PostgresConfig,
+    RepositoryConfig,
+    CompressionConfig,
+    BackupConfig,
+    ScheduleConfig,
+    RetentionConfig,
+    VerifyConfig,
+    DaemonConfig,
+    CheckConfig
+);
+
+mod defaults {
+    use super::RetentionRule;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn cluster() -> String {
+        "main".into()
+    }
+    pub fn part_size_mib() -> u64 {
+        8
+    }
+    pub fn upload_concurrency() -> usize {
+        2
+    }
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from("/var/lib/backupctl/state")
+    }
+    pub fn archive_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn tar_part_mib() -> u64 {
+        1024
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn utc() -> String {
+        "UTC".into()
+    }
+    pub fn retention_rule() -> RetentionRule {
+        RetentionRule {
+            keep_within: Some(Duration::from_secs(30 * 86400)),
+            ..RetentionRule::default()
+        }
+    }
+    pub fn wal_retention() -> String {
+        "backups".into()
+    }
+    pub fn incomplete_after() -> Duration {
+        Duration::from_secs(86400)
+    }
+    pub fn verify_timeout() -> Duration {
+        Duration::from_secs(6 * 3600)
+    }
+    pub fn monthly() -> String {
+        "monthly".into()
+    }
+    pub fn premake() -> u32 {
+        3
+    }
+    pub fn created_at() -> String {
+        "created_at".into()
+    }
+    pub fn batch_size() -> u32 {
+        5000
+    }
+    pub fn archive_mode() -> super::ArchiveMode {
+        super::ArchiveMode::Rows
+    }
+    pub fn archive_schema() -> String {
+        "archive".into()
+    }
+    pub fn lock_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn retry_attempts() -> u32 {
+        2
+    }
+    pub fn retry_delay() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn check_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+/// Durations written as humantime strings (`"30s"`, `"5m"`, `"30d"`, `"1h 30m"`).
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let s = String::deserialize(d)?;
+            super::super::parse_duration(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom)
+        }
+    }
+}
+
+/// Parse a duration like `"30s"`, `"7d"`, `"1h 30m"`; the error says what is accepted.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration {s:?} ({e}); write a number and a unit, e.g. \"30s\", \"15m\", \"12h\", \"30d\"")
+    })
+}
+
+impl Config {
+    /// Load from `path`, or the embedded default when `path` is the default location and
+    /// no file exists there.
+    pub fn load(path: Option<&Path>) -> Result<Config, UserError> {
+        let (text, source) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    UserError::new(format!(
+                        "cannot read config file {}: {e}; pass an existing file with --config or BACKUPCTL_CONFIG",
+                        p.display()
+                    ))
+                })?;
+                (text, Some(p.to_path_buf()))
+            }
+            None => {
+                let p = Path::new(DEFAULT_PATH);
+                match std::fs::read_to_string(p) {
+                    Ok(text) => (text, Some(p.to_path_buf())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        (EMBEDDED_DEFAULT.to_string(), None)
+                    }
+                    Err(e) => {
+                        return Err(UserError::new(format!(
+                            "cannot read config file {}: {e}",
+                            p.display()
+                        )))
+                    }
+                }
+            }
+        };
+        let mut cfg = Self::parse(&text, source.as_deref())?;
+        cfg.source = source
+            .map(|p| std::path::absolute(&p).unwrap_or(p))
+            .map(|p| p.canonicalize().unwrap_or(p));
+        cfg.resolve_paths();
+        cfg.validate()
+            .map_err(|e| UserError::new(format!("{}: {e}", cfg.origin())))?;
+        Ok(cfg)
+    }
+
+    /// Parse TOML text; errors name the file, line and full key.
+    pub fn parse(text: &str, source: Option<&Path>) -> Result<Config, UserError> {
+        let origin = source
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "embedded default config".into());
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| UserError::new(format!("{origin}: {}", one_line_toml_error(&e, text))))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = one_line_toml_error(&inner, text);
+            if key.is_empty() || key == "." {
+                UserError::new(format!("{origin}: {msg}"))
+            } else {
+                UserError::new(format!("{origin}: key `{key}`: {msg}"))
+            }
+        })
+    }
+
+    /// The directory relative paths are resolved against.
+    fn base_dir(&self) -> PathBuf {
+        match &self.source {
+            Some(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            None => std::env::current_dir().unwrap_or_default(),
+        }
+    }
+
+    fn resolve_paths(&mut self) {
+        if self.repository.kind == RepositoryType::Local && self.repository.path.is_none() {
+            self.repository.path = Some(PathBuf::from(DEFAULT_LOCAL_REPOSITORY));
+        }
+        let base = self.base_dir();
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                // components() drops interior `.`: "/etc/./backups" → "/etc/backups".
+                *p = base.join(&*p).components().collect();
+            }
+        };
+        for p in [
+            self.postgres.password_file.as_mut(),
+            self.postgres.bin_dir.as_mut(),
+            self.postgres.pgdata.as_mut(),
+            self.repository.path.as_mut(),
+            self.repository.secret_access_key_file.as_mut(),
+            self.verify.scratch_dir.as_mut(),
+            self.notify.webhook_url_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+        fix(&mut self.backup.state_dir);
+    }
+
+    /// Cross-field checks serde cannot express. Each error names the key and the fix.
+    pub fn validate(&self) -> Result<(), UserError> {
+        let bad = |key: &str, msg: String| Err(UserError::new(format!("key `{key}`: {msg}")));
+        let r = &self.repository;
+        if !valid_cluster_name(&r.cluster) {
+            return bad(
+                "repository.cluster",
+                format!(
+                    "{:?} is not a valid cluster name; use letters, digits, '-', '_' or '.' (not first)",
+                    r.cluster
+                ),
+            );
+        }
+        match r.kind {
+            RepositoryType::Local => {
+                for (key, set) in [
+                    ("repository.bucket", r.bucket.is_some()),
+                    ("repository.prefix", r.prefix.is_some()),
+                    ("repository.endpoint", r.endpoint.is_some()),
+                    ("repository.region", r.region.is_some()),
+                    ("repository.storage_class", r.storage_class.is_some()),
+                    ("repository.sse", r.sse.is_some()),
+                ] {
+                    if set {
+                        return bad(
+                            key,
+                            "only applies to S3 repositories; set repository.type = \"s3\" or remove the key".into(),
+                        );
+                    }
+                }
+            }
+            RepositoryType::S3 => {
+                match &r.bucket {
+                    None => {
+                        return bad(
+                            "repository.bucket",
+                            "required when repository.type = \"s3\"; add bucket = \"my-bucket\""
+                                .into(),
+                        )
+                    }
+                    Some(b) if b.is_empty() || b.contains('/') => {
+                        return bad(
+                            "repository.bucket",
+                            format!("{b:?} is not a bucket name; put folders in repository.prefix"),
+                        )
+                    }
+                    _ => {}
+                }
+                if r.path.is_some() {
+                    return bad(
+                        "repository.path",
+                        "only applies to local repositories; use repository.prefix for S3".into(),
+                    );
+                }
+                if let Some(e) = &r.endpoint {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) {
+                        return bad(
+                            "repository.endpoint",
+                            format!("{e:?} must start with http:// or https://"),
+                        );
+                    }
+                }
+                if let Some(sse) = &r.sse {
+                    if sse != "AES256" && sse != "aws:kms" && sse != "aws:kms:dsse" {
+                        return bad(
+                            "repository.sse",
+                            format!(
+                                "{sse:?} is not one of \"AES256\", \"aws:kms\", \"aws:kms:dsse\""
+                            ),
+                        );
+                    }
+                }
+                if r.secret_access_key_file.is_some() != r.access_key_id.is_some() {
+                    return bad(
+                        "repository.access_key_id",
+                        "access_key_id and secret_access_key_file go together; set both or neither (then the AWS credential chain is used)".into(),
+                    );
+                }
+                if !(5..=5120).contains(&r.part_size_mib) {
+                    return bad(
+                        "repository.part_size_mib",
+                        format!("{} is outside S3's limits; use 5 to 5120", r.part_size_mib),
+                    );
+                }
+            }
+        }
+        if r.upload_concurrency == 0 {
+            return bad("repository.upload_concurrency", "must be at least 1".into());
+        }
+        if let Some(level) = self.compression.level {
+            let range = match self.compression.algorithm {
+                Algorithm::Zstd => -7..=22,
+                Algorithm::Gzip => 0..=9,
+                Algorithm::None => 0..=0,
+            };
+            if !range.contains(&level) {
+                return bad(
+                    "compression.level",
+                    format!(
+                        "{level} is not valid for {:?}; use {} to {}",
+                        self.compression.algorithm,
+                        range.start(),
+                        range.end()
+                    ),
+                );
+            }
+        }
+        if self.backup.workers == Some(0) {
+            return bad("backup.workers", "must be at least 1".into());
+        }
+        if self.backup.part_size_mib == 0 {
+            return bad("backup.part_size_mib", "must be at least 1".into());
+        }
+        if self.schedule.timezone.parse::<chrono_tz::Tz>().is_err() {
+            return bad(
+                "schedule.timezone",
+                format!(
+                    "{:?} is not an IANA time zone; use e.g. \"UTC\" or \"Europe/Berlin\"",
+                    self.schedule.timezone
+                ),
+            );
+        }
+        for (name, expr) in self.schedule.entries() {
+            if let Err(e) = crate::schedule::parse_cron(expr) {
+                return bad(&format!("schedule.{name}"), e);
+            }
+        }
+        if self.retention.wal != "backups" {
+            if let Err(e) = parse_duration(&self.retention.wal) {
+                return bad(
+                    "retention.wal",
+                    format!("must be \"backups\" or a duration: {e}"),
+                );
+            }
+        }
+        for (i, p) in self.partitions.iter().enumerate() {
+            let key = format!("partitions[{i}]");
+            if p.interval != "monthly" {
+                return bad(
+                    &format!("{key}.interval"),
+                    format!("{:?} is not supported; only \"monthly\" is", p.interval),
+                );
+            }
+            if p.timezone.parse::<chrono_tz::Tz>().is_err() {
+                return bad(
+                    &format!("{key}.timezone"),
+                    format!("{:?} is not an IANA time zone", p.timezone),
+                );
+            }
+            if !valid_qualified_name(&p.table) {
+                return bad(
+                    &format!("{key}.table"),
+                    format!("{:?} must be `schema.table` or `table`", p.table),
+                );
+            }
+        }
+        for (i, a) in self.archive.iter().enumerate() {
+            let key = format!("archive[{i}]");
+            if !valid_qualified_name(&a.table) {
+                return bad(
+                    &format!("{key}.table"),
+                    format!("{:?} must be `schema.table` or `table`", a.table),
+                );
+            }
+            if a.batch_size == 0 {
+                return bad(&format!("{key}.batch_size"), "must be at least 1".into());
+            }
+            if a.older_than.trim().is_empty() {
+                return bad(
+                    &format!("{key}.older_than"),
+                    "must be a PostgreSQL interval such as \"6 months\"".into(),
+                );
+            }
+        }
+        if let Some(listen) = &self.metrics.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return bad(
+                    "metrics.listen",
+                    format!("{listen:?} is not an address:port such as \"127.0.0.1:9847\""),
+                );
+            }
+        }
+        if self.notify.webhook_url.is_some() && self.notify.webhook_url_file.is_some() {
+            return bad(
+                "notify.webhook_url_file",
+                "set webhook_url or webhook_url_file, not both".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// A short human description of where the config came from.
+    pub fn origin(&self) -> String {
+        match &self.source {
+            Some(p) => p.display().to_string(),
+            None => "embedded default".into(),
+        }
+    }
+
+    /// The `--config` argument that makes another process (PostgreSQL's archive_command
+    /// or restore_command) see this same configuration, or `None` for the embedded default.
+    pub fn config_arg(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+}
+
+impl ScheduleConfig {
+    /// The configured (job, cron expression) pairs.
+    pub fn entries(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("physical", &self.physical),
+            ("logical", &self.logical),
+            ("verify", &self.verify),
+            ("retention", &self.retention),
+            ("partitions", &self.partitions),
+            ("archive", &self.archive),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+        .collect()
+    }
+}
+
+fn valid_cluster_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn valid_qualified_name(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    (1..=2).contains(&parts.len()) && parts.iter().all(|p| !p.trim().is_empty())
+}
+
+/// A toml error on one line: `line L, column C: message`.
+fn one_line_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let cfg = Config::parse(text, None).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn section_defaults_match_serde_defaults() {
+        let cfg = Config::default();
+        assert_eq!(cfg.postgres.connect_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.schedule.timezone, "UTC");
+        assert_eq!(cfg.repository.cluster, "main");
+        assert!(cfg.verify.after_backup);
+        assert_eq!(
+            cfg.retention.physical.keep_within,
+            Some(Duration::from_secs(30 * 86400))
+        );
+    }
+
+    #[test]
+    fn embedded_default_parses_and_validates() {
+        let cfg = parse(EMBEDDED_DEFAULT).unwrap();
+        assert_eq!(cfg.repository.kind, RepositoryType::Local);
+        assert_eq!(cfg.repository.path.as_deref(), Some(Path::new("./backups")));
+        assert_eq!(cfg.compression.algorithm, Algorithm::Zstd);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err =
+            parse("[repository]\ntype = \"local\"\npath = \"/x\"\nbukket = \"b\"\n").unwrap_err();
+        assert!(err.contains("repository.bukket"), "{err}");
+        assert!(err.contains("unknown field"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = parse("[postgres]\nport = \"five\"\n").unwrap_err();
+        assert!(err.contains("postgres.port"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn missing_bucket_is_named() {
+        let err = parse("[repository]\ntype = \"s3\"\n").unwrap_err();
+        assert!(err.contains("repository.bucket"), "{err}");
+        assert!(err.contains("add bucket"), "{err}");
+    }
+
+    #[test]
+    fn s3_keys_on_local_repository_are_refused() {
+        let err = parse("[repository]\npath = \"/x\"\nbucket = \"b\"\n").unwrap_err();
+        assert!(err.contains("repository.bucket"), "{err}");
+    }
+
+    #[test]
+    fn bad_cron_is_named() {
+        let err =
+            parse("[repository]\npath = \"/x\"\n[schedule]\nphysical = \"0 3 * *\"\n").unwrap_err();
+        assert!(err.contains("schedule.physical"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let err = parse("[repository]\npath = \"/x\"\n[backup]\narchive_timeout = \"soon\"\n")
+            .unwrap_err();
+        assert!(err.contains("backup.archive_timeout"), "{err}");
+        assert!(err.contains("30s"), "{err}");
+    }
+
+    #[test]
+    fn bad_compression_level_is_named() {
+        let err =
+            parse("[repository]\npath = \"/x\"\n[compression]\nalgorithm = \"gzip\"\nlevel = 12\n")
+                .unwrap_err();
+        assert!(err.contains("compression.level"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.toml");
+        std::fs::write(
+            &file,
+            "[repository]\npath = \"repo\"\n[backup]\nstate_dir = \"st\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&file)).unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        assert_eq!(cfg.repository.path.unwrap(), base.join("repo"));
+        assert_eq!(cfg.backup.state_dir, base.join("st"));
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/backup.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/backup.toml"));
+    }
+
+    #[test]
+    fn every_example_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![dir.join("backup.toml")];
+        for entry in std::fs::read_dir(dir.join("config")).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                files.push(p);
+            }
+        }
+        assert!(files.len() >= 3, "expected example configs under config/");
+        for f in files {
+            Config::load(Some(&f)).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! backupctl: backup, archival and point-in-time recovery for PostgreSQL.
+//!
+//! The binary (`main.rs`) is a thin shell over this library so integration tests can
+//! drive the repository, codec and commands directly. See `docs/ARCHITECTURE.md`.
+
+pub mod cli;
+pub mod codec;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod lock;
+pub mod logging;
+pub mod manifest;
+pub mod pg;
+pub mod repo;
+pub mod schedule;
+pub mod transfer;

@@ -1,0 +1,40 @@
+//! The `backupctl` binary: parse the command line, run the command, map errors to exit
+//! codes (see `error.rs`). Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use backupctl::cli::{Cli, Command};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // wal-push/wal-fetch run once per WAL segment: a single-threaded runtime starts faster.
+    let rt = match cli.command {
+        Command::WalPush(_) | Command::WalFetch(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(backupctl::commands::run(cli));
+    // Don't wait for stray blocking tasks (e.g. a stalled upload abandoned on error).
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let (code, message) = backupctl::error::classify(&e);
+            if let Some(m) = message {
+                eprintln!("error: {m}");
+            }
+            ExitCode::from(code.clamp(1, 255) as u8)
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Cron expressions: standard 5-field (minute granularity) or 6-field with seconds.
+//!
+//! tokio-cron-scheduler wants 6 fields, so 5-field expressions get a leading `0` seconds
+//! field. Validation and "next run" both go through croner, the parser the scheduler uses.
+
+use chrono::{DateTime, TimeZone};
+use croner::parser::{CronParser, Seconds};
+
+/// Validate `expr` and return it in the 6-field form the scheduler takes.
+pub fn parse_cron(expr: &str) -> Result<String, String> {
+    let fields = expr.split_whitespace().count();
+    let normalized = match fields {
+        5 => format!("0 {}", expr.trim()),
+        6 => expr.trim().to_string(),
+        _ => {
+            return Err(format!(
+                "{expr:?} has {fields} fields; write 5 (minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\") or 6 with leading seconds"
+            ))
+        }
+    };
+    parser()
+        .parse(&normalized)
+        .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))?;
+    Ok(normalized)
+}
+
+/// The first time strictly after `after` that `expr` (5 or 6 fields) fires.
+pub fn next_run<Tz: TimeZone>(expr: &str, after: &DateTime<Tz>) -> Option<DateTime<Tz>> {
+    let normalized = parse_cron(expr).ok()?;
+    parser()
+        .parse(&normalized)
+        .ok()?
+        .find_next_occurrence(after, false)
+        .ok()
+}
+
+fn parser() -> CronParser {
+    CronParser::builder().seconds(Seconds::Required).build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    #[test]
+    fn five_fields_get_a_seconds_field() {
+        assert_eq!(parse_cron("0 3 * * *").unwrap(), "0 0 3 * * *");
+        assert_eq!(parse_cron("*/5 * * * * *").unwrap(), "*/5 * * * * *");
+    }
+
+    #[test]
+    fn bad_expressions_say_why() {
+        assert!(parse_cron("0 3 * *").unwrap_err().contains("4 fields"));
+        assert!(parse_cron("0 25 * * *").is_err());
+        assert!(parse_cron("").is_err());
+    }
+
+    #[test]
+    fn first_of_month_at_two() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 31, 12, 0, 0).unwrap();
+        let next = next_run("0 2 1 * *", &now).unwrap();
+        assert_eq!(next, Utc.with_ymd_and_hms(2026, 2, 1, 2, 0, 0).unwrap());
+    }
+
+    #[test]
+    fn time_zone_is_respected() {
+        let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+        let now = tz.with_ymd_and_hms(2026, 3, 28, 12, 0, 0).unwrap();
+        let next = next_run("0 3 * * *", &now).unwrap();
+        // 03:00 Berlin on the day clocks go forward is CEST (UTC+2).
+        assert_eq!(
+            next.with_timezone(&Utc),
+            Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 0).unwrap()
+        );
+    }
+}
