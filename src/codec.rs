@@ -1,0 +1,363 @@
+//! Compression (zstd, gzip, none) and SHA-256 of the stored bytes, as streaming adapters.
+//!
+//! Everything here is synchronous `Read`/`Write` and runs on blocking threads: compression
+//! is CPU work, and the tar and pg_dump producers are synchronous too. The async side
+//! (repository I/O) meets these adapters in [`crate::transfer`]. Memory per stream is the
+//! codec's window plus fixed buffers, independent of the input size.
+
+use std::io::{self, BufRead, Read, Write};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+pub use crate::config::Algorithm;
+use crate::config::CompressionConfig;
+
+/// A compression algorithm and level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Codec {
+    pub algorithm: Algorithm,
+    pub level: i32,
+    /// zstd worker threads (0 = on the calling thread).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub threads: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Codec {
+    pub const NONE: Codec = Codec {
+        algorithm: Algorithm::None,
+        level: 0,
+        threads: 0,
+    };
+
+    pub fn from_config(c: &CompressionConfig) -> Codec {
+        let level = c.level.unwrap_or(match c.algorithm {
+            Algorithm::Zstd => 3,
+            Algorithm::Gzip => 6,
+            Algorithm::None => 0,
+        });
+        Codec {
+            algorithm: c.algorithm,
+            level,
+            threads: c.threads,
+        }
+    }
+
+    /// The object-name suffix, including the dot (`".zst"`), or `""` for none.
+    pub fn suffix(&self) -> &'static str {
+        suffix(self.algorithm)
+    }
+
+    /// Wrap `w` so that what is written to the result reaches `w` compressed.
+    pub fn encoder<W: Write>(&self, w: W) -> io::Result<Encoder<W>> {
+        Ok(match self.algorithm {
+            Algorithm::Zstd => {
+                let mut e = zstd::Encoder::new(w, self.level)?;
+                e.include_checksum(true)?;
+                if self.threads > 0 {
+                    e.multithread(self.threads)?;
+                }
+                Encoder::Zstd(e)
+            }
+            Algorithm::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                w,
+                flate2::Compression::new(self.level as u32),
+            )),
+            Algorithm::None => Encoder::None(w),
+        })
+    }
+}
+
+/// The object-name suffix for `algorithm`.
+pub fn suffix(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::Zstd => ".zst",
+        Algorithm::Gzip => ".gz",
+        Algorithm::None => "",
+    }
+}
+
+/// The algorithm an object name's suffix says it is stored with.
+pub fn algorithm_of(name: &str) -> Algorithm {
+    if name.ends_with(".zst") {
+        Algorithm::Zstd
+    } else if name.ends_with(".gz") {
+        Algorithm::Gzip
+    } else {
+        Algorithm::None
+    }
+}
+
+/// A compressing writer; call [`Encoder::finish`] to write the trailer.
+pub enum Encoder<W: Write> {
+    Zstd(zstd::Encoder<'static, W>),
+    Gzip(flate2::write::GzEncoder<W>),
+    None(W),
+}
+
+impl<W: Write> Encoder<W> {
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Zstd(e) => e.finish(),
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::None(mut w) => {
+                w.flush()?;
+                Ok(w)
+            }
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Zstd(e) => e.write(buf),
+            Encoder::Gzip(e) => e.write(buf),
+            Encoder::None(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Zstd(e) => e.flush(),
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::None(w) => w.flush(),
+        }
+    }
+}
+
+/// A decompressing reader over a buffered source.
+pub enum Decoder<R: BufRead> {
+    Zstd(zstd::Decoder<'static, R>),
+    Gzip(flate2::bufread::MultiGzDecoder<R>),
+    None(R),
+}
+
+impl<R: BufRead> Decoder<R> {
+    pub fn new(algorithm: Algorithm, r: R) -> io::Result<Self> {
+        Ok(match algorithm {
+            Algorithm::Zstd => Decoder::Zstd(zstd::Decoder::with_buffer(r)?),
+            Algorithm::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(r)),
+            Algorithm::None => Decoder::None(r),
+        })
+    }
+
+    pub fn into_inner(self) -> R {
+        match self {
+            Decoder::Zstd(d) => d.finish(),
+            Decoder::Gzip(d) => d.into_inner(),
+            Decoder::None(r) => r,
+        }
+    }
+}
+
+impl<R: BufRead> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Zstd(d) => d.read(buf),
+            Decoder::Gzip(d) => d.read(buf),
+            Decoder::None(r) => r.read(buf),
+        }
+    }
+}
+
+/// SHA-256 (lowercase hex) and length of a byte stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest {
+            sha256: hex::encode(Sha256::digest(bytes)),
+            size: bytes.len() as u64,
+        }
+    }
+}
+
+/// Passes writes through to `inner`, hashing and counting them.
+pub struct HashWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<W: Write> HashWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    pub fn finish(self) -> (W, Digest) {
+        let digest = Digest {
+            sha256: hex::encode(self.hasher.finalize()),
+            size: self.size,
+        };
+        (self.inner, digest)
+    }
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Passes reads through from `inner`, hashing and counting them.
+pub struct HashReader<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<R: Read> HashReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashReader {
+            inner,
+            hasher: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    /// Read whatever is left (so the digest covers the whole stream), then return it.
+    pub fn drain_and_finish(mut self) -> io::Result<Digest> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok(Digest {
+            sha256: hex::encode(self.hasher.finalize()),
+            size: self.size,
+        })
+    }
+}
+
+impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// Counts bytes written through it.
+pub struct CountingWriter<W> {
+    pub inner: W,
+    pub count: u64,
+}
+
+impl<W: Write> CountingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        CountingWriter { inner, count: 0 }
+    }
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Compress `data` into memory (for small objects such as WAL segments), returning the
+/// stored bytes and their digest.
+pub fn compress_to_vec(codec: &Codec, data: &[u8]) -> io::Result<(Vec<u8>, Digest)> {
+    let mut enc = codec.encoder(HashWriter::new(Vec::with_capacity(data.len() / 3 + 1024)))?;
+    enc.write_all(data)?;
+    let (out, digest) = enc.finish()?.finish();
+    Ok((out, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codecs() -> Vec<Codec> {
+        vec![
+            Codec {
+                algorithm: Algorithm::Zstd,
+                level: 3,
+                threads: 0,
+            },
+            Codec {
+                algorithm: Algorithm::Zstd,
+                level: 1,
+                threads: 2,
+            },
+            Codec {
+                algorithm: Algorithm::Gzip,
+                level: 6,
+                threads: 0,
+            },
+            Codec::NONE,
+        ]
+    }
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i * 31) % 251) as u8 ^ (i >> 12) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn round_trip_every_codec() {
+        let data = sample(3 << 20);
+        for codec in codecs() {
+            let (stored, digest) = compress_to_vec(&codec, &data).unwrap();
+            assert_eq!(digest, Digest::of(&stored));
+            let mut hr = HashReader::new(&stored[..]);
+            let mut out = Vec::new();
+            {
+                let mut dec = Decoder::new(codec.algorithm, io::BufReader::new(&mut hr)).unwrap();
+                dec.read_to_end(&mut out).unwrap();
+            }
+            assert_eq!(out, data, "{codec:?}");
+            assert_eq!(hr.drain_and_finish().unwrap(), digest);
+        }
+    }
+
+    #[test]
+    fn corruption_is_detected_by_zstd_and_gzip() {
+        let data = sample(1 << 20);
+        for codec in codecs()
+            .into_iter()
+            .filter(|c| c.algorithm != Algorithm::None)
+        {
+            let (mut stored, _) = compress_to_vec(&codec, &data).unwrap();
+            let mid = stored.len() / 2;
+            stored[mid] ^= 0x40;
+            let mut out = Vec::new();
+            let res = Decoder::new(codec.algorithm, &stored[..])
+                .unwrap()
+                .read_to_end(&mut out);
+            assert!(
+                res.is_err() || out != data,
+                "{codec:?} missed a flipped byte"
+            );
+        }
+    }
+
+    #[test]
+    fn suffixes_round_trip() {
+        for codec in codecs() {
+            let name = format!("000000010000000000000001{}", codec.suffix());
+            assert_eq!(algorithm_of(&name), codec.algorithm);
+        }
+    }
+}

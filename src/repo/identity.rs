@@ -1,0 +1,117 @@
+//! `repo.json`: which PostgreSQL cluster a repository belongs to.
+//!
+//! Created on first use (or by `backupctl check --init`); afterwards every wal-push and
+//! backup compares the cluster's system identifier with it, so WAL from two clusters can
+//! never mix in one repository.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{layout, PutOptions, RepoError, Repository};
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoIdentity {
+    pub format: u32,
+    /// Kept as a string: JSON numbers lose precision above 2^53.
+    pub system_identifier: String,
+    pub pg_major: u32,
+    pub wal_segment_size: u64,
+    pub created: DateTime<Utc>,
+}
+
+impl RepoIdentity {
+    pub fn new(system_identifier: u64, pg_major: u32, wal_segment_size: u64) -> Self {
+        RepoIdentity {
+            format: FORMAT,
+            system_identifier: system_identifier.to_string(),
+            pg_major,
+            wal_segment_size,
+            created: Utc::now(),
+        }
+    }
+
+    pub async fn load(repo: &dyn Repository) -> anyhow::Result<Option<RepoIdentity>> {
+        match repo.get_bytes(layout::REPO_JSON).await {
+            Ok(bytes) => {
+                let id: RepoIdentity = serde_json::from_slice(&bytes).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}/{} is not valid: {e}",
+                        repo.describe(),
+                        layout::REPO_JSON
+                    )
+                })?;
+                if id.format > FORMAT {
+                    return Err(crate::user_error!(
+                        "repository {} has format {}, this backupctl understands up to {FORMAT}; upgrade backupctl",
+                        repo.describe(),
+                        id.format
+                    ));
+                }
+                Ok(Some(id))
+            }
+            Err(RepoError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Make sure the repository belongs to the cluster with `system_identifier`,
+    /// creating `repo.json` when the repository is new.
+    pub async fn ensure(
+        repo: &dyn Repository,
+        system_identifier: u64,
+        pg_major: u32,
+        wal_segment_size: u64,
+    ) -> anyhow::Result<RepoIdentity> {
+        if let Some(existing) = Self::load(repo).await? {
+            existing.check(repo, system_identifier)?;
+            return Ok(existing);
+        }
+        let new = RepoIdentity::new(system_identifier, pg_major, wal_segment_size);
+        let body = serde_json::to_vec_pretty(&new)?;
+        match repo
+            .put_bytes(
+                layout::REPO_JSON,
+                body,
+                PutOptions {
+                    if_absent: true,
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(repository = %repo.describe(), system_identifier, "initialised repository");
+                Ok(new)
+            }
+            // Another process initialised it first: compare with what it wrote.
+            Err(RepoError::AlreadyExists { .. }) => {
+                let existing = Self::load(repo)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("repo.json vanished while initialising"))?;
+                existing.check(repo, system_identifier)?;
+                Ok(existing)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Fail unless this repository belongs to `system_identifier`.
+    pub fn check(&self, repo: &dyn Repository, system_identifier: u64) -> anyhow::Result<()> {
+        if self.system_identifier != system_identifier.to_string() {
+            return Err(crate::user_error!(
+                "repository {} belongs to the cluster with system identifier {}, but this cluster's is {}; \
+                 give each cluster its own repository.cluster name (or path/prefix)",
+                repo.describe(),
+                self.system_identifier,
+                system_identifier
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn system_identifier(&self) -> u64 {
+        self.system_identifier.parse().unwrap_or(0)
+    }
+}

@@ -1,0 +1,115 @@
+//! Object key naming: the one place that knows the repository's layout.
+//!
+//! ```text
+//! repo.json                                   cluster identity (system identifier, version)
+//! wal/<TLI+LOG 16 hex>/<segment>[.zst|.gz]    WAL segments, .partial and .backup files
+//! wal/<TLI 8 hex>.history                     timeline history files (uncompressed)
+//! backups/<backup-id>/manifest.json           written last: present = backup complete
+//! backups/<backup-id>/<object>                data objects listed in the manifest
+//! ```
+
+use crate::codec::{self, Algorithm};
+use crate::pg::wal::{classify, WalFileKind};
+
+pub const REPO_JSON: &str = "repo.json";
+pub const WAL_PREFIX: &str = "wal/";
+pub const BACKUPS_PREFIX: &str = "backups/";
+pub const MANIFEST: &str = "manifest.json";
+
+pub fn backup_prefix(id: &str) -> String {
+    format!("{BACKUPS_PREFIX}{id}/")
+}
+
+pub fn manifest_key(id: &str) -> String {
+    format!("{BACKUPS_PREFIX}{id}/{MANIFEST}")
+}
+
+pub fn backup_object_key(id: &str, name: &str) -> String {
+    format!("{BACKUPS_PREFIX}{id}/{name}")
+}
+
+/// The backup id a key under `backups/` belongs to.
+pub fn backup_id_of(key: &str) -> Option<&str> {
+    key.strip_prefix(BACKUPS_PREFIX)?.split('/').next()
+}
+
+/// Key of a WAL file without its compression suffix, or `None` for a name PostgreSQL
+/// would never archive.
+pub fn wal_key_base(file_name: &str) -> Option<String> {
+    match classify(file_name)? {
+        WalFileKind::TimelineHistory => Some(format!("{WAL_PREFIX}{file_name}")),
+        _ => Some(format!("{WAL_PREFIX}{}/{file_name}", &file_name[..16])),
+    }
+}
+
+/// Key of a WAL file stored with `algorithm`. History files are always stored as they
+/// are: they are tiny and operators read them.
+pub fn wal_key(file_name: &str, algorithm: Algorithm) -> Option<String> {
+    let base = wal_key_base(file_name)?;
+    Some(match classify(file_name)? {
+        WalFileKind::TimelineHistory => base,
+        _ => format!("{base}{}", codec::suffix(algorithm)),
+    })
+}
+
+/// The WAL file name and storage algorithm of a key under `wal/`.
+pub fn parse_wal_key(key: &str) -> Option<(String, Algorithm)> {
+    let name = key.rsplit('/').next()?;
+    let algorithm = codec::algorithm_of(name);
+    let file = name
+        .strip_suffix(codec::suffix(algorithm))
+        .filter(|_| algorithm != Algorithm::None)
+        .unwrap_or(name);
+    wal_key_base(file)
+        .filter(|b| key.starts_with(b.as_str()))
+        .map(|_| (file.to_string(), algorithm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_keys() {
+        assert_eq!(
+            wal_key("000000010000000A000000FF", Algorithm::Zstd).unwrap(),
+            "wal/000000010000000A/000000010000000A000000FF.zst"
+        );
+        assert_eq!(
+            wal_key("000000010000000000000002.00000028.backup", Algorithm::Gzip).unwrap(),
+            "wal/0000000100000000/000000010000000000000002.00000028.backup.gz"
+        );
+        assert_eq!(
+            wal_key("00000002.history", Algorithm::Zstd).unwrap(),
+            "wal/00000002.history"
+        );
+        assert_eq!(wal_key("../../etc/passwd", Algorithm::Zstd), None);
+    }
+
+    #[test]
+    fn wal_keys_parse_back() {
+        for (name, alg) in [
+            ("000000010000000A000000FF", Algorithm::Zstd),
+            ("000000010000000A000000FF.partial", Algorithm::Gzip),
+            ("000000010000000A000000FF", Algorithm::None),
+            ("00000003.history", Algorithm::None),
+        ] {
+            let key = wal_key(name, alg).unwrap();
+            assert_eq!(parse_wal_key(&key), Some((name.to_string(), alg)), "{key}");
+        }
+        assert_eq!(parse_wal_key("wal/0000000100000000/garbage"), None);
+    }
+
+    #[test]
+    fn backup_keys() {
+        let id = "20261122T101500Z-physical";
+        assert_eq!(
+            manifest_key(id),
+            "backups/20261122T101500Z-physical/manifest.json"
+        );
+        assert_eq!(
+            backup_id_of(&backup_object_key(id, "base.0.tar.zst")),
+            Some(id)
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! The repository: where every artifact lives. One trait, two backends.
+//!
+//! Keys are relative to the cluster's root (`<path or prefix>/<cluster>/`) and use `/`
+//! separators: `repo.json`, `wal/…`, `backups/<id>/…` (see [`layout`]). A backend knows
+//! nothing of backups or WAL; it stores named byte streams durably and atomically:
+//! an object is either absent or complete, never partly visible. Bodies are streams so
+//! memory never grows with object size.
+
+pub mod identity;
+pub mod layout;
+pub mod local;
+pub mod s3;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncRead;
+
+use crate::config::{Config, RepositoryType};
+
+/// A streaming object body.
+pub type BodyReader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// What a put should do besides storing bytes.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Small string metadata stored with the object (S3 user metadata; a sidecar locally).
+    pub metadata: BTreeMap<String, String>,
+    /// Fail with [`RepoError::AlreadyExists`] instead of replacing an existing object.
+    pub if_absent: bool,
+}
+
+/// What the repository knows about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    /// Stored size in bytes.
+    pub size: u64,
+    pub last_modified: Option<DateTime<Utc>>,
+    /// Filled by `head` and `get`; empty in listings.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An object being read.
+pub struct GetObject {
+    pub meta: ObjectMeta,
+    pub body: BodyReader,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("object {key} not found in the repository")]
+    NotFound { key: String },
+    #[error("object {key} already exists in the repository")]
+    AlreadyExists { key: String },
+    #[error("{op} {key}")]
+    Io {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} {key}: {message}")]
+    Remote {
+        op: &'static str,
+        key: String,
+        message: String,
+        transient: bool,
+    },
+}
+
+impl RepoError {
+    /// Worth retrying: the same request may succeed later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RepoError::Remote { transient, .. } => *transient,
+            RepoError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RepoError::NotFound { .. })
+    }
+
+    pub fn io(op: &'static str, key: &str, source: std::io::Error) -> RepoError {
+        RepoError::Io {
+            op,
+            key: key.to_string(),
+            source,
+        }
+    }
+}
+
+pub type RepoResult<T> = Result<T, RepoError>;
+
+/// One storage backend. Implementations must make `put` atomic (readers see the old
+/// object or the complete new one) and durable when it returns `Ok`.
+#[async_trait]
+pub trait Repository: Send + Sync {
+    /// Where the repository is, for messages: `/var/lib/backupctl/repo/main` or
+    /// `s3://bucket/prefix/main`.
+    fn describe(&self) -> String;
+
+    /// Store `body` under `key`; returns the number of bytes stored.
+    async fn put(&self, key: &str, body: BodyReader, opts: PutOptions) -> RepoResult<u64>;
+
+    /// Open `key` for reading.
+    async fn get(&self, key: &str) -> RepoResult<GetObject>;
+
+    /// Size and metadata of `key`, or `None` when absent.
+    async fn head(&self, key: &str) -> RepoResult<Option<ObjectMeta>>;
+
+    /// Every object whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> RepoResult<Vec<ObjectMeta>>;
+
+    /// Remove `key`; removing an absent key succeeds.
+    async fn delete(&self, key: &str) -> RepoResult<()>;
+
+    /// Remove many keys (backends may batch).
+    async fn delete_many(&self, keys: &[String]) -> RepoResult<()> {
+        for k in keys {
+            self.delete(k).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove leftovers of uploads that never finished (temp files of a killed process,
+    /// S3 multipart uploads never completed or aborted) older than `older_than`.
+    /// Returns how many were removed.
+    async fn cleanup_incomplete(&self, older_than: Duration) -> RepoResult<usize>;
+
+    /// Store a small in-memory object.
+    async fn put_bytes(&self, key: &str, bytes: Vec<u8>, opts: PutOptions) -> RepoResult<u64> {
+        self.put(key, Box::new(std::io::Cursor::new(bytes)), opts)
+            .await
+    }
+
+    /// Read a whole (small) object into memory.
+    async fn get_bytes(&self, key: &str) -> RepoResult<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut obj = self.get(key).await?;
+        let mut buf = Vec::with_capacity(obj.meta.size as usize);
+        obj.body
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| RepoError::io("read", key, e))?;
+        Ok(buf)
+    }
+}
+
+/// Open the repository the config describes.
+pub async fn open(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
+    let r = &cfg.repository;
+    Ok(match r.kind {
+        RepositoryType::Local => {
+            let path = r
+                .path
+                .as_ref()
+                .expect("resolved at load: local repository has a path");
+            Arc::new(local::LocalRepository::new(path.join(&r.cluster)))
+        }
+        RepositoryType::S3 => Arc::new(s3::S3Repository::from_config(r).await?),
+    })
+}
+
+/// Run `op` until it succeeds, fails permanently, or `attempts` are used up, sleeping
+/// with jittered exponential backoff (full jitter, 100 ms base, 10 s cap) in between.
+pub async fn retry<T, F, Fut>(what: &str, attempts: u32, mut op: F) -> RepoResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = RepoResult<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && attempt < attempts => {
+                let cap = Duration::from_millis(100 * (1u64 << attempt.min(7)))
+                    .min(Duration::from_secs(10));
+                let sleep = cap.mul_f64(fastrand::f64());
+                tracing::warn!(error = %e, attempt, "{what} failed, retrying in {sleep:?}");
+                tokio::time::sleep(sleep).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Attempts per repository request (the first try plus retries).
+pub const ATTEMPTS: u32 = 5;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn transient() -> RepoError {
+        RepoError::Remote {
+            op: "put",
+            key: "k".into(),
+            message: "503".into(),
+            transient: true,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_retries_transient_errors_then_succeeds() {
+        let calls = AtomicU32::new(0);
+        let v = retry("op", 5, || async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(transient())
+            } else {
+                Ok(7)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(v, 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_gives_up_after_attempts() {
+        let calls = AtomicU32::new(0);
+        let r: RepoResult<()> = retry("op", 3, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(transient())
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn retry_does_not_retry_permanent_errors() {
+        let calls = AtomicU32::new(0);
+        let r: RepoResult<()> = retry("op", 5, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(RepoError::NotFound { key: "k".into() })
+        })
+        .await;
+        assert!(r.unwrap_err().is_not_found());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,432 @@
+//! Streaming between synchronous producers/consumers (tar builders, pg_dump pipes, files)
+//! and the asynchronous repository, with compression and SHA-256 on the way.
+//!
+//! Upload: the producer runs on a blocking thread and writes plain bytes into
+//! `CountingWriter → Encoder → HashWriter → ChannelWriter`; a bounded channel of fixed-size
+//! chunks carries them to `Repository::put`. The stream ends only with an explicit end
+//! marker, so a producer that fails or panics can never commit a truncated object: the
+//! put sees an error and aborts.
+//!
+//! Download: `Repository::get` → `SyncIoBridge` → `HashReader` → `Decoder` → consumer on
+//! a blocking thread; afterwards the rest of the object is drained so the digest covers
+//! every stored byte, and it is compared with the manifest's.
+
+use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::codec::{Algorithm, Codec, CountingWriter, Decoder, Digest, HashReader, HashWriter};
+use crate::repo::{PutOptions, Repository};
+
+const CHUNK: usize = 256 << 10;
+const CHANNEL_DEPTH: usize = 8;
+const READ_BUFFER: usize = 256 << 10;
+
+enum Msg {
+    Data(Bytes),
+    End,
+}
+
+/// Blocking-side sender of an upload stream.
+struct ChannelWriter {
+    tx: mpsc::Sender<Msg>,
+    buf: BytesMut,
+}
+
+impl ChannelWriter {
+    fn send(&mut self, msg: Msg) -> io::Result<()> {
+        self.tx
+            .blocking_send(msg)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the repository upload stopped"))
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.flush()?;
+        self.send(Msg::End)
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            let chunk = self.buf.split().freeze();
+            self.buf.reserve(CHUNK);
+            self.send(Msg::Data(chunk))?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = self.buf.split().freeze();
+            self.send(Msg::Data(chunk))?;
+        }
+        Ok(())
+    }
+}
+
+/// Async-side receiver of an upload stream.
+struct ChannelReader {
+    rx: mpsc::Receiver<Msg>,
+    cur: Bytes,
+    ended: bool,
+}
+
+impl AsyncRead for ChannelReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.cur.is_empty() {
+                let n = self.cur.len().min(out.remaining());
+                out.put_slice(&self.cur.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Msg::Data(b))) => self.cur = b,
+                Poll::Ready(Some(Msg::End)) => self.ended = true,
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the data source stopped before finishing",
+                    )))
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// An object written by [`put_stream`].
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub key: String,
+    /// Digest of the stored (compressed) bytes.
+    pub stored: Digest,
+    /// Bytes the producer wrote (before compression).
+    pub size: u64,
+}
+
+/// Store what `produce` writes under `key`, compressed with `codec`. `produce` runs on a
+/// blocking thread; its error (or panic) fails the upload, which then leaves no object.
+pub async fn put_stream<T, F>(
+    repo: &Arc<dyn Repository>,
+    key: &str,
+    codec: Codec,
+    opts: PutOptions,
+    produce: F,
+) -> anyhow::Result<(Stored, T)>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Write) -> anyhow::Result<T> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let producer = tokio::task::spawn_blocking(move || -> anyhow::Result<(T, u64, Digest)> {
+        let cw = ChannelWriter {
+            tx,
+            buf: BytesMut::with_capacity(CHUNK),
+        };
+        let mut enc = codec.encoder(HashWriter::new(cw))?;
+        let mut counting = CountingWriter::new(&mut enc);
+        let value = produce(&mut counting)?;
+        let raw = counting.count;
+        let (cw, digest) = enc.finish()?.finish();
+        cw.finish()?;
+        Ok((value, raw, digest))
+    });
+    let reader = ChannelReader {
+        rx,
+        cur: Bytes::new(),
+        ended: false,
+    };
+    let (uploaded, produced) = tokio::join!(repo.put(key, Box::new(reader), opts), producer);
+    let produced = match produced {
+        Ok(r) => r,
+        Err(e) => return Err(anyhow::anyhow!("writer of {key} panicked: {e}")),
+    };
+    match (produced, uploaded) {
+        (Ok((value, size, stored)), Ok(_)) => Ok((
+            Stored {
+                key: key.to_string(),
+                stored,
+                size,
+            },
+            value,
+        )),
+        // The producer only saw the channel close: the upload's error is the cause.
+        (Err(p), Err(u)) if is_broken_pipe(&p) => Err(u.into()),
+        (Err(p), _) => Err(p),
+        (Ok(_), Err(u)) => Err(u.into()),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// A stored object whose bytes do not match the digest the manifest (or metadata) gives.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "object {key} failed its checksum: the stored bytes have sha256 {actual} ({actual_size} bytes), \
+     expected {expected} ({expected_size} bytes); the object is corrupt or was replaced"
+)]
+pub struct ChecksumMismatch {
+    pub key: String,
+    pub expected: String,
+    pub expected_size: u64,
+    pub actual: String,
+    pub actual_size: u64,
+}
+
+/// Read object `key` stored with `algorithm`, handing the decompressed stream to
+/// `consume` on a blocking thread. With `expected`, every stored byte is checked against
+/// it; a mismatch is reported (as [`ChecksumMismatch`]) in preference to whatever error
+/// the corrupt bytes caused downstream.
+pub async fn get_stream<T, F>(
+    repo: &Arc<dyn Repository>,
+    key: &str,
+    algorithm: Algorithm,
+    expected: Option<Digest>,
+    consume: F,
+) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Read) -> anyhow::Result<T> + Send + 'static,
+{
+    let obj = repo.get(key).await?;
+    let handle = tokio::runtime::Handle::current();
+    let key = key.to_string();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<T> {
+        let bridge = tokio_util::io::SyncIoBridge::new_with_handle(obj.body, handle);
+        let hashing = HashReader::new(bridge);
+        let mut dec = Decoder::new(algorithm, BufReader::with_capacity(READ_BUFFER, hashing))
+            .with_context(|| format!("start decompressing {key}"))?;
+        let result = consume(&mut dec).and_then(|v| {
+            // Read to the end so trailing frames and their checks are seen.
+            io::copy(&mut dec, &mut io::sink())?;
+            Ok(v)
+        });
+        let digest = dec.into_inner().into_inner().drain_and_finish();
+        if let Some(exp) = expected {
+            match digest {
+                Ok(d) if d == exp => {}
+                Ok(d) => {
+                    return Err(ChecksumMismatch {
+                        key,
+                        expected: exp.sha256,
+                        expected_size: exp.size,
+                        actual: d.sha256,
+                        actual_size: d.size,
+                    }
+                    .into())
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::from(e).context(format!("read {key}")));
+                }
+            }
+        }
+        result.with_context(|| format!("read {key}"))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("reader panicked: {e}"))?
+}
+
+/// Download `key` into `dest` atomically: a temp file beside it, fsynced, then renamed.
+/// Returns the decompressed size.
+pub async fn get_to_file(
+    repo: &Arc<dyn Repository>,
+    key: &str,
+    algorithm: Algorithm,
+    expected: Option<Digest>,
+    dest: &Path,
+) -> anyhow::Result<u64> {
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let dest = dest.to_path_buf();
+    let tmp = tempfile::Builder::new()
+        .prefix(".backupctl-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("create a temp file in {}", dir.display()))?;
+    let file = tmp.as_file().try_clone()?;
+    let size = get_stream(repo, key, algorithm, expected, move |r| {
+        let mut w = io::BufWriter::with_capacity(READ_BUFFER, file);
+        let n = io::copy(r, &mut w)?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(n)
+    })
+    .await?;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        tmp.persist(&dest)
+            .with_context(|| format!("rename into {}", dest.display()))?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(())
+    })
+    .await??;
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::local::LocalRepository;
+
+    fn repo() -> (tempfile::TempDir, Arc<dyn Repository>) {
+        let d = tempfile::tempdir().unwrap();
+        let r: Arc<dyn Repository> = Arc::new(LocalRepository::new(d.path().join("main")));
+        (d, r)
+    }
+
+    fn zstd() -> Codec {
+        Codec {
+            algorithm: Algorithm::Zstd,
+            level: 3,
+            threads: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_with_checksum() {
+        let (_d, repo) = repo();
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 97) as u8).collect();
+        let src = data.clone();
+        let (stored, ()) = put_stream(
+            &repo,
+            "x/obj.zst",
+            zstd(),
+            PutOptions::default(),
+            move |w| {
+                w.write_all(&src)?;
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored.size, data.len() as u64);
+        let back = get_stream(
+            &repo,
+            "x/obj.zst",
+            Algorithm::Zstd,
+            Some(stored.stored),
+            |r| {
+                let mut v = vec![];
+                r.read_to_end(&mut v)?;
+                Ok(v)
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[tokio::test]
+    async fn failing_producer_leaves_no_object() {
+        let (_d, repo) = repo();
+        let err = put_stream(
+            &repo,
+            "x/bad.zst",
+            zstd(),
+            PutOptions::default(),
+            |w| -> anyhow::Result<()> {
+                w.write_all(&vec![7u8; 3 << 20])?;
+                anyhow::bail!("pg_dump exited with status 1")
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("pg_dump exited"), "{err:#}");
+        assert!(repo.head("x/bad.zst").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn panicking_producer_leaves_no_object() {
+        let (_d, repo) = repo();
+        let res = put_stream(
+            &repo,
+            "x/panic",
+            Codec::NONE,
+            PutOptions::default(),
+            |w| -> anyhow::Result<()> {
+                w.write_all(&[1u8; 1 << 20])?;
+                panic!("boom")
+            },
+        )
+        .await;
+        assert!(res.is_err());
+        assert!(repo.head("x/panic").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn flipped_byte_is_named() {
+        let (d, repo) = repo();
+        let (stored, ()) = put_stream(&repo, "x/obj", Codec::NONE, PutOptions::default(), |w| {
+            w.write_all(&[5u8; 100_000])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let path = d.path().join("main/x/obj");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[500] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let err = get_stream(&repo, "x/obj", Algorithm::None, Some(stored.stored), |r| {
+            io::copy(r, &mut io::sink())?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        let mm = err
+            .downcast_ref::<ChecksumMismatch>()
+            .expect("checksum error");
+        assert_eq!(mm.key, "x/obj");
+    }
+
+    #[tokio::test]
+    async fn get_to_file_is_atomic_and_verified() {
+        let (d, repo) = repo();
+        let (stored, ()) = put_stream(&repo, "w/seg.zst", zstd(), PutOptions::default(), |w| {
+            w.write_all(&[9u8; 1 << 20])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let dest = d.path().join("out");
+        let mut wrong = stored.stored.clone();
+        wrong.sha256 = "0".repeat(64);
+        assert!(
+            get_to_file(&repo, "w/seg.zst", Algorithm::Zstd, Some(wrong), &dest)
+                .await
+                .is_err()
+        );
+        assert!(!dest.exists(), "a failed download must not leave the file");
+        let n = get_to_file(
+            &repo,
+            "w/seg.zst",
+            Algorithm::Zstd,
+            Some(stored.stored),
+            &dest,
+        )
+        .await
+        .unwrap();
+        assert_eq!(n, 1 << 20);
+        assert_eq!(std::fs::read(&dest).unwrap(), vec![9u8; 1 << 20]);
+    }
+}
