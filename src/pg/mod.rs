@@ -1,0 +1,5 @@
+//! PostgreSQL: connections, server binaries, and WAL/LSN arithmetic.
+
+pub mod bin;
+pub mod conn;
+pub mod wal;

@@ -1,0 +1,330 @@
+//! LSN and WAL file-name arithmetic, timeline history files, and the identity fields in
+//! WAL segment headers and `pg_control`.
+//!
+//! A segment name is `TTTTTTTTXXXXXXXXYYYYYYYY`: timeline, then the segment number split
+//! into "log" (`segno / segments_per_xlogid`) and "seg" (`segno % segments_per_xlogid`),
+//! where `segments_per_xlogid = 2^32 / wal_segment_size`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Default `wal_segment_size`.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
+
+/// A WAL location (`pg_lsn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl FromStr for Lsn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (hi, lo) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not an LSN; write it as e.g. 0/3000028"))?;
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| format!("{s:?} is not an LSN"))?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| format!("{s:?} is not an LSN"))?;
+        Ok(Lsn(((hi as u64) << 32) | lo as u64))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl Serialize for Lsn {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lsn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One WAL segment: timeline and segment number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Segment {
+    pub tli: u32,
+    pub segno: u64,
+}
+
+fn segments_per_xlogid(seg_size: u64) -> u64 {
+    0x1_0000_0000 / seg_size
+}
+
+impl Segment {
+    /// The segment containing `lsn` on timeline `tli`.
+    pub fn containing(tli: u32, lsn: Lsn, seg_size: u64) -> Segment {
+        Segment {
+            tli,
+            segno: lsn.0 / seg_size,
+        }
+    }
+
+    /// Parse a 24-hex-digit segment name.
+    pub fn parse(name: &str, seg_size: u64) -> Option<Segment> {
+        if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let tli = u32::from_str_radix(&name[0..8], 16).ok()?;
+        let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+        let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+        let per = segments_per_xlogid(seg_size);
+        if seg >= per {
+            return None;
+        }
+        Some(Segment {
+            tli,
+            segno: log * per + seg,
+        })
+    }
+
+    pub fn name(&self, seg_size: u64) -> String {
+        let per = segments_per_xlogid(seg_size);
+        format!(
+            "{:08X}{:08X}{:08X}",
+            self.tli,
+            self.segno / per,
+            self.segno % per
+        )
+    }
+
+    /// The LSN at which this segment starts.
+    pub fn start_lsn(&self, seg_size: u64) -> Lsn {
+        Lsn(self.segno * seg_size)
+    }
+
+    pub fn next(&self) -> Segment {
+        Segment {
+            tli: self.tli,
+            segno: self.segno + 1,
+        }
+    }
+}
+
+/// What kind of file PostgreSQL hands to archive_command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalFileKind {
+    /// `000000010000000000000001`
+    Segment,
+    /// `000000010000000000000001.partial`
+    Partial,
+    /// `000000010000000000000001.00000028.backup`
+    BackupHistory,
+    /// `00000002.history`
+    TimelineHistory,
+}
+
+/// Classify a WAL file name, or `None` if it is not one PostgreSQL archives.
+pub fn classify(name: &str) -> Option<WalFileKind> {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if hex(name, 24) {
+        return Some(WalFileKind::Segment);
+    }
+    if let Some(base) = name.strip_suffix(".partial") {
+        return hex(base, 24).then_some(WalFileKind::Partial);
+    }
+    if let Some(base) = name.strip_suffix(".backup") {
+        let (seg, off) = base.split_once('.')?;
+        return (hex(seg, 24) && hex(off, 8)).then_some(WalFileKind::BackupHistory);
+    }
+    if let Some(base) = name.strip_suffix(".history") {
+        return hex(base, 8).then_some(WalFileKind::TimelineHistory);
+    }
+    None
+}
+
+/// The timeline a history file name is for (`00000002.history` → 2).
+pub fn history_timeline(name: &str) -> Option<u32> {
+    let base = name.strip_suffix(".history")?;
+    if base.len() != 8 {
+        return None;
+    }
+    u32::from_str_radix(base, 16).ok()
+}
+
+pub fn history_file_name(tli: u32) -> String {
+    format!("{tli:08X}.history")
+}
+
+/// One line of a timeline history file: timeline `parent` ended at `switch_lsn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub parent: u32,
+    pub switch_lsn: Lsn,
+    pub reason: String,
+}
+
+/// Parse a timeline history file (`parentTLI <tab> switchpoint <tab> reason` lines).
+pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, String> {
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.splitn(3, char::is_whitespace);
+        let tli = parts
+            .next()
+            .and_then(|s| s.parse::<u32>().ok())
+            .ok_or_else(|| format!("line {}: bad timeline id", i + 1))?;
+        let lsn = parts
+            .next()
+            .ok_or_else(|| format!("line {}: missing switch point", i + 1))?
+            .parse::<Lsn>()
+            .map_err(|e| format!("line {}: {e}", i + 1))?;
+        out.push(HistoryEntry {
+            parent: tli,
+            switch_lsn: lsn,
+            reason: parts.next().unwrap_or("").trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Identity fields of a WAL segment's first page (XLogLongPageHeaderData).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub tli: u32,
+    pub page_addr: Lsn,
+    pub system_identifier: u64,
+    pub segment_size: u32,
+    pub block_size: u32,
+}
+
+const XLP_LONG_HEADER: u16 = 0x0002;
+
+/// Read the long page header at the start of a segment, or `None` if `bytes` does not
+/// start with one (a zero-filled or foreign file).
+pub fn segment_header(bytes: &[u8]) -> Option<SegmentHeader> {
+    if bytes.len() < 40 {
+        return None;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes(bytes[o..o + 2].try_into().unwrap());
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+    let magic = u16_at(0);
+    let info = u16_at(2);
+    if magic & 0xFF00 != 0xD100 || info & XLP_LONG_HEADER == 0 {
+        return None;
+    }
+    let seg_size = u32_at(32);
+    if !seg_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&seg_size) {
+        return None;
+    }
+    Some(SegmentHeader {
+        tli: u32_at(4),
+        page_addr: Lsn(u64_at(8)),
+        system_identifier: u64_at(24),
+        segment_size: seg_size,
+        block_size: u32_at(36),
+    })
+}
+
+/// The database system identifier from `global/pg_control` (its first field).
+pub fn control_system_identifier(pgdata: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(pgdata.join("global/pg_control"))?;
+    let mut buf = [0u8; 8];
+    f.read_exact(&mut buf)?;
+    Ok(u64::from_le_bytes(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u64 = DEFAULT_SEGMENT_SIZE;
+
+    #[test]
+    fn lsn_round_trips() {
+        for s in ["0/0", "0/3000028", "16/B374D848", "FFFFFFFF/FFFFFFFF"] {
+            assert_eq!(s.parse::<Lsn>().unwrap().to_string(), s);
+        }
+        assert_eq!("1/0".parse::<Lsn>().unwrap().0, 1 << 32);
+        assert!("3000028".parse::<Lsn>().is_err());
+        assert!("0/XYZ".parse::<Lsn>().is_err());
+    }
+
+    #[test]
+    fn segment_names_match_postgres() {
+        // pg_walfile_name('16/B374D848') on timeline 1 = 0000000100000016000000B3
+        let s = Segment::containing(1, "16/B374D848".parse().unwrap(), SEG);
+        assert_eq!(s.name(SEG), "0000000100000016000000B3");
+        assert_eq!(Segment::parse("0000000100000016000000B3", SEG), Some(s));
+        // Segment 0xFF of log 0 is followed by segment 0 of log 1.
+        let last = Segment::parse("0000000200000000000000FF", SEG).unwrap();
+        assert_eq!(last.next().name(SEG), "000000020000000100000000");
+        assert_eq!(last.start_lsn(SEG).to_string(), "0/FF000000");
+    }
+
+    #[test]
+    fn other_segment_sizes() {
+        let one_gb = 1u64 << 30;
+        let s = Segment::containing(3, "5/C0000000".parse().unwrap(), one_gb);
+        assert_eq!(s.name(one_gb), "000000030000000500000003");
+        assert_eq!(Segment::parse("000000030000000500000004", one_gb), None);
+        let one_mb = 1u64 << 20;
+        let s = Segment::containing(1, "0/FFF00000".parse().unwrap(), one_mb);
+        assert_eq!(s.name(one_mb), "000000010000000000000FFF");
+    }
+
+    #[test]
+    fn classify_wal_files() {
+        use WalFileKind::*;
+        let cases = [
+            ("000000010000000000000001", Some(Segment)),
+            ("000000010000000000000001.partial", Some(Partial)),
+            (
+                "000000010000000000000002.00000028.backup",
+                Some(BackupHistory),
+            ),
+            ("00000002.history", Some(TimelineHistory)),
+            ("00000002.history.tmp", None),
+            ("RECOVERYHISTORY", None),
+            ("00000001000000000000000", None),
+            ("archive_status", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(classify(name), want, "{name}");
+        }
+        assert_eq!(history_timeline("0000000A.history"), Some(10));
+        assert_eq!(history_file_name(10), "0000000A.history");
+    }
+
+    #[test]
+    fn history_files_parse() {
+        let text = "1\t0/3000090\tno recovery target specified\n\n2\t0/5000000\tbefore 2026-11-22 10:00:00+00\n";
+        let h = parse_history(text).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[1].parent, 2);
+        assert_eq!(h[1].switch_lsn.to_string(), "0/5000000");
+        assert!(parse_history("x\t0/1\n").is_err());
+    }
+
+    #[test]
+    fn segment_header_fields() {
+        let mut page = vec![0u8; 8192];
+        page[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        page[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+        page[4..8].copy_from_slice(&1u32.to_le_bytes());
+        page[8..16].copy_from_slice(&0x3000000u64.to_le_bytes());
+        page[24..32].copy_from_slice(&7312345678901234567u64.to_le_bytes());
+        page[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+        page[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        let h = segment_header(&page).unwrap();
+        assert_eq!(h.system_identifier, 7312345678901234567);
+        assert_eq!(h.tli, 1);
+        assert_eq!(h.segment_size, 16 << 20);
+        assert!(segment_header(&vec![0u8; 8192]).is_none());
+    }
+}
