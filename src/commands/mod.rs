@@ -1,0 +1,56 @@
+//! One use case per module. `run` loads the config, sets up logging and dispatches.
+
+pub mod check;
+
+use serde::Serialize;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::error::Exit;
+
+/// What every command gets: the loaded config and the global output flags.
+pub struct Ctx {
+    pub cfg: Config,
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Print `value` as pretty JSON on stdout.
+    pub fn print_json<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let wal_command = matches!(cli.command, Command::WalPush(_) | Command::WalFetch(_));
+    crate::logging::init(&cfg.log, cli.verbose, cli.quiet, wal_command);
+    let ctx = Ctx {
+        cfg,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Check(args) => check::run(&ctx, args).await,
+        Command::Daemon => Err(not_implemented("daemon")),
+        Command::Backup(_) => Err(not_implemented("backup")),
+        Command::Restore(_) => Err(not_implemented("restore")),
+        Command::WalPush(_) => Err(not_implemented("wal-push")),
+        Command::WalFetch(_) => Err(not_implemented("wal-fetch")),
+        Command::List => Err(not_implemented("list")),
+        Command::Info(_) => Err(not_implemented("info")),
+        Command::Verify(_) => Err(not_implemented("verify")),
+        Command::Retention(_) => Err(not_implemented("retention")),
+        Command::Partitions(_) => Err(not_implemented("partitions")),
+        Command::Archive(_) => Err(not_implemented("archive")),
+    }
+}
+
+/// The honest answer of a command whose issue has not landed: exit 2.
+pub fn not_implemented(command: &str) -> anyhow::Error {
+    Exit {
+        code: 2,
+        message: Some(format!("backupctl {command}: not implemented yet")),
+    }
+    .into()
+}

@@ -1,0 +1,517 @@
+//! Test harness: throwaway PostgreSQL 15 clusters, an `s3s-fs` S3 server, repositories
+//! of both kinds, and a way to run the `backupctl` binary the way PostgreSQL and systemd
+//! would (as the `postgres` user when the tests run as root).
+//!
+//! Everything is torn down on drop, so a failing test still stops its servers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use backupctl::config::Config;
+use backupctl::repo::Repository;
+use tempfile::TempDir;
+
+// ---------------------------------------------------------------------------------------
+// Users and paths
+
+/// uid/gid of the `postgres` user when the tests run as root (PostgreSQL refuses root).
+pub fn pg_user() -> Option<(u32, u32)> {
+    static IDS: OnceLock<Option<(u32, u32)>> = OnceLock::new();
+    *IDS.get_or_init(|| {
+        if !rustix::process::geteuid().is_root() {
+            return None;
+        }
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .expect("run id");
+            assert!(
+                out.status.success(),
+                "tests run as root need a `postgres` user (apt-get install postgresql-15 creates it)"
+            );
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        Some((id("-u"), id("-g")))
+    })
+}
+
+/// Give `path` (recursively) to the postgres user when running as root.
+pub fn chown_to_pg(path: &Path) {
+    if let Some((uid, gid)) = pg_user() {
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown {}", path.display());
+    }
+}
+
+/// Run `cmd` as the postgres user (when root), from a directory that user can enter.
+pub fn as_pg(cmd: &mut Command) -> &mut Command {
+    if let Some((uid, gid)) = pg_user() {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid)
+            .gid(gid)
+            .env("HOME", "/tmp")
+            .current_dir("/tmp");
+    }
+    cmd
+}
+
+/// A temp dir the postgres user owns (when root).
+pub fn pg_tempdir() -> TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("backupctl-test-")
+        .tempdir()
+        .unwrap();
+    chown_to_pg(d.path());
+    d
+}
+
+pub fn pg_bin_dir() -> PathBuf {
+    std::env::var_os("BACKUPCTL_TEST_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+pub fn pg_bin(program: &str) -> PathBuf {
+    pg_bin_dir().join(program)
+}
+
+/// The backupctl binary, at a path the postgres user can execute (the build directory
+/// may be under a home directory postgres cannot enter).
+pub fn backupctl_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let built = PathBuf::from(env!("CARGO_BIN_EXE_backupctl"));
+        if pg_user().is_none() {
+            return built;
+        }
+        let md = std::fs::metadata(&built).unwrap();
+        let stamp = format!(
+            "{}-{}",
+            md.len(),
+            md.modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let dir = PathBuf::from("/tmp/backupctl-test-bin").join(stamp);
+        let dest = dir.join("backupctl");
+        if !dest.exists() {
+            std::fs::create_dir_all(&dir).unwrap();
+            let tmp = dir.join(format!(".backupctl-{}", std::process::id()));
+            if std::fs::hard_link(&built, &tmp).is_err() {
+                std::fs::copy(&built, &tmp).unwrap();
+            }
+            let _ = std::fs::rename(&tmp, &dest);
+            let _ = std::fs::remove_file(&tmp);
+        }
+        use std::os::unix::fs::PermissionsExt;
+        for d in [Path::new("/tmp/backupctl-test-bin"), dir.as_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        dest
+    })
+    .clone()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Panic with the command's output unless it succeeded.
+pub fn check_output(what: &str, out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL clusters
+
+#[derive(Default, Clone)]
+pub struct ClusterOptions {
+    /// `archive_command`, with `archive_mode = on`.
+    pub archive_command: Option<String>,
+    /// Extra postgresql.conf lines.
+    pub conf: Vec<String>,
+}
+
+/// A throwaway cluster: initdb'd into a temp dir, own Unix socket, no TCP listener.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub pgdata: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+    running: bool,
+}
+
+impl Cluster {
+    pub fn new(opts: ClusterOptions) -> Cluster {
+        let dir = pg_tempdir();
+        let pgdata = dir.path().join("pgdata");
+        let socket_dir = dir.path().join("sock");
+        std::fs::create_dir(&socket_dir).unwrap();
+        chown_to_pg(&socket_dir);
+        let out = as_pg(Command::new(pg_bin("initdb")).arg("-D").arg(&pgdata).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--locale=C",
+        ]))
+        .output()
+        .unwrap();
+        check_output("initdb", out);
+        let port = free_port();
+        let mut conf = vec![
+            format!("port = {port}"),
+            "listen_addresses = ''".into(),
+            format!("unix_socket_directories = '{}'", socket_dir.display()),
+            "wal_level = replica".into(),
+            "max_wal_senders = 4".into(),
+            "fsync = off".into(),
+            "shared_buffers = 32MB".into(),
+            "max_connections = 40".into(),
+            "log_min_messages = warning".into(),
+        ];
+        if let Some(cmd) = &opts.archive_command {
+            conf.push("archive_mode = on".into());
+            conf.push(format!("archive_command = '{}'", cmd.replace('\'', "''")));
+            conf.push("archive_timeout = 0".into());
+        }
+        conf.extend(opts.conf.iter().cloned());
+        let mut text = std::fs::read_to_string(pgdata.join("postgresql.conf")).unwrap();
+        text.push_str("\n# test harness\n");
+        text.push_str(&conf.join("\n"));
+        text.push('\n');
+        std::fs::write(pgdata.join("postgresql.conf"), text).unwrap();
+        let log = dir.path().join("postgres.log");
+        let mut c = Cluster {
+            dir,
+            pgdata,
+            socket_dir,
+            port,
+            log,
+            running: false,
+        };
+        c.start();
+        c
+    }
+
+    /// Start (or restart) the server and wait until it accepts connections.
+    pub fn start(&mut self) {
+        let out = as_pg(
+            Command::new(pg_bin("pg_ctl"))
+                .arg("-D")
+                .arg(&self.pgdata)
+                .arg("-l")
+                .arg(&self.log)
+                .args(["-w", "-t", "120", "start"]),
+        )
+        .output()
+        .unwrap();
+        if !out.status.success() {
+            panic!(
+                "pg_ctl start failed: {}\n{}\nserver log:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        self.running = true;
+    }
+
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = as_pg(
+                Command::new(pg_bin("pg_ctl"))
+                    .arg("-D")
+                    .arg(&self.pgdata)
+                    .args(["-m", "fast", "-w", "-t", "60", "stop"]),
+            )
+            .output();
+            self.running = false;
+        }
+    }
+
+    /// libpq environment that reaches this cluster.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PGHOST", self.socket_dir.display().to_string()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", "postgres".into()),
+            ("PGDATABASE", "postgres".into()),
+        ]
+    }
+
+    /// `[postgres]` section for a backupctl config pointing at this cluster.
+    pub fn postgres_toml(&self) -> String {
+        format!(
+            "[postgres]\nhost = \"{}\"\nport = {}\nuser = \"postgres\"\ndbname = \"postgres\"\nbin_dir = \"{}\"\npgdata = \"{}\"\n",
+            self.socket_dir.display(),
+            self.port,
+            pg_bin_dir().display(),
+            self.pgdata.display()
+        )
+    }
+
+    /// Run SQL with psql; returns unaligned, tuples-only output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        let out = check_output(&format!("psql {sql:?}"), out);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host_path(&self.socket_dir)
+            .port(self.port)
+            .user("postgres")
+            .dbname(db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = as_pg(
+                Command::new(pg_bin("pg_ctl"))
+                    .arg("-D")
+                    .arg(&self.pgdata)
+                    .args(["-m", "immediate", "-w", "stop"]),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// S3 server
+
+pub const S3_ACCESS_KEY: &str = "backupctl-test";
+pub const S3_SECRET_KEY: &str = "backupctl-test-secret-key";
+
+/// The s3s-fs binary: `S3S_FS`, else PATH, else ~/.cargo/bin.
+pub fn s3s_fs_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("S3S_FS") {
+        return PathBuf::from(p);
+    }
+    if let Ok(out) = Command::new("which").arg("s3s-fs").output() {
+        if out.status.success() {
+            return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        }
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let p = home.join(".cargo/bin/s3s-fs");
+    assert!(
+        p.exists(),
+        "s3s-fs not found: run scripts/test (it installs it) or `cargo install --locked s3s-fs@0.14.1 --features binary`"
+    );
+    p
+}
+
+/// A running s3s-fs on a free loopback port with one bucket.
+pub struct S3Server {
+    child: Child,
+    pub root: TempDir,
+    pub port: u16,
+    pub bucket: String,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let root = tempfile::Builder::new()
+            .prefix("backupctl-s3-")
+            .tempdir()
+            .unwrap();
+        let bucket = "backups".to_string();
+        std::fs::create_dir(root.path().join(&bucket)).unwrap();
+        let port = free_port();
+        let child = Command::new(s3s_fs_bin())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        S3Server {
+            child,
+            root,
+            port,
+            bucket,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Files under the bucket directory (what is visible as objects).
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.path().join(&self.bucket)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Repositories of both kinds
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    S3,
+}
+
+/// A repository for one test: a local directory, or a bucket prefix on a private s3s-fs.
+pub struct TestRepo {
+    pub backend: Backend,
+    /// Holds the local repository, the S3 secret file, and configs.
+    pub dir: TempDir,
+    pub s3: Option<S3Server>,
+}
+
+impl TestRepo {
+    pub fn new(backend: Backend) -> TestRepo {
+        let dir = pg_tempdir();
+        let s3 = (backend == Backend::S3).then(S3Server::start);
+        if s3.is_some() {
+            let secret = dir.path().join("s3-secret");
+            std::fs::write(&secret, S3_SECRET_KEY).unwrap();
+            chown_to_pg(&secret);
+        }
+        TestRepo { backend, dir, s3 }
+    }
+
+    /// `[repository]` section.
+    pub fn repository_toml(&self) -> String {
+        match &self.s3 {
+            None => format!(
+                "[repository]\ntype = \"local\"\npath = \"{}\"\ncluster = \"main\"\n",
+                self.dir.path().join("repo").display()
+            ),
+            Some(s3) => format!(
+                "[repository]\ntype = \"s3\"\nbucket = \"{}\"\nprefix = \"pg/\"\ncluster = \"main\"\nendpoint = \"{}\"\nforce_path_style = true\naccess_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\npart_size_mib = 5\n",
+                s3.bucket,
+                s3.endpoint(),
+                S3_ACCESS_KEY,
+                self.dir.path().join("s3-secret").display()
+            ),
+        }
+    }
+
+    /// Write a complete config (repository + `extra` sections) and return its path.
+    pub fn write_config(&self, name: &str, extra: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        let state = self.dir.path().join("state");
+        let text = format!(
+            "{}\n[backup]\nstate_dir = \"{}\"\n\n{extra}\n",
+            self.repository_toml(),
+            state.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        chown_to_pg(&path);
+        path
+    }
+
+    /// Open the repository in-process, as backupctl would with this config.
+    pub async fn open(&self) -> Arc<dyn Repository> {
+        let path = self.write_config("open.toml", "");
+        let cfg = Config::load(Some(&path)).unwrap();
+        backupctl::repo::open(&cfg).await.unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running backupctl
+
+/// `backupctl --config <config> args…`, run as the postgres user when root.
+pub fn backupctl(config: &Path, args: &[&str]) -> Output {
+    backupctl_env(config, args, &[])
+}
+
+pub fn backupctl_env(config: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(backupctl_bin());
+    cmd.arg("--config").arg(config).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    as_pg(&mut cmd).output().unwrap()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// The `archive_command` that archives into the repository of `config`.
+pub fn archive_command(config: &Path) -> String {
+    format!(
+        "{} --config {} wal-push %p",
+        backupctl_bin().display(),
+        config.display()
+    )
+}
