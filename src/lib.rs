@@ -12,6 +12,8 @@ pub mod lock;
 pub mod logging;
 pub mod manifest;
 pub mod pg;
+pub mod physical;
+pub mod recovery;
 pub mod repo;
 pub mod schedule;
 pub mod transfer;
