@@ -139,6 +139,9 @@ pub struct RestoreArgs {
     /// Stop as soon as the backup is consistent
     #[arg(long, value_enum, group = "recovery_target")]
     pub target: Option<TargetKeyword>,
+    /// Timeline to recover along: a number, or 'latest' [default: latest]
+    #[arg(long, value_name = "TLI")]
+    pub target_timeline: Option<String>,
     /// Physical backup to restore [default: the newest one that can reach the target]
     #[arg(long, value_name = "ID")]
     pub backup: Option<String>,

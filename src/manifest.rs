@@ -102,6 +102,9 @@ pub struct PhysicalInfo {
     pub tablespace_map: Option<String>,
     /// Files copied.
     pub files: u64,
+    /// The server's `config_file` (outside PGDATA on Debian-style installs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,6 +345,7 @@ mod tests {
                 backup_label: "START WAL LOCATION: 0/2000028".into(),
                 tablespace_map: None,
                 files: 1,
+                config_file: None,
             }),
             logical: None,
             restore_point: None,

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
 use crate::codec::{Algorithm, Codec, CountingWriter, Decoder, Digest, HashReader, HashWriter};
-use crate::repo::{PutOptions, Repository};
+use crate::repo::{GetObject, PutOptions, Repository};
 
 const CHUNK: usize = 256 << 10;
 const CHANNEL_DEPTH: usize = 8;
@@ -210,6 +210,21 @@ where
     F: FnOnce(&mut dyn Read) -> anyhow::Result<T> + Send + 'static,
 {
     let obj = repo.get(key).await?;
+    read_object(obj, key, algorithm, expected, consume).await
+}
+
+/// [`get_stream`] for an object already opened (e.g. to read its metadata first).
+pub async fn read_object<T, F>(
+    obj: GetObject,
+    key: &str,
+    algorithm: Algorithm,
+    expected: Option<Digest>,
+    consume: F,
+) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Read) -> anyhow::Result<T> + Send + 'static,
+{
     let handle = tokio::runtime::Handle::current();
     let key = key.to_string();
     tokio::task::spawn_blocking(move || -> anyhow::Result<T> {
@@ -256,6 +271,18 @@ pub async fn get_to_file(
     expected: Option<Digest>,
     dest: &Path,
 ) -> anyhow::Result<u64> {
+    let obj = repo.get(key).await?;
+    object_to_file(obj, key, algorithm, expected, dest).await
+}
+
+/// [`get_to_file`] for an object already opened.
+pub async fn object_to_file(
+    obj: GetObject,
+    key: &str,
+    algorithm: Algorithm,
+    expected: Option<Digest>,
+    dest: &Path,
+) -> anyhow::Result<u64> {
     let dir = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -267,7 +294,7 @@ pub async fn get_to_file(
         .tempfile_in(&dir)
         .with_context(|| format!("create a temp file in {}", dir.display()))?;
     let file = tmp.as_file().try_clone()?;
-    let size = get_stream(repo, key, algorithm, expected, move |r| {
+    let size = read_object(obj, key, algorithm, expected, move |r| {
         let mut w = io::BufWriter::with_capacity(READ_BUFFER, file);
         let n = io::copy(r, &mut w)?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;

@@ -1,6 +1,14 @@
 //! One use case per module. `run` loads the config, sets up logging and dispatches.
 
+pub mod backup;
+pub mod backup_physical;
 pub mod check;
+pub mod info;
+pub mod list;
+pub mod restore;
+pub mod status;
+pub mod wal_fetch;
+pub mod wal_push;
 
 use serde::Serialize;
 
@@ -33,12 +41,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check(args) => check::run(&ctx, args).await,
         Command::Daemon => Err(not_implemented("daemon")),
-        Command::Backup(_) => Err(not_implemented("backup")),
-        Command::Restore(_) => Err(not_implemented("restore")),
-        Command::WalPush(_) => Err(not_implemented("wal-push")),
-        Command::WalFetch(_) => Err(not_implemented("wal-fetch")),
-        Command::List => Err(not_implemented("list")),
-        Command::Info(_) => Err(not_implemented("info")),
+        Command::Backup(args) => backup::run(&ctx, args).await,
+        Command::Restore(args) if args.logical.is_some() => {
+            Err(not_implemented("restore --logical"))
+        }
+        Command::Restore(args) => restore::run(&ctx, args).await,
+        Command::WalPush(args) => wal_push::run(&ctx, args).await,
+        Command::WalFetch(args) => wal_fetch::run(&ctx, args).await,
+        Command::List => list::run(&ctx).await,
+        Command::Info(args) => info::run(&ctx, args).await,
         Command::Verify(_) => Err(not_implemented("verify")),
         Command::Retention(_) => Err(not_implemented("retention")),
         Command::Partitions(_) => Err(not_implemented("partitions")),

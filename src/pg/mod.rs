@@ -2,4 +2,5 @@
 
 pub mod bin;
 pub mod conn;
+pub mod server;
 pub mod wal;

@@ -16,6 +16,22 @@ pub const WAL_PREFIX: &str = "wal/";
 pub const BACKUPS_PREFIX: &str = "backups/";
 pub const MANIFEST: &str = "manifest.json";
 
+/// Metadata on WAL objects: digest of the stored bytes and of the original file.
+pub const META_SHA256: &str = "sha256";
+pub const META_SIZE: &str = "size";
+pub const META_SOURCE_SHA256: &str = "source-sha256";
+pub const META_SOURCE_SIZE: &str = "source-size";
+
+/// The stored-bytes digest recorded in an object's metadata, if any.
+pub fn stored_digest(
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Option<codec::Digest> {
+    Some(codec::Digest {
+        sha256: metadata.get(META_SHA256)?.clone(),
+        size: metadata.get(META_SIZE)?.parse().ok()?,
+    })
+}
+
 pub fn backup_prefix(id: &str) -> String {
     format!("{BACKUPS_PREFIX}{id}/")
 }

@@ -1,0 +1,348 @@
+//! Physical base backup: the PITR source.
+//!
+//! Non-exclusive low-level API on one held connection: `pg_backup_start`, a parallel copy
+//! of PGDATA (and tablespaces) into compressed, checksummed tar parts, `pg_backup_stop`,
+//! then wait until the stop segment is in the repository (PostgreSQL's own wait is
+//! unbounded; ours fails after `backup.archive_timeout`), and write the manifest last.
+//! On failure the backup's objects are deleted and no manifest exists.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use tokio::task::JoinSet;
+
+use crate::codec::Codec;
+use crate::commands::Ctx;
+use crate::manifest::{self, BackupKind, Manifest, ObjectEntry, PhysicalInfo, TablespaceInfo};
+use crate::pg::conn::{ConnParams, ServerInfo};
+use crate::pg::wal::{Lsn, Segment};
+use crate::physical::{scan, tarpart};
+use crate::repo::identity::RepoIdentity;
+use crate::repo::{self, layout, PutOptions, Repository};
+use crate::transfer;
+
+pub async fn run(ctx: &Ctx, label: Option<&str>) -> anyhow::Result<Manifest> {
+    let cfg = &ctx.cfg;
+    let params = ConnParams::from_config(&cfg.postgres)?;
+    let client = params.connect().await?;
+    let info = ServerInfo::query(&client).await?;
+    if info.in_recovery {
+        return Err(crate::user_error!(
+            "the server at {} is a standby; physical backups are taken from the primary",
+            params.describe()
+        ));
+    }
+    let row = client
+        .query_one(
+            "SELECT current_setting('archive_mode'), current_setting('archive_command'), \
+                    current_setting('config_file')",
+            &[],
+        )
+        .await
+        .context("read archiving settings")?;
+    let (archive_mode, archive_command, config_file): (String, String, String) =
+        (row.get(0), row.get(1), row.get(2));
+    if archive_mode == "off" {
+        return Err(crate::user_error!(
+            "archive_mode is off: a physical backup is useless without archived WAL; \
+             set archive_mode = on and archive_command = 'backupctl … wal-push %p' (see `backupctl check`)"
+        ));
+    }
+    if !archive_command.contains("wal-push") {
+        tracing::warn!(archive_command = %archive_command, "archive_command does not use backupctl wal-push; the backup will wait for its WAL to appear in the repository anyway");
+    }
+    let repo = repo::open(cfg).await?;
+    RepoIdentity::ensure(
+        repo.as_ref(),
+        info.system_identifier,
+        info.major(),
+        info.wal_segment_size,
+    )
+    .await?;
+    let pgdata = cfg
+        .postgres
+        .pgdata
+        .clone()
+        .unwrap_or_else(|| info.data_directory.clone().into());
+    std::fs::metadata(pgdata.join("PG_VERSION")).map_err(|e| {
+        crate::user_error!(
+            "cannot read the data directory {}: {e}; physical backups run on the database host as a user that can read PGDATA (usually postgres), or set postgres.pgdata",
+            pgdata.display()
+        )
+    })?;
+    let tablespaces: Vec<TablespaceInfo> = client
+        .query(
+            "SELECT oid::int8, spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
+             WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid",
+            &[],
+        )
+        .await
+        .context("list tablespaces")?
+        .iter()
+        .map(|r| TablespaceInfo {
+            oid: r.get::<_, i64>(0) as u32,
+            name: r.get(1),
+            location: r.get(2),
+        })
+        .collect();
+
+    // A fresh id (ids have one-second resolution).
+    let mut start_time = Utc::now();
+    let mut id = manifest::backup_id(start_time, BackupKind::Physical);
+    while !repo.list(&layout::backup_prefix(&id)).await?.is_empty() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        start_time = Utc::now();
+        id = manifest::backup_id(start_time, BackupKind::Physical);
+    }
+    let span = tracing::info_span!("backup", id = %id, kind = "physical");
+    let _enter = span.enter();
+    tracing::info!(pgdata = %pgdata.display(), "starting physical backup");
+
+    let result = async {
+        let row = client
+            .query_one(
+                "SELECT pg_backup_start($1, $2)::text",
+                &[&id, &cfg.backup.fast_checkpoint],
+            )
+            .await
+            .context("pg_backup_start")?;
+        let start_lsn: Lsn = row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?;
+        tracing::info!(start_lsn = %start_lsn, "backup started");
+
+        let codec = Codec::from_config(&cfg.compression);
+        let (objects, files) = copy_data(&repo, &id, &pgdata, codec, cfg).await?;
+
+        let row = client
+            .query_one(
+                "SELECT s.lsn::text, s.labelfile, s.spcmapfile, clock_timestamp() \
+                 FROM pg_backup_stop(false) s",
+                &[],
+            )
+            .await
+            .context("pg_backup_stop")?;
+        let stop_lsn: Lsn = row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?;
+        let backup_label: String = row.get(1);
+        let tablespace_map: Option<String> = row.get(2);
+        let stop_time: chrono::DateTime<Utc> = row.get(3);
+        let timeline = label_timeline(&backup_label).unwrap_or(info.timeline);
+        let seg = info.wal_segment_size;
+        let start_wal = Segment::containing(timeline, start_lsn, seg).name(seg);
+        let stop_wal = Segment::containing(timeline, Lsn(stop_lsn.0.saturating_sub(1)), seg).name(seg);
+        tracing::info!(stop_lsn = %stop_lsn, stop_wal = %stop_wal, "backup stopped; waiting for its last WAL segment to be archived");
+        wait_for_wal(&repo, &client, &stop_wal, cfg.backup.archive_timeout).await?;
+
+        let m = Manifest {
+            format: manifest::FORMAT,
+            id: id.clone(),
+            kind: BackupKind::Physical,
+            label: label.map(str::to_string),
+            host: hostname(),
+            cluster: cfg.repository.cluster.clone(),
+            pg_version: info.version.clone(),
+            pg_version_num: info.version_num,
+            system_identifier: info.system_identifier.to_string(),
+            start_time,
+            stop_time,
+            compression: codec,
+            objects,
+            physical: Some(PhysicalInfo {
+                timeline,
+                start_lsn,
+                stop_lsn,
+                start_wal,
+                stop_wal,
+                wal_segment_size: seg,
+                pgdata: pgdata.display().to_string(),
+                tablespaces: tablespaces.clone(),
+                backup_label,
+                tablespace_map: tablespace_map.filter(|m| !m.trim().is_empty()),
+                files,
+                config_file: Some(config_file.clone()),
+            }),
+            logical: None,
+            restore_point: None,
+            verification: None,
+        };
+        m.store(repo.as_ref()).await?;
+        anyhow::Ok(m)
+    }
+    .await;
+
+    match result {
+        Ok(m) => {
+            tracing::info!(
+                stored = m.stored_bytes(),
+                original = m.original_bytes(),
+                "physical backup complete"
+            );
+            Ok(m)
+        }
+        Err(e) => {
+            // The session ending aborts the backup in PostgreSQL; remove what we stored.
+            drop(client);
+            remove_partial(repo.as_ref(), &id).await;
+            Err(e.context(format!("physical backup {id}")))
+        }
+    }
+}
+
+/// Copy PGDATA into tar parts with `backup.workers` parts in flight.
+async fn copy_data(
+    repo: &Arc<dyn Repository>,
+    id: &str,
+    pgdata: &std::path::Path,
+    codec: Codec,
+    cfg: &crate::config::Config,
+) -> anyhow::Result<(Vec<ObjectEntry>, u64)> {
+    let dir = pgdata.to_path_buf();
+    let entries = tokio::task::spawn_blocking(move || scan::scan(&dir))
+        .await?
+        .with_context(|| format!("scan {}", pgdata.display()))?;
+    let total: u64 = entries.iter().map(scan::file_size).sum();
+    let workers = cfg.backup.workers();
+    let n = scan::part_count(total, workers, cfg.backup.part_size_mib << 20);
+    let parts = scan::plan_parts(entries, n);
+    tracing::info!(
+        bytes = total,
+        parts = parts.len(),
+        workers,
+        "copying data directory"
+    );
+
+    let mut pending = parts.into_iter().enumerate();
+    let mut running: JoinSet<anyhow::Result<(ObjectEntry, u64)>> = JoinSet::new();
+    let mut objects = vec![];
+    let mut files = 0;
+    loop {
+        while running.len() < workers {
+            let Some((i, part)) = pending.next() else {
+                break;
+            };
+            let name = format!("base.{i}.tar{}", codec.suffix());
+            let key = layout::backup_object_key(id, &name);
+            let repo = repo.clone();
+            running.spawn(async move {
+                let (stored, stats) =
+                    transfer::put_stream(&repo, &key, codec, PutOptions::default(), move |w| {
+                        Ok(tarpart::write_part(&part, w)?)
+                    })
+                    .await
+                    .with_context(|| format!("store {name}"))?;
+                Ok((
+                    ObjectEntry {
+                        name,
+                        sha256: stored.stored.sha256,
+                        stored_size: stored.stored.size,
+                        size: stored.size,
+                    },
+                    stats.files,
+                ))
+            });
+        }
+        match running.join_next().await {
+            Some(res) => {
+                let (obj, n) = res.context("copy worker")??;
+                tracing::debug!(object = %obj.name, stored = obj.stored_size, "part stored");
+                objects.push(obj);
+                files += n;
+            }
+            None => break,
+        }
+    }
+    objects.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((objects, files))
+}
+
+/// Wait until `segment` is in the repository; on timeout say what the archiver reports.
+async fn wait_for_wal(
+    repo: &Arc<dyn Repository>,
+    client: &tokio_postgres::Client,
+    segment: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let base = layout::wal_key_base(segment).expect("segment name");
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let found = repo
+            .list(&base)
+            .await?
+            .iter()
+            .any(|o| layout::parse_wal_key(&o.key).is_some_and(|(n, _)| n == segment));
+        if found {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            let archiver = client
+                .query_one(
+                    "SELECT coalesce(last_failed_wal, '-'), coalesce(last_failed_time::text, '-'), failed_count \
+                     FROM pg_stat_archiver",
+                    &[],
+                )
+                .await
+                .map(|r| {
+                    format!(
+                        "pg_stat_archiver: {} failures, last failed {} at {}",
+                        r.get::<_, i64>(2),
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1)
+                    )
+                })
+                .unwrap_or_default();
+            anyhow::bail!(
+                "the backup's last WAL segment {segment} did not reach the repository within {timeout:?} \
+                 (backup.archive_timeout); {archiver}. Check archive_command with `backupctl check` and the PostgreSQL log"
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// `START TIMELINE: 1` from a backup_label.
+fn label_timeline(label: &str) -> Option<u32> {
+    label
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Delete every object of an unfinished backup (best effort; retention catches leftovers).
+pub async fn remove_partial(repo: &dyn Repository, id: &str) {
+    match repo.list(&layout::backup_prefix(id)).await {
+        Ok(objs) => {
+            let keys: Vec<String> = objs.into_iter().map(|o| o.key).collect();
+            if let Err(e) = repo.delete_many(&keys).await {
+                tracing::warn!(error = %e, "could not remove the unfinished backup's objects; retention removes them later");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list the unfinished backup's objects"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_from_label() {
+        let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: 2026-11-22 10:00:00 UTC\nLABEL: x\nSTART TIMELINE: 3\n";
+        assert_eq!(label_timeline(label), Some(3));
+        assert_eq!(label_timeline("nothing"), None);
+    }
+}

@@ -1,0 +1,510 @@
+//! `backupctl restore`: point-in-time recovery from a physical backup (logical restores
+//! are in `restore_logical.rs`).
+//!
+//! 1. Refuse a non-empty target directory or a live postmaster (exit 2).
+//! 2. Choose the backup (`recovery::plan`), saying which and why; targets outside the
+//!    recoverable window and WAL gaps are refused with the window printed.
+//! 3. Extract every tar part in parallel, checking every checksum; on any failure the
+//!    half-restored directory is removed again.
+//! 4. Write backup_label, tablespace_map, recovery.signal and the recovery settings
+//!    (restore_command = this binary's wal-fetch with the same config).
+//! 5. With `--start`, start PostgreSQL and follow recovery to its end.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::cli::{RestoreArgs, TargetAction};
+use crate::codec::{self, Digest};
+use crate::commands::Ctx;
+use crate::manifest::{Catalog, Manifest};
+use crate::pg::bin::PgBin;
+use crate::pg::conn::ConnParams;
+use crate::pg::server::{self, RecoveryReport, Server};
+use crate::physical::tarpart::{self, Destination};
+use crate::recovery::inventory::WalInventory;
+use crate::recovery::plan;
+use crate::recovery::target::{parse_time, Target};
+use crate::repo::identity::RepoIdentity;
+use crate::repo::{self, layout, Repository};
+use crate::transfer;
+
+#[derive(Debug, Serialize)]
+struct Report {
+    backup: String,
+    reason: String,
+    pgdata: String,
+    target: String,
+    timeline: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovery: Option<RecoveryReport>,
+}
+
+pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
+    let cfg = &ctx.cfg;
+    let pgdata = args
+        .pgdata
+        .clone()
+        .ok_or_else(|| crate::user_error!("restore needs --pgdata DIR (or --logical ID)"))?;
+    let pgdata = std::path::absolute(&pgdata)?;
+    if rustix::process::geteuid().is_root() && !args.dry_run {
+        return Err(crate::user_error!(
+            "restore must run as the OS user that will own the data directory, not root: \
+             e.g. sudo -u postgres backupctl --config {} restore …",
+            cfg.origin()
+        ));
+    }
+    check_target_dir(&pgdata)?;
+    let target = target_of(&args)?;
+    let target_timeline = match args.target_timeline.as_deref() {
+        None | Some("latest") => None,
+        Some(n) => Some(n.parse::<u32>().map_err(|_| {
+            crate::user_error!("--target-timeline {n:?} must be a timeline number or 'latest'")
+        })?),
+    };
+    let remap = parse_tablespace_map(&args.tablespace_map)?;
+
+    let repo = repo::open(cfg).await?;
+    let catalog = Catalog::load(repo.as_ref()).await?;
+    let seg_size = match RepoIdentity::load(repo.as_ref()).await? {
+        Some(id) => id.wal_segment_size,
+        None => {
+            return Err(crate::user_error!(
+                "repository {} is empty (no repo.json)",
+                repo.describe()
+            ))
+        }
+    };
+    let inventory = WalInventory::load(repo.as_ref(), seg_size).await?;
+    let points = plan::restore_points(&catalog.complete);
+    let choice = plan::choose(
+        &catalog.complete,
+        &inventory,
+        &target,
+        args.backup.as_deref(),
+        target_timeline,
+        &points,
+    )
+    .map_err(|e| crate::user_error!("{e}"))?;
+    let m = choice.backup;
+    let phys = m.physical.as_ref().expect("physical backup");
+    eprintln!("restoring backup {}: {}", m.id, choice.reason);
+
+    // Where each tablespace goes; every destination must be empty.
+    let mut ts_dest: HashMap<u32, PathBuf> = HashMap::new();
+    for ts in &phys.tablespaces {
+        let dest = remap
+            .get(&ts.location)
+            .or_else(|| remap.get(&ts.oid.to_string()))
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(&ts.location));
+        check_target_dir(&dest).map_err(|e| {
+            crate::user_error!(
+                "tablespace {} ({}): {e:#}; relocate it with --tablespace-map {}=/new/empty/dir",
+                ts.name,
+                ts.oid,
+                ts.location
+            )
+        })?;
+        ts_dest.insert(ts.oid, dest);
+    }
+    let settings = recovery_settings(ctx, &target, args.target_action, target_timeline, &pgdata)?;
+    if args.dry_run {
+        println!("would restore backup {} into {}", m.id, pgdata.display());
+        for (oid, d) in &ts_dest {
+            println!("tablespace {oid} into {}", d.display());
+        }
+        for (k, v) in &settings {
+            println!("{k} = {}", quote(v));
+        }
+        return Ok(());
+    }
+
+    let created: Vec<PathBuf> = std::iter::once(pgdata.clone())
+        .chain(ts_dest.values().cloned())
+        .collect();
+    let result = async {
+        std::fs::create_dir_all(&pgdata).with_context(|| format!("create {}", pgdata.display()))?;
+        set_mode(&pgdata, 0o700)?;
+        extract_all(ctx, &repo, m, &pgdata, &ts_dest).await?;
+        write_control_files(m, &pgdata, &ts_dest, &settings)
+    }
+    .await;
+    if let Err(e) = result {
+        for dir in &created {
+            empty_dir(dir);
+        }
+        return Err(e.context(format!(
+            "restore backup {} (the partly restored {} was emptied again)",
+            m.id,
+            pgdata.display()
+        )));
+    }
+    eprintln!("restored {} into {}", m.id, pgdata.display());
+
+    let mut report = Report {
+        backup: m.id.clone(),
+        reason: choice.reason.clone(),
+        pgdata: pgdata.display().to_string(),
+        target: target.describe(),
+        timeline: choice.timeline,
+        recovery: None,
+    };
+    if args.start {
+        let bin = PgBin::discover(
+            cfg.postgres.bin_dir.as_deref(),
+            Some(m.pg_version_num / 10000),
+        )?;
+        let log = pgdata.join("log").join("backupctl-recovery.log");
+        std::fs::create_dir_all(log.parent().expect("has parent"))?;
+        let options = args.port.map(|p| format!("-p {p}")).unwrap_or_default();
+        let params = ConnParams::from_config(&cfg.postgres)?;
+        let server = Server::start(&bin, &pgdata, &log, &options, params).await?;
+        eprintln!(
+            "started PostgreSQL on {}; waiting for recovery to finish (log: {})",
+            pgdata.display(),
+            log.display()
+        );
+        let rec = server
+            .wait_for_recovery(args.target_action == TargetAction::Shutdown)
+            .await?;
+        eprintln!(
+            "recovery ended ({:?}) after {:.1}s on timeline {}; last replayed commit: {}",
+            rec.end,
+            rec.seconds,
+            rec.timeline
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "?".into()),
+            rec.last_replayed_commit
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| "none".into())
+        );
+        report.recovery = Some(rec);
+    } else {
+        eprintln!(
+            "start it with: pg_ctl -D {} start   (recovery runs to {})",
+            pgdata.display(),
+            target.describe()
+        );
+    }
+    if ctx.json {
+        ctx.print_json(&report)?;
+    }
+    Ok(())
+}
+
+fn target_of(args: &RestoreArgs) -> anyhow::Result<Target> {
+    Ok(if let Some(t) = &args.target_time {
+        Target::Time(parse_time(t).map_err(|e| crate::user_error!("{e}"))?)
+    } else if let Some(l) = &args.target_lsn {
+        Target::Lsn(
+            l.parse()
+                .map_err(|e: String| crate::user_error!("--target-lsn: {e}"))?,
+        )
+    } else if let Some(n) = &args.target_name {
+        Target::Name(n.clone())
+    } else if args.target.is_some() {
+        Target::Immediate
+    } else {
+        Target::Latest
+    })
+}
+
+/// Refuse a directory with a live postmaster or any content (exit 2).
+fn check_target_dir(dir: &Path) -> anyhow::Result<()> {
+    if let Some(pid) = server::running_postmaster(dir) {
+        return Err(crate::user_error!(
+            "a PostgreSQL server (pid {pid}) is running on {}; stop it or restore elsewhere",
+            dir.display()
+        ));
+    }
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(crate::user_error!(
+                    "refusing to restore into {}: it is not empty; restore into a new or empty directory",
+                    dir.display()
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(crate::user_error!("cannot use {}: {e}", dir.display())),
+    }
+}
+
+fn parse_tablespace_map(args: &[String]) -> anyhow::Result<HashMap<String, PathBuf>> {
+    args.iter()
+        .map(|a| {
+            let (old, new) = a.split_once('=').ok_or_else(|| {
+                crate::user_error!("--tablespace-map {a:?} must be OLD=NEW (OLD: location or OID)")
+            })?;
+            let new = PathBuf::from(new);
+            if !new.is_absolute() {
+                return Err(crate::user_error!(
+                    "--tablespace-map {a:?}: NEW must be an absolute path"
+                ));
+            }
+            Ok((old.trim_end_matches('/').to_string(), new))
+        })
+        .collect()
+}
+
+/// Maps backup entries to the restore directory and tablespace destinations.
+struct RestoreDest {
+    pgdata: PathBuf,
+    tablespaces: HashMap<u32, PathBuf>,
+}
+
+impl Destination for RestoreDest {
+    fn path_for(&self, name: &str) -> PathBuf {
+        if let Some(rest) = name.strip_prefix("pg_tblspc/") {
+            let (oid, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            if let Some(dest) = oid.parse().ok().and_then(|o: u32| self.tablespaces.get(&o)) {
+                return if tail.is_empty() {
+                    dest.clone()
+                } else {
+                    dest.join(tail)
+                };
+            }
+        }
+        self.pgdata.join(name)
+    }
+}
+
+async fn extract_all(
+    ctx: &Ctx,
+    repo: &Arc<dyn Repository>,
+    m: &Manifest,
+    pgdata: &Path,
+    tablespaces: &HashMap<u32, PathBuf>,
+) -> anyhow::Result<()> {
+    let workers = ctx
+        .cfg
+        .restore
+        .workers
+        .unwrap_or_else(|| ctx.cfg.backup.workers())
+        .max(1);
+    let dest = Arc::new(RestoreDest {
+        pgdata: pgdata.to_path_buf(),
+        tablespaces: tablespaces.clone(),
+    });
+    let mut pending = m.objects.iter();
+    let mut running: JoinSet<anyhow::Result<u64>> = JoinSet::new();
+    let mut files = 0;
+    loop {
+        while running.len() < workers {
+            let Some(obj) = pending.next() else { break };
+            let key = layout::backup_object_key(&m.id, &obj.name);
+            let algorithm = codec::algorithm_of(&obj.name);
+            let expected = Digest {
+                sha256: obj.sha256.clone(),
+                size: obj.stored_size,
+            };
+            let (repo, dest) = (repo.clone(), dest.clone());
+            running.spawn(async move {
+                transfer::get_stream(&repo, &key, algorithm, Some(expected), move |r| {
+                    Ok(tarpart::extract_part(r, dest.as_ref())?)
+                })
+                .await
+            });
+        }
+        match running.join_next().await {
+            Some(res) => files += res.context("restore worker")??,
+            None => break,
+        }
+    }
+    tracing::info!(
+        files,
+        objects = m.objects.len(),
+        "extracted and verified every object"
+    );
+    Ok(())
+}
+
+/// The recovery settings for postgresql.auto.conf.
+fn recovery_settings(
+    ctx: &Ctx,
+    target: &Target,
+    action: TargetAction,
+    timeline: Option<u32>,
+    pgdata: &Path,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let exe = std::env::current_exe().context("find the backupctl executable")?;
+    let restore_command = match ctx.cfg.config_arg() {
+        Some(config) => format!(
+            "{} --config {} wal-fetch %f %p",
+            shell_quote(&exe.display().to_string()),
+            shell_quote(&config.display().to_string())
+        ),
+        // The embedded default resolves paths against the current directory: run there.
+        None => format!(
+            "cd {} && {} wal-fetch %f {}/%p",
+            shell_quote(&std::env::current_dir()?.display().to_string()),
+            shell_quote(&exe.display().to_string()),
+            shell_quote(&pgdata.display().to_string())
+        ),
+    };
+    let mut s = vec![("restore_command", restore_command)];
+    s.extend(target.settings());
+    if !matches!(target, Target::Latest) {
+        s.push(("recovery_target_action", action.as_str().to_string()));
+    }
+    s.push((
+        "recovery_target_timeline",
+        timeline
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "latest".into()),
+    ));
+    Ok(s)
+}
+
+fn write_control_files(
+    m: &Manifest,
+    pgdata: &Path,
+    tablespaces: &HashMap<u32, PathBuf>,
+    settings: &[(&'static str, String)],
+) -> anyhow::Result<()> {
+    let phys = m.physical.as_ref().expect("physical");
+    std::fs::write(pgdata.join("backup_label"), &phys.backup_label)
+        .context("write backup_label")?;
+    if !tablespaces.is_empty() {
+        let map: String = tablespaces
+            .iter()
+            .map(|(oid, path)| format!("{oid} {}\n", path.display()))
+            .collect();
+        std::fs::write(pgdata.join("tablespace_map"), map).context("write tablespace_map")?;
+    }
+    if !pgdata.join("postgresql.conf").exists() {
+        // Debian-style installs keep the configuration outside PGDATA.
+        let origin = phys
+            .config_file
+            .as_deref()
+            .unwrap_or("outside the data directory");
+        std::fs::write(
+            pgdata.join("postgresql.conf"),
+            format!(
+                "# Written by backupctl restore: the original configuration was {origin}.\n\
+                 # Review and replace it before using this cluster in production.\n"
+            ),
+        )?;
+        for f in ["pg_hba.conf", "pg_ident.conf"] {
+            if !pgdata.join(f).exists() {
+                let text = if f == "pg_hba.conf" {
+                    "# Written by backupctl restore: local connections for the OS user only.\nlocal all all peer\n"
+                } else {
+                    ""
+                };
+                std::fs::write(pgdata.join(f), text)?;
+            }
+        }
+    }
+    // Settings a previous restore left behind would clash with ours (two targets).
+    let auto = pgdata.join("postgresql.auto.conf");
+    let old = std::fs::read_to_string(&auto).unwrap_or_default();
+    let mut text: String = old
+        .lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            !(key.starts_with("recovery_target") || key == "restore_command")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!(
+        "# recovery settings written by backupctl restore of backup {}\n",
+        m.id
+    ));
+    for (k, v) in settings {
+        text.push_str(&format!("{k} = {}\n", quote(v)));
+    }
+    let mut f = std::fs::File::create(&auto).context("write postgresql.auto.conf")?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::File::create(pgdata.join("recovery.signal")).context("write recovery.signal")?;
+    Ok(())
+}
+
+/// A postgresql.conf string literal.
+fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// A POSIX shell word.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn set_mode(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("set permissions of {}", dir.display()))
+}
+
+/// Remove everything inside `dir` (which was empty or absent before the restore).
+fn empty_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("it's"), "'it''s'");
+        assert_eq!(shell_quote("/usr/bin/backupctl"), "/usr/bin/backupctl");
+        assert_eq!(shell_quote("/tmp/my dir"), "'/tmp/my dir'");
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+    }
+
+    #[test]
+    fn tablespace_destinations() {
+        let d = RestoreDest {
+            pgdata: "/restore".into(),
+            tablespaces: [(17000u32, PathBuf::from("/new/ts"))].into_iter().collect(),
+        };
+        assert_eq!(
+            d.path_for("base/5/16384"),
+            PathBuf::from("/restore/base/5/16384")
+        );
+        assert_eq!(d.path_for("pg_tblspc/17000"), PathBuf::from("/new/ts"));
+        assert_eq!(
+            d.path_for("pg_tblspc/17000/PG_15_202209061/5/1"),
+            PathBuf::from("/new/ts/PG_15_202209061/5/1")
+        );
+        assert!(parse_tablespace_map(&["/old=/new".into()]).is_ok());
+        assert!(parse_tablespace_map(&["/old".into()]).is_err());
+        assert!(parse_tablespace_map(&["/old=relative".into()]).is_err());
+    }
+
+    #[test]
+    fn target_dir_checks() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(check_target_dir(&d.path().join("new")).is_ok());
+        assert!(check_target_dir(d.path()).is_ok());
+        std::fs::write(d.path().join("x"), "").unwrap();
+        let e = check_target_dir(d.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("not empty"));
+    }
+}
