@@ -311,6 +311,63 @@ pub async fn object_to_file(
     Ok(size)
 }
 
+/// Shared by parallel workers: once one fails, the others stop at their next read or
+/// write instead of finishing work that will be thrown away (blocking threads cannot be
+/// cancelled from outside).
+#[derive(Clone, Default)]
+pub struct StopFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl StopFlag {
+    pub fn stop(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            // Not ErrorKind::Interrupted: io::copy and tar retry those forever.
+            Err(io::Error::other("stopped: another worker failed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn reader<R: Read>(&self, inner: R) -> StopIo<R> {
+        StopIo {
+            inner,
+            flag: self.clone(),
+        }
+    }
+
+    pub fn writer<W: Write>(&self, inner: W) -> StopIo<W> {
+        StopIo {
+            inner,
+            flag: self.clone(),
+        }
+    }
+}
+
+pub struct StopIo<T> {
+    inner: T,
+    flag: StopFlag,
+}
+
+impl<R: Read> Read for StopIo<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.flag.check()?;
+        self.inner.read(buf)
+    }
+}
+
+impl<W: Write> Write for StopIo<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.flag.check()?;
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +385,18 @@ mod tests {
             level: 3,
             threads: 0,
         }
+    }
+
+    /// Regression: the stop error once used ErrorKind::Interrupted, which io::copy and
+    /// tar retry forever, so a failed restore spun at 100% CPU instead of stopping.
+    #[test]
+    fn stopped_workers_fail_instead_of_retrying() {
+        let flag = StopFlag::default();
+        flag.stop();
+        let err = io::copy(&mut flag.reader(&b"data"[..]), &mut io::sink()).unwrap_err();
+        assert_ne!(err.kind(), io::ErrorKind::Interrupted);
+        let mut ar = tar::Archive::new(flag.reader(&[0u8; 1024][..]));
+        assert!(ar.entries().unwrap().next().unwrap().is_err());
     }
 
     #[tokio::test]

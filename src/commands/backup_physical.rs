@@ -217,6 +217,7 @@ async fn copy_data(
         "copying data directory"
     );
 
+    let stop = transfer::StopFlag::default();
     let mut pending = parts.into_iter().enumerate();
     let mut running: JoinSet<anyhow::Result<(ObjectEntry, u64)>> = JoinSet::new();
     let mut objects = vec![];
@@ -228,11 +229,11 @@ async fn copy_data(
             };
             let name = format!("base.{i}.tar{}", codec.suffix());
             let key = layout::backup_object_key(id, &name);
-            let repo = repo.clone();
+            let (repo, stop) = (repo.clone(), stop.clone());
             running.spawn(async move {
                 let (stored, stats) =
                     transfer::put_stream(&repo, &key, codec, PutOptions::default(), move |w| {
-                        Ok(tarpart::write_part(&part, w)?)
+                        Ok(tarpart::write_part(&part, &mut stop.writer(w))?)
                     })
                     .await
                     .with_context(|| format!("store {name}"))?;
@@ -248,12 +249,19 @@ async fn copy_data(
             });
         }
         match running.join_next().await {
-            Some(res) => {
-                let (obj, n) = res.context("copy worker")??;
-                tracing::debug!(object = %obj.name, stored = obj.stored_size, "part stored");
-                objects.push(obj);
-                files += n;
-            }
+            Some(res) => match res.context("copy worker").and_then(|r| r) {
+                Ok((obj, n)) => {
+                    tracing::debug!(object = %obj.name, stored = obj.stored_size, "part stored");
+                    objects.push(obj);
+                    files += n;
+                }
+                Err(e) => {
+                    // Stop the other parts and let them end before the caller deletes them.
+                    stop.stop();
+                    while running.join_next().await.is_some() {}
+                    return Err(e);
+                }
+            },
             None => break,
         }
     }

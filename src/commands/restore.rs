@@ -71,15 +71,11 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
 
     let repo = repo::open(cfg).await?;
     let catalog = Catalog::load(repo.as_ref()).await?;
-    let seg_size = match RepoIdentity::load(repo.as_ref()).await? {
-        Some(id) => id.wal_segment_size,
-        None => {
-            return Err(crate::user_error!(
-                "repository {} is empty (no repo.json)",
-                repo.describe()
-            ))
-        }
-    };
+    // An uninitialised repository simply has no backups: the planner says so.
+    let seg_size = RepoIdentity::load(repo.as_ref())
+        .await?
+        .map(|id| id.wal_segment_size)
+        .unwrap_or(crate::pg::wal::DEFAULT_SEGMENT_SIZE);
     let inventory = WalInventory::load(repo.as_ref(), seg_size).await?;
     let points = plan::restore_points(&catalog.complete);
     let choice = plan::choose(
@@ -294,6 +290,7 @@ async fn extract_all(
         pgdata: pgdata.to_path_buf(),
         tablespaces: tablespaces.clone(),
     });
+    let stop = transfer::StopFlag::default();
     let mut pending = m.objects.iter();
     let mut running: JoinSet<anyhow::Result<u64>> = JoinSet::new();
     let mut files = 0;
@@ -306,16 +303,25 @@ async fn extract_all(
                 sha256: obj.sha256.clone(),
                 size: obj.stored_size,
             };
-            let (repo, dest) = (repo.clone(), dest.clone());
+            let (repo, dest, stop) = (repo.clone(), dest.clone(), stop.clone());
             running.spawn(async move {
                 transfer::get_stream(&repo, &key, algorithm, Some(expected), move |r| {
-                    Ok(tarpart::extract_part(r, dest.as_ref())?)
+                    Ok(tarpart::extract_part(&mut stop.reader(r), dest.as_ref())?)
                 })
                 .await
             });
         }
         match running.join_next().await {
-            Some(res) => files += res.context("restore worker")??,
+            Some(res) => match res.context("restore worker").and_then(|r| r) {
+                Ok(n) => files += n,
+                Err(e) => {
+                    // Stop the other extractions and let them end before the caller
+                    // cleans up, or they would write into the emptied directory.
+                    stop.stop();
+                    while running.join_next().await.is_some() {}
+                    return Err(e);
+                }
+            },
             None => break,
         }
     }

@@ -515,3 +515,96 @@ pub fn archive_command(config: &Path) -> String {
         config.display()
     )
 }
+
+// ---------------------------------------------------------------------------------------
+// WAL archiving and restored servers
+
+/// Close the current WAL segment and wait until the archiver has pushed it.
+pub fn switch_wal_and_wait(c: &Cluster) {
+    let seg = c.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    wait_archived(c, &seg);
+}
+
+/// Wait until `segment` (or a later one) has been archived.
+pub fn wait_archived(c: &Cluster, segment: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = c.psql(
+            "postgres",
+            &format!("SELECT coalesce(last_archived_wal, '') >= '{segment}' FROM pg_stat_archiver"),
+        );
+        if done == "t" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "segment {segment} was not archived in time; archiver: {}\nserver log:\n{}",
+            c.psql(
+                "postgres",
+                "SELECT row(pg_stat_archiver.*)::text FROM pg_stat_archiver"
+            ),
+            c.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A server `backupctl restore --start` left running; stopped on drop.
+pub struct Restored {
+    pub pgdata: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    /// Removed after the server is stopped.
+    pub dir: Option<TempDir>,
+}
+
+impl Restored {
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        let out = check_output(&format!("psql (restored) {sql:?}"), out);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn stop(&self) {
+        let _ = as_pg(
+            Command::new(pg_bin("pg_ctl"))
+                .arg("-D")
+                .arg(&self.pgdata)
+                .args(["-m", "fast", "-w", "stop"]),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        if self.pgdata.join("postmaster.pid").exists() {
+            let _ = as_pg(
+                Command::new(pg_bin("pg_ctl"))
+                    .arg("-D")
+                    .arg(&self.pgdata)
+                    .args(["-m", "immediate", "-w", "stop"]),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        }
+    }
+}

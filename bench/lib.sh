@@ -1,0 +1,150 @@
+# Shared helpers for the benchmark scripts: a throwaway cluster archiving to both
+# backupctl and pgBackRest, run as the postgres user, and timing with peak RSS.
+# shellcheck shell=bash
+set -euo pipefail
+
+BENCH_DIR="${BENCH_DIR:-/tmp/backupctl-bench}"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+SCALE="${SCALE:-100}"          # pgbench scale: 100 ≈ 1.5 GB
+ROUNDS="${ROUNDS:-3}"
+WORKERS="${WORKERS:-2}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PORT="${PORT:-55432}"
+SOCK="$BENCH_DIR/sock"
+PGDATA="$BENCH_DIR/pgdata"
+BIN="$BENCH_DIR/bin/backupctl"
+export PGHOST="$SOCK" PGPORT="$PORT" PGUSER=postgres PGDATABASE=postgres
+
+as_pg=()
+[ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)
+pg() { (cd /tmp && "${as_pg[@]}" "$@"); }
+psql_() { pg "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
+
+need() {
+    command -v "$1" >/dev/null || { echo "bench needs $1 (${2:-})" >&2; exit 1; }
+}
+
+build() {
+    (cd "$ROOT" && cargo build --release --quiet)
+    mkdir -p "$BENCH_DIR/bin"
+    cp "$ROOT/target/release/backupctl" "$BIN"
+    [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$BENCH_DIR"
+    return 0
+}
+
+# backupctl and pgBackRest configs for compression $1 (zst|gz) level $2.
+write_configs() {
+    local alg=$1 level=$2 balg
+    case $alg in zst) balg=zstd ;; gz) balg=gzip ;; esac
+    cat > "$BENCH_DIR/backup-$alg.toml" <<CONF
+[postgres]
+host = "$SOCK"
+port = $PORT
+user = "postgres"
+bin_dir = "$PG_BIN"
+pgdata = "$PGDATA"
+[repository]
+path = "$BENCH_DIR/repo-backupctl-$alg"
+[compression]
+algorithm = "$balg"
+level = $level
+[backup]
+workers = $WORKERS
+state_dir = "$BENCH_DIR/state"
+[verify]
+after_backup = false
+CONF
+    cat > "$BENCH_DIR/pgbackrest-$alg.conf" <<CONF
+[global]
+repo1-path=$BENCH_DIR/repo-pgbackrest-$alg
+repo1-retention-full=100
+process-max=$WORKERS
+compress-type=$alg
+compress-level=$level
+log-level-console=warn
+log-path=$BENCH_DIR/pgbackrest-log
+lock-path=$BENCH_DIR/pgbackrest-lock
+spool-path=$BENCH_DIR/pgbackrest-spool
+start-fast=y
+[bench]
+pg1-path=$PGDATA
+pg1-socket-path=$SOCK
+pg1-port=$PORT
+CONF
+    mkdir -p "$BENCH_DIR/pgbackrest-log" "$BENCH_DIR/pgbackrest-lock" "$BENCH_DIR/pgbackrest-spool"
+    [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$BENCH_DIR"
+    return 0
+}
+
+# A cluster of pgbench scale $SCALE plus a table of less compressible, realistic rows,
+# archiving every segment to both tools' repositories ($1 = zst|gz).
+make_cluster() {
+    local alg=$1
+    stop_cluster
+    rm -rf "$PGDATA" "$BENCH_DIR"/repo-* "$BENCH_DIR/state"
+    mkdir -p "$SOCK"
+    [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$BENCH_DIR"
+    pg "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+    cat >> "$PGDATA/postgresql.conf" <<CONF
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$SOCK'
+wal_level = replica
+archive_mode = on
+archive_command = '$BIN --config $BENCH_DIR/backup-$alg.toml wal-push %p && pgbackrest --config=$BENCH_DIR/pgbackrest-$alg.conf --stanza=bench archive-push %p'
+max_wal_size = 4GB
+shared_buffers = 256MB
+checkpoint_timeout = 30min
+CONF
+    pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$BENCH_DIR/postgres.log" -w start >/dev/null
+    pg pgbackrest --config="$BENCH_DIR/pgbackrest-$alg.conf" --stanza=bench stanza-create
+    echo "   loading pgbench scale $SCALE and the realistic table…" >&2
+    pg "$PG_BIN/pgbench" -i -s "$SCALE" -q postgres >/dev/null 2>&1
+    local rows=$((SCALE * 30000))
+    psql_ -c "CREATE TABLE events AS
+        SELECT g AS id,
+               now() - g * interval '17 seconds' AS at,
+               md5(g::text) || ' ' || md5((g * 7)::text) || repeat(chr(65 + g % 26), g % 40) AS note,
+               jsonb_build_object('user', g % 5000, 'tags', jsonb_build_array('t' || g % 7, 'k' || g % 13),
+                                  'score', random(), 'ip', '10.' || g % 255 || '.' || g % 7 || '.1') AS payload,
+               (random() * 100000)::numeric(14, 2) AS amount
+        FROM generate_series(1, $rows) g"
+    psql_ -c "CHECKPOINT"
+    local seg
+    seg=$(psql_ -c "SELECT pg_walfile_name(pg_switch_wal())")
+    wait_archived "$seg"
+    echo "   database size: $(psql_ -c "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database")" >&2
+}
+
+wait_archived() {
+    for _ in $(seq 1 600); do
+        [ "$(psql_ -c "SELECT coalesce(last_archived_wal, '') >= '$1' FROM pg_stat_archiver")" = t ] && return 0
+        sleep 0.5
+    done
+    echo "segment $1 was not archived" >&2
+    exit 1
+}
+
+stop_cluster() {
+    [ -f "$PGDATA/postmaster.pid" ] && pg "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null || true
+}
+
+# timed LABEL CMD… : runs CMD as postgres; appends "LABEL seconds peak_rss_kb" to $RESULTS.
+timed() {
+    local label=$1; shift
+    local out
+    out=$( { (cd /tmp && "${as_pg[@]}" /usr/bin/time -f "%e %M" "$@" >/dev/null 2>"$BENCH_DIR/last.err"); } 2>&1 ) || {
+        echo "FAILED: $label" >&2; cat "$BENCH_DIR/last.err" >&2; exit 1; }
+    out=$(tail -n 1 "$BENCH_DIR/last.err")
+    echo "$label $out" >> "$RESULTS"
+    echo "   $label: ${out% *} s, peak RSS $(( ${out#* } / 1024 )) MiB" >&2
+}
+
+# median of the seconds (column 2) and max of RSS (column 3) for LABEL.
+summarize() {
+    local label=$1
+    awk -v l="$label" '$1 == l { print $2, $3 }' "$RESULTS" | sort -n | awk '
+        { t[NR] = $1; if ($2 > m) m = $2 }
+        END { if (NR == 0) { print "- -"; exit } med = (NR % 2) ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2;
+              printf "%.2f %d\n", med, m / 1024 }'
+}

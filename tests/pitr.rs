@@ -1,0 +1,616 @@
+//! Point-in-time recovery against real PostgreSQL 15 clusters archiving with
+//! `backupctl wal-push`, on both repository backends: restores to a time, a restore point
+//! and an LSN; backups under write load; corruption and gaps; timelines; bad requests.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{
+    archive_command, as_pg, backupctl, check_output, pg_bin, pg_tempdir, stderr, stdout,
+    switch_wal_and_wait, Backend, Cluster, ClusterOptions, Restored, TestRepo,
+};
+
+/// A cluster archiving into a test repository, and the config that reaches both.
+struct Setup {
+    t: TestRepo,
+    cluster: Cluster,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new(backend: Backend) -> Setup {
+        Self::with(backend, ClusterOptions::default())
+    }
+
+    fn with(backend: Backend, mut opts: ClusterOptions) -> Setup {
+        let t = TestRepo::new(backend);
+        let config = t.write_config("backup.toml", "");
+        opts.archive_command = Some(archive_command(&config));
+        let cluster = Cluster::new(opts);
+        let config = t.write_config("backup.toml", &cluster.postgres_toml());
+        Setup { t, cluster, config }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        backupctl(&self.config, args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        check_output(&format!("backupctl {args:?}"), out.clone());
+        stdout(&out)
+    }
+
+    fn backup(&self) -> String {
+        self.ok(&["backup", "--kind", "physical"])
+            .trim()
+            .to_string()
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        self.cluster.psql("postgres", sql)
+    }
+
+    /// Server time, as a restore target.
+    fn now(&self) -> String {
+        self.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+    }
+
+    /// Restore with `--start` into a fresh directory; returns the running server.
+    fn restore_start(&self, extra: &[&str]) -> Restored {
+        let dir = pg_tempdir();
+        let pgdata = dir.path().join("restored");
+        let port = common::free_port();
+        let port_s = port.to_string();
+        let pg = pgdata.display().to_string();
+        let mut args = vec!["restore", "--pgdata", &pg, "--start", "--port", &port_s];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        let restored = Restored {
+            pgdata: pgdata.clone(),
+            socket_dir: self.cluster.socket_dir.clone(),
+            port,
+            dir: Some(dir),
+        };
+        check_output(&format!("restore {extra:?}"), out);
+        restored
+    }
+
+    /// Path of a stored object's bytes on disk (local repository or s3s-fs's files).
+    fn object_path(&self, key: &str) -> PathBuf {
+        match &self.t.s3 {
+            None => self.t.dir.path().join("repo/main").join(key),
+            Some(s3) => s3.bucket_dir().join("pg/main").join(key),
+        }
+    }
+}
+
+fn flip_byte(path: &Path, at_fraction: f64) {
+    let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let i = ((bytes.len() as f64) * at_fraction) as usize;
+    bytes[i] ^= 0x5a;
+    std::fs::write(path, bytes).unwrap();
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(#[test] fn $name() { super::$name(super::Backend::Local) })*
+        }
+        mod s3 {
+            $(#[test] fn $name() { super::$name(super::Backend::S3) })*
+        }
+    };
+}
+
+both_backends!(
+    pitr_to_time_restore_point_and_lsn,
+    backup_under_write_load_restores_consistently,
+    corrupted_object_fails_restore_naming_it,
+    missing_wal_segment_is_refused_naming_the_gap,
+    wal_push_is_idempotent_and_never_overwrites,
+    wal_fetch_missing_is_quiet_and_corruption_is_loud,
+    timelines_after_pitr,
+    bad_restore_requests_are_refused,
+    tablespaces_are_backed_up_and_relocated,
+);
+
+fn pitr_to_time_restore_point_and_lsn(backend: Backend) {
+    let s = Setup::new(backend);
+    s.sql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    s.sql("INSERT INTO t (id) SELECT g FROM generate_series(1, 100) g");
+    let id = s.backup();
+    assert!(id.ends_with("-physical"), "{id}");
+
+    s.sql("INSERT INTO t (id) VALUES (101)"); // T1
+    s.sql("INSERT INTO t (id) VALUES (102)"); // T2
+    s.sql("SELECT pg_create_restore_point('after_102')");
+    let lsn = s.sql("SELECT pg_current_wal_insert_lsn()");
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = s.now();
+    std::thread::sleep(Duration::from_millis(1100));
+    s.sql("INSERT INTO t (id) VALUES (103)"); // T3
+    switch_wal_and_wait(&s.cluster);
+
+    for extra in [
+        vec!["--target-time", target.as_str()],
+        vec!["--target-name", "after_102"],
+        vec!["--target-lsn", lsn.as_str()],
+    ] {
+        let r = s.restore_start(&extra);
+        assert_eq!(
+            r.psql("postgres", "SELECT count(*), max(id) FROM t"),
+            "102|102",
+            "restore {extra:?}"
+        );
+        // Promoted: writable.
+        r.psql("postgres", "INSERT INTO t (id) VALUES (1000)");
+        assert_eq!(r.psql("postgres", "SELECT pg_is_in_recovery()"), "f");
+        r.stop();
+    }
+
+    // list/info know the backup and the window.
+    let listing: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "list"])).unwrap();
+    assert_eq!(listing["backups"][0]["id"], id.as_str());
+    assert_eq!(listing["backups"][0]["kind"], "physical");
+    assert!(
+        listing["recoverable_windows"].as_array().unwrap().len() >= 1,
+        "{listing}"
+    );
+    let info: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "info", &id])).unwrap();
+    assert_eq!(info["id"], id.as_str());
+    assert!(info["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["sha256"].as_str().unwrap().len() == 64));
+    let human = s.ok(&["list"]);
+    assert!(
+        human.contains(&id) && human.contains("recoverable window"),
+        "{human}"
+    );
+}
+
+fn backup_under_write_load_restores_consistently(backend: Backend) {
+    let s = Setup::new(backend);
+    let conn = |cmd: &mut Command| {
+        cmd.arg("-h").arg(&s.cluster.socket_dir).args([
+            "-p",
+            &s.cluster.port.to_string(),
+            "-U",
+            "postgres",
+        ]);
+    };
+    let mut init = Command::new(pg_bin("pgbench"));
+    conn(&mut init);
+    check_output(
+        "pgbench -i",
+        init.args(["-i", "-s", "5", "-q", "postgres"])
+            .output()
+            .unwrap(),
+    );
+
+    let mut bench = Command::new(pg_bin("pgbench"));
+    conn(&mut bench);
+    let bench = bench
+        .args(["-c", "4", "-j", "2", "-T", "20", "-n", "postgres"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let id = s.backup();
+    let out = bench.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    switch_wal_and_wait(&s.cluster);
+
+    let archiver = s.sql("SELECT failed_count, archived_count FROM pg_stat_archiver");
+    let (failed, archived) = archiver.split_once('|').unwrap();
+    assert_eq!(
+        failed,
+        "0",
+        "archiver failures under load:\n{}",
+        s.cluster.server_log()
+    );
+    assert!(archived.parse::<u32>().unwrap() >= 3, "{archiver}");
+
+    let want_history = s.sql("SELECT count(*) FROM pgbench_history");
+    let r = s.restore_start(&["--backup", &id]);
+    // Every pgbench transaction moves the same delta in all three tables and history.
+    let check = r.psql(
+        "postgres",
+        "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history) \
+            AND (SELECT sum(tbalance) FROM pgbench_tellers) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history) \
+            AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history), \
+            (SELECT count(*) FROM pgbench_history)",
+    );
+    assert_eq!(
+        check,
+        format!("t|{want_history}"),
+        "restored state is not the latest consistent one"
+    );
+    assert_eq!(
+        r.psql("postgres", "SELECT count(*) FROM pgbench_accounts"),
+        "500000"
+    );
+}
+
+fn corrupted_object_fails_restore_naming_it(backend: Backend) {
+    let s = Setup::new(backend);
+    s.sql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    let id = s.backup();
+    switch_wal_and_wait(&s.cluster);
+    let info: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "info", &id])).unwrap();
+    let object = info["objects"][0]["name"].as_str().unwrap().to_string();
+    flip_byte(&s.object_path(&format!("backups/{id}/{object}")), 0.5);
+
+    let dir = pg_tempdir();
+    let pgdata = dir.path().join("restored");
+    let out = s.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target",
+        "immediate",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&object), "error does not name {object}: {err}");
+    assert!(err.contains("checksum"), "{err}");
+    // Nothing half-restored is left to be mistaken for a data directory.
+    assert!(std::fs::read_dir(&pgdata)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true));
+}
+
+fn missing_wal_segment_is_refused_naming_the_gap(backend: Backend) {
+    let s = Setup::new(backend);
+    s.sql("CREATE TABLE t (id int)");
+    s.backup();
+    let mut segments = vec![];
+    for i in 0..4 {
+        s.sql(&format!("INSERT INTO t VALUES ({i})"));
+        segments.push(s.sql("SELECT pg_walfile_name(pg_current_wal_lsn())"));
+        switch_wal_and_wait(&s.cluster);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = s.now();
+    s.sql("INSERT INTO t VALUES (99)");
+    switch_wal_and_wait(&s.cluster);
+    let victim = &segments[1];
+    let key = format!("wal/{}/{victim}.zst", &victim[..16]);
+    std::fs::remove_file(s.object_path(&key)).unwrap();
+    if backend == Backend::Local {
+        let _ = std::fs::remove_file(
+            s.object_path(&format!("wal/{}/.{victim}.zst.meta", &victim[..16])),
+        );
+    }
+
+    let dir = pg_tempdir();
+    let pgdata = dir.path().join("restored");
+    let out = s.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target-time",
+        &target,
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(victim.as_str()) && err.contains("missing"),
+        "{err}"
+    );
+    assert!(err.contains("recoverable window"), "{err}");
+    assert!(!pgdata.exists());
+    let listing = s.ok(&["list"]);
+    assert!(
+        listing.contains("WAL gap") && listing.contains(victim.as_str()),
+        "{listing}"
+    );
+}
+
+fn wal_push_is_idempotent_and_never_overwrites(backend: Backend) {
+    let s = Setup::new(backend);
+    s.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let seg = s.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    switch_wal_and_wait(&s.cluster);
+
+    // A copy of the archived segment, as PostgreSQL would hand it over again after a crash.
+    let work = pg_tempdir();
+    let wal_dir = work.path().join("pg_wal");
+    std::fs::create_dir(&wal_dir).unwrap();
+    common::chown_to_pg(&wal_dir);
+    let copy = wal_dir.join(&seg);
+    s.ok(&["wal-fetch", &seg, copy.to_str().unwrap()]);
+    let original = std::fs::read(&copy).unwrap();
+    s.ok(&["wal-push", copy.to_str().unwrap()]);
+    s.ok(&["wal-push", copy.to_str().unwrap()]);
+
+    // Same name, different content: refused, and the archive keeps the original.
+    let mut changed = original.clone();
+    changed[100_000] ^= 0xff;
+    std::fs::write(&copy, &changed).unwrap();
+    let out = s.run(&["wal-push", copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("refusing to overwrite"),
+        "{}",
+        stderr(&out)
+    );
+    let back = work.path().join("back");
+    s.ok(&["wal-fetch", &seg, back.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&back).unwrap() == original,
+        "archived segment changed"
+    );
+
+    // WAL from another cluster never enters this repository.
+    let other = Cluster::new(ClusterOptions::default());
+    let other_seg = other.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let out = as_pg(
+        Command::new(common::backupctl_bin())
+            .arg("--config")
+            .arg(&s.config)
+            .args(["wal-push", &format!("pg_wal/{other_seg}")]),
+    )
+    .current_dir(&other.pgdata)
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("system identifier"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn wal_fetch_missing_is_quiet_and_corruption_is_loud(backend: Backend) {
+    let s = Setup::new(backend);
+    s.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let seg = s.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    switch_wal_and_wait(&s.cluster);
+    let work = pg_tempdir();
+    let dest = work.path().join("RECOVERYXLOG");
+
+    let out = s.run(&[
+        "wal-fetch",
+        "0000000100000000000000FE",
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "", "a missing segment must exit quietly");
+    let out = s.run(&["wal-fetch", "00000009.history", dest.to_str().unwrap()]);
+    assert_eq!((out.status.code(), stderr(&out).as_str()), (Some(1), ""));
+
+    flip_byte(
+        &s.object_path(&format!("wal/{}/{seg}.zst", &seg[..16])),
+        0.5,
+    );
+    let out = s.run(&["wal-fetch", &seg, dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("checksum") && stderr(&out).contains(&seg),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !dest.exists(),
+        "a corrupt segment must not be handed to PostgreSQL"
+    );
+}
+
+fn timelines_after_pitr(backend: Backend) {
+    let s = Setup::new(backend);
+    s.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    s.sql("INSERT INTO t VALUES (1, 'before backup')");
+    s.backup();
+    s.sql("INSERT INTO t VALUES (2, 'timeline 1, before target')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = s.now();
+    std::thread::sleep(Duration::from_millis(1100));
+    s.sql("INSERT INTO t VALUES (3, 'timeline 1 only')");
+    switch_wal_and_wait(&s.cluster);
+
+    // PITR creates timeline 2; the promoted server archives into the same repository.
+    let r = s.restore_start(&["--target-time", &target]);
+    assert_eq!(
+        r.psql(
+            "postgres",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        ),
+        "1,2"
+    );
+    r.psql("postgres", "INSERT INTO t VALUES (4, 'timeline 2')");
+    let seg = r.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(seg.starts_with("00000002"), "{seg}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = r.psql(
+            "postgres",
+            &format!("SELECT coalesce(last_archived_wal, '') >= '{seg}' FROM pg_stat_archiver"),
+        );
+        if done == "t" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timeline 2 segment not archived"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    r.stop();
+    let info: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "info"])).unwrap();
+    assert_eq!(
+        info["wal"]["timelines"],
+        serde_json::json!([1, 2]),
+        "{info}"
+    );
+    assert!(s.object_path("wal/00000002.history").exists() || backend == Backend::S3);
+
+    // Latest follows timeline 2 and sees its write.
+    let r = s.restore_start(&[]);
+    assert_eq!(
+        r.psql(
+            "postgres",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        ),
+        "1,2,4"
+    );
+    r.stop();
+    // The old timeline, by time, still restores.
+    let r = s.restore_start(&["--target-time", &target, "--target-timeline", "1"]);
+    assert_eq!(
+        r.psql(
+            "postgres",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        ),
+        "1,2"
+    );
+    r.stop();
+    // And timeline 1 to its end holds row 3.
+    let r = s.restore_start(&["--target-timeline", "1"]);
+    assert_eq!(
+        r.psql(
+            "postgres",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        ),
+        "1,2,3"
+    );
+}
+
+fn bad_restore_requests_are_refused(backend: Backend) {
+    let s = Setup::new(backend);
+    s.sql("CREATE TABLE t (id int)");
+    let dir = pg_tempdir();
+    let fresh = dir.path().join("fresh");
+    let fresh_s = fresh.to_str().unwrap();
+
+    // No backup yet.
+    let out = s.run(&["restore", "--pgdata", fresh_s, "--target", "immediate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no complete physical backup"),
+        "{}",
+        stderr(&out)
+    );
+
+    s.backup();
+    switch_wal_and_wait(&s.cluster);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--pgdata",
+                s.cluster.pgdata.to_str().unwrap(),
+                "--target",
+                "immediate",
+            ],
+            "is running",
+        ),
+        (
+            vec![
+                "--pgdata",
+                s.t.dir.path().to_str().unwrap(),
+                "--target",
+                "immediate",
+            ],
+            "not empty",
+        ),
+        (
+            vec!["--pgdata", fresh_s, "--target-time", "2026-11-22 10:00:00"],
+            "no time zone",
+        ),
+        (
+            vec![
+                "--pgdata",
+                fresh_s,
+                "--target-time",
+                "2001-01-01 00:00:00+00",
+            ],
+            "recoverable window",
+        ),
+        (
+            vec![
+                "--pgdata",
+                fresh_s,
+                "--target-time",
+                "2099-01-01 00:00:00+00",
+            ],
+            "after the last archived WAL",
+        ),
+        (
+            vec!["--pgdata", fresh_s, "--target-lsn", "not-an-lsn"],
+            "LSN",
+        ),
+        (
+            vec!["--pgdata", fresh_s, "--backup", "20000101T000000Z-physical"],
+            "does not exist",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut full = vec!["restore"];
+        full.extend(args.iter());
+        let out = s.run(&full);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(want),
+            "{args:?}: want {want:?} in {}",
+            stderr(&out)
+        );
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    }
+    assert!(!fresh.exists());
+    // The running cluster was not touched.
+    assert_eq!(s.sql("SELECT count(*) FROM t"), "0");
+}
+
+fn tablespaces_are_backed_up_and_relocated(backend: Backend) {
+    let s = Setup::new(backend);
+    let ts_dir = pg_tempdir();
+    s.sql(&format!(
+        "CREATE TABLESPACE extra LOCATION '{}'",
+        ts_dir.path().display()
+    ));
+    s.sql("CREATE TABLE big TABLESPACE extra AS SELECT g AS id FROM generate_series(1, 5000) g");
+    let id = s.backup();
+    switch_wal_and_wait(&s.cluster);
+    let info: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "info", &id])).unwrap();
+    assert_eq!(info["physical"]["tablespaces"][0]["name"], "extra");
+
+    // The original location is in use: restoring there is refused with the fix.
+    let dir = pg_tempdir();
+    let pgdata = dir.path().join("restored");
+    let out = s.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target",
+        "immediate",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--tablespace-map"),
+        "{}",
+        stderr(&out)
+    );
+
+    let new_ts = pg_tempdir();
+    let new_loc = new_ts.path().join("moved");
+    let map = format!("{}={}", ts_dir.path().display(), new_loc.display());
+    let r = s.restore_start(&["--target", "immediate", "--tablespace-map", &map]);
+    assert_eq!(r.psql("postgres", "SELECT count(*) FROM big"), "5000");
+    assert_eq!(
+        r.psql(
+            "postgres",
+            "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"
+        ),
+        new_loc.display().to_string()
+    );
+}
