@@ -157,7 +157,10 @@ fn pitr_to_time_restore_point_and_lsn(backend: Backend) {
     assert_eq!(listing["backups"][0]["id"], id.as_str());
     assert_eq!(listing["backups"][0]["kind"], "physical");
     assert!(
-        listing["recoverable_windows"].as_array().unwrap().len() >= 1,
+        !listing["recoverable_windows"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
         "{listing}"
     );
     let info: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "info", &id])).unwrap();
