@@ -17,3 +17,4 @@ pub mod recovery;
 pub mod repo;
 pub mod schedule;
 pub mod transfer;
+pub mod verify;

@@ -7,6 +7,7 @@ pub mod info;
 pub mod list;
 pub mod restore;
 pub mod status;
+pub mod verify;
 pub mod wal_fetch;
 pub mod wal_push;
 
@@ -50,7 +51,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::WalFetch(args) => wal_fetch::run(&ctx, args).await,
         Command::List => list::run(&ctx).await,
         Command::Info(args) => info::run(&ctx, args).await,
-        Command::Verify(_) => Err(not_implemented("verify")),
+        Command::Verify(args) => verify::run(&ctx, args).await,
         Command::Retention(_) => Err(not_implemented("retention")),
         Command::Partitions(_) => Err(not_implemented("partitions")),
         Command::Archive(_) => Err(not_implemented("archive")),

@@ -422,6 +422,7 @@ fn write_control_files(
             }
         }
     }
+    neutralise_foreign_paths(&pgdata.join("postgresql.conf"))?;
     // Settings a previous restore left behind would clash with ours (two targets).
     let auto = pgdata.join("postgresql.auto.conf");
     let old = std::fs::read_to_string(&auto).unwrap_or_default();
@@ -444,6 +445,33 @@ fn write_control_files(
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::File::create(pgdata.join("recovery.signal")).context("write recovery.signal")?;
+    Ok(())
+}
+
+/// A restored postgresql.conf must not point the new server at the original's data
+/// directory or pid file: comment those settings out.
+fn neutralise_foreign_paths(conf: &Path) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(conf) else {
+        return Ok(());
+    };
+    let mut changed = false;
+    let out: String = text
+        .lines()
+        .map(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            if key == "data_directory" || key == "external_pid_file" {
+                changed = true;
+                format!(
+                    "# {l}    # disabled by backupctl restore: it pointed at the original server\n"
+                )
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    if changed {
+        std::fs::write(conf, out).with_context(|| format!("rewrite {}", conf.display()))?;
+    }
     Ok(())
 }
 
