@@ -169,7 +169,7 @@ async fn sanity(
             .arg("-h")
             .arg(sock)
             .args(["-p", &port.to_string(), "--all", "--install-missing"])
-            .env("PGUSER", &server_user(ctx))
+            .env("PGUSER", server_user(ctx))
             .output()
             .await
             .context("run pg_amcheck")?;
