@@ -15,5 +15,6 @@ pub mod pg;
 pub mod physical;
 pub mod recovery;
 pub mod repo;
+pub mod retention;
 pub mod schedule;
 pub mod transfer;

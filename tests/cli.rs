@@ -120,7 +120,6 @@ fn unimplemented_commands_say_so_and_exit_2() {
             "x",
         ],
         &["verify", "--latest"],
-        &["retention", "--dry-run"],
         &["partitions", "--dry-run"],
         &["archive", "--dry-run"],
     ];
