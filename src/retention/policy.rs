@@ -10,7 +10,8 @@
 //!
 //! On top of the rules, two invariants per kind, across all labels: the newest backup and
 //! the newest backup whose verification succeeded are never deleted. So a kind that has
-//! any backup always keeps one, and a kind with no verified backup keeps its newest.
+//! any backup always keeps one, and a kind with no verified backup keeps its newest. The
+//! same holds per database for logical backups (a backup may dump only some databases).
 //!
 //! Time is the manifest's `start_time` (UTC), ties broken by `stop_time` then id; never
 //! the listing order or the name. Days, ISO weeks and months are UTC calendar periods, so
@@ -269,6 +270,28 @@ pub fn decide(
             keep.entry(&v.id)
                 .or_default()
                 .push(format!("newest verified {kind} backup: never deleted"));
+        }
+    }
+
+    // Logical backups may hold only some databases (`backup --database app`): the newest
+    // (and newest verified) backup of each database stays too, or a database's last dump
+    // could go while other databases' dumps are kept.
+    let mut databases: BTreeMap<&str, Vec<&Manifest>> = BTreeMap::new();
+    for m in sorted.iter().filter(|m| m.kind == BackupKind::Logical) {
+        for d in m.logical.iter().flat_map(|l| &l.databases) {
+            databases.entry(&d.name).or_default().push(m);
+        }
+    }
+    for (db, with_db) in &databases {
+        if let Some(newest) = with_db.first() {
+            keep.entry(&newest.id).or_default().push(format!(
+                "newest logical backup of database {db}: never deleted"
+            ));
+        }
+        if let Some(v) = with_db.iter().find(|m| m.is_verified_ok()) {
+            keep.entry(&v.id).or_default().push(format!(
+                "newest verified logical backup of database {db}: never deleted"
+            ));
         }
     }
 

@@ -447,3 +447,49 @@ fn describe_rule_and_ages() {
     );
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn the_newest_logical_backup_of_each_database_is_kept() {
+    use crate::manifest::DatabaseDump;
+    let with_dbs = |b: B, dbs: &[&str]| {
+        let mut m = manifest(&b);
+        m.logical.as_mut().unwrap().databases = dbs
+            .iter()
+            .map(|d| DatabaseDump {
+                name: d.to_string(),
+                object: format!("db-{d}.dump.zst"),
+                size_bytes: 1,
+                tables: vec![],
+                toc_counts: Default::default(),
+            })
+            .collect();
+        m
+    };
+    let ms = vec![
+        with_dbs(logi("all-old", "2026-11-01T00:00:00Z"), &["app", "reports"]),
+        with_dbs(
+            logi("reports-verified", "2026-11-02T00:00:00Z").verified(Outcome::Ok),
+            &["reports"],
+        ),
+        with_dbs(logi("reports-new", "2026-11-03T00:00:00Z"), &["reports"]),
+        with_dbs(logi("app-1", "2026-11-04T00:00:00Z"), &["app"]),
+        with_dbs(logi("app-2", "2026-11-05T00:00:00Z"), &["app"]),
+    ];
+    let p = RetentionConfig {
+        logical: last(1),
+        ..RetentionConfig::default()
+    };
+    let out = decide(&ms, &p, t("2026-12-01T00:00:00Z"));
+    let kept: Vec<&str> = out
+        .iter()
+        .filter(|d| d.action == Action::Keep)
+        .map(|d| d.id.as_str())
+        .collect();
+    assert_eq!(kept, vec!["reports-verified", "reports-new", "app-2"]);
+    let rv = out.iter().find(|d| d.id == "reports-verified").unwrap();
+    assert!(
+        rv.reasons.iter().any(|r| r.contains("database reports")),
+        "{:?}",
+        rv.reasons
+    );
+}
