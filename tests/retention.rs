@@ -370,3 +370,28 @@ fn keep_last_2_deletes_exactly_four_backups_and_their_wal(backend: Backend) {
     }
     assert!(gone.iter().any(|k| k.starts_with("wal/")), "{gone:?}");
 }
+
+#[test]
+fn empty_repository_has_nothing_to_delete() {
+    let t = TestRepo::new(Backend::Local);
+    let config = t.write_config("c.toml", "");
+    let out = check_output(
+        "retention --dry-run",
+        backupctl(&config, &["retention", "--dry-run"]),
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("backups: none") && text.contains("would delete 0 backups"),
+        "{text}"
+    );
+    let out = check_output("retention", backupctl(&config, &["retention"]));
+    let text = stdout(&out);
+    assert!(text.contains("freed 0 backups"), "{text}");
+    let out = check_output(
+        "retention --json",
+        backupctl(&config, &["--json", "retention"]),
+    );
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["freed"]["objects"], 0);
+    assert_eq!(v["policy"]["wal"], "7d");
+}

@@ -9,7 +9,7 @@
 //! WAL rule is right; it is there so that a future bug fails loudly instead of
 //! deleting a restore.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -99,12 +99,15 @@ pub struct Plan {
     pub steps: Vec<Step>,
 }
 
-fn objects_of<'a>(objects: &'a [ObjectMeta], id: &str) -> Vec<&'a ObjectMeta> {
-    let prefix = layout::backup_prefix(id);
-    objects
-        .iter()
-        .filter(|o| o.key.starts_with(&prefix))
-        .collect()
+/// Objects under `backups/` by backup id.
+fn by_backup(objects: &[ObjectMeta]) -> HashMap<&str, Vec<&ObjectMeta>> {
+    let mut out: HashMap<&str, Vec<&ObjectMeta>> = HashMap::new();
+    for o in objects {
+        if let Some(id) = layout::backup_id_of(&o.key) {
+            out.entry(id).or_default().push(o);
+        }
+    }
+    out
 }
 
 /// Compute the plan, or refuse (naming the timeline) if it would shrink a kept backup's
@@ -112,11 +115,13 @@ fn objects_of<'a>(objects: &'a [ObjectMeta], id: &str) -> Vec<&'a ObjectMeta> {
 pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Result<Plan, String> {
     let wal_rule = policy.wal_rule()?;
     let decisions = policy::decide(inputs.backups, policy, now);
+    let objects = by_backup(inputs.backup_objects);
+    let objects_of = |id: &str| objects.get(id).cloned().unwrap_or_default();
     let mut steps = vec![];
     let mut delete = Deletion::default();
     let mut entries = vec![];
     for d in decisions {
-        let objs = objects_of(inputs.backup_objects, &d.id);
+        let objs = objects_of(&d.id);
         if d.action == Action::Delete {
             let manifest = layout::manifest_key(&d.id);
             let has_manifest = objs.iter().any(|o| o.key == manifest);
@@ -147,7 +152,7 @@ pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Re
     let limit = policy.incomplete_after;
     let limit_s = humantime::format_duration(limit);
     for (id, newest) in sorted_incomplete {
-        let objs = objects_of(inputs.backup_objects, id);
+        let objs = objects_of(id);
         let (action, reason) = match newest {
             None => (
                 Action::Keep,
@@ -189,14 +194,15 @@ pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Re
         });
     }
 
+    let kept_ids: BTreeSet<&str> = entries
+        .iter()
+        .filter(|e| e.decision.action == Action::Keep)
+        .map(|e| e.decision.id.as_str())
+        .collect();
     let kept: Vec<&Manifest> = inputs
         .backups
         .iter()
-        .filter(|m| {
-            entries
-                .iter()
-                .any(|e| e.decision.id == m.id && e.decision.action == Action::Keep)
-        })
+        .filter(|m| kept_ids.contains(m.id.as_str()))
         .collect();
     let kept_physical: Vec<&Manifest> = kept
         .iter()
