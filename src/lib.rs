@@ -15,6 +15,7 @@ pub mod pg;
 pub mod physical;
 pub mod recovery;
 pub mod repo;
+pub mod retention;
 pub mod schedule;
 pub mod transfer;
 pub mod verify;

@@ -260,8 +260,17 @@ impl Catalog {
             .list(layout::BACKUPS_PREFIX)
             .await
             .context("list backups")?;
+        Self::load_from(repo, &objects).await
+    }
+
+    /// Build from a listing of `backups/` the caller already holds (retention needs the
+    /// listing itself too, and two listings could disagree); manifests are read from `repo`.
+    pub async fn load_from(
+        repo: &dyn Repository,
+        objects: &[crate::repo::ObjectMeta],
+    ) -> anyhow::Result<Catalog> {
         let mut ids: BTreeMap<String, (bool, Option<DateTime<Utc>>)> = BTreeMap::new();
-        for o in &objects {
+        for o in objects {
             let Some(id) = layout::backup_id_of(&o.key) else {
                 continue;
             };

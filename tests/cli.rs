@@ -119,7 +119,6 @@ fn unimplemented_commands_say_so_and_exit_2() {
             "--dbname",
             "x",
         ],
-        &["retention", "--dry-run"],
         &["partitions", "--dry-run"],
         &["archive", "--dry-run"],
     ];

@@ -6,6 +6,7 @@ pub mod check;
 pub mod info;
 pub mod list;
 pub mod restore;
+pub mod retention;
 pub mod status;
 pub mod verify;
 pub mod wal_fetch;
@@ -52,7 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List => list::run(&ctx).await,
         Command::Info(args) => info::run(&ctx, args).await,
         Command::Verify(args) => verify::run(&ctx, args).await,
-        Command::Retention(_) => Err(not_implemented("retention")),
+        Command::Retention(args) => retention::command(&ctx, args).await,
         Command::Partitions(_) => Err(not_implemented("partitions")),
         Command::Archive(_) => Err(not_implemented("archive")),
     }
