@@ -1,6 +1,8 @@
 //! One use case per module. `run` loads the config, sets up logging and dispatches.
 
+pub mod archival;
 pub mod check;
+pub mod partitions;
 
 use serde::Serialize;
 
@@ -41,8 +43,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(_) => Err(not_implemented("info")),
         Command::Verify(_) => Err(not_implemented("verify")),
         Command::Retention(_) => Err(not_implemented("retention")),
-        Command::Partitions(_) => Err(not_implemented("partitions")),
-        Command::Archive(_) => Err(not_implemented("archive")),
+        Command::Partitions(args) => partitions::main(&ctx, args).await,
+        Command::Archive(args) => archival::main(&ctx, args).await,
     }
 }
 
