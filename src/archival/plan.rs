@@ -22,8 +22,10 @@ use crate::pg::sql;
 pub enum Cursor {
     /// In index order of the archival column, after the last value moved.
     Index { index: String },
-    /// In physical order, after the last `ctid` moved (TID range scan; index scans are
-    /// switched off for the batch so the order holds).
+    /// In physical order, after the last `ctid` moved (TID range scan). Plain index
+    /// scans, the only plans that would return rows out of physical order, are switched
+    /// off for the batch; bitmap scans (physical order) stay available, also for the
+    /// queries foreign-key and user triggers run inside the batch.
     Physical,
 }
 
@@ -53,7 +55,9 @@ pub struct Batch<'a> {
 pub fn batch_settings(cursor: &Cursor) -> &'static str {
     match cursor {
         // Keep the physical order the cursor relies on.
-        Cursor::Physical => "SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off; SET LOCAL enable_bitmapscan = off",
+        Cursor::Physical => {
+            "SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off"
+        }
         Cursor::Index { .. } => "",
     }
 }
