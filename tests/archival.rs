@@ -612,3 +612,37 @@ fn old_partitions_move_whole_and_the_straddling_one_is_left_to_rows_mode() {
     assert_eq!(q(&c, "SELECT count(*) FROM archive.usage_stats"), "30");
     assert_eq!(q(&c, "SELECT count(*) FROM usage_stats"), "25");
 }
+
+#[test]
+fn odd_table_and_column_names_are_quoted_everywhere() {
+    let (c, _t, config) = setup(
+        r#"CREATE SCHEMA "Sales Data";
+           CREATE TABLE "Sales Data"."Odd ""Tab""" ("Created At" timestamptz NOT NULL, "select" int)
+             PARTITION BY RANGE ("Created At");
+           CREATE TABLE "Sales Data"."Odd ""Tab""_old" PARTITION OF "Sales Data"."Odd ""Tab"""
+             FOR VALUES FROM ('2000-01-01') TO ('2001-01-01');
+           INSERT INTO "Sales Data"."Odd ""Tab""" VALUES ('2000-05-05', 1), ('2000-06-06', 2);"#,
+        "[[partitions]]\ntable = '\"Sales Data\".\"Odd \"\"Tab\"\"\"'\npremake = 1\n\
+         [[archive]]\ntable = '\"Sales Data\".\"Odd \"\"Tab\"\"\"'\ncolumn = \"Created At\"\nolder_than = \"1 year\"\narchive_schema = \"Old; DROP\"\n",
+    );
+    let out = backupctl(&config, &["partitions"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let names = q(
+        &c,
+        r#"SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_inherits JOIN pg_class ON oid = inhrelid WHERE inhparent = '"Sales Data"."Odd ""Tab"""'::regclass"#,
+    );
+    assert_eq!(names.matches("Odd \"Tab\"_").count(), 3, "{names}");
+    let out = backupctl(&config, &["archive"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        q(
+            &c,
+            r#"SELECT string_agg("select"::text, ',' ORDER BY "select") FROM "Old; DROP"."Odd ""Tab""""#
+        ),
+        "1,2"
+    );
+    assert_eq!(
+        q(&c, r#"SELECT count(*) FROM "Sales Data"."Odd ""Tab""""#),
+        "0"
+    );
+}

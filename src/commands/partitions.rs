@@ -45,6 +45,19 @@ pub enum Status {
 }
 
 impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::WouldCreate => "would_create",
+            Status::Exists => "exists",
+            Status::Covered => "covered",
+            Status::Overlap => "overlap",
+            Status::NameTaken => "name_taken",
+            Status::Blocked => "blocked",
+            Status::Failed => "failed",
+        }
+    }
+
     /// Months a human has to look at.
     pub fn needs_attention(self) -> bool {
         matches!(
@@ -118,7 +131,7 @@ impl PartitionsSummary {
                     .filter(|m| m.status.needs_attention())
                     .map(move |m| (t, m))
             })
-            .map(|(t, m)| format!("{} {} {:?}", t.table, m.month, m.status))
+            .map(|(t, m)| format!("{} {} {}", t.table, m.month, m.status.as_str()))
             .collect();
         if failed == 0 && refused == 0 && attention.is_empty() {
             return Ok(());
@@ -474,10 +487,7 @@ fn print_human(s: &PartitionsSummary) {
             println!("  ERROR {e}");
         }
         for m in &t.months {
-            let status = serde_json::to_value(m.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
+            let status = m.status.as_str();
             println!(
                 "  {}  {:<40} {:<12} [{}, {})",
                 m.month, m.partition, status, m.from, m.to
