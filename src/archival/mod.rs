@@ -8,4 +8,5 @@ pub mod inspect;
 pub mod log;
 pub mod partmode;
 pub mod plan;
+pub mod report;
 pub mod rows;

@@ -62,6 +62,18 @@ pub fn batch_settings(cursor: &Cursor) -> &'static str {
     }
 }
 
+/// `BEGIN; …; COMMIT` around the non-empty statements, as `--dry-run` prints a
+/// transaction (the statements are what the run executes, in order).
+pub fn transaction_text(statements: &[&str]) -> String {
+    let mut out = String::from("BEGIN;\n");
+    for s in statements.iter().filter(|s| !s.is_empty()) {
+        out.push_str(s);
+        out.push_str(";\n");
+    }
+    out.push_str("COMMIT");
+    out
+}
+
 /// One batch: delete up to `limit` old rows of the leaf, insert exactly those rows into
 /// the archive table, count the batch in `archive_log` — one statement, so all three
 /// commit or none does. Returns `deleted, inserted, next cursor position`.
@@ -417,6 +429,10 @@ mod tests {
         assert!(s.contains("AND ctid > '(12,4)'::tid LIMIT 5000"), "{s}");
         assert!(!s.contains("ORDER BY"), "{s}");
         assert!(batch_settings(&phys).contains("enable_indexscan = off"));
+        assert_eq!(
+            transaction_text(&["SET LOCAL x = 1", "", "SELECT 1"]),
+            "BEGIN;\nSET LOCAL x = 1;\nSELECT 1;\nCOMMIT"
+        );
     }
 
     #[test]

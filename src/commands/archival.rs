@@ -16,13 +16,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
-use serde::Serialize;
+
 use tokio_postgres::Client;
 
-use crate::archival::inspect::{self, Leaf};
+use crate::archival::inspect::{self, Leaf, Source};
 use crate::archival::log::{self, Start};
-use crate::archival::partmode::{self, PartStatus, PartitionReport};
+use crate::archival::partmode::{self, PartStatus};
 use crate::archival::plan::{self as aplan, Batch};
+pub use crate::archival::report::{print_human, ArchiveSummary, TableArchive, TableStatus};
 use crate::archival::rows::{self, RowStats};
 use crate::cli::DryRunArgs;
 use crate::commands::Ctx;
@@ -34,98 +35,6 @@ use crate::pg::advisory::{self, hostname, Job};
 use crate::pg::conn::ConnParams;
 use crate::pg::retry::{lock_timeout_sql, set_local_lock_timeout, transaction, with_lock_retries};
 use crate::pg::sql;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TableStatus {
-    Finished,
-    DryRun,
-    Refused,
-    Failed,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TableArchive {
-    /// As configured.
-    pub table: String,
-    /// Resolved `schema.name`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    pub database: String,
-    pub mode: &'static str,
-    pub column: String,
-    pub older_than: String,
-    /// Rows with `column < cutoff` are archived.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cutoff: Option<String>,
-    pub archive_schema: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub archive_table: Option<String>,
-    pub status: TableStatus,
-    /// Planner's estimate of the rows to move (rows mode) or in the partitions to move.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub estimated_rows: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rows: Option<RowStats>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub leaves: Vec<Leaf>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub partitions: Vec<PartitionReport>,
-    pub partitions_moved: usize,
-    pub foreign_keys: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-    /// The statements, in order (batches: the first of each leaf).
-    pub sql: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_id: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ArchiveSummary {
-    pub dry_run: bool,
-    pub run_id: String,
-    pub tables: Vec<TableArchive>,
-}
-
-impl ArchiveSummary {
-    /// `Ok` when every policy finished (or would run); else exit 1 for failures, 2 when
-    /// only refusals (config, foreign keys, mismatched archive table) stand in the way.
-    pub fn outcome(&self) -> anyhow::Result<()> {
-        let failed: Vec<&str> = self
-            .tables
-            .iter()
-            .filter(|t| t.status == TableStatus::Failed)
-            .map(|t| t.table.as_str())
-            .collect();
-        let refused: Vec<&str> = self
-            .tables
-            .iter()
-            .filter(|t| t.status == TableStatus::Refused)
-            .map(|t| t.table.as_str())
-            .collect();
-        if failed.is_empty() && refused.is_empty() {
-            return Ok(());
-        }
-        let mut parts = Vec::new();
-        if !failed.is_empty() {
-            parts.push(format!("failed: {}", failed.join(", ")));
-        }
-        if !refused.is_empty() {
-            parts.push(format!("refused: {}", refused.join(", ")));
-        }
-        Err(Exit {
-            code: if failed.is_empty() { 2 } else { 1 },
-            message: Some(format!(
-                "archive: {}; see the report above",
-                parts.join("; ")
-            )),
-        }
-        .into())
-    }
-}
 
 /// CLI entry: run, print, exit code.
 pub async fn main(ctx: &Ctx, args: DryRunArgs) -> anyhow::Result<()> {
@@ -217,40 +126,6 @@ pub async fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<ArchiveSummary> {
     })
 }
 
-impl TableArchive {
-    fn new(p: &ArchivePolicy, db: &str, dry_run: bool) -> TableArchive {
-        TableArchive {
-            table: p.table.clone(),
-            source: None,
-            database: db.to_string(),
-            mode: match p.mode {
-                ArchiveMode::Rows => "rows",
-                ArchiveMode::Partitions => "partitions",
-            },
-            column: p.column.clone(),
-            older_than: p.older_than.clone(),
-            cutoff: None,
-            archive_schema: p.archive_schema.clone(),
-            archive_table: None,
-            status: if dry_run {
-                TableStatus::DryRun
-            } else {
-                TableStatus::Finished
-            },
-            estimated_rows: None,
-            rows: None,
-            leaves: Vec::new(),
-            partitions: Vec::new(),
-            partitions_moved: 0,
-            foreign_keys: Vec::new(),
-            notes: Vec::new(),
-            sql: Vec::new(),
-            log_id: None,
-            error: None,
-        }
-    }
-}
-
 struct PolicyCtx<'a> {
     client: &'a Client,
     index: usize,
@@ -267,6 +142,29 @@ async fn policy(
     targets: &mut HashMap<(String, String, String), String>,
     r: &mut TableArchive,
 ) -> anyhow::Result<()> {
+    let planned = plan(x, targets, r).await?;
+    if x.dry_run {
+        return Ok(());
+    }
+    execute(x, planned, r).await
+}
+
+/// A checked policy: everything `execute` needs.
+struct Planned {
+    s: Source,
+    cutoff: String,
+    ddl: Vec<String>,
+    columns: Vec<String>,
+    leaves: Vec<Leaf>,
+}
+
+/// Check the policy and build its plan (SQL and estimates into `r`); refusals are user
+/// errors, returned only after the whole plan is in the report.
+async fn plan(
+    x: &PolicyCtx<'_>,
+    targets: &mut HashMap<(String, String, String), String>,
+    r: &mut TableArchive,
+) -> anyhow::Result<Planned> {
     let (client, p) = (x.client, x.p);
     let s = inspect::source(client, p, x.db).await?;
     r.source = Some(s.table.display());
@@ -375,16 +273,11 @@ async fn policy(
                     log: &log_q,
                     log_id: 0,
                 });
-                let settings = aplan::batch_settings(&leaf.cursor);
-                let settings = if settings.is_empty() {
-                    String::new()
-                } else {
-                    format!("{settings};\n")
-                };
-                r.sql.push(format!(
-                    "BEGIN;\n{};\n{settings}{batch};\nCOMMIT",
-                    lock_timeout_sql(p.lock_timeout)
-                ));
+                r.sql.push(aplan::transaction_text(&[
+                    &lock_timeout_sql(p.lock_timeout),
+                    aplan::batch_settings(&leaf.cursor),
+                    &batch,
+                ]));
             }
             r.leaves = leaves.clone();
         }
@@ -419,10 +312,10 @@ async fn policy(
             r.sql = ddl.clone();
             for q in &parts {
                 if let Some(stmt) = &q.sql {
-                    r.sql.push(format!(
-                        "BEGIN;\n{};\n{stmt};\nCOMMIT",
-                        lock_timeout_sql(p.lock_timeout)
-                    ));
+                    r.sql.push(aplan::transaction_text(&[
+                        &lock_timeout_sql(p.lock_timeout),
+                        stmt,
+                    ]));
                 }
             }
         }
@@ -431,11 +324,25 @@ async fn policy(
     if !refusals.is_empty() {
         return Err(crate::user_error!("{}", refusals.join("; ")));
     }
-    if x.dry_run {
-        return Ok(());
-    }
+    Ok(Planned {
+        s,
+        cutoff,
+        ddl,
+        columns,
+        leaves,
+    })
+}
 
-    // From here on, things change.
+/// Create what is missing, open the `archive_log` row, move, close the row.
+async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> anyhow::Result<()> {
+    let (client, p) = (x.client, x.p);
+    let Planned {
+        s,
+        cutoff,
+        ddl,
+        columns,
+        leaves,
+    } = planned;
     if !ddl.is_empty() {
         let ddl = &ddl;
         with_lock_retries("create the archive schema, table and log", || {
@@ -529,112 +436,4 @@ async fn policy(
     }
     entry.finish(client).await?;
     Ok(())
-}
-
-fn print_human(s: &ArchiveSummary) {
-    if s.tables.is_empty() {
-        println!("no [[archive]] policies in the config");
-    }
-    for t in &s.tables {
-        let target = t
-            .archive_table
-            .clone()
-            .unwrap_or_else(|| format!("schema {}", t.archive_schema));
-        println!(
-            "{} → {} ({} mode, database {})",
-            t.source.as_deref().unwrap_or(&t.table),
-            target,
-            t.mode,
-            t.database
-        );
-        if let Some(c) = &t.cutoff {
-            println!("  cutoff: {} < {c} (now - {})", t.column, t.older_than);
-        }
-        if !t.foreign_keys.is_empty() {
-            println!("  foreign keys referencing it:");
-            for fk in &t.foreign_keys {
-                println!("    {fk}");
-            }
-        }
-        for n in &t.notes {
-            println!("  note: {n}");
-        }
-        for l in &t.leaves {
-            let cursor = match &l.cursor {
-                aplan::Cursor::Index { index } => format!("index {index}"),
-                aplan::Cursor::Physical => "physical order (no index leads with the column)".into(),
-            };
-            println!(
-                "  {}: ~{} row(s) older than the cutoff, walked in {cursor}",
-                l.table, l.estimated_rows
-            );
-        }
-        for q in &t.partitions {
-            let status = serde_json::to_value(q.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            println!(
-                "  {:<40} {:<10} ~{} row(s)  {}",
-                q.partition, status, q.estimated_rows, q.bound
-            );
-            if let Some(d) = &q.detail {
-                println!("      {d}");
-            }
-        }
-        if let Some(st) = &t.rows {
-            println!(
-                "  moved {} row(s) in {} batch(es) in {:.1} s ({:.0} rows/s); longest batch {:.0} ms",
-                st.rows_moved,
-                st.batches,
-                st.elapsed_ms / 1e3,
-                st.rows_per_second,
-                st.longest_batch_ms
-            );
-        }
-        if t.mode == "partitions" && !s.dry_run && t.log_id.is_some() {
-            println!("  moved {} partition(s)", t.partitions_moved);
-        }
-        if let Some(id) = t.log_id {
-            println!(
-                "  {}.archive_log id {id}, run {}",
-                t.archive_schema, s.run_id
-            );
-        }
-        if s.dry_run {
-            if let Some(n) = t.estimated_rows {
-                println!("  estimated rows to move: {n}");
-            }
-            if !t.sql.is_empty() {
-                println!("  SQL:");
-                for stmt in &t.sql {
-                    for line in format!("{stmt};").lines() {
-                        println!("    {line}");
-                    }
-                }
-                if t.mode == "rows" {
-                    println!("    -- each batch repeats with the cursor after the last row moved (index value or ctid)");
-                    println!("    -- until a pass from the start finds nothing; archive_log id 0 is this run's row");
-                }
-            }
-        }
-        if let Some(e) = &t.error {
-            println!(
-                "  {}: {e}",
-                if t.status == TableStatus::Refused {
-                    "REFUSED"
-                } else {
-                    "FAILED"
-                }
-            );
-        }
-        let status = serde_json::to_value(t.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        println!("  status: {status}");
-    }
-    if s.dry_run {
-        println!("dry run: nothing was changed");
-    }
 }

@@ -8,3 +8,4 @@ pub mod bounds;
 pub mod calendar;
 pub mod catalog;
 pub mod plan;
+pub mod report;
