@@ -503,7 +503,16 @@ fn a_run_holding_the_lock_elsewhere_is_reported() {
     common::chown_to_pg(&held.path);
     let out = backupctl(&config, &["partitions"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a partitions job is already running (pid"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("wait for it to finish") && !stderr(&out).contains("--no-wait"),
+        "{}",
+        stderr(&out)
+    );
     drop(held);
     let out = backupctl(&config, &["partitions"]);
     assert!(out.status.success(), "{}", stderr(&out));

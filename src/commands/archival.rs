@@ -29,7 +29,6 @@ use crate::cli::DryRunArgs;
 use crate::commands::Ctx;
 use crate::config::{ArchiveMode, ArchivePolicy, OnForeignKeys};
 use crate::error::{Exit, UserError};
-use crate::lock::{self, Wait};
 use crate::partitions::catalog;
 use crate::pg::advisory::{self, hostname, Job};
 use crate::pg::conn::ConnParams;
@@ -54,7 +53,7 @@ pub async fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<ArchiveSummary> {
     let _host_lock = if dry_run || cfg.archive.is_empty() {
         None
     } else {
-        Some(lock::acquire_async(&cfg.backup.state_dir, "archive", Wait::No).await?)
+        Some(super::partitions::host_lock(&cfg.backup.state_dir, "archive").await?)
     };
     let run_id = format!(
         "{}-{:08x}",

@@ -60,7 +60,7 @@ pub async fn run_at(
     let _host_lock = if dry_run || cfg.partitions.is_empty() {
         None
     } else {
-        Some(lock::acquire_async(&cfg.backup.state_dir, "partitions", Wait::No).await?)
+        Some(host_lock(&cfg.backup.state_dir, "partitions").await?)
     };
     let params = ConnParams::from_config(&cfg.postgres)?;
     let mut by_db: BTreeMap<String, Vec<&PartitionPolicy>> = BTreeMap::new();
@@ -320,4 +320,32 @@ fn is_check_violation(e: &anyhow::Error) -> bool {
             .and_then(|e| e.code())
             .is_some_and(|code| *code == tokio_postgres::error::SqlState::CHECK_VIOLATION)
     })
+}
+
+/// The host-wide job lock, failing at once (exit 3) when another run on this host holds
+/// it: a scheduled run must not queue behind a long one, and an operator is told who
+/// holds it. Shared with `archive`.
+pub(crate) async fn host_lock(
+    state_dir: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<lock::JobLock> {
+    lock::acquire_async(state_dir, name, Wait::No)
+        .await
+        .map_err(|e| {
+            match e.downcast_ref::<Exit>() {
+                // lock.rs words its message for commands with --no-wait; these have none.
+                Some(Exit {
+                    code: 3,
+                    message: Some(m),
+                }) => Exit {
+                    code: 3,
+                    message: Some(m.replace(
+                        "wait for it, or run without --no-wait to queue behind it",
+                        "wait for it to finish",
+                    )),
+                }
+                .into(),
+                _ => e,
+            }
+        })
 }
