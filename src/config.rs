@@ -346,6 +346,9 @@ pub struct PartitionPolicy {
     pub timezone: String,
     /// Database holding the table; default `postgres.dbname`.
     pub database: Option<String>,
+    /// How long creating one partition may wait for its locks before it is retried.
+    #[serde(default = "defaults::lock_timeout", with = "humantime_serde_compat")]
+    pub lock_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -817,6 +820,12 @@ impl Config {
                     format!("{:?} must be `schema.table` or `table`", p.table),
                 );
             }
+            if p.lock_timeout.is_zero() {
+                return bad(
+                    &format!("{key}.lock_timeout"),
+                    "must be more than 0 (0 would wait for locks forever), e.g. \"5s\"".into(),
+                );
+            }
         }
         for (i, a) in self.archive.iter().enumerate() {
             let key = format!("archive[{i}]");
@@ -833,6 +842,18 @@ impl Config {
                 return bad(
                     &format!("{key}.older_than"),
                     "must be a PostgreSQL interval such as \"6 months\"".into(),
+                );
+            }
+            if a.lock_timeout.is_zero() {
+                return bad(
+                    &format!("{key}.lock_timeout"),
+                    "must be more than 0 (0 would wait for locks forever), e.g. \"5s\"".into(),
+                );
+            }
+            if a.archive_schema.trim().is_empty() {
+                return bad(
+                    &format!("{key}.archive_schema"),
+                    "must name a schema, e.g. \"archive\"".into(),
                 );
             }
         }
@@ -1052,6 +1073,28 @@ mod tests {
             ok.retention.physical.keep_within, None,
             "a given rule replaces the default"
         );
+    }
+
+    #[test]
+    fn partition_and_archive_lock_timeouts_are_validated() {
+        let ok =
+            parse("[repository]\npath = \"/x\"\n[[partitions]]\ntable = \"public.t\"\n").unwrap();
+        assert_eq!(ok.partitions[0].lock_timeout, Duration::from_secs(5));
+        let err = parse(
+            "[repository]\npath = \"/x\"\n[[partitions]]\ntable = \"public.t\"\nlock_timeout = \"0s\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("partitions[0].lock_timeout"), "{err}");
+        let err = parse(
+            "[repository]\npath = \"/x\"\n[[archive]]\ntable = \"t\"\nolder_than = \"6 months\"\nlock_timeout = \"0s\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("archive[0].lock_timeout"), "{err}");
+        let err = parse(
+            "[repository]\npath = \"/x\"\n[[archive]]\ntable = \"t\"\nolder_than = \"6 months\"\narchive_schema = \"\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("archive[0].archive_schema"), "{err}");
     }
 
     #[test]

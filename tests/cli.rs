@@ -119,8 +119,6 @@ fn unimplemented_commands_say_so_and_exit_2() {
             "--dbname",
             "x",
         ],
-        &["partitions", "--dry-run"],
-        &["archive", "--dry-run"],
     ];
     for args in pending {
         let out = backupctl(&config, args);

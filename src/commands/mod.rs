@@ -1,10 +1,12 @@
 //! One use case per module. `run` loads the config, sets up logging and dispatches.
 
+pub mod archival;
 pub mod backup;
 pub mod backup_physical;
 pub mod check;
 pub mod info;
 pub mod list;
+pub mod partitions;
 pub mod restore;
 pub mod retention;
 pub mod status;
@@ -54,8 +56,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(args) => info::run(&ctx, args).await,
         Command::Verify(args) => verify::run(&ctx, args).await,
         Command::Retention(args) => retention::command(&ctx, args).await,
-        Command::Partitions(_) => Err(not_implemented("partitions")),
-        Command::Archive(_) => Err(not_implemented("archive")),
+        Command::Partitions(args) => partitions::main(&ctx, args).await,
+        Command::Archive(args) => archival::main(&ctx, args).await,
     }
 }
 

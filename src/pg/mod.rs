@@ -1,6 +1,10 @@
-//! PostgreSQL: connections, server binaries, and WAL/LSN arithmetic.
+//! PostgreSQL: connections, server binaries, WAL/LSN arithmetic, SQL quoting and
+//! cross-host advisory locks.
 
+pub mod advisory;
 pub mod bin;
 pub mod conn;
+pub mod retry;
 pub mod server;
+pub mod sql;
 pub mod wal;
