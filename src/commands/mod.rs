@@ -1,6 +1,9 @@
 //! One use case per module. `run` loads the config, sets up logging and dispatches.
 
+pub mod backup;
+pub mod backup_logical;
 pub mod check;
+pub mod restore_logical;
 
 use serde::Serialize;
 
@@ -33,7 +36,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check(args) => check::run(&ctx, args).await,
         Command::Daemon => Err(not_implemented("daemon")),
-        Command::Backup(_) => Err(not_implemented("backup")),
+        Command::Backup(args) => backup::run(&ctx, args).await,
+        Command::Restore(args) if args.logical.is_some() => {
+            restore_logical::run(&ctx, &args).await
+        }
+        // MERGE POINT (issue 3): physical restore / PITR.
         Command::Restore(_) => Err(not_implemented("restore")),
         Command::WalPush(_) => Err(not_implemented("wal-push")),
         Command::WalFetch(_) => Err(not_implemented("wal-fetch")),

@@ -1,0 +1,406 @@
+//! `backupctl backup`: take a backup now — also the pre-migration hook that migration
+//! tooling calls and trusts by exit code.
+//!
+//! Takes the job lock of each kind (waiting for a running backup, or exit 3 with
+//! `--no-wait`), runs the backup(s), and only once they are durable (manifest written)
+//! creates a PostgreSQL restore point named after each backup id, records it in the
+//! manifest and switches WAL so the point reaches the archive. Prints the backup ids
+//! (one per line) or, with `--json`, everything needed to restore them. Exit 0 only
+//! when every step succeeded.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::cli::{BackupArgs, KindArg};
+use crate::commands::{backup_logical, not_implemented, Ctx};
+use crate::lock::{self, Wait};
+use crate::manifest::{BackupKind, Manifest, RestorePoint};
+use crate::pg::conn::ConnParams;
+use crate::pg::wal::Lsn;
+use crate::repo;
+
+/// How long a backup waits for a running one of the same kind by default.
+const LOCK_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+pub async fn run(ctx: &Ctx, args: BackupArgs) -> anyhow::Result<()> {
+    let cfg = &ctx.cfg;
+    if let Some(label) = &args.label {
+        validate_label(label)?;
+    }
+    if args.kind == KindArg::Physical && !args.databases.is_empty() {
+        return Err(crate::user_error!(
+            "--database selects databases of a logical backup; use it with --kind logical or both"
+        ));
+    }
+    // Verification (test restores) lands with its own issue: never pretend it ran.
+    if args.verify {
+        return Err(not_implemented("backup --verify"));
+    }
+    if cfg.verify.after_backup && !args.no_verify {
+        tracing::warn!(
+            "verify.after_backup is set but test-restore verification is not implemented yet: \
+             this backup will not be verified (--no-verify silences this warning)"
+        );
+    }
+
+    let wait = if args.no_wait {
+        Wait::No
+    } else {
+        Wait::Up(LOCK_WAIT)
+    };
+    let state = &cfg.backup.state_dir;
+    // Locks in a fixed order (physical, then logical) so two `both` runs never deadlock.
+    let _physical_lock = match args.kind {
+        KindArg::Physical | KindArg::Both => {
+            Some(lock::acquire_async(state, "backup-physical", wait).await?)
+        }
+        KindArg::Logical => None,
+    };
+    let _logical_lock = match args.kind {
+        KindArg::Logical | KindArg::Both => {
+            Some(lock::acquire_async(state, "backup-logical", wait).await?)
+        }
+        KindArg::Physical => None,
+    };
+
+    let label = args.label.as_deref();
+    let mut manifests: Vec<Manifest> = Vec::new();
+    if matches!(args.kind, KindArg::Physical | KindArg::Both) {
+        // MERGE POINT (issue 3): replace with
+        // `manifests.push(backup_physical::run(ctx, label).await?);`
+        return Err(not_implemented("backup --kind physical"));
+    }
+    if matches!(args.kind, KindArg::Logical | KindArg::Both) {
+        manifests.push(backup_logical::run(ctx, label, &args.databases).await?);
+    }
+
+    // The backups are durable: mark this instant in the WAL stream.
+    let params = ConnParams::from_config(&cfg.postgres)?;
+    let client = params
+        .connect()
+        .await
+        .context("create the restore point after the backup")?;
+    let repo = repo::open(cfg).await?;
+    let mut points = Vec::new();
+    for m in &mut manifests {
+        let point = create_restore_point(&client, &m.id).await?;
+        if let Some(p) = &point {
+            m.restore_point = Some(p.clone());
+            m.store(repo.as_ref())
+                .await
+                .with_context(|| format!("record restore point {} in the manifest", p.name))?;
+        }
+        points.push(point);
+    }
+    let archived = match points.iter().flatten().map(|p| p.lsn).max() {
+        Some(lsn) => push_restore_point(&client, lsn, cfg.backup.archive_timeout).await?,
+        None => None,
+    };
+
+    let out = report(ctx, &manifests, archived);
+    if ctx.json {
+        ctx.print_json(&out)?;
+    } else {
+        for b in &out.backups {
+            println!("{}", b.id);
+        }
+    }
+    for b in &out.backups {
+        tracing::info!(
+            "backup {} ({}) complete: {} bytes stored{}",
+            b.id,
+            b.kind,
+            b.stored_bytes,
+            b.restore_point
+                .as_ref()
+                .map(|p| format!(", restore point at {}", p.lsn))
+                .unwrap_or_default()
+        );
+        for c in &b.restore_commands {
+            tracing::info!("restore with: {}", c.command);
+        }
+    }
+    Ok(())
+}
+
+/// Labels select retention rules (`retention.labels.<label>`) and appear in ids'
+/// company in scripts: keep them to a safe alphabet.
+pub fn validate_label(label: &str) -> anyhow::Result<()> {
+    let ok = !label.is_empty()
+        && label.len() <= 64
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !label.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::user_error!(
+            "--label {label:?} is not valid: use 1-64 letters, digits, '-', '_' or '.' (e.g. pre-migration)"
+        ))
+    }
+}
+
+/// `pg_create_restore_point(name)`, or `None` (with a warning) where the server cannot
+/// create one: a standby, or `wal_level = minimal`.
+async fn create_restore_point(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> anyhow::Result<Option<RestorePoint>> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), current_setting('wal_level')",
+            &[],
+        )
+        .await
+        .context("read wal_level")?;
+    let (standby, wal_level): (bool, String) = (row.get(0), row.get(1));
+    if standby || wal_level == "minimal" {
+        tracing::warn!(
+            "no restore point for backup {name}: {}",
+            if standby {
+                "the server is a standby (restore points can only be created on the primary)"
+            } else {
+                "wal_level is minimal"
+            }
+        );
+        return Ok(None);
+    }
+    let row = client
+        .query_one(
+            "SELECT pg_create_restore_point($1)::text, clock_timestamp()",
+            &[&name],
+        )
+        .await
+        .with_context(|| format!("create restore point {name}"))?;
+    let lsn: Lsn = row
+        .get::<_, String>(0)
+        .parse()
+        .map_err(|e| anyhow::anyhow!("restore point LSN: {e}"))?;
+    Ok(Some(RestorePoint {
+        name: name.to_string(),
+        lsn,
+        time: row.get(1),
+    }))
+}
+
+/// Switch WAL so the restore point's segment is archived now, then wait (up to
+/// `timeout`) until the server reports it archived. `None` when the server does not
+/// archive WAL; `Some(false)` when it did not get there in time (a warning: the backup
+/// itself is complete, but `restore --target-name` needs that WAL).
+async fn push_restore_point(
+    client: &tokio_postgres::Client,
+    lsn: Lsn,
+    timeout: Duration,
+) -> anyhow::Result<Option<bool>> {
+    let archive_mode: String = client
+        .query_one("SELECT current_setting('archive_mode')", &[])
+        .await?
+        .get(0);
+    if archive_mode == "off" {
+        tracing::warn!(
+            "archive_mode is off: the restore point is only usable with WAL archived elsewhere"
+        );
+        return Ok(None);
+    }
+    let segment: String = client
+        .query_one(
+            "SELECT pg_walfile_name($1::text::pg_lsn)",
+            &[&lsn.to_string()],
+        )
+        .await?
+        .get(0);
+    client
+        .query_one("SELECT pg_switch_wal()", &[])
+        .await
+        .context("switch WAL after the restore point")?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last: Option<String> = client
+            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+            .await?
+            .get(0);
+        if last.as_deref().is_some_and(|l| l.get(..24) >= Some(&segment[..])) {
+            return Ok(Some(true));
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "WAL segment {segment} with the restore point was not archived within {timeout:?} \
+                 (backup.archive_timeout); check archiving (`backupctl check`)"
+            );
+            return Ok(Some(false));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub label: Option<String>,
+    /// The backups were test-restored before returning (`--verify`).
+    pub verified: bool,
+    pub backups: Vec<BackupReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackupReport {
+    pub id: String,
+    pub kind: BackupKind,
+    pub start_time: chrono::DateTime<Utc>,
+    pub stop_time: chrono::DateTime<Utc>,
+    pub stored_bytes: u64,
+    pub original_bytes: u64,
+    pub restore_point: Option<RestorePoint>,
+    /// Whether the restore point's WAL segment reached the archive (`None`: the server
+    /// does not archive WAL or could not create a restore point).
+    pub restore_point_archived: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseReport>,
+    pub restore_commands: Vec<RestoreCommand>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DatabaseReport {
+    pub name: String,
+    pub tables: usize,
+    pub rows: i64,
+    pub size_bytes: i64,
+    pub large_objects: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RestoreCommand {
+    pub what: String,
+    pub command: String,
+}
+
+fn report(ctx: &Ctx, manifests: &[Manifest], archived: Option<bool>) -> Report {
+    let base = base_command(ctx);
+    let backups = manifests
+        .iter()
+        .map(|m| BackupReport {
+            id: m.id.clone(),
+            kind: m.kind,
+            start_time: m.start_time,
+            stop_time: m.stop_time,
+            stored_bytes: m.stored_bytes(),
+            original_bytes: m.original_bytes(),
+            restore_point: m.restore_point.clone(),
+            restore_point_archived: m.restore_point.as_ref().and(archived),
+            databases: m
+                .logical
+                .iter()
+                .flat_map(|l| &l.databases)
+                .map(|d| DatabaseReport {
+                    name: d.name.clone(),
+                    tables: d.tables.len(),
+                    rows: d.total_rows(),
+                    size_bytes: d.size_bytes,
+                    large_objects: d.large_objects,
+                })
+                .collect(),
+            restore_commands: restore_commands(&base, m),
+        })
+        .collect();
+    Report {
+        ok: true,
+        label: manifests.first().and_then(|m| m.label.clone()),
+        verified: false,
+        backups,
+    }
+}
+
+/// `backupctl --config '/etc/backupctl/backup.toml'` (no `--config` for the embedded
+/// default).
+fn base_command(ctx: &Ctx) -> String {
+    let mut s = String::from("backupctl");
+    if let Some(p) = ctx.cfg.config_arg() {
+        s.push_str(" --config ");
+        s.push_str(&shell_quote(&p.display().to_string()));
+    }
+    s
+}
+
+/// The commands that restore `m` (placeholders in capitals where the operator chooses).
+pub fn restore_commands(base: &str, m: &Manifest) -> Vec<RestoreCommand> {
+    let mut v = Vec::new();
+    let id = shell_quote(&m.id);
+    match m.kind {
+        BackupKind::Logical => {
+            for d in m.logical.iter().flat_map(|l| &l.databases) {
+                let db = shell_quote(&d.name);
+                let new = shell_quote(&format!("{}_restored", d.name));
+                v.push(RestoreCommand {
+                    what: format!("database {} into a new database {}_restored", d.name, d.name),
+                    command: format!(
+                        "{base} restore --logical {id} --database {db} --dbname {new} --create"
+                    ),
+                });
+                v.push(RestoreCommand {
+                    what: format!(
+                        "database {} in place (drops and recreates the objects in the backup)",
+                        d.name
+                    ),
+                    command: format!(
+                        "{base} restore --logical {id} --database {db} --dbname {db} --clean"
+                    ),
+                });
+            }
+            v.push(RestoreCommand {
+                what: "roles and tablespaces".into(),
+                command: format!("{base} restore --logical {id} --globals"),
+            });
+        }
+        BackupKind::Physical => {
+            v.push(RestoreCommand {
+                what: "the whole cluster as it was at this backup's restore point".into(),
+                command: format!(
+                    "{base} restore --backup {id} --target-name {id} --pgdata NEW_PGDATA_DIR --start"
+                ),
+            });
+        }
+    }
+    v
+}
+
+/// Quote `s` for a POSIX shell when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        for ok in ["pre-migration", "v1.2_3", "a"] {
+            assert!(validate_label(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "with space", "a/b", &"x".repeat(65)] {
+            let e = validate_label(bad).unwrap_err();
+            assert_eq!(crate::error::classify(&e).0, 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("app"), "app");
+        assert_eq!(shell_quote("/etc/b.toml"), "/etc/b.toml");
+        assert_eq!(shell_quote("my db"), "'my db'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}
