@@ -111,7 +111,7 @@ fn unimplemented_commands_say_so_and_exit_2() {
     // Commands whose issues have not landed yet; each issue removes its own.
     let pending: &[&[&str]] = &[
         &["daemon"],
-        &["backup"],
+        &["backup", "--kind", "physical"],
         &["restore", "--pgdata", "/tmp/x", "--target", "immediate"],
         &["wal-push", "pg_wal/000000010000000000000001"],
         &["wal-fetch", "000000010000000000000001", "/tmp/x"],

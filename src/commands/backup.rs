@@ -223,7 +223,10 @@ async fn push_restore_point(
             .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
             .await?
             .get(0);
-        if last.as_deref().is_some_and(|l| l.get(..24) >= Some(&segment[..])) {
+        if last
+            .as_deref()
+            .is_some_and(|l| l.get(..24) >= Some(&segment[..]))
+        {
             return Ok(Some(true));
         }
         if std::time::Instant::now() >= deadline {
@@ -335,7 +338,10 @@ pub fn restore_commands(base: &str, m: &Manifest) -> Vec<RestoreCommand> {
                 let db = shell_quote(&d.name);
                 let new = shell_quote(&format!("{}_restored", d.name));
                 v.push(RestoreCommand {
-                    what: format!("database {} into a new database {}_restored", d.name, d.name),
+                    what: format!(
+                        "database {} into a new database {}_restored",
+                        d.name, d.name
+                    ),
                     command: format!(
                         "{base} restore --logical {id} --database {db} --dbname {new} --create"
                     ),
@@ -370,8 +376,7 @@ pub fn restore_commands(base: &str, m: &Manifest) -> Vec<RestoreCommand> {
 /// Quote `s` for a POSIX shell when it needs it.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
     {
         s.to_string()

@@ -74,10 +74,9 @@ pub async fn run(ctx: &Ctx, label: Option<&str>, databases: &[String]) -> anyhow
         let mut objects = Vec::new();
         let mut dumps = Vec::new();
         for db in &dbs {
-            let (dump, objs) =
-                dump_database(&bin, &params, &repo, &id, codec, db, &mut written)
-                    .await
-                    .with_context(|| format!("dump database {db}"))?;
+            let (dump, objs) = dump_database(&bin, &params, &repo, &id, codec, db, &mut written)
+                .await
+                .with_context(|| format!("dump database {db}"))?;
             tracing::info!(
                 database = %db,
                 tables = dump.tables.len(),
@@ -130,7 +129,9 @@ pub async fn run(ctx: &Ctx, label: Option<&str>, databases: &[String]) -> anyhow
         }
         Err(e) => {
             remove_partial(repo.as_ref(), &id, &written).await;
-            Err(e.context(format!("logical backup {id} failed; no manifest was written")))
+            Err(e.context(format!(
+                "logical backup {id} failed; no manifest was written"
+            )))
         }
     }
 }
@@ -209,7 +210,10 @@ async fn remove_partial(repo: &dyn Repository, id: &str, written: &[String]) {
         return;
     }
     match repo.delete_many(written).await {
-        Ok(()) => tracing::info!("removed the {} object(s) backup {id} had written", written.len()),
+        Ok(()) => tracing::info!(
+            "removed the {} object(s) backup {id} had written",
+            written.len()
+        ),
         Err(e) => tracing::warn!(
             error = %e,
             "could not remove the objects of failed backup {id}; without a manifest they are \
@@ -307,12 +311,13 @@ async fn dump_database(
     let toc_name = layout::logical_toc_name(db, codec.algorithm);
     let toc_key = layout::backup_object_key(id, &toc_name);
     let bytes = listing.clone().into_bytes();
-    let (toc_stored, ()) = transfer::put_stream(repo, &toc_key, codec, PutOptions::default(), move |w| {
-        w.write_all(&bytes)?;
-        Ok(())
-    })
-    .await
-    .context("store the dump's table of contents")?;
+    let (toc_stored, ()) =
+        transfer::put_stream(repo, &toc_key, codec, PutOptions::default(), move |w| {
+            w.write_all(&bytes)?;
+            Ok(())
+        })
+        .await
+        .context("store the dump's table of contents")?;
     written.push(toc_key);
 
     let dump = DatabaseDump {
@@ -327,7 +332,10 @@ async fn dump_database(
         collate: Some(row.get(2)),
         ctype: Some(row.get(3)),
     };
-    Ok((dump, vec![entry(name, &stored), entry(toc_name, &toc_stored)]))
+    Ok((
+        dump,
+        vec![entry(name, &stored), entry(toc_name, &toc_stored)],
+    ))
 }
 
 fn is_aborted(e: &anyhow::Error) -> bool {
@@ -527,7 +535,11 @@ async fn dump_globals(
         std::io::copy(&mut out, w).context("read pg_dumpall's output")?;
         let status = child.wait()?;
         let stderr = err.finish();
-        anyhow::ensure!(status.success(), "{}", failure("pg_dumpall", status, &stderr));
+        anyhow::ensure!(
+            status.success(),
+            "{}",
+            failure("pg_dumpall", status, &stderr)
+        );
         Ok(())
     })
     .await?;

@@ -37,9 +37,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(args) => check::run(&ctx, args).await,
         Command::Daemon => Err(not_implemented("daemon")),
         Command::Backup(args) => backup::run(&ctx, args).await,
-        Command::Restore(args) if args.logical.is_some() => {
-            restore_logical::run(&ctx, &args).await
-        }
+        Command::Restore(args) if args.logical.is_some() => restore_logical::run(&ctx, &args).await,
         // MERGE POINT (issue 3): physical restore / PITR.
         Command::Restore(_) => Err(not_implemented("restore")),
         Command::WalPush(_) => Err(not_implemented("wal-push")),

@@ -77,7 +77,10 @@ pub async fn run(ctx: &Ctx, args: &RestoreArgs) -> anyhow::Result<()> {
     let bin = PgBin::discover(cfg.postgres.bin_dir.as_deref(), Some(info.major()))?;
 
     if args.dry_run {
-        println!("restore from logical backup {id} (taken {})", manifest.start_time);
+        println!(
+            "restore from logical backup {id} (taken {})",
+            manifest.start_time
+        );
         if args.globals {
             println!("  roles and tablespaces from {}", logical.globals_object);
         }
@@ -86,7 +89,11 @@ pub async fn run(ctx: &Ctx, args: &RestoreArgs) -> anyhow::Result<()> {
                 "  database {} → {target}{}{}",
                 d.name,
                 if args.create { " (created)" } else { "" },
-                if args.clean { " (existing objects dropped first)" } else { "" }
+                if args.clean {
+                    " (existing objects dropped first)"
+                } else {
+                    ""
+                }
             );
             for w in &wanted {
                 println!("  table {}.{}", w.schema, w.table);
@@ -106,9 +113,11 @@ pub async fn run(ctx: &Ctx, args: &RestoreArgs) -> anyhow::Result<()> {
             clean: args.clean,
             jobs: args.jobs.unwrap_or(1),
         };
-        restore_database(cfg, &repo, &manifest, d, &wanted, &bin, &params, &client, &opts)
-            .await
-            .with_context(|| format!("restore database {} of backup {id} into {target}", d.name))?;
+        restore_database(
+            cfg, &repo, &manifest, d, &wanted, &bin, &params, &client, &opts,
+        )
+        .await
+        .with_context(|| format!("restore database {} of backup {id} into {target}", d.name))?;
     }
     Ok(())
 }
@@ -184,12 +193,18 @@ pub fn resolve_tables(d: &DatabaseDump, names: &[String]) -> anyhow::Result<Vec<
             .filter(|x| x.partition_of.as_deref() == Some(qualified.as_str()))
             .collect();
         let mut add = |w: WantedTable| {
-            if !out.iter().any(|o| o.schema == w.schema && o.table == w.table) {
+            if !out
+                .iter()
+                .any(|o| o.schema == w.schema && o.table == w.table)
+            {
                 out.push(w);
             }
         };
         if leaves.is_empty() {
-            let t = d.tables.iter().find(|x| x.schema == schema && x.table == table);
+            let t = d
+                .tables
+                .iter()
+                .find(|x| x.schema == schema && x.table == table);
             add(WantedTable {
                 schema,
                 table,
@@ -225,12 +240,19 @@ fn digest(o: &ObjectEntry) -> Digest {
 
 fn object<'a>(m: &'a Manifest, name: &str) -> anyhow::Result<&'a ObjectEntry> {
     m.object(name).ok_or_else(|| {
-        anyhow::anyhow!("the manifest of backup {} does not list object {name}", m.id)
+        anyhow::anyhow!(
+            "the manifest of backup {} does not list object {name}",
+            m.id
+        )
     })
 }
 
 /// Download a small object whole, verified against the manifest.
-async fn fetch_small(repo: &Arc<dyn Repository>, m: &Manifest, name: &str) -> anyhow::Result<Vec<u8>> {
+async fn fetch_small(
+    repo: &Arc<dyn Repository>,
+    m: &Manifest,
+    name: &str,
+) -> anyhow::Result<Vec<u8>> {
     let o = object(m, name)?;
     transfer::get_stream(
         repo,
@@ -291,7 +313,11 @@ async fn restore_globals(
     if !status.success() || !other.is_empty() {
         anyhow::bail!(
             "{}",
-            failure("psql (restoring roles and tablespaces)", status, &other.join("\n"))
+            failure(
+                "psql (restoring roles and tablespaces)",
+                status,
+                &other.join("\n")
+            )
         );
     }
     tracing::info!(
@@ -372,7 +398,10 @@ async fn restore_database(
     let result = feed_pg_restore(repo, m, d, wanted, bin, &target, t, !exists, work.path()).await;
     if let Err(e) = result {
         if !exists {
-            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(t.name));
+            let drop = format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(t.name)
+            );
             return match client.batch_execute(&drop).await {
                 Ok(()) => Err(e.context(format!(
                     "dropped database {} again (this restore created it)",
@@ -452,7 +481,9 @@ async fn refuse_non_empty(
     if !wanted.is_empty() {
         for w in wanted {
             let q = format!("{}.{}", quote_ident(&w.schema), quote_ident(&w.table));
-            let row = c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&q]).await?;
+            let row = c
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&q])
+                .await?;
             if row.get::<_, bool>(0) {
                 return Err(crate::user_error!(
                     "table {}.{} already exists in database {}: restore into another database, or add --clean to drop and replace it",
@@ -512,7 +543,11 @@ async fn feed_pg_restore(
     }
     if !wanted.is_empty() {
         let toc_name = d.toc_object.as_deref().ok_or_else(|| {
-            anyhow::anyhow!("backup {} has no table of contents for database {}", m.id, d.name)
+            anyhow::anyhow!(
+                "backup {} has no table of contents for database {}",
+                m.id,
+                d.name
+            )
         })?;
         let listing = fetch_small(repo, m, toc_name).await?;
         let (list, missing) = toc::select_tables(&String::from_utf8_lossy(&listing), wanted);
@@ -529,29 +564,39 @@ async fn feed_pg_restore(
     let from_file = t.jobs > 1 || !created;
     if !from_file {
         cmd.stdin(Stdio::piped());
-        return transfer::get_stream(repo, &key, algorithm_of(&d.object), Some(digest(o)), move |r| {
-            let mut child = KillOnDrop::new(
-                cmd.stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .context("start pg_restore")?,
-            );
-            let err = StderrCapture::start(child.get_mut().stderr.take());
-            let mut stdin = child.get_mut().stdin.take().expect("piped");
-            let copied = std::io::copy(r, &mut stdin);
-            drop(stdin);
-            let status = child.wait()?;
-            let stderr = err.finish();
-            // pg_restore's own error explains a broken pipe. With a -L list it may
-            // finish (successfully) before reading the whole archive.
-            anyhow::ensure!(status.success(), "{}", failure("pg_restore", status, &stderr));
-            match copied {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    Err(anyhow::Error::from(e).context("feed pg_restore"))
+        return transfer::get_stream(
+            repo,
+            &key,
+            algorithm_of(&d.object),
+            Some(digest(o)),
+            move |r| {
+                let mut child = KillOnDrop::new(
+                    cmd.stdout(Stdio::null())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .context("start pg_restore")?,
+                );
+                let err = StderrCapture::start(child.get_mut().stderr.take());
+                let mut stdin = child.get_mut().stdin.take().expect("piped");
+                let copied = std::io::copy(r, &mut stdin);
+                drop(stdin);
+                let status = child.wait()?;
+                let stderr = err.finish();
+                // pg_restore's own error explains a broken pipe. With a -L list it may
+                // finish (successfully) before reading the whole archive.
+                anyhow::ensure!(
+                    status.success(),
+                    "{}",
+                    failure("pg_restore", status, &stderr)
+                );
+                match copied {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        Err(anyhow::Error::from(e).context("feed pg_restore"))
+                    }
+                    _ => Ok(()),
                 }
-                _ => Ok(()),
-            }
-        })
+            },
+        )
         .await;
     }
     let file = work.join("archive.dump");
@@ -574,7 +619,11 @@ async fn feed_pg_restore(
         let err = StderrCapture::start(child.get_mut().stderr.take());
         let status = child.wait()?;
         let stderr = err.finish();
-        anyhow::ensure!(status.success(), "{}", failure("pg_restore", status, &stderr));
+        anyhow::ensure!(
+            status.success(),
+            "{}",
+            failure("pg_restore", status, &stderr)
+        );
         Ok(())
     })
     .await?
@@ -618,7 +667,9 @@ mod tests {
     fn table_names_resolve() {
         let d = dump();
         let names = |v: Vec<WantedTable>| -> Vec<String> {
-            v.iter().map(|w| format!("{}.{}:{:?}", w.schema, w.table, w.oid)).collect()
+            v.iter()
+                .map(|w| format!("{}.{}:{:?}", w.schema, w.table, w.oid))
+                .collect()
         };
         let r = resolve_tables(&d, &["users".into()]).unwrap();
         assert_eq!(names(r), vec!["public.users:Some(12)"]);
@@ -630,7 +681,11 @@ mod tests {
         let r = resolve_tables(&d, &["public.m".into()]).unwrap();
         assert_eq!(
             names(r),
-            vec!["public.m:None", "public.m_2024:Some(13)", "public.m_2025:Some(14)"]
+            vec![
+                "public.m:None",
+                "public.m_2024:Some(13)",
+                "public.m_2025:Some(14)"
+            ]
         );
         let e = resolve_tables(&d, &["orders".into()]).unwrap_err();
         assert!(format!("{e}").contains("ambiguous"), "{e}");

@@ -125,7 +125,10 @@ mod tests {
         assert!(text.contains("bytes of output skipped"));
         assert!(text.len() < KEEP_HEAD + KEEP_TAIL + 100);
         let msg = failure("pg_dump", status, "pg_dump: error: boom\n");
-        assert!(msg.contains("pg_dump failed") && msg.contains("boom"), "{msg}");
+        assert!(
+            msg.contains("pg_dump failed") && msg.contains("boom"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -134,10 +137,11 @@ mod tests {
         let pid = child.id();
         drop(KillOnDrop::new(child));
         // Reaped: the pid no longer names our child.
-        assert!(!std::path::Path::new(&format!("/proc/{pid}/cmdline"))
-            .exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .map(|c| !c.contains("sleep"))
-                .unwrap_or(true));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .map(|c| !c.contains("sleep"))
+                    .unwrap_or(true)
+        );
     }
 }

@@ -70,8 +70,7 @@ pub fn parse_line(line: &str) -> Option<TocEntry<'_>> {
     let kind_len = MULTI_WORD_KINDS
         .iter()
         .find(|k| {
-            tail.starts_with(**k)
-                && (tail.len() == k.len() || tail.as_bytes()[k.len()] == b' ')
+            tail.starts_with(**k) && (tail.len() == k.len() || tail.as_bytes()[k.len()] == b' ')
         })
         .map(|k| k.len())
         .unwrap_or_else(|| tail.find(' ').unwrap_or(tail.len()));
@@ -199,14 +198,44 @@ mod tests {
     #[test]
     fn parses_kinds_with_spaces() {
         let cases = [
-            ("3365; 0 16386 TABLE DATA public t postgres", "TABLE DATA", 16386, "public t postgres"),
-            ("215; 1259 16385 SEQUENCE public t_id_seq postgres", "SEQUENCE", 16385, "public t_id_seq postgres"),
-            ("3368; 0 16412 MATERIALIZED VIEW DATA public mv postgres", "MATERIALIZED VIEW DATA", 16412, "public mv postgres"),
-            ("220; 1259 16412 MATERIALIZED VIEW public mv postgres", "MATERIALIZED VIEW", 16412, "public mv postgres"),
+            (
+                "3365; 0 16386 TABLE DATA public t postgres",
+                "TABLE DATA",
+                16386,
+                "public t postgres",
+            ),
+            (
+                "215; 1259 16385 SEQUENCE public t_id_seq postgres",
+                "SEQUENCE",
+                16385,
+                "public t_id_seq postgres",
+            ),
+            (
+                "3368; 0 16412 MATERIALIZED VIEW DATA public mv postgres",
+                "MATERIALIZED VIEW DATA",
+                16412,
+                "public mv postgres",
+            ),
+            (
+                "220; 1259 16412 MATERIALIZED VIEW public mv postgres",
+                "MATERIALIZED VIEW",
+                16412,
+                "public mv postgres",
+            ),
             ("3370; 0 0 BLOBS - BLOBS ", "BLOBS", 0, "- BLOBS "),
-            ("3220; 2606 16399 FK CONSTRAINT s2 my tab my tab_a_fkey postgres", "FK CONSTRAINT", 16399, "s2 my tab my tab_a_fkey postgres"),
+            (
+                "3220; 2606 16399 FK CONSTRAINT s2 my tab my tab_a_fkey postgres",
+                "FK CONSTRAINT",
+                16399,
+                "s2 my tab my tab_a_fkey postgres",
+            ),
             // A one-word kind that begins like a multi-word one.
-            ("12; 1259 16400 TABLESPACE - x postgres", "TABLESPACE", 16400, "- x postgres"),
+            (
+                "12; 1259 16400 TABLESPACE - x postgres",
+                "TABLESPACE",
+                16400,
+                "- x postgres",
+            ),
         ];
         for (line, kind, oid, rest) in cases {
             let e = parse_line(line).unwrap_or_else(|| panic!("{line}"));
@@ -240,20 +269,35 @@ mod tests {
         };
         let (list, missing) = select_tables(LISTING, &[want("public", "t", Some(16386), false)]);
         assert!(missing.is_empty());
-        let ids: Vec<u32> = list.lines().filter_map(parse_line).map(|e| e.dump_id).collect();
+        let ids: Vec<u32> = list
+            .lines()
+            .filter_map(parse_line)
+            .map(|e| e.dump_id)
+            .collect();
         assert_eq!(ids, vec![216, 3365, 3218]);
 
         // "s2.my" must not pick up "s2.my tab" (names with spaces): matched by OID.
         let (list, _) = select_tables(LISTING, &[want("s2", "my", Some(16500), false)]);
-        let ids: Vec<u32> = list.lines().filter_map(parse_line).map(|e| e.dump_id).collect();
+        let ids: Vec<u32> = list
+            .lines()
+            .filter_map(parse_line)
+            .map(|e| e.dump_id)
+            .collect();
         assert_eq!(ids, vec![230, 3380]);
 
         // A partitioned table with its partition: parent, leaf, attach, rows.
         let (list, _) = select_tables(
             LISTING,
-            &[want("public", "m", None, true), want("public", "m_2024", Some(16407), true)],
+            &[
+                want("public", "m", None, true),
+                want("public", "m_2024", Some(16407), true),
+            ],
         );
-        let ids: Vec<u32> = list.lines().filter_map(parse_line).map(|e| e.dump_id).collect();
+        let ids: Vec<u32> = list
+            .lines()
+            .filter_map(parse_line)
+            .map(|e| e.dump_id)
+            .collect();
         assert_eq!(ids, vec![218, 219, 3214, 3367]);
 
         let (_, missing) = select_tables(LISTING, &[want("public", "nope", None, false)]);

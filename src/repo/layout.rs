@@ -41,7 +41,11 @@ pub fn logical_dump_name(database: &str, algorithm: Algorithm) -> String {
 
 /// Object name of a database dump's table of contents (`pg_restore -l` output).
 pub fn logical_toc_name(database: &str, algorithm: Algorithm) -> String {
-    format!("db-{}.toc{}", encode_name(database), codec::suffix(algorithm))
+    format!(
+        "db-{}.toc{}",
+        encode_name(database),
+        codec::suffix(algorithm)
+    )
 }
 
 /// Object name of the `pg_dumpall --globals-only` script of a logical backup.
