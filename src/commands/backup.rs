@@ -218,16 +218,37 @@ async fn push_restore_point(
         .await
         .context("switch WAL after the restore point")?;
     let deadline = std::time::Instant::now() + timeout;
+    let mut failures_at_start: Option<i64> = None;
     loop {
-        let last: Option<String> = client
-            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
-            .await?
-            .get(0);
-        if last
-            .as_deref()
-            .is_some_and(|l| l.get(..24) >= Some(&segment[..]))
-        {
+        let row = client
+            .query_one(
+                "SELECT last_archived_wal, last_failed_wal,
+                        coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false),
+                        failed_count
+                 FROM pg_stat_archiver",
+                &[],
+            )
+            .await?;
+        let (last, failed, failing, failures): (Option<String>, Option<String>, bool, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let first_failures = *failures_at_start.get_or_insert(failures);
+        let reached = |w: &Option<String>| {
+            w.as_deref()
+                .is_some_and(|l| l.get(..24) >= Some(&segment[..]))
+        };
+        if reached(&last) {
             return Ok(Some(true));
+        }
+        // The archiver failed a whole round of attempts (it tries 3 times, then pauses
+        // for a minute) while we waited and has not succeeded since: archiving is
+        // broken, waiting longer would only delay the answer.
+        if failing && failures >= first_failures + 3 {
+            tracing::warn!(
+                "archive_command fails on WAL segment {} (pg_stat_archiver): the restore point \
+                 is not archived yet; fix archiving (`backupctl check`, the server log)",
+                failed.unwrap_or_default()
+            );
+            return Ok(Some(false));
         }
         if std::time::Instant::now() >= deadline {
             tracing::warn!(
