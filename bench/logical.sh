@@ -67,7 +67,7 @@ if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$work"; fi
 
 secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); awk "BEGIN { print $e - $s }"; }
 echo "== warming the cache (untimed pg_dump)"
-pg "$pg_bin/pg_dump" -Fc -Z0 -d bench -f /dev/null
+pg "$pg_bin/pg_dump" -Fc -Z0 --no-sync -d bench -f "$work/warm.dump"; rm -f "$work/warm.dump"
 
 printf '%-44s %10s %12s\n' "run" "seconds" "stored MiB"
 for i in $(seq 1 "$runs"); do

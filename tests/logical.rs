@@ -649,6 +649,40 @@ fn unreachable_server_fails_cleanly() {
 }
 
 #[test]
+fn permission_denied_names_the_database_and_table() {
+    let t = TestRepo::new(Backend::Local);
+    let src = Cluster::new(ClusterOptions::default());
+    src.psql("postgres", "CREATE ROLE weak LOGIN IN ROLE pg_monitor");
+    src.psql("postgres", "CREATE DATABASE app");
+    src.psql(
+        "app",
+        "CREATE TABLE open_one (x int); GRANT SELECT ON open_one TO weak;
+         CREATE TABLE secret (x int); REVOKE ALL ON secret FROM PUBLIC;",
+    );
+    let pg = src
+        .postgres_toml()
+        .replace("user = \"postgres\"", "user = \"weak\"");
+    let config = t.write_config("backup.toml", &pg);
+    let out = backupctl(
+        &config,
+        &[
+            "backup",
+            "--kind",
+            "logical",
+            "--database",
+            "app",
+            "--no-verify",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("dump database app"), "{err}");
+    assert!(err.contains("permission denied for table secret"), "{err}");
+    assert!(stdout(&out).is_empty());
+    assert_no_backup(&t);
+}
+
+#[test]
 fn unwritable_repository_fails_cleanly() {
     let src = Cluster::new(ClusterOptions::default());
     // Local: a repository directory the postgres user may not write.

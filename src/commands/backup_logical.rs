@@ -21,6 +21,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::Utc;
 use tokio_postgres::Client;
+use tracing::Instrument;
 
 use crate::codec::Codec;
 use crate::commands::Ctx;
@@ -65,11 +66,10 @@ pub async fn run(ctx: &Ctx, label: Option<&str>, databases: &[String]) -> anyhow
     let dbs = choose_databases(&client, requested).await?;
     let (id, start) = fresh_id(repo.as_ref()).await?;
     let codec = Codec::from_config(&cfg.compression);
-    let span = tracing::info_span!("backup", id = %id);
-    let _enter = span.enter();
     tracing::info!(databases = ?dbs, "logical backup {id} started");
 
     let mut written: Vec<String> = Vec::new();
+    let span = tracing::info_span!("backup", id = %id);
     let result = async {
         let mut objects = Vec::new();
         let mut dumps = Vec::new();
@@ -118,6 +118,7 @@ pub async fn run(ctx: &Ctx, label: Option<&str>, databases: &[String]) -> anyhow
         manifest.store(repo.as_ref()).await?;
         anyhow::Ok(manifest)
     }
+    .instrument(span)
     .await;
     match result {
         Ok(m) => {
