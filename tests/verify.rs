@@ -82,6 +82,7 @@ macro_rules! both_backends {
 }
 
 both_backends!(
+    good_logical_backup_verifies_and_tampered_counts_fail,
     good_physical_backup_verifies_with_rto_recorded,
     damaged_objects_fail_verification_naming_the_cause,
     deleted_wal_segment_is_reported_as_a_gap,
@@ -219,6 +220,63 @@ fn deleted_wal_segment_is_reported_as_a_gap(backend: Backend) {
     assert!(
         gaps.contains(victim.as_str()) && gaps.contains(&segs[0]),
         "{report}"
+    );
+}
+
+fn good_logical_backup_verifies_and_tampered_counts_fail(backend: Backend) {
+    let s = Setup::new(backend, "");
+    s.cluster.psql("postgres", "CREATE DATABASE shop");
+    s.cluster.psql(
+        "shop",
+        "CREATE SCHEMA sales; \
+         CREATE TABLE sales.customers (id serial PRIMARY KEY, name text UNIQUE); \
+         CREATE TABLE sales.orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+             customer int REFERENCES sales.customers, total numeric CHECK (total >= 0)); \
+         CREATE INDEX ON sales.orders (customer); \
+         CREATE FUNCTION sales.f(int) RETURNS int LANGUAGE sql AS 'SELECT $1 + 1'; \
+         INSERT INTO sales.customers (name) SELECT 'c' || g FROM generate_series(1, 300) g; \
+         INSERT INTO sales.orders (customer, total) SELECT 1 + g % 300, g FROM generate_series(1, 5000) g;",
+    );
+    let id = s
+        .ok(&["backup", "--kind", "logical", "--no-verify"])
+        .trim()
+        .to_string();
+    let report: serde_json::Value =
+        serde_json::from_str(&s.ok(&["--json", "verify", &id])).unwrap();
+    let v = &report["backups"][0];
+    assert_eq!(v["outcome"], "ok", "{report}");
+    let checked = v["checked"].to_string();
+    assert!(
+        checked.contains("database shop: all 2 tables' row counts match"),
+        "{checked}"
+    );
+    assert!(
+        checked.contains("FK CONSTRAINT")
+            && checked.contains("FUNCTION")
+            && checked.contains("INDEX"),
+        "{checked}"
+    );
+    assert!(v["duration_secs"].as_f64().unwrap() > 0.0);
+
+    // Tamper with one table's recorded row count: verification must name it.
+    let path = s.object_path(&format!("backups/{id}/manifest.json"));
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let dbs = m["logical"]["databases"].as_array_mut().unwrap();
+    let shop = dbs.iter_mut().find(|d| d["name"] == "shop").unwrap();
+    let t = shop["tables"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|t| t["table"] == "orders")
+        .unwrap();
+    t["rows"] = serde_json::json!(4999);
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let out = s.run(&["verify", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("sales.orders has 5000 rows restored, the manifest says 4999"),
+        "{text}"
     );
 }
 

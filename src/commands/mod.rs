@@ -2,12 +2,14 @@
 
 pub mod archival;
 pub mod backup;
+pub mod backup_logical;
 pub mod backup_physical;
 pub mod check;
 pub mod info;
 pub mod list;
 pub mod partitions;
 pub mod restore;
+pub mod restore_logical;
 pub mod retention;
 pub mod status;
 pub mod verify;
@@ -46,9 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(args) => check::run(&ctx, args).await,
         Command::Daemon => Err(not_implemented("daemon")),
         Command::Backup(args) => backup::run(&ctx, args).await,
-        Command::Restore(args) if args.logical.is_some() => {
-            Err(not_implemented("restore --logical"))
-        }
+        Command::Restore(args) if args.logical.is_some() => restore_logical::run(&ctx, &args).await,
         Command::Restore(args) => restore::run(&ctx, args).await,
         Command::WalPush(args) => wal_push::run(&ctx, args).await,
         Command::WalFetch(args) => wal_fetch::run(&ctx, args).await,

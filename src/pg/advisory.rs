@@ -131,7 +131,7 @@ pub async fn tag_session(client: &Client, job: Job) -> anyhow::Result<()> {
     let app = format!(
         "backupctl {} (host {}, pid {})",
         job.name(),
-        hostname(),
+        crate::manifest::local_hostname(),
         std::process::id()
     );
     client
@@ -146,14 +146,6 @@ pub async fn tag_session(client: &Client, job: Job) -> anyhow::Result<()> {
 }
 
 /// This machine's host name, for audit rows and lock holders.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// A connection for one job in `database`: tagged with the job and host, DateStyle ISO
 /// (bounds and cutoffs print and parse the same way everywhere), and — unless this is a
 /// dry run, which changes nothing and so may run beside a real run — holding the job's

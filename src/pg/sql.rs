@@ -36,9 +36,24 @@ pub fn ident_list<S: AsRef<str>>(names: &[S]) -> String {
         .join(", ")
 }
 
+/// `dbname='…'`: a libpq connection string naming exactly `name`. Programs such as
+/// pg_restore treat a `-d` value containing `=` as a connection string, so a plain
+/// database name could be misread; this form never is.
+pub fn conninfo_dbname(name: &str) -> String {
+    format!(
+        "dbname='{}'",
+        name.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conninfo_names_any_database() {
+        assert_eq!(conninfo_dbname("x=y 'q' \\"), "dbname='x=y \\'q\\' \\\\'");
+    }
 
     #[test]
     fn identifiers_are_always_quoted() {

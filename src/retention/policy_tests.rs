@@ -90,6 +90,7 @@ pub(crate) fn manifest_at(b: &B, tli: u32, start_seg: u64, stop_seg: u64) -> Man
             databases: vec![],
             globals_object: "globals.sql.zst".into(),
             globals_include_passwords: false,
+            pg_dump_version: None,
         }),
         restore_point: None,
         verification: b.verified.map(|outcome| Verification {
@@ -461,6 +462,11 @@ fn the_newest_logical_backup_of_each_database_is_kept() {
                 size_bytes: 1,
                 tables: vec![],
                 toc_counts: Default::default(),
+                toc_object: None,
+                large_objects: 0,
+                encoding: None,
+                collate: None,
+                ctype: None,
             })
             .collect();
         m

@@ -6,6 +6,7 @@
 //! measured restore time (RTO) and the scratch space used — goes into the backup's
 //! manifest, so `list`, `info` and the daemon's metrics show it.
 
+pub mod logical;
 pub mod physical;
 pub mod scratch;
 
@@ -57,9 +58,7 @@ pub async fn verify_backup(
     tracing::info!(scratch = %dir.path.display(), "test restore starting");
     let result = match m.kind {
         BackupKind::Physical => physical::verify(ctx, repo, m, &dir, &mut f).await,
-        BackupKind::Logical => Err(crate::commands::not_implemented(
-            "verify of logical backups",
-        )),
+        BackupKind::Logical => logical::verify(ctx, repo, m, &dir, &mut f).await,
     };
     if let Err(e) = result {
         if e.chain().any(|c| c.is::<crate::error::Exit>()) {
