@@ -159,6 +159,19 @@ pub trait Repository: Send + Sync {
     }
 }
 
+/// A short tag naming the repository the config points at (type, endpoint, bucket or
+/// path, prefix, cluster; never credentials), for per-repository files in `state_dir`,
+/// computed without opening the repository.
+pub fn location_tag(cfg: &Config) -> String {
+    use sha2::Digest as _;
+    let r = &cfg.repository;
+    let location = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+        r.kind, r.endpoint, r.bucket, r.path, r.prefix, r.cluster
+    );
+    hex::encode(&sha2::Sha256::digest(location.as_bytes())[..8])
+}
+
 /// Open the repository the config describes.
 pub async fn open(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
     let r = &cfg.repository;
