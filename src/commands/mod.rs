@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod backup_physical;
 pub mod check;
+pub mod check_archive;
 pub mod info;
 pub mod list;
 pub mod restore;
@@ -40,7 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Check(args) => check::run(&ctx, args).await,
-        Command::Daemon => Err(not_implemented("daemon")),
+        Command::Daemon(args) => crate::daemon::run(&ctx, args).await,
         Command::Backup(args) => backup::run(&ctx, args).await,
         Command::Restore(args) if args.logical.is_some() => {
             Err(not_implemented("restore --logical"))
