@@ -225,7 +225,8 @@ pub struct RetentionConfig {
     /// Rules for labelled backups, by label (e.g. `[retention.labels.pre-migration]`).
     #[serde(default)]
     pub labels: BTreeMap<String, RetentionRule>,
-    /// `"backups"` (keep WAL from the oldest kept physical backup on) or a duration.
+    /// `"backups"` (keep WAL from the oldest kept physical backup on) or a duration (also
+    /// keep WAL archived within it; never less than kept backups need).
     #[serde(default = "defaults::wal_retention")]
     pub wal: String,
     #[serde(
@@ -235,6 +236,87 @@ pub struct RetentionConfig {
     pub incomplete_after: Duration,
     #[serde(default)]
     pub after_backup: bool,
+}
+
+/// What `retention.wal` asks for beyond the WAL kept backups need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalRetention {
+    /// Only what kept physical backups need.
+    Backups,
+    /// Also everything archived within this long.
+    Within(Duration),
+}
+
+/// An in-flight backup has no manifest yet; below this age nothing without a manifest is
+/// ever called garbage, whatever the config says.
+pub const MIN_INCOMPLETE_AFTER: Duration = Duration::from_secs(3600);
+
+impl RetentionRule {
+    /// Validate one rule; `key` is where it lives (`retention.physical`).
+    fn validate(&self, key: &str) -> Result<(), UserError> {
+        let bad = |k: &str, msg: &str| Err(UserError::new(format!("key `{key}.{k}`: {msg}")));
+        for (k, v) in [
+            ("keep_last", self.keep_last),
+            ("keep_daily", self.keep_daily),
+            ("keep_weekly", self.keep_weekly),
+            ("keep_monthly", self.keep_monthly),
+        ] {
+            if v == Some(0) {
+                return bad(k, "must be at least 1 (remove the key to not keep by it)");
+            }
+        }
+        if self.keep_within == Some(Duration::ZERO) {
+            return bad(
+                "keep_within",
+                "must be longer than 0 (remove the key to not keep by age)",
+            );
+        }
+        if *self == RetentionRule::default() {
+            return Err(UserError::new(format!(
+                "key `{key}`: the rule keeps nothing; set at least one of keep_last, keep_within, keep_daily, keep_weekly, keep_monthly (e.g. keep_within = \"30d\")"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl RetentionConfig {
+    /// `retention.wal` parsed (validated at load, so this cannot fail afterwards).
+    pub fn wal_rule(&self) -> Result<WalRetention, String> {
+        if self.wal.trim() == "backups" {
+            return Ok(WalRetention::Backups);
+        }
+        match parse_duration(&self.wal) {
+            Ok(d) if d > Duration::ZERO => Ok(WalRetention::Within(d)),
+            Ok(_) => Err(
+                "must be longer than 0; use \"backups\" to keep only what kept backups need".into(),
+            ),
+            Err(e) => Err(format!("must be \"backups\" or a duration: {e}")),
+        }
+    }
+
+    fn validate(&self) -> Result<(), UserError> {
+        self.physical.validate("retention.physical")?;
+        self.logical.validate("retention.logical")?;
+        for (label, rule) in &self.labels {
+            if label.trim().is_empty() {
+                return Err(UserError::new(
+                    "key `retention.labels`: a label name is empty".to_string(),
+                ));
+            }
+            rule.validate(&format!("retention.labels.{label}"))?;
+        }
+        if let Err(e) = self.wal_rule() {
+            return Err(UserError::new(format!("key `retention.wal`: {e}")));
+        }
+        if self.incomplete_after < MIN_INCOMPLETE_AFTER {
+            return Err(UserError::new(format!(
+                "key `retention.incomplete_after`: {} is too short: a backup still running has no manifest yet and would be removed; use at least 1h, longer than your longest backup",
+                humantime::format_duration(self.incomplete_after)
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +346,9 @@ pub struct PartitionPolicy {
     pub timezone: String,
     /// Database holding the table; default `postgres.dbname`.
     pub database: Option<String>,
+    /// How long creating one partition may wait for its locks before it is retried.
+    #[serde(default = "defaults::lock_timeout", with = "humantime_serde_compat")]
+    pub lock_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -418,8 +503,10 @@ mod defaults {
             ..RetentionRule::default()
         }
     }
+    /// The runbooks keep a week of WAL even when fewer backups are kept (standbys that
+    /// fall behind fetch it with restore_command); kept backups always get all they need.
     pub fn wal_retention() -> String {
-        "backups".into()
+        "7d".into()
     }
     pub fn incomplete_after() -> Duration {
         Duration::from_secs(86400)
@@ -712,14 +799,7 @@ impl Config {
                 return bad(&format!("schedule.{name}"), e);
             }
         }
-        if self.retention.wal != "backups" {
-            if let Err(e) = parse_duration(&self.retention.wal) {
-                return bad(
-                    "retention.wal",
-                    format!("must be \"backups\" or a duration: {e}"),
-                );
-            }
-        }
+        self.retention.validate()?;
         for (i, p) in self.partitions.iter().enumerate() {
             let key = format!("partitions[{i}]");
             if p.interval != "monthly" {
@@ -740,6 +820,12 @@ impl Config {
                     format!("{:?} must be `schema.table` or `table`", p.table),
                 );
             }
+            if p.lock_timeout.is_zero() {
+                return bad(
+                    &format!("{key}.lock_timeout"),
+                    "must be more than 0 (0 would wait for locks forever), e.g. \"5s\"".into(),
+                );
+            }
         }
         for (i, a) in self.archive.iter().enumerate() {
             let key = format!("archive[{i}]");
@@ -756,6 +842,18 @@ impl Config {
                 return bad(
                     &format!("{key}.older_than"),
                     "must be a PostgreSQL interval such as \"6 months\"".into(),
+                );
+            }
+            if a.lock_timeout.is_zero() {
+                return bad(
+                    &format!("{key}.lock_timeout"),
+                    "must be more than 0 (0 would wait for locks forever), e.g. \"5s\"".into(),
+                );
+            }
+            if a.archive_schema.trim().is_empty() {
+                return bad(
+                    &format!("{key}.archive_schema"),
+                    "must name a schema, e.g. \"archive\"".into(),
                 );
             }
         }
@@ -938,6 +1036,88 @@ mod tests {
         assert!(!err.contains("T0KEN"), "{err}");
         parse("[repository]\npath = \"/x\"\n[notify]\nwebhook_url = \"https://hooks.example.com/T0KEN\"\n")
             .unwrap();
+    }
+
+    #[test]
+    fn retention_defaults() {
+        let r = Config::default().retention;
+        for rule in [&r.physical, &r.logical] {
+            assert_eq!(rule.keep_within, Some(Duration::from_secs(30 * 86400)));
+            assert_eq!(rule.keep_last, None);
+        }
+        assert_eq!(
+            r.wal_rule(),
+            Ok(WalRetention::Within(Duration::from_secs(7 * 86400)))
+        );
+        assert_eq!(r.incomplete_after, Duration::from_secs(86400));
+        assert!(!r.after_backup);
+        let cfg = parse("[repository]\npath = \"/x\"\n[retention]\nwal = \"backups\"\n").unwrap();
+        assert_eq!(cfg.retention.wal_rule(), Ok(WalRetention::Backups));
+    }
+
+    #[test]
+    fn bad_retention_rules_are_named() {
+        let base = "[repository]\npath = \"/x\"\n";
+        for (toml, key) in [
+            ("[retention.physical]\n", "`retention.physical`"),
+            (
+                "[retention.logical]\nkeep_last = 0\n",
+                "`retention.logical.keep_last`",
+            ),
+            (
+                "[retention.physical]\nkeep_within = \"0s\"\n",
+                "`retention.physical.keep_within`",
+            ),
+            (
+                "[retention.labels.pre-migration]\nkeep_weekly = 0\n",
+                "`retention.labels.pre-migration.keep_weekly`",
+            ),
+            ("[retention.labels.x]\n", "`retention.labels.x`"),
+            ("[retention]\nwal = \"forever\"\n", "`retention.wal`"),
+            ("[retention]\nwal = \"0s\"\n", "`retention.wal`"),
+            (
+                "[retention]\nincomplete_after = \"10m\"\n",
+                "`retention.incomplete_after`",
+            ),
+            (
+                "[retention.physical]\nkeep_lats = 2\n",
+                "retention.physical.keep_lats",
+            ),
+        ] {
+            let err = parse(&format!("{base}{toml}")).unwrap_err();
+            assert!(err.contains(key), "{toml:?}: {err}");
+        }
+        let ok = parse(&format!(
+            "{base}[retention.physical]\nkeep_last = 2\n[retention.labels.pre-migration]\nkeep_monthly = 12\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.retention.physical.keep_last, Some(2));
+        assert_eq!(
+            ok.retention.physical.keep_within, None,
+            "a given rule replaces the default"
+        );
+    }
+
+    #[test]
+    fn partition_and_archive_lock_timeouts_are_validated() {
+        let ok =
+            parse("[repository]\npath = \"/x\"\n[[partitions]]\ntable = \"public.t\"\n").unwrap();
+        assert_eq!(ok.partitions[0].lock_timeout, Duration::from_secs(5));
+        let err = parse(
+            "[repository]\npath = \"/x\"\n[[partitions]]\ntable = \"public.t\"\nlock_timeout = \"0s\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("partitions[0].lock_timeout"), "{err}");
+        let err = parse(
+            "[repository]\npath = \"/x\"\n[[archive]]\ntable = \"t\"\nolder_than = \"6 months\"\nlock_timeout = \"0s\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("archive[0].lock_timeout"), "{err}");
+        let err = parse(
+            "[repository]\npath = \"/x\"\n[[archive]]\ntable = \"t\"\nolder_than = \"6 months\"\narchive_schema = \"\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("archive[0].archive_schema"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! The binary (`main.rs`) is a thin shell over this library so integration tests can
 //! drive the repository, codec and commands directly. See `docs/ARCHITECTURE.md`.
 
+pub mod archival;
 pub mod cli;
 pub mod codec;
 pub mod commands;
@@ -12,9 +13,12 @@ pub mod error;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
+pub mod partitions;
 pub mod pg;
 pub mod physical;
 pub mod recovery;
 pub mod repo;
+pub mod retention;
 pub mod schedule;
 pub mod transfer;
+pub mod verify;

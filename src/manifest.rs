@@ -57,6 +57,14 @@ pub fn backup_id(start: DateTime<Utc>, kind: BackupKind) -> String {
     format!("{}-{kind}", start.format("%Y%m%dT%H%M%SZ"))
 }
 
+/// This host's name, for manifests (`/proc/sys/kernel/hostname`, else `HOSTNAME`).
+pub fn local_hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The start time and kind encoded in a backup id.
 pub fn parse_backup_id(id: &str) -> Option<(DateTime<Utc>, BackupKind)> {
     let (ts, kind) = id.split_once('-')?;
@@ -112,6 +120,13 @@ pub struct TableRows {
     pub schema: String,
     pub table: String,
     pub rows: i64,
+    /// The table's OID in the source database (identifies it in the dump's TOC).
+    #[serde(default)]
+    pub oid: u32,
+    /// For a partition: the partitioned table at the top of its tree (`schema.table`),
+    /// so tools can total a partitioned table and `restore --table` can expand it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_of: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +139,19 @@ pub struct DatabaseDump {
     /// Counts of what the dump's TOC lists, by kind (`TABLE`, `INDEX`, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub toc_counts: BTreeMap<String, u64>,
+    /// Object (in `objects`) holding the dump's table of contents (`pg_restore -l`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toc_object: Option<String>,
+    /// Large objects in the dump (counted in the dump's snapshot).
+    #[serde(default)]
+    pub large_objects: u64,
+    /// Encoding and locale of the source database, used by `restore --create`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctype: Option<String>,
 }
 
 impl DatabaseDump {
@@ -139,6 +167,23 @@ pub struct LogicalInfo {
     pub globals_object: String,
     #[serde(default)]
     pub globals_include_passwords: bool,
+    /// `pg_dump --version` of the binary that wrote the dumps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_dump_version: Option<String>,
+}
+
+impl LogicalInfo {
+    pub fn database(&self, name: &str) -> Option<&DatabaseDump> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+
+    pub fn total_rows(&self) -> i64 {
+        self.databases.iter().map(|d| d.total_rows()).sum()
+    }
+
+    pub fn total_size_bytes(&self) -> i64 {
+        self.databases.iter().map(|d| d.size_bytes).sum()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,8 +305,17 @@ impl Catalog {
             .list(layout::BACKUPS_PREFIX)
             .await
             .context("list backups")?;
+        Self::load_from(repo, &objects).await
+    }
+
+    /// Build from a listing of `backups/` the caller already holds (retention needs the
+    /// listing itself too, and two listings could disagree); manifests are read from `repo`.
+    pub async fn load_from(
+        repo: &dyn Repository,
+        objects: &[crate::repo::ObjectMeta],
+    ) -> anyhow::Result<Catalog> {
         let mut ids: BTreeMap<String, (bool, Option<DateTime<Utc>>)> = BTreeMap::new();
-        for o in &objects {
+        for o in objects {
             let Some(id) = layout::backup_id_of(&o.key) else {
                 continue;
             };

@@ -104,36 +104,6 @@ fn missing_config_file_is_exit_2() {
     assert!(stderr(&out).contains("/nonexistent/backup.toml"));
 }
 
-#[test]
-fn unimplemented_commands_say_so_and_exit_2() {
-    let t = TestRepo::new(Backend::Local);
-    let config = t.write_config("c.toml", "");
-    // Commands whose issues have not landed yet; each issue removes its own.
-    let pending: &[&[&str]] = &[
-        &["backup", "--kind", "logical"],
-        &[
-            "restore",
-            "--logical",
-            "20260101T000000Z-logical",
-            "--dbname",
-            "x",
-        ],
-        &["verify", "--latest"],
-        &["retention", "--dry-run"],
-        &["partitions", "--dry-run"],
-        &["archive", "--dry-run"],
-    ];
-    for args in pending {
-        let out = backupctl(&config, args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("not implemented yet"),
-            "{args:?}: {}",
-            stderr(&out)
-        );
-    }
-}
-
 fn check_with_cluster(backend: Backend) {
     let t = TestRepo::new(backend);
     let config = t.write_config("backup.toml", "");

@@ -228,6 +228,31 @@ fn once_at(offsets: &[u32]) -> String {
     )
 }
 
+/// A 6-field cron expression that fires once, at `base + offsets` (all in one minute).
+fn once_from(base: chrono::DateTime<Utc>, offsets: &[u32]) -> String {
+    let first = base + chrono::Duration::seconds(offsets[0] as i64);
+    let secs: Vec<String> = offsets
+        .iter()
+        .map(|o| {
+            let t = base + chrono::Duration::seconds(*o as i64);
+            assert_eq!(
+                t.minute(),
+                first.minute(),
+                "offsets {offsets:?} span two minutes"
+            );
+            t.second().to_string()
+        })
+        .collect();
+    format!(
+        "{} {} {} {} {} *",
+        secs.join(","),
+        first.minute(),
+        first.hour(),
+        first.format("%-d"),
+        first.format("%-m")
+    )
+}
+
 fn archiving_cluster(t: &TestRepo) -> Cluster {
     let config = t.write_config("backup.toml", "");
     Cluster::new(ClusterOptions {
@@ -244,37 +269,98 @@ fn scheduled_backups_show_in_metrics_and_info(backend: Backend) {
     let cluster = archiving_cluster(&t);
     let port = common::free_port();
     let notify = NotifySocket::new();
-    let schedule = once_at(&[5, 20]);
+    // Two physical backups and a logical one, then verification of the newest of each
+    // kind (and WAL continuity), then retention keeping one backup of each kind.
+    while Utc::now().second() > 20 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let base = Utc::now();
+    let schedule = once_from(base, &[3, 12]);
+    let logical = once_from(base, &[3]);
+    let verify = once_from(base, &[40]);
+    let retention = once_from(base, &[58]);
     let config = t.write_config(
         "backup.toml",
         &format!(
-            "{}\n[schedule]\ntimezone = \"UTC\"\nphysical = \"{schedule}\"\n\
+            "{}\n[schedule]\ntimezone = \"UTC\"\nphysical = \"{schedule}\"\nlogical = \"{logical}\"\n\
+             verify = \"{verify}\"\nretention = \"{retention}\"\n\
+             [retention.physical]\nkeep_last = 1\n[retention.logical]\nkeep_last = 1\n[verify]\nafter_backup = false\n\
              [metrics]\nlisten = \"127.0.0.1:{port}\"\n[daemon]\nshutdown_grace = \"30s\"\n",
             cluster.postgres_toml()
         ),
     );
-    // TODO(merge): add `logical`, `verify` and `retention` schedules here and assert below
-    // that a logical backup exists, both backups carry an ok `verification`
-    // (backupctl_verification_last_success{kind=...} 1) and retention ran
-    // (backupctl_job_last_outcome{job="retention",outcome="success"} 1).
     let mut d = DaemonProc::start(&config, &[], &notify.env());
     d.wait_for("READY=1", |_| notify.saw("READY=1").then_some(()));
-    assert!(notify.saw("STATUS=idle; next: physical backup at"));
+    assert!(notify.saw("STATUS=idle; next: "));
 
-    // Both occurrences run (the first finishes long before the second is due).
-    let text = d.wait_for("two successful runs in /metrics", |d| {
+    let runs = |m: &str, job: &str, outcome: &str| {
+        metric(
+            m,
+            "backupctl_job_runs_total",
+            &format!("job=\"{job}\",outcome=\"{outcome}\""),
+        )
+    };
+    // Both physical occurrences and the logical one run.
+    d.wait_for("backups in /metrics", |d| {
         assert!(d.running(), "daemon exited:\n{}", d.log());
         let m = metrics(port)?;
-        let ok = metric(
-            &m,
-            "backupctl_job_runs_total",
-            "job=\"physical\",outcome=\"success\"",
-        )?;
         let running = metric(&m, "backupctl_job_running", "job=\"physical\"")?;
-        // The repository look after the second run has counted both backups.
-        let backups = metric(&m, "backupctl_backups", "kind=\"physical\"")?;
-        (ok == 2.0 && running == 0.0 && backups == 2.0).then_some(m)
+        (runs(&m, "physical", "success")? == 2.0
+            && runs(&m, "logical", "success")? == 1.0
+            && running == 0.0)
+            .then_some(())
     });
+    // Then verification and retention.
+    let text = d.wait_for("verify and retention in /metrics", |d| {
+        assert!(d.running(), "daemon exited:\n{}", d.log());
+        let m = metrics(port)?;
+        for job in ["physical", "logical", "verify", "retention"] {
+            assert_eq!(runs(&m, job, "failed"), Some(0.0), "{job}:\n{}", d.log());
+        }
+        let physical = metric(&m, "backupctl_backups", "kind=\"physical\"")?;
+        (runs(&m, "verify", "success")? == 1.0
+            && runs(&m, "retention", "success")? == 1.0
+            && physical == 1.0)
+            .then_some(m)
+    });
+    for kind in ["physical", "logical"] {
+        assert_eq!(
+            metric(
+                &text,
+                "backupctl_verification_last_success",
+                &format!("kind=\"{kind}\"")
+            ),
+            Some(1.0),
+            "{kind}: {text}"
+        );
+        assert!(
+            metric(
+                &text,
+                "backupctl_newest_verified_backup_age_seconds",
+                &format!("kind=\"{kind}\"")
+            )
+            .is_some(),
+            "{kind}: {text}"
+        );
+        assert_eq!(
+            metric(&text, "backupctl_backups", &format!("kind=\"{kind}\"")),
+            Some(1.0),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &text,
+            "backupctl_job_last_outcome",
+            "job=\"retention\",outcome=\"success\""
+        ),
+        Some(1.0)
+    );
+    assert!(
+        d.log().contains("1 backup(s)") && d.log().contains("deleted"),
+        "{}",
+        d.log()
+    );
     assert!(notify.saw("STATUS=running: physical backup (run physical-"));
     assert!(notify.saw("WATCHDOG=1"));
     assert_eq!(
@@ -293,9 +379,11 @@ fn scheduled_backups_show_in_metrics_and_info(backend: Backend) {
         ),
         Some(1.0)
     );
+    // Retention kept the newest physical backup (the verified one).
     let backups = physical_backups(&config);
-    assert_eq!(backups.len(), 2, "{backups:?}");
-    let newest = &backups[1];
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let newest = &backups[0];
+    assert_eq!(newest["verified"], "ok", "{newest}");
     // Bytes and times are the newest backup's.
     assert_eq!(
         metric(&text, "backupctl_job_last_bytes", "job=\"physical\""),
@@ -312,7 +400,7 @@ fn scheduled_backups_show_in_metrics_and_info(backend: Backend) {
         last_success >= stop.timestamp() as f64,
         "{last_success} vs {stop}"
     );
-    // The recoverable window starts at the oldest backup's end.
+    // The recoverable window starts at the remaining backup's end.
     let oldest_stop =
         chrono::DateTime::parse_from_rfc3339(backups[0]["stop_time"].as_str().unwrap()).unwrap();
     let start = metric(
@@ -334,8 +422,6 @@ fn scheduled_backups_show_in_metrics_and_info(backend: Backend) {
         Some(0.0)
     );
     assert!(metric(&text, "backupctl_wal_archive_lag_seconds", "").is_some());
-    // Unverified: no verified-age sample rather than a made-up one.
-    assert!(!text.contains("backupctl_newest_verified_backup_age_seconds{"));
     assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
 
     // info --json: the daemon's view from its history file.
@@ -777,20 +863,18 @@ fn run_once_runs_the_scheduled_jobs_and_exits() {
 #[test]
 fn start_up_refuses_bad_schedules_and_a_second_daemon() {
     let t = TestRepo::new(Backend::Local);
-    // A job this build cannot run is refused, naming the key.
-    for kind in backupctl::daemon::jobs::JobKind::ALL {
-        if kind.implemented() {
-            continue;
-        }
-        let config = t.write_config("c.toml", &format!("[schedule]\n{kind} = \"0 3 * * *\"\n"));
-        let out = backupctl(&config, &["daemon"]);
-        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains(&format!("schedule.{kind}")),
-            "{}",
-            stderr(&out)
-        );
-    }
+    // A zone that does not exist is refused, naming the key.
+    let config = t.write_config(
+        "c.toml",
+        "[schedule]\ntimezone = \"Mars/Olympus\"\nphysical = \"0 3 * * *\"\n",
+    );
+    let out = backupctl(&config, &["daemon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("schedule.timezone"),
+        "{}",
+        stderr(&out)
+    );
     let config = t.write_config("c.toml", "[schedule]\nphysical = \"0 3 * * * * *\"\n");
     let out = backupctl(&config, &["daemon"]);
     assert_eq!(out.status.code(), Some(2));

@@ -147,7 +147,7 @@ pub async fn run(ctx: &Ctx, label: Option<&str>) -> anyhow::Result<Manifest> {
             id: id.clone(),
             kind: BackupKind::Physical,
             label: label.map(str::to_string),
-            host: hostname(),
+            host: manifest::local_hostname(),
             cluster: cfg.repository.cluster.clone(),
             pg_version: info.version.clone(),
             pg_version_num: info.version_num,
@@ -329,13 +329,6 @@ fn label_timeline(label: &str) -> Option<u32> {
         .lines()
         .find_map(|l| l.strip_prefix("START TIMELINE:"))
         .and_then(|v| v.trim().parse().ok())
-}
-
-pub fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// Delete every object of an unfinished backup (best effort; retention catches leftovers).

@@ -1,13 +1,19 @@
 //! One use case per module. `run` loads the config, sets up logging and dispatches.
 
+pub mod archival;
 pub mod backup;
+pub mod backup_logical;
 pub mod backup_physical;
 pub mod check;
 pub mod check_archive;
 pub mod info;
 pub mod list;
+pub mod partitions;
 pub mod restore;
+pub mod restore_logical;
+pub mod retention;
 pub mod status;
+pub mod verify;
 pub mod wal_fetch;
 pub mod wal_push;
 
@@ -15,7 +21,6 @@ use serde::Serialize;
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
-use crate::error::Exit;
 
 /// What every command gets: the loaded config and the global output flags.
 pub struct Ctx {
@@ -43,26 +48,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(args) => check::run(&ctx, args).await,
         Command::Daemon(args) => crate::daemon::run(&ctx, args).await,
         Command::Backup(args) => backup::run(&ctx, args).await,
-        Command::Restore(args) if args.logical.is_some() => {
-            Err(not_implemented("restore --logical"))
-        }
+        Command::Restore(args) if args.logical.is_some() => restore_logical::run(&ctx, &args).await,
         Command::Restore(args) => restore::run(&ctx, args).await,
         Command::WalPush(args) => wal_push::run(&ctx, args).await,
         Command::WalFetch(args) => wal_fetch::run(&ctx, args).await,
         Command::List => list::run(&ctx).await,
         Command::Info(args) => info::run(&ctx, args).await,
-        Command::Verify(_) => Err(not_implemented("verify")),
-        Command::Retention(_) => Err(not_implemented("retention")),
-        Command::Partitions(_) => Err(not_implemented("partitions")),
-        Command::Archive(_) => Err(not_implemented("archive")),
+        Command::Verify(args) => verify::run(&ctx, args).await,
+        Command::Retention(args) => retention::command(&ctx, args).await,
+        Command::Partitions(args) => partitions::main(&ctx, args).await,
+        Command::Archive(args) => archival::main(&ctx, args).await,
     }
-}
-
-/// The honest answer of a command whose issue has not landed: exit 2.
-pub fn not_implemented(command: &str) -> anyhow::Error {
-    Exit {
-        code: 2,
-        message: Some(format!("backupctl {command}: not implemented yet")),
-    }
-    .into()
 }

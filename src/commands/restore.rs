@@ -121,26 +121,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let created: Vec<PathBuf> = std::iter::once(pgdata.clone())
-        .chain(ts_dest.values().cloned())
-        .collect();
-    let result = async {
-        std::fs::create_dir_all(&pgdata).with_context(|| format!("create {}", pgdata.display()))?;
-        set_mode(&pgdata, 0o700)?;
-        extract_all(ctx, &repo, m, &pgdata, &ts_dest).await?;
-        write_control_files(m, &pgdata, &ts_dest, &settings)
-    }
-    .await;
-    if let Err(e) = result {
-        for dir in &created {
-            empty_dir(dir);
-        }
-        return Err(e.context(format!(
-            "restore backup {} (the partly restored {} was emptied again)",
-            m.id,
-            pgdata.display()
-        )));
-    }
+    restore_files(ctx, &repo, m, &pgdata, &ts_dest, &settings).await?;
     eprintln!("restored {} into {}", m.id, pgdata.display());
 
     let mut report = Report {
@@ -194,6 +175,37 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Restore backup `m`'s files into `pgdata` (and tablespaces into `tablespaces`), checking
+/// every checksum, and write the control files and recovery `settings`. On failure the
+/// destinations (empty or absent before) are emptied again. Shared with verification.
+pub async fn restore_files(
+    ctx: &Ctx,
+    repo: &Arc<dyn Repository>,
+    m: &Manifest,
+    pgdata: &Path,
+    tablespaces: &HashMap<u32, PathBuf>,
+    settings: &[(&'static str, String)],
+) -> anyhow::Result<()> {
+    let result = async {
+        std::fs::create_dir_all(pgdata).with_context(|| format!("create {}", pgdata.display()))?;
+        set_mode(pgdata, 0o700)?;
+        extract_all(ctx, repo, m, pgdata, tablespaces).await?;
+        write_control_files(m, pgdata, tablespaces, settings)
+    }
+    .await;
+    if let Err(e) = result {
+        for dir in std::iter::once(pgdata).chain(tablespaces.values().map(PathBuf::as_path)) {
+            empty_dir(dir);
+        }
+        return Err(e.context(format!(
+            "restore backup {} (the partly restored {} was emptied again)",
+            m.id,
+            pgdata.display()
+        )));
+    }
+    Ok(())
+}
+
 fn target_of(args: &RestoreArgs) -> anyhow::Result<Target> {
     Ok(if let Some(t) = &args.target_time {
         Target::Time(parse_time(t).map_err(|e| crate::user_error!("{e}"))?)
@@ -212,7 +224,7 @@ fn target_of(args: &RestoreArgs) -> anyhow::Result<Target> {
 }
 
 /// Refuse a directory with a live postmaster or any content (exit 2).
-fn check_target_dir(dir: &Path) -> anyhow::Result<()> {
+pub fn check_target_dir(dir: &Path) -> anyhow::Result<()> {
     if let Some(pid) = server::running_postmaster(dir) {
         return Err(crate::user_error!(
             "a PostgreSQL server (pid {pid}) is running on {}; stop it or restore elsewhere",
@@ -334,7 +346,7 @@ async fn extract_all(
 }
 
 /// The recovery settings for postgresql.auto.conf.
-fn recovery_settings(
+pub fn recovery_settings(
     ctx: &Ctx,
     target: &Target,
     action: TargetAction,
@@ -410,6 +422,7 @@ fn write_control_files(
             }
         }
     }
+    neutralise_foreign_paths(&pgdata.join("postgresql.conf"))?;
     // Settings a previous restore left behind would clash with ours (two targets).
     let auto = pgdata.join("postgresql.auto.conf");
     let old = std::fs::read_to_string(&auto).unwrap_or_default();
@@ -435,8 +448,35 @@ fn write_control_files(
     Ok(())
 }
 
+/// A restored postgresql.conf must not point the new server at the original's data
+/// directory or pid file: comment those settings out.
+fn neutralise_foreign_paths(conf: &Path) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(conf) else {
+        return Ok(());
+    };
+    let mut changed = false;
+    let out: String = text
+        .lines()
+        .map(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            if key == "data_directory" || key == "external_pid_file" {
+                changed = true;
+                format!(
+                    "# {l}    # disabled by backupctl restore: it pointed at the original server\n"
+                )
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    if changed {
+        std::fs::write(conf, out).with_context(|| format!("rewrite {}", conf.display()))?;
+    }
+    Ok(())
+}
+
 /// A postgresql.conf string literal.
-fn quote(v: &str) -> String {
+pub fn quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
 }
 

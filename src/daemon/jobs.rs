@@ -1,18 +1,16 @@
 //! The daemon's job kinds and the ONE place that maps a kind to the command that does
 //! the work. The daemon never reimplements a command: a scheduled physical backup is
 //! exactly `backupctl backup --kind physical` minus the printing.
-//!
-//! Kinds whose command has not landed yet answer `not_implemented`, and a schedule that
-//! names one is refused at start-up (see [`JobKind::implemented`]), so the daemon never
-//! pretends to run a job it cannot run.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::commands::{backup_physical, not_implemented, Ctx};
-use crate::manifest::Manifest;
+use crate::cli::KindArg;
+use crate::commands::{archival, backup, partitions, retention, verify, Ctx};
+use crate::manifest::{BackupKind, Catalog, Manifest};
+use crate::partitions::report::Status as PartitionStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,12 +72,6 @@ impl JobKind {
             JobKind::Archive => "archival",
         }
     }
-
-    /// Whether [`run`] can run this kind in this build.
-    // TODO(merge): flip each kind to true together with its arm in `run`.
-    pub fn implemented(&self) -> bool {
-        matches!(self, JobKind::Physical)
-    }
 }
 
 impl fmt::Display for JobKind {
@@ -134,27 +126,118 @@ impl JobReport {
     }
 }
 
-/// Run one job of `kind` with the config in `ctx`. The caller holds the job lock.
+/// Whether the command takes its host-wide lock itself (then the runner only probes
+/// it: taking it twice in one process would wait for itself). The backup kinds are
+/// locked by their caller (`backup` or the runner).
+pub fn locks_itself(kind: JobKind) -> bool {
+    !matches!(kind, JobKind::Physical | JobKind::Logical)
+}
+
+/// Run one job of `kind` with the config in `ctx`. For the backup kinds the caller holds
+/// the job lock; the others take theirs (see [`locks_itself`]).
 pub async fn run(ctx: &Ctx, kind: JobKind) -> anyhow::Result<JobReport> {
+    let cfg = &ctx.cfg;
     match kind {
-        JobKind::Physical => {
-            // TODO(merge): with verify.after_backup, verify this backup here (as
-            // `backup --verify` does) and put failures in `verification_failures`;
-            // with retention.after_backup, apply retention after a success.
-            let m = backup_physical::run(ctx, None).await?;
-            Ok(JobReport::backup(&m))
+        // Exactly `backup --kind physical|logical`: restore point, verification with
+        // `verify.after_backup`, retention with `retention.after_backup`.
+        JobKind::Physical | JobKind::Logical => {
+            let arg = if kind == JobKind::Physical {
+                KindArg::Physical
+            } else {
+                KindArg::Logical
+            };
+            let taken = backup::take(ctx, arg, None, &[], cfg.verify.after_backup).await?;
+            let mut report = JobReport::backup(&taken.manifests[0]);
+            if let Some(v) = &taken.verification {
+                report.verification_failures = backup::verification_failures(v);
+            }
+            Ok(report)
         }
-        // TODO(merge): backup_logical::run(ctx, None, &ctx.cfg.logical.databases) → JobReport::backup.
-        JobKind::Logical => Err(not_implemented("backup --kind logical")),
-        // TODO(merge): verify the backups `backupctl verify --latest --wal` would; one entry in
-        // `verification_failures` per failed backup (the job fails too when any failed).
-        JobKind::Verify => Err(not_implemented("verify")),
-        // TODO(merge): retention::run(ctx, false) → bytes removed, ids deleted.
-        JobKind::Retention => Err(not_implemented("retention")),
-        // TODO(merge): partitions::run(ctx, false).
-        JobKind::Partitions => Err(not_implemented("partitions")),
-        // TODO(merge): archival::run(ctx, false).
-        JobKind::Archive => Err(not_implemented("archive")),
+        // Exactly `verify --latest --wal`: the newest backup of each kind, WAL continuity.
+        JobKind::Verify => {
+            let repo = crate::repo::open(cfg).await?;
+            let catalog = Catalog::load(repo.as_ref()).await?;
+            let latest: Vec<Manifest> = [BackupKind::Physical, BackupKind::Logical]
+                .iter()
+                .filter_map(|k| catalog.of_kind(*k).last().cloned())
+                .collect();
+            let v = verify::verify_selected(ctx, &repo, &latest, true).await?;
+            let mut failures = backup::verification_failures(&v);
+            if let Some(w) = v.wal.as_ref().filter(|w| !w.ok) {
+                failures.push(if w.gaps.is_empty() {
+                    "WAL continuity: no recoverable window".to_string()
+                } else {
+                    format!("WAL continuity: gaps {}", w.gaps.join(", "))
+                });
+            }
+            let ok = v.backups.len() - v.failed().iter().filter(|f| !f.starts_with("WAL")).count();
+            Ok(JobReport {
+                summary: format!(
+                    "{} of {} backup(s) restored and checked{}",
+                    ok,
+                    v.backups.len(),
+                    match &v.wal {
+                        Some(w) if w.ok => ", WAL continuous",
+                        Some(_) => ", WAL continuity BROKEN",
+                        None => "",
+                    }
+                ),
+                bytes: None,
+                backup_ids: v.backups.iter().map(|r| r.id.clone()).collect(),
+                verification_failures: failures,
+            })
+        }
+        JobKind::Retention => {
+            let r = retention::run(ctx, false).await?;
+            let freed = r.freed.as_ref().map(|f| f.bytes).unwrap_or(0);
+            Ok(JobReport {
+                summary: format!(
+                    "{} backup(s), {} incomplete backup(s) and {} WAL file(s) deleted, {} freed",
+                    r.plan.delete.backups.len(),
+                    r.plan.delete.incomplete.len(),
+                    r.plan.delete.wal_files,
+                    crate::commands::status::human_bytes(freed)
+                ),
+                bytes: Some(freed),
+                backup_ids: r.plan.delete.backups.clone(),
+                verification_failures: vec![],
+            })
+        }
+        JobKind::Partitions => {
+            let s = partitions::run(ctx, false).await?;
+            s.outcome()?;
+            let created = s
+                .tables
+                .iter()
+                .flat_map(|t| &t.months)
+                .filter(|m| m.status == PartitionStatus::Created)
+                .count();
+            Ok(JobReport {
+                summary: format!(
+                    "{} table(s) checked, {created} partition(s) created",
+                    s.tables.len()
+                ),
+                ..Default::default()
+            })
+        }
+        JobKind::Archive => {
+            let s = archival::run(ctx, false).await?;
+            s.outcome()?;
+            let rows: i64 = s
+                .tables
+                .iter()
+                .filter_map(|t| t.rows.as_ref())
+                .map(|r| r.rows_moved)
+                .sum();
+            let parts: usize = s.tables.iter().map(|t| t.partitions_moved).sum();
+            Ok(JobReport {
+                summary: format!(
+                    "{} table(s): {rows} row(s) and {parts} partition(s) archived",
+                    s.tables.len()
+                ),
+                ..Default::default()
+            })
+        }
     }
 }
 

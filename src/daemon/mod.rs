@@ -373,7 +373,14 @@ impl Daemon {
         self.shared
             .with(|s| *s.runs.entry((r.kind, r.outcome)).or_default() += 1);
         self.update_next_runs();
-        if r.outcome == Outcome::Failed {
+        let failures = r
+            .report
+            .as_ref()
+            .map(|rep| rep.verification_failures.clone())
+            .unwrap_or_default();
+        // One alert per failure: a run that failed because a test restore failed is
+        // reported as that verification failure, not also as a failed job.
+        if r.outcome == Outcome::Failed && failures.is_empty() {
             let mut a = Alert::new(
                 &self.cfg,
                 Event::JobFailed,
@@ -390,11 +397,6 @@ impl Daemon {
             a.error = r.error.clone();
             self.notifier.send(a);
         }
-        let failures = r
-            .report
-            .as_ref()
-            .map(|rep| rep.verification_failures.clone())
-            .unwrap_or_default();
         if !failures.is_empty() {
             let mut a = Alert::new(
                 &self.cfg,

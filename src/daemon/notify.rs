@@ -67,7 +67,7 @@ impl Alert {
             event,
             severity: "critical",
             time: Utc::now(),
-            host: crate::commands::backup_physical::hostname(),
+            host: crate::manifest::local_hostname(),
             cluster: cfg.repository.cluster.clone(),
             summary,
             job: None,

@@ -86,6 +86,14 @@ async fn attempts(cfg: &Config, kind: JobKind) -> Attempts {
                 break;
             }
         };
+        // A command that locks itself gets the lock back free: this run only checked
+        // that nobody else holds it (a process that takes it meanwhile is waited for).
+        let lock = if jobs::locks_itself(kind) {
+            drop(lock);
+            None
+        } else {
+            Some(lock)
+        };
         tracing::info!(attempt, of = max, "starting the {}", kind.describe());
         let ctx = Ctx {
             cfg: cfg.clone(),
@@ -94,6 +102,15 @@ async fn attempts(cfg: &Config, kind: JobKind) -> Attempts {
         let result = jobs::run(&ctx, kind).await;
         drop(lock);
         match result {
+            Ok(report) if !report.verification_failures.is_empty() => {
+                // Not retried: a test restore that failed fails the same way again.
+                let msg = format!(
+                    "verification FAILED: {}",
+                    report.verification_failures.join("; ")
+                );
+                tracing::error!(attempt, error = %msg, "{} done: {}", kind.describe(), report.summary);
+                return (Outcome::Failed, attempt, Some(msg), Some(report));
+            }
             Ok(report) => {
                 tracing::info!(attempt, "{} done: {}", kind.describe(), report.summary);
                 return (Outcome::Success, attempt, None, Some(report));

@@ -38,13 +38,8 @@ pub struct Entry {
 }
 
 impl Schedule {
-    /// Compile `[schedule]`. Refuses (naming the key) an expression that does not parse,
-    /// and a job whose command this build does not have.
+    /// Compile `[schedule]`. Refuses (naming the key) an expression that does not parse.
     pub fn from_config(cfg: &ScheduleConfig) -> Result<Schedule, UserError> {
-        Self::compile(cfg, true)
-    }
-
-    fn compile(cfg: &ScheduleConfig, require_implemented: bool) -> Result<Schedule, UserError> {
         let tz: Tz = cfg.timezone.parse().map_err(|_| {
             UserError::new(format!(
                 "key `schedule.timezone`: {:?} is not an IANA time zone; use e.g. \"UTC\" or \"Europe/Berlin\"",
@@ -56,12 +51,6 @@ impl Schedule {
             let kind: JobKind = key.parse().map_err(UserError::new)?;
             let cron = crate::schedule::cron(expr)
                 .map_err(|e| UserError::new(format!("key `schedule.{key}`: {e}")))?;
-            if require_implemented && !kind.implemented() {
-                return Err(UserError::new(format!(
-                    "key `schedule.{key}`: the {} job is not implemented yet in this backupctl; remove the key",
-                    kind.describe()
-                )));
-            }
             entries.push(Entry {
                 kind,
                 expr: expr.to_string(),
@@ -195,7 +184,7 @@ mod tests {
                 other => panic!("{other}"),
             }
         }
-        Schedule::compile(&cfg, false).unwrap()
+        Schedule::from_config(&cfg).unwrap()
     }
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
@@ -353,7 +342,7 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_jobs_and_bad_expressions_are_refused_naming_the_key() {
+    fn every_job_is_schedulable_and_bad_expressions_are_refused_naming_the_key() {
         for kind in JobKind::ALL {
             let mut cfg = ScheduleConfig::default();
             let v = Some("0 3 * * *".to_string());
@@ -365,18 +354,8 @@ mod tests {
                 JobKind::Partitions => cfg.partitions = v,
                 JobKind::Archive => cfg.archive = v,
             }
-            match Schedule::from_config(&cfg) {
-                Ok(s) => {
-                    assert!(kind.implemented());
-                    assert_eq!(s.kinds().collect::<Vec<_>>(), vec![kind]);
-                }
-                Err(e) => {
-                    assert!(!kind.implemented());
-                    let e = e.to_string();
-                    assert!(e.contains(&format!("schedule.{kind}")), "{e}");
-                    assert!(e.contains("not implemented"), "{e}");
-                }
-            }
+            let s = Schedule::from_config(&cfg).unwrap();
+            assert_eq!(s.kinds().collect::<Vec<_>>(), vec![kind]);
         }
         let cfg = ScheduleConfig {
             physical: Some("0 25 * * *".into()),

@@ -72,6 +72,11 @@ impl PgBin {
     pub fn command(&self, program: &str) -> tokio::process::Command {
         tokio::process::Command::new(self.path(program))
     }
+
+    /// A blocking `std::process::Command` (for producers running on blocking threads).
+    pub fn std_command(&self, program: &str) -> Command {
+        Command::new(self.path(program))
+    }
 }
 
 fn pg_config_bindir() -> Option<PathBuf> {

@@ -67,6 +67,33 @@ fn log_tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
+/// `initdb` a throwaway cluster owned by this OS user, with `superuser` as its superuser.
+pub async fn initdb(bin: &PgBin, pgdata: &Path, superuser: &str) -> anyhow::Result<()> {
+    let out = bin
+        .command("initdb")
+        .arg("-D")
+        .arg(pgdata)
+        .args([
+            "-U",
+            superuser,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
+        .output()
+        .await
+        .context("run initdb")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "initdb of a scratch cluster failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 impl Server {
     /// `pg_ctl start` without waiting; `options` go to postgres (`-p 5433 -c …`).
     pub async fn start(
@@ -186,6 +213,27 @@ impl Server {
                 tracing::info!(replay_lsn = ?replay_lsn, last_commit = ?last_commit, "recovery in progress");
                 last_progress = Instant::now();
             }
+        }
+    }
+
+    /// Wait until the server accepts connections (a fresh cluster, no recovery).
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            if self.connect("postgres").await.is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > timeout
+                || (started.elapsed() > Duration::from_secs(2)
+                    && running_postmaster(&self.pgdata).is_none())
+            {
+                anyhow::bail!(
+                    "the scratch server did not start; last lines of {}:\n{}",
+                    self.log.display(),
+                    log_tail(&self.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

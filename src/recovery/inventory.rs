@@ -104,8 +104,18 @@ impl WalInventory {
             .list(layout::WAL_PREFIX)
             .await
             .context("list archived WAL")?;
+        Self::load_from(repo, &objects, seg_size).await
+    }
+
+    /// Build from a listing of `wal/` the caller already holds; history files are read
+    /// from `repo`.
+    pub async fn load_from(
+        repo: &dyn Repository,
+        objects: &[ObjectMeta],
+        seg_size: u64,
+    ) -> anyhow::Result<WalInventory> {
         let mut histories = BTreeMap::new();
-        for o in &objects {
+        for o in objects {
             let Some(name) = o.key.strip_prefix(layout::WAL_PREFIX) else {
                 continue;
             };
@@ -120,7 +130,7 @@ impl WalInventory {
                 histories.insert(tli, parsed);
             }
         }
-        Ok(Self::from_listing(&objects, seg_size, histories))
+        Ok(Self::from_listing(objects, seg_size, histories))
     }
 
     /// The newest timeline the repository knows (history files or segments).

@@ -44,6 +44,46 @@ pub fn backup_object_key(id: &str, name: &str) -> String {
     format!("{BACKUPS_PREFIX}{id}/{name}")
 }
 
+/// Object name of a database's `pg_dump -Fc` archive inside a logical backup:
+/// `db-<encoded name>.dump<suffix>`. Any database name maps to a safe, distinct object
+/// name (see [`encode_name`]); the manifest keeps the real name.
+pub fn logical_dump_name(database: &str, algorithm: Algorithm) -> String {
+    format!(
+        "db-{}.dump{}",
+        encode_name(database),
+        codec::suffix(algorithm)
+    )
+}
+
+/// Object name of a database dump's table of contents (`pg_restore -l` output).
+pub fn logical_toc_name(database: &str, algorithm: Algorithm) -> String {
+    format!(
+        "db-{}.toc{}",
+        encode_name(database),
+        codec::suffix(algorithm)
+    )
+}
+
+/// Object name of the `pg_dumpall --globals-only` script of a logical backup.
+pub fn logical_globals_name(algorithm: Algorithm) -> String {
+    format!("globals.sql{}", codec::suffix(algorithm))
+}
+
+/// Injective, path- and URL-safe encoding of an arbitrary (database) name: ASCII
+/// letters, digits, `_` and `-` stay, every other byte becomes `~XX` (hex). No `/`,
+/// no `.`, no leading dot, nothing a shell or an S3 key would treat specially.
+pub fn encode_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("~{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The backup id a key under `backups/` belongs to.
 pub fn backup_id_of(key: &str) -> Option<&str> {
     key.strip_prefix(BACKUPS_PREFIX)?.split('/').next()
@@ -114,6 +154,29 @@ mod tests {
             assert_eq!(parse_wal_key(&key), Some((name.to_string(), alg)), "{key}");
         }
         assert_eq!(parse_wal_key("wal/0000000100000000/garbage"), None);
+    }
+
+    #[test]
+    fn database_names_encode_safely_and_distinctly() {
+        let cases = [
+            ("app", "app"),
+            ("my-app_2", "my-app_2"),
+            ("weird db", "weird~20db"),
+            ("../etc", "~2E~2E~2Fetc"),
+            ("a~20", "a~7E20"),
+            ("naïve", "na~C3~AFve"),
+            ("x=y'\"", "x~3Dy~27~22"),
+        ];
+        for (name, want) in cases {
+            assert_eq!(encode_name(name), want, "{name}");
+        }
+        // Distinct names never collide (the escape character itself is escaped).
+        assert_ne!(encode_name("a b"), encode_name("a~20b"));
+        assert_eq!(
+            logical_dump_name("weird db", Algorithm::Zstd),
+            "db-weird~20db.dump.zst"
+        );
+        assert_eq!(logical_globals_name(Algorithm::None), "globals.sql");
     }
 
     #[test]

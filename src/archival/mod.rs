@@ -1,0 +1,12 @@
+//! Old-row and old-partition archival into an archive schema (`[[archive]]` policies).
+//!
+//! `plan` is pure (SQL text, column and partition decisions); `inspect` reads the
+//! catalog; `rows` and `partmode` move data; `log` keeps `archive_log`. The command glue
+//! is `commands/archival.rs`.
+
+pub mod inspect;
+pub mod log;
+pub mod partmode;
+pub mod plan;
+pub mod report;
+pub mod rows;

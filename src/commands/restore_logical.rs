@@ -1,0 +1,753 @@
+//! `backupctl restore --logical ID`: restore a database (or some of its tables) and/or
+//! the roles of a logical backup with pg_restore / psql.
+//!
+//! Safety rules: every downloaded byte is checked against the manifest's checksum
+//! before anything is committed into a database that already existed (the archive is
+//! downloaded, verified, then restored in one transaction); only a database this
+//! command creates (`--create`) is fed while downloading, and it is dropped again if
+//! anything fails. An existing non-empty target (or existing tables with `--table`) is
+//! refused unless `--clean`. pg_restore runs with `--exit-on-error`: a restore that
+//! reports success restored everything it was asked to.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_postgres::Client;
+
+use crate::cli::RestoreArgs;
+use crate::codec::{algorithm_of, Digest};
+use crate::commands::Ctx;
+use crate::manifest::{BackupKind, DatabaseDump, LogicalInfo, Manifest, ObjectEntry};
+use crate::pg::bin::PgBin;
+use crate::pg::conn::{ConnParams, ServerInfo};
+use crate::pg::proc::{failure, KillOnDrop, StderrCapture};
+use crate::pg::sql::{conninfo_dbname, ident as quote_ident, literal as quote_literal};
+use crate::pg::toc::{self, WantedTable};
+use crate::repo::{self, layout, Repository};
+use crate::transfer;
+
+pub async fn run(ctx: &Ctx, args: &RestoreArgs) -> anyhow::Result<()> {
+    let cfg = &ctx.cfg;
+    let id = args.logical.as_deref().expect("dispatched on --logical");
+    if args.dbname.is_none() {
+        if !args.globals {
+            return Err(crate::user_error!(
+                "restore --logical needs --dbname NAME (the database to restore into), or --globals alone to restore roles"
+            ));
+        }
+        if args.create || args.clean || !args.tables.is_empty() || args.jobs.is_some() {
+            return Err(crate::user_error!(
+                "--create, --clean, --table and --jobs need --dbname NAME"
+            ));
+        }
+    }
+    if args.jobs == Some(0) {
+        return Err(crate::user_error!("--jobs must be at least 1"));
+    }
+    let repo = repo::open(cfg).await?;
+    let manifest = Manifest::load(repo.as_ref(), id).await?.ok_or_else(|| {
+        crate::user_error!(
+            "no complete backup {id} in {} (`backupctl list` shows the backups)",
+            repo.describe()
+        )
+    })?;
+    let logical = match (&manifest.kind, &manifest.logical) {
+        (BackupKind::Logical, Some(l)) => l,
+        _ => {
+            return Err(crate::user_error!(
+                "backup {id} is a physical backup: restore it with --pgdata DIR (and a recovery target)"
+            ))
+        }
+    };
+    let dump = match &args.dbname {
+        Some(_) => Some(pick_database(logical, args.database.as_deref(), id)?),
+        None => None,
+    };
+    let wanted = match dump {
+        Some(d) => resolve_tables(d, &args.tables)?,
+        None => vec![],
+    };
+
+    let params = ConnParams::from_config(&cfg.postgres)?;
+    let client = params.connect().await?;
+    let info = ServerInfo::query(&client).await?;
+    let bin = PgBin::discover(cfg.postgres.bin_dir.as_deref(), Some(info.major()))?;
+
+    if args.dry_run {
+        println!(
+            "restore from logical backup {id} (taken {})",
+            manifest.start_time
+        );
+        if args.globals {
+            println!("  roles and tablespaces from {}", logical.globals_object);
+        }
+        if let (Some(d), Some(target)) = (dump, &args.dbname) {
+            println!(
+                "  database {} → {target}{}{}",
+                d.name,
+                if args.create { " (created)" } else { "" },
+                if args.clean {
+                    " (existing objects dropped first)"
+                } else {
+                    ""
+                }
+            );
+            for w in &wanted {
+                println!("  table {}.{}", w.schema, w.table);
+            }
+        }
+        println!("dry run: nothing was changed");
+        return Ok(());
+    }
+
+    if args.globals {
+        restore_globals(&repo, &manifest, logical, &bin, &params, false).await?;
+    }
+    if let (Some(d), Some(target)) = (dump, &args.dbname) {
+        let opts = Target {
+            name: target,
+            create: args.create,
+            clean: args.clean,
+            jobs: args.jobs.unwrap_or(1),
+            scratch: false,
+        };
+        restore_database(
+            cfg, &repo, &manifest, d, &wanted, &bin, &params, &client, &opts,
+        )
+        .await
+        .with_context(|| format!("restore database {} of backup {id} into {target}", d.name))?;
+    }
+    Ok(())
+}
+
+/// Restore the roles and every database of logical backup `m` into the empty scratch
+/// server `params` reaches (verification). Every object's checksum is checked.
+pub async fn restore_all_into(
+    cfg: &crate::config::Config,
+    repo: &Arc<dyn Repository>,
+    m: &Manifest,
+    bin: &PgBin,
+    params: &ConnParams,
+) -> anyhow::Result<()> {
+    let l = m
+        .logical
+        .as_ref()
+        .context("logical backup without logical info")?;
+    // The fresh scratch cluster has its own empty `postgres` database: replace it.
+    let control = params.with_dbname("template1");
+    let client = control.connect().await?;
+    restore_globals(repo, m, l, bin, &control, true).await?;
+    for d in &l.databases {
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&d.name)))
+            .await
+            .with_context(|| format!("drop the scratch cluster's own database {}", d.name))?;
+        let t = Target {
+            name: &d.name,
+            create: true,
+            clean: false,
+            jobs: 1,
+            scratch: true,
+        };
+        restore_database(cfg, repo, m, d, &[], bin, &control, &client, &t)
+            .await
+            .with_context(|| format!("restore database {}", d.name))?;
+    }
+    Ok(())
+}
+
+fn pick_database<'a>(
+    l: &'a LogicalInfo,
+    name: Option<&str>,
+    id: &str,
+) -> anyhow::Result<&'a DatabaseDump> {
+    let names = || {
+        l.databases
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        Some(n) => l.database(n).ok_or_else(|| {
+            crate::user_error!("backup {id} has no database {n:?} (it has: {})", names())
+        }),
+        None if l.databases.len() == 1 => Ok(&l.databases[0]),
+        None => Err(crate::user_error!(
+            "backup {id} holds several databases ({}); choose one with --database",
+            names()
+        )),
+    }
+}
+
+/// The tables `--table` names (`schema.table`, or `table` when unambiguous); a
+/// partitioned table brings its partitions.
+pub fn resolve_tables(d: &DatabaseDump, names: &[String]) -> anyhow::Result<Vec<WantedTable>> {
+    let mut out: Vec<WantedTable> = Vec::new();
+    for name in names {
+        // Every split at a dot: schema and table names may contain dots themselves.
+        let mut hits: Vec<(String, String)> = name
+            .match_indices('.')
+            .map(|(i, _)| (name[..i].to_string(), name[i + 1..].to_string()))
+            .filter(|(s, t)| {
+                d.tables.iter().any(|x| &x.schema == s && &x.table == t)
+                    || d.tables
+                        .iter()
+                        .any(|x| x.partition_of.as_deref() == Some(&format!("{s}.{t}")))
+            })
+            .collect();
+        if hits.is_empty() {
+            hits = d
+                .tables
+                .iter()
+                .filter(|x| &x.table == name)
+                .map(|x| (x.schema.clone(), x.table.clone()))
+                .collect();
+        }
+        let (schema, table) = match hits.len() {
+            1 => hits.remove(0),
+            0 => {
+                return Err(crate::user_error!(
+                    "table {name:?} is not in the dump of database {} (write schema.table; the backup's tables are listed by `backupctl info ID`)",
+                    d.name
+                ))
+            }
+            _ => {
+                return Err(crate::user_error!(
+                    "table {name:?} is ambiguous in database {}: {}; write schema.table",
+                    d.name,
+                    hits.iter().map(|(s, t)| format!("{s}.{t}")).collect::<Vec<_>>().join(", ")
+                ))
+            }
+        };
+        let qualified = format!("{schema}.{table}");
+        let leaves: Vec<_> = d
+            .tables
+            .iter()
+            .filter(|x| x.partition_of.as_deref() == Some(qualified.as_str()))
+            .collect();
+        let mut add = |w: WantedTable| {
+            if !out
+                .iter()
+                .any(|o| o.schema == w.schema && o.table == w.table)
+            {
+                out.push(w);
+            }
+        };
+        if leaves.is_empty() {
+            let t = d
+                .tables
+                .iter()
+                .find(|x| x.schema == schema && x.table == table);
+            add(WantedTable {
+                schema,
+                table,
+                oid: t.map(|t| t.oid).filter(|o| *o != 0),
+                attach: false,
+            });
+        } else {
+            add(WantedTable {
+                schema,
+                table,
+                oid: None,
+                attach: true,
+            });
+            for l in leaves {
+                add(WantedTable {
+                    schema: l.schema.clone(),
+                    table: l.table.clone(),
+                    oid: Some(l.oid).filter(|o| *o != 0),
+                    attach: true,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn digest(o: &ObjectEntry) -> Digest {
+    Digest {
+        sha256: o.sha256.clone(),
+        size: o.stored_size,
+    }
+}
+
+fn object<'a>(m: &'a Manifest, name: &str) -> anyhow::Result<&'a ObjectEntry> {
+    m.object(name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the manifest of backup {} does not list object {name}",
+            m.id
+        )
+    })
+}
+
+/// Download a small object whole, verified against the manifest.
+async fn fetch_small(
+    repo: &Arc<dyn Repository>,
+    m: &Manifest,
+    name: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let o = object(m, name)?;
+    transfer::get_stream(
+        repo,
+        &layout::backup_object_key(&m.id, name),
+        algorithm_of(name),
+        Some(digest(o)),
+        |r| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v)?;
+            Ok(v)
+        },
+    )
+    .await
+}
+
+/// Roles and tablespaces through psql. Those that already exist are kept (their
+/// `CREATE` fails and is reported as such; the `ALTER` that follows still applies the
+/// backup's attributes); any other error fails the restore.
+async fn restore_globals(
+    repo: &Arc<dyn Repository>,
+    m: &Manifest,
+    l: &LogicalInfo,
+    bin: &PgBin,
+    params: &ConnParams,
+    scratch: bool,
+) -> anyhow::Result<()> {
+    let mut sql = fetch_small(repo, m, &l.globals_object)
+        .await
+        .context("download the roles and tablespaces script")?;
+    if scratch {
+        // Tablespace locations belong to the production server.
+        sql = String::from_utf8_lossy(&sql)
+            .lines()
+            .filter(|l| !l.contains(" TABLESPACE "))
+            .flat_map(|l| [l, "\n"])
+            .collect::<String>()
+            .into_bytes();
+    }
+    let creates = String::from_utf8_lossy(&sql)
+        .lines()
+        .filter(|l| l.starts_with("CREATE ROLE ") || l.starts_with("CREATE TABLESPACE "))
+        .count();
+    let mut cmd = bin.std_command("psql");
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=0", "-d"])
+        .arg(conninfo_dbname(&params.dbname))
+        .envs(params.libpq_env());
+    let (status, stderr) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut child = KillOnDrop::new(
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("start psql")?,
+        );
+        let err = StderrCapture::start(child.get_mut().stderr.take());
+        let mut stdin = child.get_mut().stdin.take().expect("piped");
+        let written = stdin.write_all(&sql);
+        drop(stdin);
+        let status = child.wait()?;
+        let stderr = err.finish();
+        written.context("send the script to psql")?;
+        Ok((status, stderr))
+    })
+    .await??;
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR:")).collect();
+    let (existing, other): (Vec<&str>, Vec<&str>) =
+        errors.iter().partition(|l| l.contains("already exists"));
+    if !status.success() || !other.is_empty() {
+        anyhow::bail!(
+            "{}",
+            failure(
+                "psql (restoring roles and tablespaces)",
+                status,
+                &other.join("\n")
+            )
+        );
+    }
+    tracing::info!(
+        "restored roles and tablespaces: {} created, {} already existed (kept; attributes updated from the backup)",
+        creates.saturating_sub(existing.len()),
+        existing.len()
+    );
+    if !scratch {
+        println!(
+            "roles and tablespaces: {} created, {} already existed",
+            creates.saturating_sub(existing.len()),
+            existing.len()
+        );
+    }
+    Ok(())
+}
+
+struct Target<'a> {
+    name: &'a str,
+    create: bool,
+    clean: bool,
+    jobs: u32,
+    /// A verification scratch restore: no tablespaces (their locations belong to the
+    /// production server) and nothing printed on stdout.
+    scratch: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_database(
+    cfg: &crate::config::Config,
+    repo: &Arc<dyn Repository>,
+    m: &Manifest,
+    d: &DatabaseDump,
+    wanted: &[WantedTable],
+    bin: &PgBin,
+    params: &ConnParams,
+    client: &Client,
+    t: &Target<'_>,
+) -> anyhow::Result<()> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&t.name])
+        .await?
+        .is_some();
+    match (t.create, exists) {
+        (true, true) => {
+            return Err(crate::user_error!(
+                "database {:?} already exists: choose a new --dbname, or restore into it without --create (--clean replaces the objects the backup holds)",
+                t.name
+            ))
+        }
+        (false, false) => {
+            return Err(crate::user_error!(
+                "database {:?} does not exist; add --create to create it",
+                t.name
+            ))
+        }
+        _ => {}
+    }
+    let target = params.with_dbname(t.name);
+    if exists {
+        refuse_non_empty(&target, wanted, t).await?;
+    } else {
+        let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(t.name));
+        for (k, v) in [
+            ("ENCODING", &d.encoding),
+            ("LC_COLLATE", &d.collate),
+            ("LC_CTYPE", &d.ctype),
+        ] {
+            if let Some(v) = v {
+                sql.push_str(&format!(" {k} {}", quote_literal(v)));
+            }
+        }
+        client
+            .batch_execute(&sql)
+            .await
+            .with_context(|| format!("create database {}", t.name))?;
+    }
+
+    let work = tempfile::Builder::new()
+        .prefix("backupctl-restore-")
+        .tempdir_in(scratch_parent(cfg)?)
+        .context("create a work directory for the restore")?;
+    let result = feed_pg_restore(repo, m, d, wanted, bin, &target, t, !exists, work.path()).await;
+    if let Err(e) = result {
+        if !exists {
+            let drop = format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(t.name)
+            );
+            return match client.batch_execute(&drop).await {
+                Ok(()) => Err(e.context(format!(
+                    "dropped database {} again (this restore created it)",
+                    t.name
+                ))),
+                Err(de) => Err(e.context(format!(
+                    "database {} was created by this restore and could not be dropped ({de}); drop it before retrying",
+                    t.name
+                ))),
+            };
+        }
+        return Err(e);
+    }
+
+    // Report what was restored; for single tables also prove the row counts.
+    let target_client = target.connect().await?;
+    if t.scratch {
+        return Ok(());
+    }
+    if wanted.is_empty() {
+        println!(
+            "restored database {} of backup {} into {}: {} tables, {} rows, {} large objects",
+            d.name,
+            m.id,
+            t.name,
+            d.tables.len(),
+            d.total_rows(),
+            d.large_objects
+        );
+    } else {
+        for w in wanted {
+            let Some(expected) = d
+                .tables
+                .iter()
+                .find(|x| x.schema == w.schema && x.table == w.table)
+            else {
+                println!("restored table {}.{} (partitioned)", w.schema, w.table);
+                continue;
+            };
+            let sql = format!(
+                "SELECT count(*) FROM ONLY {}.{}",
+                quote_ident(&w.schema),
+                quote_ident(&w.table)
+            );
+            let n: i64 = target_client.query_one(&sql, &[]).await?.get(0);
+            anyhow::ensure!(
+                n == expected.rows,
+                "table {}.{} has {n} rows after the restore, the backup recorded {}",
+                w.schema,
+                w.table,
+                expected.rows
+            );
+            println!(
+                "restored table {}.{} into {}: {n} rows (as recorded in backup {})",
+                w.schema, w.table, t.name, m.id
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Where restore work files go: `backup.state_dir/tmp`.
+fn scratch_parent(cfg: &crate::config::Config) -> anyhow::Result<std::path::PathBuf> {
+    let dir = cfg.backup.state_dir.join("tmp");
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("create {} (backup.state_dir)", dir.display()))?;
+    Ok(dir)
+}
+
+/// Refuse to restore over existing data unless `--clean`.
+async fn refuse_non_empty(
+    target: &ConnParams,
+    wanted: &[WantedTable],
+    t: &Target<'_>,
+) -> anyhow::Result<()> {
+    if t.clean {
+        return Ok(());
+    }
+    let c = target.connect().await?;
+    if !wanted.is_empty() {
+        for w in wanted {
+            let q = format!("{}.{}", quote_ident(&w.schema), quote_ident(&w.table));
+            let row = c
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&q])
+                .await?;
+            if row.get::<_, bool>(0) {
+                return Err(crate::user_error!(
+                    "table {}.{} already exists in database {}: restore into another database, or add --clean to drop and replace it",
+                    w.schema, w.table, t.name
+                ));
+            }
+        }
+        return Ok(());
+    }
+    let n: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+                       AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%')
+                  + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
+                  + (SELECT count(*) FROM pg_namespace
+                     WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public')
+                       AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if n > 0 {
+        return Err(crate::user_error!(
+            "database {} is not empty ({n} objects): restore into a new database (--create), or add --clean to drop and replace the objects the backup holds",
+            t.name
+        ));
+    }
+    Ok(())
+}
+
+/// Run pg_restore. A database this restore created is fed while downloading (a bad
+/// checksum fails the restore and the database is dropped); an existing one gets the
+/// archive only after it was downloaded and verified, in one transaction (unless
+/// `--jobs`, which needs a file anyway).
+#[allow(clippy::too_many_arguments)]
+async fn feed_pg_restore(
+    repo: &Arc<dyn Repository>,
+    m: &Manifest,
+    d: &DatabaseDump,
+    wanted: &[WantedTable],
+    bin: &PgBin,
+    target: &ConnParams,
+    t: &Target<'_>,
+    created: bool,
+    work: &Path,
+) -> anyhow::Result<()> {
+    let o = object(m, &d.object)?;
+    let key = layout::backup_object_key(&m.id, &d.object);
+    let mut cmd = bin.std_command("pg_restore");
+    cmd.args(["--exit-on-error", "--no-password", "-d"])
+        .arg(conninfo_dbname(t.name))
+        .envs(target.libpq_env());
+    if t.clean {
+        cmd.args(["--clean", "--if-exists"]);
+    }
+    if t.scratch {
+        cmd.arg("--no-tablespaces");
+    }
+    if !wanted.is_empty() {
+        let toc_name = d.toc_object.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "backup {} has no table of contents for database {}",
+                m.id,
+                d.name
+            )
+        })?;
+        let listing = fetch_small(repo, m, toc_name).await?;
+        let (list, missing) = toc::select_tables(&String::from_utf8_lossy(&listing), wanted);
+        anyhow::ensure!(
+            missing.is_empty(),
+            "the dump of database {} has no definition of {}",
+            d.name,
+            missing.join(", ")
+        );
+        let list_path = work.join("restore.list");
+        std::fs::write(&list_path, list)?;
+        cmd.arg("-L").arg(&list_path);
+    }
+    let from_file = t.jobs > 1 || !created;
+    if !from_file {
+        cmd.stdin(Stdio::piped());
+        return transfer::get_stream(
+            repo,
+            &key,
+            algorithm_of(&d.object),
+            Some(digest(o)),
+            move |r| {
+                let mut child = KillOnDrop::new(
+                    cmd.stdout(Stdio::null())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .context("start pg_restore")?,
+                );
+                let err = StderrCapture::start(child.get_mut().stderr.take());
+                let mut stdin = child.get_mut().stdin.take().expect("piped");
+                let copied = std::io::copy(r, &mut stdin);
+                drop(stdin);
+                let status = child.wait()?;
+                let stderr = err.finish();
+                // pg_restore's own error explains a broken pipe. With a -L list it may
+                // finish (successfully) before reading the whole archive.
+                anyhow::ensure!(
+                    status.success(),
+                    "{}",
+                    failure("pg_restore", status, &stderr)
+                );
+                match copied {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        Err(anyhow::Error::from(e).context("feed pg_restore"))
+                    }
+                    _ => Ok(()),
+                }
+            },
+        )
+        .await;
+    }
+    let file = work.join("archive.dump");
+    transfer::get_to_file(repo, &key, algorithm_of(&d.object), Some(digest(o)), &file)
+        .await
+        .context("download the database archive")?;
+    if t.jobs > 1 {
+        cmd.arg(format!("--jobs={}", t.jobs));
+    } else {
+        cmd.arg("--single-transaction");
+    }
+    cmd.arg(&file).stdin(Stdio::null());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut child = KillOnDrop::new(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("start pg_restore")?,
+        );
+        let err = StderrCapture::start(child.get_mut().stderr.take());
+        let status = child.wait()?;
+        let stderr = err.finish();
+        anyhow::ensure!(
+            status.success(),
+            "{}",
+            failure("pg_restore", status, &stderr)
+        );
+        Ok(())
+    })
+    .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::TableRows;
+
+    fn dump() -> DatabaseDump {
+        let t = |s: &str, n: &str, oid: u32, p: Option<&str>| TableRows {
+            schema: s.into(),
+            table: n.into(),
+            rows: 1,
+            oid,
+            partition_of: p.map(str::to_string),
+        };
+        DatabaseDump {
+            name: "app".into(),
+            object: "db-app.dump.zst".into(),
+            size_bytes: 0,
+            tables: vec![
+                t("public", "orders", 10, None),
+                t("sales", "orders", 11, None),
+                t("public", "users", 12, None),
+                t("public", "m_2024", 13, Some("public.m")),
+                t("public", "m_2025", 14, Some("public.m")),
+                t("a.b", "c", 15, None),
+            ],
+            toc_counts: Default::default(),
+            toc_object: None,
+            large_objects: 0,
+            encoding: None,
+            collate: None,
+            ctype: None,
+        }
+    }
+
+    #[test]
+    fn table_names_resolve() {
+        let d = dump();
+        let names = |v: Vec<WantedTable>| -> Vec<String> {
+            v.iter()
+                .map(|w| format!("{}.{}:{:?}", w.schema, w.table, w.oid))
+                .collect()
+        };
+        let r = resolve_tables(&d, &["users".into()]).unwrap();
+        assert_eq!(names(r), vec!["public.users:Some(12)"]);
+        let r = resolve_tables(&d, &["sales.orders".into()]).unwrap();
+        assert_eq!(names(r), vec!["sales.orders:Some(11)"]);
+        let r = resolve_tables(&d, &["a.b.c".into()]).unwrap();
+        assert_eq!(names(r), vec!["a.b.c:Some(15)"]);
+        // A partitioned table brings its partitions.
+        let r = resolve_tables(&d, &["public.m".into()]).unwrap();
+        assert_eq!(
+            names(r),
+            vec![
+                "public.m:None",
+                "public.m_2024:Some(13)",
+                "public.m_2025:Some(14)"
+            ]
+        );
+        let e = resolve_tables(&d, &["orders".into()]).unwrap_err();
+        assert!(format!("{e}").contains("ambiguous"), "{e}");
+        let e = resolve_tables(&d, &["nope".into()]).unwrap_err();
+        assert_eq!(crate::error::classify(&e).0, 2);
+    }
+}

@@ -1,0 +1,293 @@
+//! `backupctl retention [--dry-run]`: delete the backups and WAL the policy no longer keeps.
+//!
+//! The decision is [`crate::retention::plan`] (pure); this module loads its inputs, holds
+//! the host-wide `retention` job lock so two runs never overlap, and carries the plan out
+//! in its order: per backup the manifest first, then its data (a crash leaves objects
+//! without a manifest, which the next run removes, never a manifest pointing at deleted
+//! data); backups before WAL (a crash never leaves a listed backup without its WAL); then
+//! backups without a manifest, then unfinished uploads. A dry run computes the same plan
+//! and deletes nothing, so its `delete.keys` is exactly what the real run deletes.
+//!
+//! `backup` (with `retention.after_backup`) and the daemon call [`run`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::cli::DryRunArgs;
+use crate::commands::status::human_bytes;
+use crate::commands::Ctx;
+use crate::config::RetentionConfig;
+use crate::lock::{self, Wait};
+use crate::manifest::Catalog;
+use crate::pg::wal::DEFAULT_SEGMENT_SIZE;
+use crate::recovery::inventory::WalInventory;
+use crate::recovery::target::format_pg_time;
+use crate::repo::{self, identity::RepoIdentity, layout, Repository};
+use crate::retention::plan::{self, Inputs, Plan, Step};
+use crate::retention::policy::describe_rule;
+
+/// The policy in force, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicySummary {
+    pub physical: String,
+    pub logical: String,
+    pub labels: BTreeMap<String, String>,
+    pub wal: String,
+    pub incomplete_after: String,
+}
+
+impl PolicySummary {
+    fn of(p: &RetentionConfig) -> PolicySummary {
+        PolicySummary {
+            physical: describe_rule(&p.physical),
+            logical: describe_rule(&p.logical),
+            labels: p
+                .labels
+                .iter()
+                .map(|(l, r)| (l.clone(), describe_rule(r)))
+                .collect(),
+            wal: p.wal.clone(),
+            incomplete_after: humantime::format_duration(p.incomplete_after).to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Freed {
+    pub objects: usize,
+    pub bytes: u64,
+}
+
+/// What a retention run decided and did. In a dry run `freed` and
+/// `upload_leftovers_removed` are absent; `delete` is what a real run would delete.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetentionReport {
+    pub repository: String,
+    pub dry_run: bool,
+    pub policy: PolicySummary,
+    #[serde(flatten)]
+    pub plan: Plan,
+    pub freed: Option<Freed>,
+    pub upload_leftovers_removed: Option<usize>,
+}
+
+/// Apply the configured policy to the configured repository (the job lock is held for
+/// the whole run, dry or not, so a dry run never reports a half-done real one).
+pub async fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<RetentionReport> {
+    let cfg = &ctx.cfg;
+    let _lock = lock::acquire_async(
+        &cfg.backup.state_dir,
+        "retention",
+        Wait::Up(Duration::from_secs(3600)),
+    )
+    .await?;
+    let repo = repo::open(cfg).await?;
+    execute(repo.as_ref(), &cfg.retention, dry_run, Utc::now()).await
+}
+
+/// Plan against `repo` at `now` and, unless `dry_run`, carry the plan out.
+pub async fn execute(
+    repo: &dyn Repository,
+    policy: &RetentionConfig,
+    dry_run: bool,
+    now: DateTime<Utc>,
+) -> anyhow::Result<RetentionReport> {
+    let seg_size = RepoIdentity::load(repo)
+        .await?
+        .map(|i| i.wal_segment_size)
+        .unwrap_or(DEFAULT_SEGMENT_SIZE);
+    let backup_objects = repo
+        .list(layout::BACKUPS_PREFIX)
+        .await
+        .context("list backups")?;
+    let catalog = Catalog::load_from(repo, &backup_objects).await?;
+    let wal_objects = repo
+        .list(layout::WAL_PREFIX)
+        .await
+        .context("list archived WAL")?;
+    let inventory = WalInventory::load_from(repo, &wal_objects, seg_size).await?;
+    let inputs = Inputs {
+        backups: &catalog.complete,
+        incomplete: &catalog.incomplete,
+        backup_objects: &backup_objects,
+        wal_objects: &wal_objects,
+        inventory: &inventory,
+    };
+    let plan = plan::plan(&inputs, policy, now).map_err(|e| anyhow::anyhow!(e))?;
+    let mut report = RetentionReport {
+        repository: repo.describe(),
+        dry_run,
+        policy: PolicySummary::of(policy),
+        plan,
+        freed: None,
+        upload_leftovers_removed: None,
+    };
+    if dry_run {
+        return Ok(report);
+    }
+    for step in &report.plan.steps {
+        match step {
+            Step::Backup { id, manifest, data } => {
+                if let Some(m) = manifest {
+                    repo.delete(m)
+                        .await
+                        .with_context(|| format!("delete the manifest of backup {id}"))?;
+                }
+                repo.delete_many(data)
+                    .await
+                    .with_context(|| format!("delete the data of backup {id} (its manifest is already gone; the next run finishes it)"))?;
+                tracing::info!(backup = %id, objects = data.len() + manifest.iter().count(), "retention deleted backup");
+            }
+            Step::Incomplete { id, keys } => {
+                repo.delete_many(keys)
+                    .await
+                    .with_context(|| format!("delete the objects of incomplete backup {id}"))?;
+                tracing::info!(backup = %id, objects = keys.len(), "retention deleted incomplete backup");
+            }
+            Step::Wal { keys } => {
+                repo.delete_many(keys)
+                    .await
+                    .context("delete WAL no kept backup needs")?;
+                tracing::info!(files = keys.len(), "retention deleted WAL");
+            }
+        }
+    }
+    report.freed = Some(Freed {
+        objects: report.plan.delete.objects,
+        bytes: report.plan.delete.bytes,
+    });
+    let leftovers = repo
+        .cleanup_incomplete(policy.incomplete_after)
+        .await
+        .context("remove unfinished uploads")?;
+    report.upload_leftovers_removed = Some(leftovers);
+    Ok(report)
+}
+
+pub async fn command(ctx: &Ctx, args: DryRunArgs) -> anyhow::Result<()> {
+    let report = run(ctx, args.dry_run).await?;
+    if ctx.json {
+        return ctx.print_json(&report);
+    }
+    print(&report);
+    Ok(())
+}
+
+fn print(r: &RetentionReport) {
+    let p = &r.policy;
+    println!("repository: {}", r.repository);
+    let labels = if p.labels.is_empty() {
+        "none (labelled backups are kept)".to_string()
+    } else {
+        p.labels
+            .iter()
+            .map(|(l, d)| format!("{l}: {d}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    println!(
+        "policy: physical: {} | logical: {} | labels: {labels} | wal: {} | incomplete_after: {}",
+        p.physical, p.logical, p.wal, p.incomplete_after
+    );
+    let plan = &r.plan;
+    if plan.backups.is_empty() {
+        println!("backups: none");
+    } else {
+        println!("backups:");
+    }
+    for b in &plan.backups {
+        let d = &b.decision;
+        let label = d
+            .label
+            .as_deref()
+            .map(|l| format!(" [{l}]"))
+            .unwrap_or_default();
+        println!(
+            "  {:<6} {}{label}  started {}  {}  {}",
+            d.action.as_str(),
+            d.id,
+            d.start_time.format("%Y-%m-%d %H:%M:%S"),
+            human_bytes(b.bytes),
+            d.reasons.join("; ")
+        );
+    }
+    if !plan.incomplete.is_empty() {
+        println!("backups without a manifest:");
+        for i in &plan.incomplete {
+            println!(
+                "  {:<6} {}  {} object{}  {}  {}",
+                i.action.as_str(),
+                i.id,
+                i.objects,
+                if i.objects == 1 { "" } else { "s" },
+                human_bytes(i.bytes),
+                i.reason
+            );
+        }
+    }
+    match &plan.wal.keep_from {
+        Some(k) => println!(
+            "WAL (kept from {}, the start of the oldest kept physical backup {}, on every timeline):",
+            k.segment, k.backup
+        ),
+        None => println!("WAL:"),
+    }
+    if plan.wal.ranges.is_empty() {
+        println!("  none archived");
+    }
+    for w in &plan.wal.ranges {
+        let what = if w.first == w.last {
+            w.first.clone()
+        } else {
+            format!("{} … {}", w.first, w.last)
+        };
+        println!(
+            "  {:<6} {what}  {} file{}  {}  {}",
+            w.action.as_str(),
+            w.files,
+            if w.files == 1 { "" } else { "s" },
+            human_bytes(w.bytes),
+            w.reason
+        );
+    }
+    if plan.recoverable_windows.is_empty() {
+        println!("recoverable window afterwards: none (no kept physical backup with its WAL)");
+    }
+    for w in &plan.recoverable_windows {
+        println!(
+            "recoverable window afterwards: {} → {} (timeline {})",
+            format_pg_time(&w.from),
+            w.to.map(|t| format_pg_time(&t))
+                .unwrap_or_else(|| "?".into()),
+            w.timeline
+        );
+    }
+    let d = &plan.delete;
+    let what = format!(
+        "{} backup{}, {} without a manifest, {} WAL file{}: {} object{}, {}",
+        d.backups.len(),
+        if d.backups.len() == 1 { "" } else { "s" },
+        d.incomplete.len(),
+        d.wal_files,
+        if d.wal_files == 1 { "" } else { "s" },
+        d.objects,
+        if d.objects == 1 { "" } else { "s" },
+        human_bytes(d.bytes)
+    );
+    match (&r.freed, r.upload_leftovers_removed) {
+        (Some(_), leftovers) => println!(
+            "freed {what}; removed {} unfinished upload{}",
+            leftovers.unwrap_or(0),
+            if leftovers == Some(1) { "" } else { "s" }
+        ),
+        (None, _) => println!("dry run: would delete {what}; nothing was deleted"),
+    }
+}
+
+#[cfg(test)]
+#[path = "retention_tests.rs"]
+mod tests;

@@ -1,0 +1,242 @@
+//! Carrying a plan out against a real local repository: dry run = real run, and a crash
+//! between a backup's manifest and its data never leaves a manifest pointing at deleted
+//! data.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::codec::{Algorithm, Codec};
+use crate::config::RetentionRule;
+use crate::manifest::{backup_id, BackupKind, Manifest, ObjectEntry, PhysicalInfo, FORMAT};
+use crate::pg::wal::{Lsn, Segment};
+use crate::repo::local::LocalRepository;
+use crate::repo::{BodyReader, GetObject, ObjectMeta, PutOptions, RepoError, RepoResult};
+
+const SEG: u64 = 16 << 20;
+
+/// A repository whose `delete_many` fails while `fail` is set: a crash after a backup's
+/// manifest was deleted and before its data was.
+struct Crashing {
+    inner: LocalRepository,
+    fail: AtomicBool,
+}
+
+#[async_trait]
+impl Repository for Crashing {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put(&self, key: &str, body: BodyReader, opts: PutOptions) -> RepoResult<u64> {
+        self.inner.put(key, body, opts).await
+    }
+    async fn get(&self, key: &str) -> RepoResult<GetObject> {
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> RepoResult<Option<ObjectMeta>> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> RepoResult<Vec<ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> RepoResult<()> {
+        self.inner.delete(key).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> RepoResult<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(RepoError::Remote {
+                op: "delete",
+                key: keys.first().cloned().unwrap_or_default(),
+                message: "injected crash".into(),
+                transient: false,
+            });
+        }
+        self.inner.delete_many(keys).await
+    }
+    async fn cleanup_incomplete(&self, older_than: Duration) -> RepoResult<usize> {
+        self.inner.cleanup_incomplete(older_than).await
+    }
+}
+
+/// Three physical backups starting in segments 1, 3, 5 (one minute apart) and WAL 1..=6.
+async fn fill(repo: &dyn Repository) -> Vec<String> {
+    let base = Utc::now() - chrono::Duration::hours(1);
+    let mut ids = vec![];
+    for (i, start) in [1u64, 3, 5].into_iter().enumerate() {
+        let t = base + chrono::Duration::minutes(i as i64);
+        let id = backup_id(t, BackupKind::Physical);
+        let mut objects = vec![];
+        for name in ["base.0.tar", "base.1.tar"] {
+            let body = format!("{id}/{name}").into_bytes();
+            repo.put_bytes(
+                &layout::backup_object_key(&id, name),
+                body.clone(),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+            objects.push(ObjectEntry {
+                name: name.into(),
+                sha256: String::new(),
+                stored_size: body.len() as u64,
+                size: body.len() as u64,
+            });
+        }
+        Manifest {
+            format: FORMAT,
+            id: id.clone(),
+            kind: BackupKind::Physical,
+            label: None,
+            host: "h".into(),
+            cluster: "main".into(),
+            pg_version: "15".into(),
+            pg_version_num: 150000,
+            system_identifier: "1".into(),
+            start_time: t,
+            stop_time: t + chrono::Duration::seconds(10),
+            compression: Codec::NONE,
+            objects,
+            physical: Some(PhysicalInfo {
+                timeline: 1,
+                start_lsn: Lsn(start * SEG + 40),
+                stop_lsn: Lsn(start * SEG + 400),
+                start_wal: Segment {
+                    tli: 1,
+                    segno: start,
+                }
+                .name(SEG),
+                stop_wal: Segment {
+                    tli: 1,
+                    segno: start,
+                }
+                .name(SEG),
+                wal_segment_size: SEG,
+                pgdata: "/x".into(),
+                tablespaces: vec![],
+                backup_label: String::new(),
+                tablespace_map: None,
+                files: 2,
+                config_file: None,
+            }),
+            logical: None,
+            restore_point: None,
+            verification: None,
+        }
+        .store(repo)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    for segno in 1..=6 {
+        let name = Segment { tli: 1, segno }.name(SEG);
+        let key = layout::wal_key(&name, Algorithm::Zstd).unwrap();
+        repo.put_bytes(&key, vec![0u8; 100], PutOptions::default())
+            .await
+            .unwrap();
+    }
+    ids
+}
+
+fn keep_last(n: u32) -> RetentionConfig {
+    RetentionConfig {
+        physical: RetentionRule {
+            keep_last: Some(n),
+            ..Default::default()
+        },
+        wal: "backups".into(),
+        ..RetentionConfig::default()
+    }
+}
+
+async fn keys(repo: &dyn Repository) -> Vec<String> {
+    repo.list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
+}
+
+#[tokio::test]
+async fn dry_run_lists_exactly_what_the_real_run_deletes() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = LocalRepository::new(d.path().to_path_buf());
+    let ids = fill(&repo).await;
+    let before = keys(&repo).await;
+    let dry = execute(&repo, &keep_last(1), true, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(keys(&repo).await, before, "a dry run deletes nothing");
+    assert!(dry.freed.is_none());
+    assert_eq!(
+        dry.plan.delete.backups,
+        vec![ids[0].clone(), ids[1].clone()]
+    );
+    let real = execute(&repo, &keep_last(1), false, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(real.plan.delete.keys, dry.plan.delete.keys);
+    let after = keys(&repo).await;
+    let gone: Vec<String> = before
+        .iter()
+        .filter(|k| !after.contains(k))
+        .cloned()
+        .collect();
+    assert_eq!(gone, dry.plan.delete.keys);
+    let freed = real.freed.unwrap();
+    assert_eq!(freed.objects, gone.len());
+    // WAL 1..=4 went, 5 and 6 (the kept backup's) stayed.
+    let wal: Vec<&String> = after.iter().filter(|k| k.starts_with("wal/")).collect();
+    assert_eq!(wal.len(), 2, "{wal:?}");
+    // A second run has nothing left to do.
+    let again = execute(&repo, &keep_last(1), false, Utc::now())
+        .await
+        .unwrap();
+    assert!(again.plan.delete.keys.is_empty());
+}
+
+#[tokio::test]
+async fn a_crash_mid_deletion_never_leaves_a_manifest_without_its_data() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = Arc::new(Crashing {
+        inner: LocalRepository::new(d.path().to_path_buf()),
+        fail: AtomicBool::new(true),
+    });
+    let ids = fill(repo.as_ref()).await;
+    let err = execute(repo.as_ref(), &keep_last(1), false, Utc::now())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains(&ids[0]), "{err:#}");
+
+    // The first backup lost its manifest (no longer listed as complete) and kept its
+    // data; every manifest still present has all its objects; no WAL was touched.
+    let cat = Catalog::load(repo.as_ref()).await.unwrap();
+    assert!(cat.find(&ids[0]).is_none());
+    assert_eq!(cat.incomplete.len(), 1);
+    assert_eq!(cat.incomplete[0].0, ids[0]);
+    for m in &cat.complete {
+        for o in &m.objects {
+            let key = layout::backup_object_key(&m.id, &o.name);
+            assert!(repo.head(&key).await.unwrap().is_some(), "{key} is gone");
+        }
+    }
+    assert_eq!(repo.list("wal/").await.unwrap().len(), 6);
+
+    // The next run (its leftovers now older than incomplete_after) finishes the job.
+    repo.fail.store(false, Ordering::SeqCst);
+    let later = Utc::now() + chrono::Duration::days(2);
+    let r = execute(repo.as_ref(), &keep_last(1), false, later)
+        .await
+        .unwrap();
+    assert_eq!(r.plan.delete.incomplete, vec![ids[0].clone()]);
+    assert_eq!(r.plan.delete.backups, vec![ids[1].clone()]);
+    let left = keys(repo.as_ref()).await;
+    assert!(
+        left.iter()
+            .all(|k| !k.contains(&ids[0]) && !k.contains(&ids[1])),
+        "{left:?}"
+    );
+    assert_eq!(left.iter().filter(|k| k.starts_with("wal/")).count(), 2);
+}

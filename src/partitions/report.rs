@@ -1,0 +1,203 @@
+//! The report of a `partitions` run: per table and month what was found and done, the
+//! exit-code rule, and the human rendering. The daemon stores and logs the same struct.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::catalog::RangeKey;
+use crate::config::PartitionPolicy;
+use crate::error::Exit;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Created,
+    WouldCreate,
+    Exists,
+    Covered,
+    Overlap,
+    NameTaken,
+    Blocked,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::WouldCreate => "would_create",
+            Status::Exists => "exists",
+            Status::Covered => "covered",
+            Status::Overlap => "overlap",
+            Status::NameTaken => "name_taken",
+            Status::Blocked => "blocked",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// Months a human has to look at.
+    pub fn needs_attention(self) -> bool {
+        matches!(
+            self,
+            Status::Overlap | Status::NameTaken | Status::Blocked | Status::Failed
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct MonthReport {
+    pub month: String,
+    /// `schema.name` of the month's partition (to be) created by this policy.
+    pub partition: String,
+    pub from: String,
+    pub to: String,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The statement that creates it (run, or to be run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// Rows of this month in the default partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_rows: Option<i64>,
+    /// SQL that moves those rows into a new partition of the month.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TableReport {
+    pub table: String,
+    pub database: String,
+    pub timezone: String,
+    pub premake: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<RangeKey>,
+    pub months: Vec<MonthReport>,
+    /// Why the table could not be handled at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The error is the config's or the table's fault (exit 2), not an operational one.
+    #[serde(skip)]
+    pub refused: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PartitionsSummary {
+    pub dry_run: bool,
+    pub now: DateTime<Utc>,
+    pub tables: Vec<TableReport>,
+}
+
+impl PartitionsSummary {
+    /// `Ok` when every month is in place (or would be); otherwise the error `main` turns
+    /// into the exit code: 2 when a policy names an unusable table, else 1.
+    pub fn outcome(&self) -> anyhow::Result<()> {
+        let refused = self.tables.iter().filter(|t| t.refused).count();
+        let failed = self
+            .tables
+            .iter()
+            .filter(|t| t.error.is_some() && !t.refused)
+            .count();
+        let attention: Vec<String> = self
+            .tables
+            .iter()
+            .flat_map(|t| {
+                t.months
+                    .iter()
+                    .filter(|m| m.status.needs_attention())
+                    .map(move |m| (t, m))
+            })
+            .map(|(t, m)| format!("{} {} {}", t.table, m.month, m.status.as_str()))
+            .collect();
+        if failed == 0 && refused == 0 && attention.is_empty() {
+            return Ok(());
+        }
+        let code = if failed == 0 && refused > 0 { 2 } else { 1 };
+        let mut parts = Vec::new();
+        if refused + failed > 0 {
+            parts.push(format!(
+                "{} table(s) could not be handled",
+                refused + failed
+            ));
+        }
+        if !attention.is_empty() {
+            parts.push(format!(
+                "{} month(s) need attention ({})",
+                attention.len(),
+                attention.join(", ")
+            ));
+        }
+        Err(Exit {
+            code,
+            message: Some(format!(
+                "partitions: {}; see the report above",
+                parts.join("; ")
+            )),
+        }
+        .into())
+    }
+}
+
+impl TableReport {
+    pub(crate) fn new(p: &PartitionPolicy, db: &str) -> TableReport {
+        TableReport {
+            table: p.table.clone(),
+            database: db.to_string(),
+            timezone: p.timezone.clone(),
+            premake: p.premake,
+            key: None,
+            months: Vec::new(),
+            error: None,
+            refused: false,
+        }
+    }
+}
+
+/// The report for a terminal.
+pub fn print_human(s: &PartitionsSummary) {
+    if s.tables.is_empty() {
+        println!("no [[partitions]] policies in the config");
+    }
+    for t in &s.tables {
+        match &t.key {
+            Some(k) => println!(
+                "{} in database {} ({}, {}; months in {}, premake {})",
+                t.table,
+                t.database,
+                k.definition,
+                k.key.sql(),
+                t.timezone,
+                t.premake
+            ),
+            None => println!("{} in database {}", t.table, t.database),
+        }
+        if let Some(e) = &t.error {
+            println!("  ERROR {e}");
+        }
+        for m in &t.months {
+            let status = m.status.as_str();
+            println!(
+                "  {}  {:<40} {:<12} [{}, {})",
+                m.month, m.partition, status, m.from, m.to
+            );
+            if let Some(d) = &m.detail {
+                println!("           {d}");
+            }
+            if s.dry_run && m.status == Status::WouldCreate {
+                if let Some(q) = &m.sql {
+                    println!("           {q};");
+                }
+            }
+            if let Some(fix) = &m.resolve {
+                println!("           resolve with:");
+                for line in fix.lines() {
+                    println!("             {line}");
+                }
+            }
+        }
+    }
+    if s.dry_run {
+        println!("dry run: nothing was changed");
+    }
+}

@@ -1,0 +1,397 @@
+//! Retention against a real PostgreSQL 15 cluster archiving with `backupctl wal-push`, on
+//! both repository backends: six physical backups with WAL between them, `keep_last = 2`
+//! → exactly four backups and exactly the WAL before the fifth backup's start segment go;
+//! the dry run lists exactly what the real run deletes; PITR inside the remaining window
+//! works and a deleted time is refused with the window; backups without a manifest go
+//! only when older than `incomplete_after`; history files survive.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use backupctl::pg::wal::{classify, Segment, WalFileKind};
+use backupctl::repo::{layout, PutOptions};
+use common::{
+    archive_command, backupctl, check_output, pg_tempdir, stderr, stdout, switch_wal_and_wait,
+    Backend, Cluster, ClusterOptions, Restored, TestRepo,
+};
+use serde_json::Value;
+
+const SEG: u64 = 16 << 20;
+const KEEP_LAST_2: &str = "[retention]\nwal = \"backups\"\n\n[retention.physical]\nkeep_last = 2\n";
+const KEEP_LAST_1: &str = "[retention]\nwal = \"backups\"\n\n[retention.physical]\nkeep_last = 1\n";
+
+struct Setup {
+    t: TestRepo,
+    cluster: Cluster,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new(backend: Backend) -> Setup {
+        let t = TestRepo::new(backend);
+        let config = t.write_config("backup.toml", "");
+        let cluster = Cluster::new(ClusterOptions {
+            archive_command: Some(archive_command(&config)),
+            ..Default::default()
+        });
+        let config = t.write_config(
+            "backup.toml",
+            &format!("{}\n{KEEP_LAST_2}", cluster.postgres_toml()),
+        );
+        Setup { t, cluster, config }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        backupctl(&self.config, args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        check_output(&format!("backupctl {args:?}"), out.clone());
+        stdout(&out)
+    }
+
+    fn json(&self, config: &Path, args: &[&str]) -> Value {
+        let out = backupctl(config, args);
+        let out = check_output(&format!("backupctl {args:?}"), out);
+        serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)))
+    }
+
+    fn backup(&self) -> String {
+        self.ok(&["backup", "--kind", "physical"])
+            .trim()
+            .to_string()
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        self.cluster.psql("postgres", sql)
+    }
+
+    fn now(&self) -> String {
+        self.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+    }
+
+    fn object_path(&self, key: &str) -> PathBuf {
+        match &self.t.s3 {
+            None => self.t.dir.path().join("repo/main").join(key),
+            Some(s3) => s3.bucket_dir().join("pg/main").join(key),
+        }
+    }
+
+    /// Every key in the repository, listed in-process.
+    fn keys(&self) -> BTreeSet<String> {
+        rt().block_on(async {
+            let repo = self.t.open().await;
+            repo.list("")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| o.key)
+                .collect()
+        })
+    }
+
+    /// Objects of a backup without a manifest, last modified `age_days` ago.
+    fn incomplete_backup(&self, id: &str, age_days: u32) {
+        let key = format!("backups/{id}/base.0.tar.zst");
+        rt().block_on(async {
+            let repo = self.t.open().await;
+            repo.put_bytes(&key, b"half a backup".to_vec(), PutOptions::default())
+                .await
+                .unwrap();
+        });
+        if age_days > 0 {
+            let st = Command::new("touch")
+                .args(["-d", &format!("{age_days} days ago")])
+                .arg(self.object_path(&key))
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        if self.t.s3.is_none() {
+            // Written by this (root) process: give it to the user backupctl runs as.
+            common::chown_to_pg(&self.t.dir.path().join("repo"));
+        }
+    }
+
+    fn restore_start(&self, extra: &[&str]) -> Restored {
+        let dir = pg_tempdir();
+        let pgdata = dir.path().join("restored");
+        let port = common::free_port();
+        let port_s = port.to_string();
+        let pg = pgdata.display().to_string();
+        let mut args = vec!["restore", "--pgdata", &pg, "--start", "--port", &port_s];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        let restored = Restored {
+            pgdata: pgdata.clone(),
+            socket_dir: self.cluster.socket_dir.clone(),
+            port,
+            dir: Some(dir),
+        };
+        check_output(&format!("restore {extra:?}"), out);
+        restored
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Segment number of a WAL key (`None` for history files and anything else).
+fn wal_segno(key: &str) -> Option<u64> {
+    let (name, _) = layout::parse_wal_key(key)?;
+    match classify(&name)? {
+        WalFileKind::TimelineHistory => None,
+        _ => Segment::parse(&name[..24], SEG).map(|s| s.segno),
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn ids_with(report: &Value, action: &str) -> Vec<String> {
+    report["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["action"] == action)
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(#[test] fn $name() { super::$name(super::Backend::Local) })*
+        }
+        mod s3 {
+            $(#[test] fn $name() { super::$name(super::Backend::S3) })*
+        }
+    };
+}
+
+both_backends!(keep_last_2_deletes_exactly_four_backups_and_their_wal);
+
+fn keep_last_2_deletes_exactly_four_backups_and_their_wal(backend: Backend) {
+    let s = Setup::new(backend);
+    s.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let mut ids = vec![];
+    let mut deleted_time = String::new();
+    let mut inside_time = String::new();
+    for i in 1..=6 {
+        s.sql(&format!("INSERT INTO t VALUES ({i})"));
+        switch_wal_and_wait(&s.cluster);
+        ids.push(s.backup());
+        if i == 1 {
+            // A time only backup 1 (about to be deleted) can reach.
+            s.sql("INSERT INTO t VALUES (100)");
+            std::thread::sleep(Duration::from_millis(1100));
+            deleted_time = s.now();
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        if i == 5 {
+            s.sql("INSERT INTO t VALUES (500)");
+            std::thread::sleep(Duration::from_millis(1100));
+            inside_time = s.now();
+            std::thread::sleep(Duration::from_millis(1100));
+            s.sql("INSERT INTO t VALUES (501)");
+        }
+        switch_wal_and_wait(&s.cluster);
+    }
+    s.sql("INSERT INTO t VALUES (7)");
+    switch_wal_and_wait(&s.cluster);
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 6, "{ids:?}");
+
+    // Two backups without a manifest: one old (a killed backup), one young (in flight).
+    // The young one's name is older than everything: age comes from object times.
+    let old_incomplete = "19990101T000000Z-physical";
+    let young_incomplete = "20000101T000000Z-physical";
+    s.incomplete_backup(old_incomplete, 3);
+    s.incomplete_backup(young_incomplete, 0);
+
+    let before = s.keys();
+    let info5: Value = serde_json::from_str(&s.ok(&["--json", "info", &ids[4]])).unwrap();
+    let start5 = info5["physical"]["start_wal"].as_str().unwrap().to_string();
+    let cutoff = Segment::parse(&start5, SEG).unwrap().segno;
+
+    // What must go: backups 1-4 entirely, the old incomplete backup, and every WAL file
+    // (segments and .backup files) before backup 5's start segment; nothing else.
+    let mut expected: Vec<String> = before
+        .iter()
+        .filter(|k| {
+            ids[..4]
+                .iter()
+                .any(|id| k.starts_with(&format!("backups/{id}/")))
+                || k.starts_with(&format!("backups/{old_incomplete}/"))
+                || (k.starts_with("wal/") && wal_segno(k).is_some_and(|n| n < cutoff))
+        })
+        .cloned()
+        .collect();
+    expected.sort();
+    assert!(
+        expected.iter().any(|k| k.ends_with(".backup.zst")),
+        "expected .backup files among {expected:?}"
+    );
+    let expected_wal = expected.iter().filter(|k| k.starts_with("wal/")).count();
+    assert!(expected_wal >= 8, "WAL between the backups: {expected:?}");
+
+    // Dry run first: changes nothing, lists exactly the expected deletions.
+    let dry = s.json(&s.config, &["--json", "retention", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(ids_with(&dry, "delete"), ids[..4].to_vec());
+    assert_eq!(ids_with(&dry, "keep"), ids[4..].to_vec());
+    assert_eq!(dry["wal"]["keep_from"]["segment"], start5.as_str());
+    assert_eq!(dry["wal"]["keep_from"]["backup"], ids[4].as_str());
+    assert_eq!(strings(&dry["delete"]["incomplete"]), vec![old_incomplete]);
+    let young = dry["incomplete"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == young_incomplete)
+        .unwrap();
+    assert_eq!(young["action"], "keep", "{young}");
+    let dry_keys = strings(&dry["delete"]["keys"]);
+    assert_eq!(dry_keys, expected);
+    assert_eq!(dry["delete"]["wal_files"], expected_wal);
+    assert_eq!(s.keys(), before, "a dry run deletes nothing");
+    let human = s.ok(&["retention", "--dry-run"]);
+    assert!(
+        human.contains("dry run: would delete 4 backups") && human.contains(&ids[0]),
+        "{human}"
+    );
+
+    // The real run deletes exactly that.
+    let real = s.json(&s.config, &["--json", "retention"]);
+    assert_eq!(real["dry_run"], false);
+    assert_eq!(strings(&real["delete"]["keys"]), dry_keys);
+    assert_eq!(real["freed"]["objects"], dry_keys.len());
+    let after = s.keys();
+    let gone: Vec<String> = before.difference(&after).cloned().collect();
+    assert_eq!(
+        gone, dry_keys,
+        "what disappeared is what the dry run listed"
+    );
+    assert!(after
+        .iter()
+        .any(|k| k.starts_with(&format!("backups/{young_incomplete}/"))));
+    let listing: Value = serde_json::from_str(&s.ok(&["--json", "list"])).unwrap();
+    let listed: Vec<&str> = listing["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec![ids[4].as_str(), ids[5].as_str()]);
+    // Nothing left to do.
+    let again = s.json(&s.config, &["--json", "retention", "--dry-run"]);
+    assert!(strings(&again["delete"]["keys"]).is_empty(), "{again}");
+
+    // A deleted time is refused with the remaining window (which starts at backup 5).
+    let dir = pg_tempdir();
+    let pgdata = dir.path().join("refused");
+    let out = s.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target-time",
+        &deleted_time,
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("recoverable window") && err.contains(&ids[4]),
+        "{err}"
+    );
+    assert!(!pgdata.exists());
+
+    // A time inside the remaining window restores, from backup 5.
+    let r = s.restore_start(&["--target-time", &inside_time]);
+    assert_eq!(
+        r.psql(
+            "postgres",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        ),
+        "1,2,3,4,5,100,500"
+    );
+    // The promoted server archives timeline 2 (with its history file) into the repository.
+    let seg2 = r.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(seg2.starts_with("00000002"), "{seg2}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while r.psql(
+        "postgres",
+        &format!("SELECT coalesce(last_archived_wal, '') >= '{seg2}' FROM pg_stat_archiver"),
+    ) != "t"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timeline 2 not archived"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    r.stop();
+    drop(r);
+
+    // keep_last = 1 with two timelines: backup 5 goes, history files stay, and nothing
+    // from backup 6's start segment on goes on any timeline.
+    let keep1 = s.t.write_config("keep1.toml", KEEP_LAST_1);
+    let before = s.keys();
+    assert!(before.contains("wal/00000002.history"), "{before:?}");
+    let info6: Value = serde_json::from_str(&s.ok(&["--json", "info", &ids[5]])).unwrap();
+    let cutoff6 = Segment::parse(info6["physical"]["start_wal"].as_str().unwrap(), SEG)
+        .unwrap()
+        .segno;
+    let dry = s.json(&keep1, &["--json", "retention", "--dry-run"]);
+    let real = s.json(&keep1, &["--json", "retention"]);
+    assert_eq!(real["delete"]["keys"], dry["delete"]["keys"]);
+    assert_eq!(strings(&real["delete"]["backups"]), vec![ids[4].clone()]);
+    let after = s.keys();
+    let gone: Vec<String> = before.difference(&after).cloned().collect();
+    assert_eq!(gone, strings(&dry["delete"]["keys"]));
+    assert!(after.contains("wal/00000002.history"));
+    for k in &gone {
+        if k.starts_with("wal/") {
+            let n = wal_segno(k).unwrap_or_else(|| panic!("{k} is not a segment"));
+            assert!(n < cutoff6, "{k} is at or after backup 6's start");
+        }
+    }
+    assert!(gone.iter().any(|k| k.starts_with("wal/")), "{gone:?}");
+}
+
+#[test]
+fn empty_repository_has_nothing_to_delete() {
+    let t = TestRepo::new(Backend::Local);
+    let config = t.write_config("c.toml", "");
+    let out = check_output(
+        "retention --dry-run",
+        backupctl(&config, &["retention", "--dry-run"]),
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("backups: none") && text.contains("would delete 0 backups"),
+        "{text}"
+    );
+    let out = check_output("retention", backupctl(&config, &["retention"]));
+    let text = stdout(&out);
+    assert!(text.contains("freed 0 backups"), "{text}");
+    let out = check_output(
+        "retention --json",
+        backupctl(&config, &["--json", "retention"]),
+    );
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["freed"]["objects"], 0);
+    assert_eq!(v["policy"]["wal"], "7d");
+}
