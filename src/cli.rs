@@ -43,7 +43,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run scheduled jobs from the config (systemd service)
-    Daemon,
+    Daemon(DaemonArgs),
     /// Take a backup now (also the pre-migration hook)
     Backup(BackupArgs),
     /// Restore a physical backup with point-in-time recovery, or a logical backup
@@ -231,6 +231,14 @@ pub struct CheckArgs {
     /// Create repo.json for this cluster if the repository is new
     #[arg(long)]
     pub init: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Run every job [schedule] names once, in order (partitions, archive, physical,
+    /// logical, verify, retention), then exit: 0 if all succeeded, 1 otherwise
+    #[arg(long)]
+    pub run_once: bool,
 }
 
 #[derive(Debug, Args)]

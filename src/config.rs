@@ -895,6 +895,17 @@ impl Config {
                 );
             }
         }
+        if let Some(url) = &self.notify.webhook_url {
+            // The value is not echoed: webhook URLs often carry a token.
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.parse::<http::Uri>().is_err() {
+                return bad(
+                    "notify.webhook_url",
+                    "must be an http:// or https:// URL (value not shown: it may hold a token)"
+                        .into(),
+                );
+            }
+        }
         if self.notify.webhook_url.is_some() && self.notify.webhook_url_file.is_some() {
             return bad(
                 "notify.webhook_url_file",
@@ -1043,6 +1054,18 @@ mod tests {
             parse("[repository]\npath = \"/x\"\n[compression]\nalgorithm = \"gzip\"\nlevel = 12\n")
                 .unwrap_err();
         assert!(err.contains("compression.level"), "{err}");
+    }
+
+    #[test]
+    fn bad_webhook_url_is_named_but_not_shown() {
+        let err = parse(
+            "[repository]\npath = \"/x\"\n[notify]\nwebhook_url = \"hooks.example.com/T0KEN\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("notify.webhook_url"), "{err}");
+        assert!(!err.contains("T0KEN"), "{err}");
+        parse("[repository]\npath = \"/x\"\n[notify]\nwebhook_url = \"https://hooks.example.com/T0KEN\"\n")
+            .unwrap();
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 success; 1 the operation failed (I/O, PostgreSQL, repository, corruption);
 //! 2 the request itself is wrong or refused (bad config or flags, unsafe target directory,
-//! target outside the recoverable window, not implemented yet). Commands return `anyhow`
+//! target outside the recoverable window). Commands return `anyhow`
 //! errors; wrapping one of these types anywhere in the chain selects the code.
 
 use std::fmt;

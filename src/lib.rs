@@ -8,6 +8,7 @@ pub mod cli;
 pub mod codec;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod lock;
 pub mod logging;

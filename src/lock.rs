@@ -103,6 +103,11 @@ pub fn acquire(state_dir: &Path, name: &str, wait: Wait) -> anyhow::Result<JobLo
             }
         }
     }
+    take(file, path)
+}
+
+/// Record this process as the holder of a lock it just took.
+fn take(mut file: File, path: PathBuf) -> anyhow::Result<JobLock> {
     file.set_len(0)?;
     file.rewind()?;
     let cmd: Vec<String> = std::env::args().collect();
@@ -114,6 +119,17 @@ pub fn acquire(state_dir: &Path, name: &str, wait: Wait) -> anyhow::Result<JobLo
         chrono::Utc::now().to_rfc3339()
     )?;
     Ok(JobLock { file, path })
+}
+
+/// Take lock `name` if it is free; `Ok(Err(holder))` describes the process holding it.
+/// Never waits (the daemon skips a run whose lock is taken instead of queueing).
+pub fn try_acquire(state_dir: &Path, name: &str) -> anyhow::Result<Result<JobLock, String>> {
+    let (mut file, path) = open(state_dir, name)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Ok(take(file, path)?)),
+        Err(TryLockError::WouldBlock) => Ok(Err(holder(&mut file))),
+        Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("lock {}", path.display())),
+    }
 }
 
 /// [`acquire`] without blocking the async runtime.
@@ -152,6 +168,19 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         drop(held);
         t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn try_acquire_names_the_holder_and_takes_a_free_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let held = try_acquire(d.path(), "archive").unwrap().unwrap();
+        let who = try_acquire(d.path(), "archive").unwrap().unwrap_err();
+        assert!(
+            who.contains(&format!("pid {}", std::process::id())),
+            "{who}"
+        );
+        drop(held);
+        try_acquire(d.path(), "archive").unwrap().unwrap();
     }
 
     #[test]

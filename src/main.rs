@@ -24,7 +24,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = rt.block_on(backupctl::commands::run(cli));
+    let result = rt.block_on(async {
+        let result = backupctl::commands::run(cli).await;
+        // Let clean-ups of abandoned uploads (S3 multipart aborts) finish.
+        backupctl::repo::wait_background(std::time::Duration::from_secs(10)).await;
+        result
+    });
     // Don't wait for stray blocking tasks (e.g. a stalled upload abandoned on error).
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {

@@ -1,10 +1,13 @@
 //! Cron expressions: standard 5-field (minute granularity) or 6-field with seconds.
 //!
-//! tokio-cron-scheduler wants 6 fields, so 5-field expressions get a leading `0` seconds
-//! field. Validation and "next run" both go through croner, the parser the scheduler uses.
+//! 5-field expressions get a leading `0` seconds field. Validation, the daemon's
+//! occurrences (`daemon/scheduler.rs`) and `info`'s "next run" all go through croner with a
+//! real IANA zone, so daylight-saving changes are handled (a job in a skipped hour runs at
+//! the first valid time after it; a job in a repeated hour runs once).
 
 use chrono::{DateTime, TimeZone};
 use croner::parser::{CronParser, Seconds};
+use croner::Cron;
 
 /// Validate `expr` and return it in the 6-field form the scheduler takes.
 pub fn parse_cron(expr: &str) -> Result<String, String> {
@@ -24,14 +27,17 @@ pub fn parse_cron(expr: &str) -> Result<String, String> {
     Ok(normalized)
 }
 
-/// The first time strictly after `after` that `expr` (5 or 6 fields) fires.
-pub fn next_run<Tz: TimeZone>(expr: &str, after: &DateTime<Tz>) -> Option<DateTime<Tz>> {
-    let normalized = parse_cron(expr).ok()?;
+/// The compiled expression (5 or 6 fields).
+pub fn cron(expr: &str) -> Result<Cron, String> {
+    let normalized = parse_cron(expr)?;
     parser()
         .parse(&normalized)
-        .ok()?
-        .find_next_occurrence(after, false)
-        .ok()
+        .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
+}
+
+/// The first time strictly after `after` that `expr` (5 or 6 fields) fires.
+pub fn next_run<Tz: TimeZone>(expr: &str, after: &DateTime<Tz>) -> Option<DateTime<Tz>> {
+    cron(expr).ok()?.find_next_occurrence(after, false).ok()
 }
 
 fn parser() -> CronParser {

@@ -104,23 +104,6 @@ fn missing_config_file_is_exit_2() {
     assert!(stderr(&out).contains("/nonexistent/backup.toml"));
 }
 
-#[test]
-fn unimplemented_commands_say_so_and_exit_2() {
-    let t = TestRepo::new(Backend::Local);
-    let config = t.write_config("c.toml", "");
-    // Commands whose issues have not landed yet; each issue removes its own.
-    let pending: &[&[&str]] = &[&["daemon"]];
-    for args in pending {
-        let out = backupctl(&config, args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("not implemented yet"),
-            "{args:?}: {}",
-            stderr(&out)
-        );
-    }
-}
-
 fn check_with_cluster(backend: Backend) {
     let t = TestRepo::new(backend);
     let config = t.write_config("backup.toml", "");
@@ -141,6 +124,11 @@ fn check_with_cluster(backend: Backend) {
     assert!(text.contains("WARN repository identity"), "{text}");
     assert!(text.contains("check --init"), "{text}");
     assert!(text.contains("OK   archive_command"), "{text}");
+    assert!(text.contains("OK   privileges"), "{text}");
+    assert!(text.contains("OK   state_dir"), "{text}");
+    // The end-to-end probe: a switched segment arrived in the repository.
+    assert!(text.contains("OK   wal archiving"), "{text}");
+    assert!(text.contains("reached the repository in"), "{text}");
 
     // --init writes repo.json with the server's system identifier.
     let out = backupctl(&config, &["check", "--init", "--json"]);
@@ -181,6 +169,54 @@ fn check_reports_a_healthy_setup_local() {
 #[test]
 fn check_reports_a_healthy_setup_s3() {
     check_with_cluster(Backend::S3);
+}
+
+#[test]
+fn check_fails_when_wal_goes_elsewhere_or_nowhere() {
+    let t = TestRepo::new(Backend::Local);
+    // Archives into another repository: judged from the settings, no probe needed.
+    let other = t.write_config("other.toml", "");
+    let other_text = std::fs::read_to_string(&other)
+        .unwrap()
+        .replace("/repo\"", "/other-repo\"");
+    std::fs::write(&other, other_text).unwrap();
+    let cluster = Cluster::new(ClusterOptions {
+        archive_command: Some(common::archive_command(&other)),
+        ..Default::default()
+    });
+    let config = t.write_config(
+        "backup.toml",
+        &format!("{}\n[check]\ntimeout = \"3s\"\n", cluster.postgres_toml()),
+    );
+    let out = backupctl(&config, &["check"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL archive_command"), "{text}");
+    assert!(text.contains("other-repo/main"), "{text}");
+    assert!(text.contains("WARN wal archiving"), "{text}");
+    drop(cluster);
+
+    // Looks right but never archives: only the forced segment switch can tell.
+    let cluster = Cluster::new(ClusterOptions {
+        archive_command: Some(format!("false && {}", common::archive_command(&config))),
+        ..Default::default()
+    });
+    let config = t.write_config(
+        "backup.toml",
+        &format!("{}\n[check]\ntimeout = \"3s\"\n", cluster.postgres_toml()),
+    );
+    let out = backupctl(&config, &["check"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("WARN archive_command"), "{text}");
+    assert!(text.contains("compound shell command"), "{text}");
+    assert!(text.contains("FAIL wal archiving"), "{text}");
+    assert!(
+        text.contains("did not reach the repository within 3s"),
+        "{text}"
+    );
+    assert!(text.contains("pg_stat_archiver"), "{text}");
+    assert!(text.contains("fix:"), "{text}");
 }
 
 #[test]

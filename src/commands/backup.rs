@@ -15,6 +15,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::cli::{BackupArgs, KindArg};
+use crate::commands::verify::VerifyReport;
 use crate::commands::{backup_logical, backup_physical, Ctx};
 use crate::lock::{self, Wait};
 use crate::manifest::{BackupKind, Manifest, RestorePoint};
@@ -57,56 +58,18 @@ pub async fn run(ctx: &Ctx, args: BackupArgs) -> anyhow::Result<()> {
         KindArg::Physical => None,
     };
 
-    let label = args.label.as_deref();
-    let mut manifests: Vec<Manifest> = Vec::new();
-    if matches!(args.kind, KindArg::Physical | KindArg::Both) {
-        manifests.push(backup_physical::run(ctx, label).await?);
+    let taken = take(
+        ctx,
+        args.kind,
+        args.label.as_deref(),
+        &args.databases,
+        verify,
+    )
+    .await?;
+    if let Some(v) = &taken.verification {
+        fail_on_verification(v)?;
     }
-    if matches!(args.kind, KindArg::Logical | KindArg::Both) {
-        manifests.push(backup_logical::run(ctx, label, &args.databases).await?);
-    }
-
-    // The backups are durable: mark this instant in the WAL stream.
-    let params = ConnParams::from_config(&cfg.postgres)?;
-    let client = params
-        .connect()
-        .await
-        .context("create the restore point after the backup")?;
-    let repo = repo::open(cfg).await?;
-    let mut points = Vec::new();
-    for m in &mut manifests {
-        let point = create_restore_point(&client, &m.id).await?;
-        if let Some(p) = &point {
-            m.restore_point = Some(p.clone());
-            m.store(repo.as_ref())
-                .await
-                .with_context(|| format!("record restore point {} in the manifest", p.name))?;
-        }
-        points.push(point);
-    }
-    let archived = match points.iter().flatten().map(|p| p.lsn).max() {
-        Some(lsn) => push_restore_point(&client, lsn, cfg.backup.archive_timeout).await?,
-        None => None,
-    };
-
-    if verify {
-        verify_new_backups(ctx, &repo, &mut manifests).await?;
-    }
-    if cfg.retention.after_backup {
-        let r = crate::commands::retention::run(ctx, false)
-            .await
-            .with_context(|| {
-                format!(
-                    "the backup succeeded ({}), but retention after it failed",
-                    manifests
-                        .iter()
-                        .map(|m| m.id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?;
-        tracing::info!(freed = ?r.freed, "retention after backup done");
-    }
+    let (manifests, archived) = (taken.manifests, taken.archived);
 
     let out = report(ctx, &manifests, archived);
     if ctx.json {
@@ -134,40 +97,125 @@ pub async fn run(ctx: &Ctx, args: BackupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Test-restore the new backups (under the "verify" lock); a failure fails the command:
-/// the backups are durable, but nobody should trust them until that is understood.
-async fn verify_new_backups(
+/// What [`take`] did.
+pub struct Taken {
+    /// The new backups' manifests, as stored (restore point and verification included).
+    pub manifests: Vec<Manifest>,
+    /// Whether the restore point's WAL reached the archive (`None`: no restore point or
+    /// the server does not archive).
+    pub archived: Option<bool>,
+    /// The test restores of the new backups, when asked for. When one failed, retention
+    /// did not run.
+    pub verification: Option<VerifyReport>,
+}
+
+/// The work of `backup` once the job locks are held (also the daemon's scheduled
+/// backups): the backup(s), a restore point named after each id (recorded in its
+/// manifest, WAL switched and its archiving awaited), verification of the new backups
+/// when `verify`, then retention when `retention.after_backup` and the backups verified.
+pub async fn take(
     ctx: &Ctx,
-    repo: &std::sync::Arc<dyn crate::repo::Repository>,
-    manifests: &mut [Manifest],
-) -> anyhow::Result<()> {
-    let report = crate::commands::verify::verify_selected(ctx, repo, manifests, false).await?;
-    for (m, r) in manifests.iter_mut().zip(&report.backups) {
-        m.verification = Some(r.verification.clone());
+    kind: KindArg,
+    label: Option<&str>,
+    databases: &[String],
+    verify: bool,
+) -> anyhow::Result<Taken> {
+    let cfg = &ctx.cfg;
+    let mut manifests: Vec<Manifest> = Vec::new();
+    if matches!(kind, KindArg::Physical | KindArg::Both) {
+        manifests.push(backup_physical::run(ctx, label).await?);
     }
-    let failed = report.failed();
-    if !failed.is_empty() {
-        let details: Vec<String> = report
-            .backups
-            .iter()
-            .flat_map(|r| {
-                r.verification
-                    .failures
-                    .iter()
-                    .map(move |f| format!("{}: {f}", r.id))
-            })
-            .collect();
-        return Err(crate::error::Exit {
-            code: 1,
-            message: Some(format!(
-                "backup {} is stored, but its verification FAILED: {}",
-                failed.join(", "),
-                details.join("; ")
-            )),
+    if matches!(kind, KindArg::Logical | KindArg::Both) {
+        manifests.push(backup_logical::run(ctx, label, databases).await?);
+    }
+
+    // The backups are durable: mark this instant in the WAL stream.
+    let params = ConnParams::from_config(&cfg.postgres)?;
+    let client = params
+        .connect()
+        .await
+        .context("create the restore point after the backup")?;
+    let repo = repo::open(cfg).await?;
+    let mut points = Vec::new();
+    for m in &mut manifests {
+        let point = create_restore_point(&client, &m.id).await?;
+        if let Some(p) = &point {
+            m.restore_point = Some(p.clone());
+            m.store(repo.as_ref())
+                .await
+                .with_context(|| format!("record restore point {} in the manifest", p.name))?;
         }
-        .into());
+        points.push(point);
     }
-    Ok(())
+    let archived = match points.iter().flatten().map(|p| p.lsn).max() {
+        Some(lsn) => push_restore_point(&client, lsn, cfg.backup.archive_timeout).await?,
+        None => None,
+    };
+
+    let verification = if verify {
+        // Test-restore the new backups (under the "verify" lock).
+        let report =
+            crate::commands::verify::verify_selected(ctx, &repo, &manifests, false).await?;
+        for (m, r) in manifests.iter_mut().zip(&report.backups) {
+            m.verification = Some(r.verification.clone());
+        }
+        Some(report)
+    } else {
+        None
+    };
+    let verified = verification.as_ref().is_none_or(|v| v.failed().is_empty());
+    if verified && cfg.retention.after_backup {
+        let r = crate::commands::retention::run(ctx, false)
+            .await
+            .with_context(|| {
+                format!(
+                    "the backup succeeded ({}), but retention after it failed",
+                    manifests
+                        .iter()
+                        .map(|m| m.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        tracing::info!(freed = ?r.freed, "retention after backup done");
+    }
+    Ok(Taken {
+        manifests,
+        archived,
+        verification,
+    })
+}
+
+/// `<backup id>: <failure>` for every failed check of every backup in `report`.
+pub fn verification_failures(report: &VerifyReport) -> Vec<String> {
+    report
+        .backups
+        .iter()
+        .flat_map(|r| {
+            r.verification
+                .failures
+                .iter()
+                .map(move |f| format!("{}: {f}", r.id))
+        })
+        .collect()
+}
+
+/// A failed test restore of a new backup fails the command: the backups are durable,
+/// but nobody should trust them until that is understood.
+fn fail_on_verification(report: &VerifyReport) -> anyhow::Result<()> {
+    let failed = report.failed();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(crate::error::Exit {
+        code: 1,
+        message: Some(format!(
+            "backup {} is stored, but its verification FAILED: {}",
+            failed.join(", "),
+            verification_failures(report).join("; ")
+        )),
+    }
+    .into())
 }
 
 /// Labels select retention rules (`retention.labels.<label>`) and appear in ids'

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::codec::Codec;
 use crate::commands::Ctx;
@@ -96,9 +97,11 @@ pub async fn run(ctx: &Ctx, label: Option<&str>) -> anyhow::Result<Manifest> {
         start_time = Utc::now();
         id = manifest::backup_id(start_time, BackupKind::Physical);
     }
+    // Instrument the futures rather than entering the span across awaits: an entered
+    // guard held over an await leaks the span into other tasks on the same thread (the
+    // daemon runs several jobs, each in its own span).
     let span = tracing::info_span!("backup", id = %id, kind = "physical");
-    let _enter = span.enter();
-    tracing::info!(pgdata = %pgdata.display(), "starting physical backup");
+    span.in_scope(|| tracing::info!(pgdata = %pgdata.display(), "starting physical backup"));
 
     let result = async {
         let row = client
@@ -174,21 +177,26 @@ pub async fn run(ctx: &Ctx, label: Option<&str>) -> anyhow::Result<Manifest> {
         m.store(repo.as_ref()).await?;
         anyhow::Ok(m)
     }
+    .instrument(span.clone())
     .await;
 
     match result {
         Ok(m) => {
-            tracing::info!(
-                stored = m.stored_bytes(),
-                original = m.original_bytes(),
-                "physical backup complete"
-            );
+            span.in_scope(|| {
+                tracing::info!(
+                    stored = m.stored_bytes(),
+                    original = m.original_bytes(),
+                    "physical backup complete"
+                )
+            });
             Ok(m)
         }
         Err(e) => {
             // The session ending aborts the backup in PostgreSQL; remove what we stored.
             drop(client);
-            remove_partial(repo.as_ref(), &id).await;
+            remove_partial(repo.as_ref(), &id)
+                .instrument(span.clone())
+                .await;
             Err(e.context(format!("physical backup {id}")))
         }
     }

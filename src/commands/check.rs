@@ -29,12 +29,12 @@ pub struct Line {
 }
 
 #[derive(Default)]
-struct Report {
-    lines: Vec<Line>,
+pub struct Report {
+    pub lines: Vec<Line>,
 }
 
 impl Report {
-    fn add(
+    pub fn add(
         &mut self,
         check: &'static str,
         status: Status,
@@ -48,13 +48,13 @@ impl Report {
             fix,
         });
     }
-    fn ok(&mut self, check: &'static str, detail: impl Into<String>) {
+    pub fn ok(&mut self, check: &'static str, detail: impl Into<String>) {
         self.add(check, Status::Ok, detail, None);
     }
-    fn fail(&mut self, check: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+    pub fn fail(&mut self, check: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
         self.add(check, Status::Fail, detail, Some(fix.into()));
     }
-    fn warn(&mut self, check: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+    pub fn warn(&mut self, check: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
         self.add(check, Status::Warn, detail, Some(fix.into()));
     }
 }
@@ -77,6 +77,7 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> anyhow::Result<()> {
         }
     };
     let mut identity = None;
+    let mut repo_writable = false;
     if let Some(repo) = &repo {
         let key = format!("check/probe-{}-{}", std::process::id(), fastrand::u32(..));
         let payload = b"backupctl check probe".to_vec();
@@ -89,7 +90,10 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> anyhow::Result<()> {
             anyhow::Ok(())
         };
         match probe.await {
-            Ok(()) => r.ok("repository", format!("{} is readable and writable", repo.describe())),
+            Ok(()) => {
+                repo_writable = true;
+                r.ok("repository", format!("{} is readable and writable", repo.describe()))
+            }
             Err(e) => r.fail(
                 "repository",
                 format!("{}: {e:#}", repo.describe()),
@@ -163,10 +167,14 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> anyhow::Result<()> {
                     );
                     check_privileges(&client, &mut r).await;
                     check_archiving(&client, cfg, &mut r).await;
-                    Some(info)
+                    Some((info, client))
                 }
             },
         },
+    };
+    let (server, client) = match server {
+        Some((info, client)) => (Some(info), Some(client)),
+        None => (None, None),
     };
 
     // Identity vs. server; --init.
@@ -214,6 +222,31 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> anyhow::Result<()> {
             "fix the failures above, then rerun `backupctl check --init`",
         );
     }
+
+    // The end-to-end proof: a segment closed now reaches the repository.
+    match (&repo, &client, &server) {
+        (Some(repo), Some(client), Some(info)) if repo_writable => {
+            if info.in_recovery {
+                r.warn(
+                    "wal archiving",
+                    "not tested: the server is a standby (pg_switch_wal() runs on the primary)",
+                    "run `backupctl check` against the primary",
+                );
+            } else if r.lines.iter().any(|l| l.status == Status::Fail) {
+                r.warn(
+                    "wal archiving",
+                    "not tested (pg_switch_wal) because of the failures above",
+                    "fix them and run `backupctl check` again",
+                );
+            } else {
+                super::check_archive::probe(&mut r, client, repo, cfg.check.timeout).await;
+            }
+        }
+        _ => {}
+    }
+    drop(client);
+
+    check_local_state(cfg, &mut r);
 
     // Server binaries.
     let want = server.as_ref().map(ServerInfo::major);
@@ -269,27 +302,94 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Superuser, or exactly the grants the jobs need (each missing one named with its GRANT).
 async fn check_privileges(client: &tokio_postgres::Client, r: &mut Report) {
-    let row = client
-        .query_one(
-            "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await;
-    match row {
-        Ok(row) => {
-            let (sup, repl): (bool, bool) = (row.get(0), row.get(1));
-            if sup {
-                r.ok("privileges", "superuser");
-            } else {
-                r.warn(
-                    "privileges",
-                    format!("not a superuser (replication: {repl})"),
-                    "connect as a superuser, or grant pg_read_all_data, pg_monitor and EXECUTE on pg_backup_start/pg_backup_stop/pg_switch_wal/pg_create_restore_point",
-                );
-            }
+    // (what, SQL test, GRANT that fixes it)
+    const NEEDS: &[(&str, &str, &str)] = &[
+        (
+            "EXECUTE on pg_backup_start",
+            "has_function_privilege(to_regprocedure('pg_backup_start(text,boolean)'), 'EXECUTE')",
+            "GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO {u};",
+        ),
+        (
+            "EXECUTE on pg_backup_stop",
+            "has_function_privilege(to_regprocedure('pg_backup_stop(boolean)'), 'EXECUTE')",
+            "GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO {u};",
+        ),
+        (
+            "EXECUTE on pg_switch_wal",
+            "has_function_privilege(to_regprocedure('pg_switch_wal()'), 'EXECUTE')",
+            "GRANT EXECUTE ON FUNCTION pg_switch_wal() TO {u};",
+        ),
+        (
+            "EXECUTE on pg_create_restore_point",
+            "has_function_privilege(to_regprocedure('pg_create_restore_point(text)'), 'EXECUTE')",
+            "GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO {u};",
+        ),
+        (
+            "pg_monitor (settings, pg_control_*, archiver statistics)",
+            "pg_has_role('pg_monitor', 'MEMBER')",
+            "GRANT pg_monitor TO {u};",
+        ),
+        (
+            "pg_read_all_data (logical dumps read every table)",
+            "pg_has_role('pg_read_all_data', 'MEMBER')",
+            "GRANT pg_read_all_data TO {u};",
+        ),
+    ];
+    let tests: Vec<String> = NEEDS
+        .iter()
+        .map(|(_, sql, _)| format!("coalesce({sql}, false)"))
+        .collect();
+    let sql = format!(
+        "SELECT rolsuper, current_user::text, {} FROM pg_roles WHERE rolname = current_user",
+        tests.join(", ")
+    );
+    let row = match client.query_one(&sql, &[]).await {
+        Ok(row) => row,
+        Err(e) => {
+            r.fail(
+                "privileges",
+                format!("{:#}", anyhow::Error::from(e)),
+                "connect as a superuser",
+            );
+            return;
         }
-        Err(e) => r.fail("privileges", format!("{e:#}"), "connect as a superuser"),
+    };
+    let (sup, user): (bool, String) = (row.get(0), row.get(1));
+    if sup {
+        r.ok("privileges", format!("{user} is a superuser"));
+        return;
+    }
+    let quoted = format!("\"{}\"", user.replace('"', "\"\""));
+    let missing: Vec<(&str, String)> = NEEDS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !row.get::<_, bool>(i + 2))
+        .map(|(_, (what, _, grant))| (*what, grant.replace("{u}", &quoted)))
+        .collect();
+    if missing.is_empty() {
+        r.ok(
+            "privileges",
+            format!("{user} is not a superuser but has every grant the jobs need"),
+        );
+    } else {
+        r.fail(
+            "privileges",
+            format!(
+                "{user} lacks {}",
+                missing
+                    .iter()
+                    .map(|(w, _)| *w)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            missing
+                .iter()
+                .map(|(_, g)| g.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
     }
 }
 
@@ -300,7 +400,8 @@ async fn check_archiving(
 ) {
     let row = client
         .query_one(
-            "SELECT current_setting('wal_level'), current_setting('archive_mode'), current_setting('archive_command')",
+            "SELECT current_setting('wal_level'), current_setting('archive_mode'), \
+                    current_setting('archive_library', true), current_setting('archive_command')",
             &[],
         )
         .await;
@@ -311,48 +412,37 @@ async fn check_archiving(
             return;
         }
     };
-    let (level, mode, command): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-    let config_arg = cfg
-        .config_arg()
-        .map(|p| format!("--config {} ", p.display()))
-        .unwrap_or_default();
-    let want = format!("backupctl {config_arg}wal-push %p");
-    if level == "minimal" {
-        r.fail(
-            "wal_level",
-            "minimal: WAL cannot be archived",
-            "ALTER SYSTEM SET wal_level = 'replica'; then restart PostgreSQL",
-        );
-    } else {
-        r.ok("wal_level", level);
+    let (level, mode, library, command): (String, String, Option<String>, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    super::check_archive::judge_settings(
+        r,
+        cfg,
+        &level,
+        &mode,
+        library.as_deref().unwrap_or(""),
+        &command,
+    );
+}
+
+/// `backup.state_dir` (job locks, the daemon's history) and the alert webhook.
+fn check_local_state(cfg: &crate::config::Config, r: &mut Report) {
+    let dir = &cfg.backup.state_dir;
+    let probe = std::fs::create_dir_all(dir)
+        .and_then(|_| tempfile::Builder::new().prefix(".check-").tempfile_in(dir));
+    match probe {
+        Ok(_) => r.ok(
+            "state_dir",
+            format!("{} is writable (job locks, daemon history)", dir.display()),
+        ),
+        Err(e) => r.fail(
+            "state_dir",
+            format!("{}: {e}", dir.display()),
+            "create backup.state_dir writable by this user (the daemon and the CLI lock jobs there)",
+        ),
     }
-    if mode == "off" {
-        r.fail(
-            "archive_mode",
-            "off: no WAL is archived, point-in-time recovery is impossible",
-            "ALTER SYSTEM SET archive_mode = 'on'; then restart PostgreSQL",
-        );
-    } else {
-        r.ok("archive_mode", mode);
-    }
-    if command.contains("wal-push") && command.contains("backupctl") {
-        if cfg
-            .config_arg()
-            .is_some_and(|p| !command.contains(&p.display().to_string()))
-        {
-            r.warn(
-                "archive_command",
-                format!("{command:?} does not use this config file"),
-                format!("ALTER SYSTEM SET archive_command = '{want}'; SELECT pg_reload_conf();"),
-            );
-        } else {
-            r.ok("archive_command", command);
-        }
-    } else {
-        r.fail(
-            "archive_command",
-            format!("{command:?} does not archive with backupctl"),
-            format!("ALTER SYSTEM SET archive_command = '{want}'; SELECT pg_reload_conf();"),
-        );
+    match crate::daemon::notify::describe_target(cfg) {
+        Ok(None) => {}
+        Ok(Some(what)) => r.ok("webhook", what),
+        Err(e) => r.fail("webhook", format!("{e:#}"), "fix [notify]"),
     }
 }

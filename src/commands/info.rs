@@ -1,12 +1,15 @@
 //! `backupctl info [ID]`: one backup in detail (`--json`: its manifest), or the
 //! repository summary.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::cli::InfoArgs;
 use crate::commands::list::{print_windows, BackupLine};
 use crate::commands::status::{human_bytes, RepoStatus, WalSummary};
 use crate::commands::Ctx;
+use crate::daemon::jobs::JobKind;
+use crate::daemon::state::{self, JobHistory};
 use crate::manifest::{BackupKind, Manifest};
 use crate::recovery::inventory::Gap;
 use crate::recovery::plan::Window;
@@ -23,6 +26,73 @@ struct Summary {
     wal_gaps: Vec<String>,
     wal: WalSummary,
     incomplete_backups: Vec<String>,
+    daemon: DaemonView,
+}
+
+/// The daemon's view: its job history (`backup.state_dir`) and this config's schedule.
+#[derive(Serialize)]
+struct DaemonView {
+    state_file: String,
+    /// Why the history could not be read (then `jobs` shows schedules only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history_error: Option<String>,
+    /// When the daemon last wrote its history (absent: it never ran here).
+    updated: Option<DateTime<Utc>>,
+    pid: Option<u32>,
+    timezone: String,
+    jobs: Vec<DaemonJob>,
+}
+
+#[derive(Serialize)]
+struct DaemonJob {
+    job: JobKind,
+    /// The cron expression in [schedule]; absent = not scheduled.
+    schedule: Option<String>,
+    next_run: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    history: JobHistory,
+}
+
+fn daemon_view(cfg: &crate::config::Config) -> DaemonView {
+    // The history may be unreadable to this user (state_dir is the daemon's, mode 0700):
+    // say so instead of failing the whole summary.
+    let (mut h, history_error) = match state::load(&cfg.backup.state_dir) {
+        Ok(h) => (h, None),
+        Err(e) => (state::History::default(), Some(format!("{e:#}"))),
+    };
+    // A run whose process died is not running any more.
+    h.clear_dead_runs();
+    let tz: chrono_tz::Tz = cfg.schedule.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let now = Utc::now().with_timezone(&tz);
+    let scheduled: Vec<(&str, &str)> = cfg.schedule.entries();
+    let mut jobs = vec![];
+    for kind in JobKind::ALL {
+        let expr = scheduled
+            .iter()
+            .find(|(k, _)| *k == kind.as_str())
+            .map(|(_, e)| e.to_string());
+        let history = h.job(kind).cloned();
+        if expr.is_none() && history.is_none() {
+            continue;
+        }
+        jobs.push(DaemonJob {
+            job: kind,
+            next_run: expr
+                .as_deref()
+                .and_then(|e| crate::schedule::next_run(e, &now))
+                .map(|t| t.with_timezone(&Utc)),
+            schedule: expr,
+            history: history.unwrap_or_default(),
+        });
+    }
+    DaemonView {
+        state_file: state::path(&cfg.backup.state_dir).display().to_string(),
+        history_error,
+        updated: h.updated,
+        pid: h.pid,
+        timezone: cfg.schedule.timezone.clone(),
+        jobs,
+    }
 }
 
 pub async fn run(ctx: &Ctx, args: InfoArgs) -> anyhow::Result<()> {
@@ -56,6 +126,7 @@ pub async fn run(ctx: &Ctx, args: InfoArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(id, _)| id.clone())
             .collect(),
+        daemon: daemon_view(&ctx.cfg),
     };
     if ctx.json {
         return ctx.print_json(&s);
@@ -93,7 +164,45 @@ pub async fn run(ctx: &Ctx, args: InfoArgs) -> anyhow::Result<()> {
         s.wal.newest_archived_at.as_deref().unwrap_or("-")
     );
     print_windows(&s.recoverable_windows, &s.wal_gaps);
+    print_daemon(&s.daemon);
     Ok(())
+}
+
+fn print_daemon(d: &DaemonView) {
+    if let Some(e) = &d.history_error {
+        println!("daemon history:    unreadable: {e}");
+    }
+    if d.jobs.is_empty() {
+        println!(
+            "daemon:            no job scheduled, no history in {}",
+            d.state_file
+        );
+        return;
+    }
+    println!("daemon jobs ({}):", d.timezone);
+    let t = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
+    for j in &d.jobs {
+        let h = &j.history;
+        let last = match (&h.running, h.last_outcome) {
+            (Some(r), _) => format!("running since {} (run {})", r.since.to_rfc3339(), r.run_id),
+            (None, Some(o)) => format!(
+                "last {} at {}{}",
+                o.as_str(),
+                t(h.last_end),
+                h.last_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+            (None, None) => "never ran".into(),
+        };
+        println!(
+            "  {:<11} {:<18} next {:<26} {last}",
+            j.job.as_str(),
+            j.schedule.as_deref().unwrap_or("(not scheduled)"),
+            t(j.next_run)
+        );
+    }
 }
 
 fn print_backup(m: &Manifest) {

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod backup_logical;
 pub mod backup_physical;
 pub mod check;
+pub mod check_archive;
 pub mod info;
 pub mod list;
 pub mod partitions;
@@ -21,7 +22,6 @@ use serde::Serialize;
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
-use crate::error::Exit;
 
 /// What every command gets: the loaded config and the global output flags.
 pub struct Ctx {
@@ -47,7 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Check(args) => check::run(&ctx, args).await,
-        Command::Daemon => Err(not_implemented("daemon")),
+        Command::Daemon(args) => crate::daemon::run(&ctx, args).await,
         Command::Backup(args) => backup::run(&ctx, args).await,
         Command::Restore(args) if args.logical.is_some() => restore_logical::run(&ctx, &args).await,
         Command::Restore(args) => restore::run(&ctx, args).await,
@@ -60,13 +60,4 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Partitions(args) => partitions::main(&ctx, args).await,
         Command::Archive(args) => archival::main(&ctx, args).await,
     }
-}
-
-/// The honest answer of a command whose issue has not landed: exit 2.
-pub fn not_implemented(command: &str) -> anyhow::Error {
-    Exit {
-        code: 2,
-        message: Some(format!("backupctl {command}: not implemented yet")),
-    }
-    .into()
 }

@@ -172,6 +172,23 @@ pub fn location_tag(cfg: &Config) -> String {
     hex::encode(&sha2::Sha256::digest(location.as_bytes())[..8])
 }
 
+/// Clean-up work a dropped upload leaves running in the background (aborting an S3
+/// multipart upload). The process waits for it before exiting ([`wait_background`]), so
+/// a cancelled job or a failed command leaves no unfinished upload behind.
+pub fn background() -> &'static tokio_util::task::TaskTracker {
+    static TRACKER: std::sync::OnceLock<tokio_util::task::TaskTracker> = std::sync::OnceLock::new();
+    TRACKER.get_or_init(tokio_util::task::TaskTracker::new)
+}
+
+/// Wait up to `limit` for [`background`] work; `false` if some is still running.
+pub async fn wait_background(limit: Duration) -> bool {
+    let t = background();
+    t.close();
+    let done = tokio::time::timeout(limit, t.wait()).await.is_ok();
+    t.reopen();
+    done
+}
+
 /// Open the repository the config describes.
 pub async fn open(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
     let r = &cfg.repository;

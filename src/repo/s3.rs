@@ -336,7 +336,7 @@ impl Drop for AbortGuard {
             }
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(abort);
+            super::background().spawn_on(abort, &handle);
         }
     }
 }

@@ -1,0 +1,227 @@
+//! One scheduled run of a job: take the job's host-wide lock (the same one the CLI
+//! takes), run the command, retry failures per `[daemon] retry_attempts/retry_delay`,
+//! all inside one tracing span carrying the job and the run id.
+//!
+//! - Lock taken by another process (an on-demand backup, say): the run is skipped with a
+//!   WARN; the work is being done anyway.
+//! - Permanent failures (bad config, refused request — exit code 2 on the CLI) are not
+//!   retried: the same call would fail the same way.
+//! - Between attempts the lock is released, so an operator is not blocked for
+//!   `retry_delay` by a daemon that is only sleeping.
+//!
+//! Cancellation (daemon shutdown after `shutdown_grace`) drops the run's future; the lock,
+//! the PostgreSQL session and in-flight uploads go with it. [`remove_unfinished`] then
+//! deletes the objects of a backup that will never get its manifest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tracing::Instrument;
+
+use crate::commands::Ctx;
+use crate::config::Config;
+use crate::daemon::jobs::{self, JobKind};
+use crate::daemon::state::{Outcome, RunRecord};
+use crate::lock;
+use crate::manifest::{parse_backup_id, BackupKind};
+use crate::repo::layout;
+
+/// A run id: `<job>-<UTC start>-<4 hex>`, unique enough to find one run in the journal.
+pub fn new_run_id(kind: JobKind, start: DateTime<Utc>) -> String {
+    format!(
+        "{kind}-{}-{:04x}",
+        start.format("%Y%m%dT%H%M%SZ"),
+        fastrand::u16(..)
+    )
+}
+
+/// Run `kind` once (with retries) and say how it went.
+pub async fn run(cfg: Arc<Config>, kind: JobKind, run_id: String) -> RunRecord {
+    let span = tracing::info_span!("job", job = %kind, run = %run_id);
+    let start = Utc::now();
+    let (outcome, attempts, error, report) = attempts(&cfg, kind).instrument(span).await;
+    RunRecord {
+        kind,
+        run_id,
+        start,
+        end: Utc::now(),
+        outcome,
+        attempts,
+        error,
+        report,
+    }
+}
+
+type Attempts = (Outcome, u32, Option<String>, Option<jobs::JobReport>);
+
+async fn attempts(cfg: &Config, kind: JobKind) -> Attempts {
+    let max = 1 + cfg.daemon.retry_attempts;
+    let mut last_error = None;
+    let mut attempt = 0;
+    while attempt < max {
+        attempt += 1;
+        let dir = cfg.backup.state_dir.clone();
+        let name = kind.lock_name();
+        let lock = tokio::task::spawn_blocking(move || lock::try_acquire(&dir, name)).await;
+        let lock = match lock {
+            Ok(Ok(Ok(l))) => l,
+            Ok(Ok(Err(holder))) => {
+                let msg = format!("the {name} lock is held by {holder}");
+                if attempt == 1 {
+                    tracing::warn!("skipping this run of the {}: {msg}", kind.describe());
+                    return (Outcome::Skipped, 0, Some(msg), None);
+                }
+                tracing::warn!("not retrying: {msg}, which does the same work");
+                break;
+            }
+            Ok(Err(e)) => {
+                let msg = format!("{e:#}");
+                tracing::error!(error = %msg, "cannot take the job lock");
+                last_error = Some(msg);
+                break;
+            }
+            Err(e) => {
+                last_error = Some(format!("take the job lock: {e}"));
+                break;
+            }
+        };
+        // A command that locks itself gets the lock back free: this run only checked
+        // that nobody else holds it (a process that takes it meanwhile is waited for).
+        let lock = if jobs::locks_itself(kind) {
+            drop(lock);
+            None
+        } else {
+            Some(lock)
+        };
+        tracing::info!(attempt, of = max, "starting the {}", kind.describe());
+        let ctx = Ctx {
+            cfg: cfg.clone(),
+            json: false,
+        };
+        let result = jobs::run(&ctx, kind).await;
+        drop(lock);
+        match result {
+            Ok(report) if !report.verification_failures.is_empty() => {
+                // Not retried: a test restore that failed fails the same way again.
+                let msg = format!(
+                    "verification FAILED: {}",
+                    report.verification_failures.join("; ")
+                );
+                tracing::error!(attempt, error = %msg, "{} done: {}", kind.describe(), report.summary);
+                return (Outcome::Failed, attempt, Some(msg), Some(report));
+            }
+            Ok(report) => {
+                tracing::info!(attempt, "{} done: {}", kind.describe(), report.summary);
+                return (Outcome::Success, attempt, None, Some(report));
+            }
+            Err(e) => {
+                let (code, message) = crate::error::classify(&e);
+                let msg = message.unwrap_or_else(|| format!("{e:#}"));
+                last_error = Some(msg.clone());
+                if code == 2 {
+                    tracing::error!(attempt, error = %msg, "{} failed; not retrying (the request itself is refused)", kind.describe());
+                    break;
+                }
+                if attempt == max {
+                    tracing::error!(attempt, error = %msg, "{} failed", kind.describe());
+                    break;
+                }
+                let delay = cfg.daemon.retry_delay;
+                tracing::warn!(attempt, error = %msg, "{} failed; retrying in {}", kind.describe(), humantime::format_duration(delay));
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+    (Outcome::Failed, attempt, last_error, None)
+}
+
+/// After a cancelled backup run that started at `since`: delete the objects of backups of
+/// that kind without a manifest started since then (only this run can have made them: it
+/// held the kind's lock). Best effort; retention removes anything left after
+/// `retention.incomplete_after`.
+pub async fn remove_unfinished(cfg: &Config, kind: JobKind, since: DateTime<Utc>) -> usize {
+    let backup_kind = match kind {
+        JobKind::Physical => BackupKind::Physical,
+        JobKind::Logical => BackupKind::Logical,
+        _ => return 0,
+    };
+    let result = async {
+        let repo = crate::repo::open(cfg).await?;
+        let objects = repo.list(layout::BACKUPS_PREFIX).await?;
+        let mut ids: std::collections::BTreeMap<&str, bool> = Default::default();
+        for o in &objects {
+            if let Some(id) = layout::backup_id_of(&o.key) {
+                let has_manifest = o.key == layout::manifest_key(id);
+                *ids.entry(id).or_default() |= has_manifest;
+            }
+        }
+        // Backup ids have one-second resolution.
+        let floor = since - chrono::Duration::seconds(1);
+        let mut removed = 0;
+        for (id, has_manifest) in ids {
+            let ours = parse_backup_id(id).is_some_and(|(t, k)| k == backup_kind && t >= floor);
+            if ours && !has_manifest {
+                tracing::info!(backup = id, "removing the objects of the cancelled backup");
+                crate::commands::backup_physical::remove_partial(repo.as_ref(), id).await;
+                removed += 1;
+            }
+        }
+        anyhow::Ok(removed)
+    };
+    match tokio::time::timeout(Duration::from_secs(15), result).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not remove the cancelled backup's objects; retention removes them later");
+            0
+        }
+        Err(_) => {
+            tracing::warn!("removing the cancelled backup's objects took too long; retention removes them later");
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_held_lock_skips_the_run_without_calling_the_job() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.backup.state_dir = d.path().to_path_buf();
+        let _held = lock::acquire(d.path(), "backup-physical", lock::Wait::No).unwrap();
+        let r = run(Arc::new(cfg), JobKind::Physical, "t".into()).await;
+        assert_eq!(r.outcome, Outcome::Skipped);
+        assert_eq!(r.attempts, 0);
+        assert!(r
+            .error
+            .unwrap()
+            .contains("backup-physical lock is held by pid"));
+    }
+
+    #[tokio::test]
+    async fn refused_requests_are_not_retried() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.backup.state_dir = d.path().to_path_buf();
+        cfg.daemon.retry_attempts = 5;
+        cfg.daemon.retry_delay = Duration::from_secs(3600);
+        // A bad connection string is a refused request (exit code 2 on the CLI): one
+        // attempt, no hour-long sleep.
+        cfg.postgres.connection = Some("port=not-a-port".into());
+        let r = run(Arc::new(cfg), JobKind::Physical, "t".into()).await;
+        assert_eq!(r.outcome, Outcome::Failed);
+        assert_eq!(r.attempts, 1);
+        assert!(r.error.unwrap().contains("postgres.connection"));
+    }
+
+    #[test]
+    fn run_ids_name_the_job_and_time() {
+        let t = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 22, 3, 0, 0).unwrap();
+        let id = new_run_id(JobKind::Physical, t);
+        assert!(id.starts_with("physical-20261122T030000Z-"), "{id}");
+        assert_eq!(id.len(), "physical-20261122T030000Z-".len() + 4);
+    }
+}
