@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -41,7 +40,11 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
     let codec = Codec::from_config(&ctx.cfg.compression);
 
     // Push the files PostgreSQL will ask for next alongside this one.
-    let ahead = ready_files(&path, ctx.cfg.wal.push_concurrency().saturating_sub(1), &markers);
+    let ahead = ready_files(
+        &path,
+        ctx.cfg.wal.push_concurrency().saturating_sub(1),
+        &markers,
+    );
     let mut others = tokio::task::JoinSet::new();
     for p in ahead {
         let (repo, state_dir, tag) = (repo.clone(), ctx.cfg.backup.state_dir.clone(), tag.clone());
@@ -238,14 +241,20 @@ impl IdentityCache {
         if md.modified().ok()?.elapsed().ok()? > IDENTITY_TTL {
             return None;
         }
-        std::fs::read_to_string(&self.path).ok()?.trim().parse().ok()
+        std::fs::read_to_string(&self.path)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn put(&self, system_identifier: u64) {
         if self.get() == Some(system_identifier) {
             return;
         }
-        let tmp = self.path.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = self
+            .path
+            .with_extension(format!("tmp{}", std::process::id()));
         let written = std::fs::create_dir_all(self.path.parent().unwrap_or(Path::new(".")))
             .and_then(|_| std::fs::write(&tmp, system_identifier.to_string()))
             .and_then(|_| std::fs::rename(&tmp, &self.path));

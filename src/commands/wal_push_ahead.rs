@@ -126,7 +126,10 @@ mod tests {
         m.put("000000010000000000000001", &f).unwrap();
         assert!(m.exists("000000010000000000000001"));
         assert!(m.take("000000010000000000000001", &f));
-        assert!(!m.take("000000010000000000000001", &f), "a marker is consumed");
+        assert!(
+            !m.take("000000010000000000000001", &f),
+            "a marker is consumed"
+        );
         // A different file under the same name (recycled, rewritten) is pushed again.
         m.put("000000010000000000000001", &f).unwrap();
         std::thread::sleep(Duration::from_millis(20));
@@ -146,20 +149,35 @@ mod tests {
             "000000010000000000000005",
             "00000002.history",
         ] {
-            std::fs::write(wal_dir.join("archive_status").join(format!("{n}.ready")), "").unwrap();
+            std::fs::write(
+                wal_dir.join("archive_status").join(format!("{n}.ready")),
+                "",
+            )
+            .unwrap();
             std::fs::write(wal_dir.join(n), "x").unwrap();
         }
-        std::fs::write(wal_dir.join("archive_status/000000010000000000000001.done"), "").unwrap();
+        std::fs::write(
+            wal_dir.join("archive_status/000000010000000000000001.done"),
+            "",
+        )
+        .unwrap();
         let m = Markers::new(d.path(), "r");
-        m.put("000000010000000000000004", &wal_dir.join("000000010000000000000004"))
-            .unwrap();
+        m.put(
+            "000000010000000000000004",
+            &wal_dir.join("000000010000000000000004"),
+        )
+        .unwrap();
         let got: Vec<String> = ready_files(&wal_dir.join("000000010000000000000002"), 3, &m)
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(
             got,
-            vec!["00000002.history", "000000010000000000000003", "000000010000000000000005"]
+            vec![
+                "00000002.history",
+                "000000010000000000000003",
+                "000000010000000000000005"
+            ]
         );
     }
 }
