@@ -84,8 +84,9 @@ impl Markers {
     }
 }
 
-/// Up to `n` other WAL files PostgreSQL has marked ready, oldest first, that have no
-/// marker yet: the ones its archiver will ask for next.
+/// Up to `n` other WAL files PostgreSQL has marked ready, in the order its archiver
+/// takes them (history files, then oldest first), that have no marker yet: the ones it
+/// will ask for next.
 pub fn ready_files(requested: &Path, n: usize, markers: &Markers) -> Vec<PathBuf> {
     if n == 0 {
         return vec![];
@@ -107,7 +108,8 @@ pub fn ready_files(requested: &Path, n: usize, markers: &Markers) -> Vec<PathBuf
         })
         .filter(|n| n != requested_name && wal::classify(n).is_some() && !markers.exists(n))
         .collect();
-    names.sort();
+    // The archiver's order: timeline history files first, then oldest first.
+    names.sort_by(|a, b| (!a.ends_with(".history"), a).cmp(&(!b.ends_with(".history"), b)));
     names.truncate(n);
     names.into_iter().map(|n| wal_dir.join(n)).collect()
 }
