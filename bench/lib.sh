@@ -27,7 +27,7 @@ need() {
 build() {
     (cd "$ROOT" && cargo build --release --quiet)
     mkdir -p "$BENCH_DIR/bin"
-    cp "$ROOT/target/release/backupctl" "$BIN"
+    cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/backupctl" "$BIN"
     [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$BENCH_DIR"
     return 0
 }
@@ -113,7 +113,8 @@ CONF
     local seg
     seg=$(psql_ -c "SELECT pg_walfile_name(pg_switch_wal())")
     wait_archived "$seg"
-    echo "   database size: $(psql_ -c "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database")" >&2
+    DBSIZE=$(psql_ -c "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database")
+    echo "   database size: $DBSIZE" >&2
 }
 
 wait_archived() {

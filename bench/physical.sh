@@ -3,20 +3,28 @@
 # same run, alternating, ROUNDS times each, for zstd-3 and gzip-6 with WORKERS workers
 # (pgBackRest process-max). Prints a markdown table of medians and peak RSS.
 #   SCALE=100 ROUNDS=3 WORKERS=2 bench/physical.sh
+#   SCALE=300 ROUNDS=1 ALGS=zst bench/physical.sh     # the ~6 GB memory check
 source "$(dirname "$0")/lib.sh"
 need pgbackrest "apt-get install pgbackrest"
 RESULTS="$BENCH_DIR/physical.results"
 build
 : > "$RESULTS"
-for alg in zst gz; do
+ALGS="${ALGS:-zst gz}"
+for alg in $ALGS; do
     level=3; [ $alg = gz ] && level=6
     write_configs $alg $level
     echo "== $alg-$level: building the cluster" >&2
     make_cluster $alg
     for round in $(seq 1 "$ROUNDS"); do
         echo "== $alg-$level round $round" >&2
+        # Alternate which tool goes first, so neither always gets the warmer cache.
+        if [ $((round % 2)) = 0 ]; then
+            timed "backup-pgbackrest-$alg" pgbackrest --config="$BENCH_DIR/pgbackrest-$alg.conf" --stanza=bench --type=full backup
+        fi
         timed "backup-backupctl-$alg" "$BIN" --config "$BENCH_DIR/backup-$alg.toml" backup --kind physical
-        timed "backup-pgbackrest-$alg" pgbackrest --config="$BENCH_DIR/pgbackrest-$alg.conf" --stanza=bench --type=full backup
+        if [ $((round % 2)) = 1 ]; then
+            timed "backup-pgbackrest-$alg" pgbackrest --config="$BENCH_DIR/pgbackrest-$alg.conf" --stanza=bench --type=full backup
+        fi
         rm -rf "$BENCH_DIR/restore-b" "$BENCH_DIR/restore-p"
         timed "restore-backupctl-$alg" "$BIN" --config "$BENCH_DIR/backup-$alg.toml" restore --pgdata "$BENCH_DIR/restore-b" --target immediate
         pg mkdir -p "$BENCH_DIR/restore-p"
@@ -28,12 +36,12 @@ done
 stop_cluster
 
 echo
-echo "Physical backup/restore, pgbench scale $SCALE + events table, $WORKERS workers, median of $ROUNDS (peak RSS max):"
+echo "Physical backup/restore, pgbench scale $SCALE + events table ($DBSIZE), $WORKERS workers, median of $ROUNDS (peak RSS max):"
 echo
 echo "| operation | compression | backupctl s | pgBackRest s | ratio | backupctl RSS MiB | pgBackRest RSS MiB |"
 echo "|---|---|---|---|---|---|---|"
 for op in backup restore; do
-    for alg in zst gz; do
+    for alg in $ALGS; do
         read -r bt br < <(summarize "$op-backupctl-$alg")
         read -r pt pr < <(summarize "$op-pgbackrest-$alg")
         ratio=$(awk -v a="$bt" -v b="$pt" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')

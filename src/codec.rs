@@ -132,7 +132,8 @@ impl<W: Write> Write for Encoder<W> {
 /// A decompressing reader over a buffered source.
 pub enum Decoder<R: BufRead> {
     Zstd(zstd::Decoder<'static, R>),
-    Gzip(flate2::bufread::MultiGzDecoder<R>),
+    // Boxed: the gzip state is large next to the others.
+    Gzip(Box<flate2::bufread::MultiGzDecoder<R>>),
     None(R),
 }
 
@@ -140,7 +141,7 @@ impl<R: BufRead> Decoder<R> {
     pub fn new(algorithm: Algorithm, r: R) -> io::Result<Self> {
         Ok(match algorithm {
             Algorithm::Zstd => Decoder::Zstd(zstd::Decoder::with_buffer(r)?),
-            Algorithm::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(r)),
+            Algorithm::Gzip => Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(r))),
             Algorithm::None => Decoder::None(r),
         })
     }

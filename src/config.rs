@@ -61,6 +61,8 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub wal: WalConfig,
+    #[serde(default)]
     pub check: CheckConfig,
 
     /// Where this config came from: `None` for the embedded default.
@@ -416,6 +418,25 @@ pub struct NotifyConfig {
     pub max_age: Option<Duration>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalConfig {
+    /// WAL files wal-push stores in parallel: the requested one plus the next `.ready`
+    /// ones (1 = only the requested file). Default: the CPU count, at most 8.
+    pub push_concurrency: Option<usize>,
+}
+
+impl WalConfig {
+    pub fn push_concurrency(&self) -> usize {
+        self.push_concurrency.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .min(8)
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -462,7 +483,8 @@ default_from_serde!(
     RetentionConfig,
     VerifyConfig,
     DaemonConfig,
-    CheckConfig
+    CheckConfig,
+    WalConfig
 );
 
 mod defaults {
@@ -776,6 +798,14 @@ impl Config {
                         range.start(),
                         range.end()
                     ),
+                );
+            }
+        }
+        if let Some(n) = self.wal.push_concurrency {
+            if !(1..=64).contains(&n) {
+                return bad(
+                    "wal.push_concurrency",
+                    format!("{n} is outside 1 to 64; 1 pushes only the file PostgreSQL asks for"),
                 );
             }
         }

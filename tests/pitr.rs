@@ -112,6 +112,7 @@ both_backends!(
     corrupted_object_fails_restore_naming_it,
     missing_wal_segment_is_refused_naming_the_gap,
     wal_push_is_idempotent_and_never_overwrites,
+    wal_push_pushes_ready_segments_ahead,
     wal_fetch_missing_is_quiet_and_corruption_is_loud,
     timelines_after_pitr,
     bad_restore_requests_are_refused,
@@ -373,6 +374,109 @@ fn wal_push_is_idempotent_and_never_overwrites(backend: Backend) {
         "{}",
         stderr(&out)
     );
+}
+
+/// wal-push also stores the next `.ready` segments (in parallel) and leaves a marker for
+/// each, so the archiver's next calls return at once; a marker counts only for the same
+/// file, once.
+fn wal_push_pushes_ready_segments_ahead(backend: Backend) {
+    let t = TestRepo::new(backend);
+    // Archiving fails at first, so PostgreSQL builds a backlog of `.ready` segments.
+    let cluster = Cluster::new(ClusterOptions {
+        archive_command: Some("false".into()),
+        ..Default::default()
+    });
+    let config = t.write_config(
+        "backup.toml",
+        &format!("{}\n[wal]\npush_concurrency = 3\n", cluster.postgres_toml()),
+    );
+    let mut segments = vec![];
+    for i in 0..5 {
+        cluster.psql("postgres", &format!("CREATE TABLE t{i} AS SELECT 1 AS x"));
+        segments.push(cluster.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())"));
+    }
+    let ready = |seg: &str| {
+        cluster
+            .pgdata
+            .join("pg_wal/archive_status")
+            .join(format!("{seg}.ready"))
+            .exists()
+    };
+    assert!(segments.iter().all(|s| ready(s)), "{segments:?}");
+    let push = |seg: &str| {
+        let out = as_pg(
+            Command::new(common::backupctl_bin())
+                .arg("--config")
+                .arg(&config)
+                .args(["-v", "wal-push", &format!("pg_wal/{seg}")]),
+        )
+        .current_dir(&cluster.pgdata)
+        .output()
+        .unwrap();
+        let out = check_output(&format!("wal-push {seg}"), out);
+        // What PostgreSQL does once archive_command succeeded.
+        let status = cluster.pgdata.join("pg_wal/archive_status");
+        std::fs::rename(
+            status.join(format!("{seg}.ready")),
+            status.join(format!("{seg}.done")),
+        )
+        .unwrap();
+        out
+    };
+    let fetched = pg_tempdir();
+    let archived = || -> Vec<String> {
+        segments
+            .iter()
+            .filter(|s| {
+                let to = fetched.path().join(s.as_str());
+                let out = backupctl(&config, &["wal-fetch", s, to.to_str().unwrap()]);
+                let _ = std::fs::remove_file(&to);
+                out.status.success()
+            })
+            .cloned()
+            .collect()
+    };
+    let markers = t.dir.path().join("state/wal-pushed");
+    let marker_names = || -> Vec<String> {
+        let mut names = vec![];
+        for repo in std::fs::read_dir(&markers).into_iter().flatten().flatten() {
+            for m in std::fs::read_dir(repo.path()).unwrap().flatten() {
+                names.push(m.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        names
+    };
+
+    // The archiver asks for the oldest; the next two ready ones go along.
+    push(&segments[0]);
+    assert_eq!(archived(), segments[..3].to_vec());
+    assert_eq!(marker_names(), segments[1..3].to_vec());
+
+    // The next call finds its marker: nothing to do, and the marker is used up.
+    let out = push(&segments[1]);
+    assert!(
+        stderr(&out).contains("already archived ahead of this call"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!marker_names().contains(&segments[1]));
+
+    // A file that changed since it was pushed ahead (here: only its mtime) is not
+    // trusted to the marker: it is pushed again, which is idempotent for the same bytes.
+    let third = cluster.pgdata.join("pg_wal").join(&segments[2]);
+    let f = std::fs::File::options().append(true).open(&third).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    let out = push(&segments[2]);
+    assert!(
+        !stderr(&out).contains("already archived ahead"),
+        "{}",
+        stderr(&out)
+    );
+    // ... and that call pushed the last two ahead.
+    assert_eq!(archived(), segments.to_vec());
+    assert_eq!(marker_names(), segments[3..].to_vec());
 }
 
 fn wal_fetch_missing_is_quiet_and_corruption_is_loud(backend: Backend) {

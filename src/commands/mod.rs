@@ -16,6 +16,7 @@ pub mod status;
 pub mod verify;
 pub mod wal_fetch;
 pub mod wal_push;
+pub mod wal_push_ahead;
 
 use serde::Serialize;
 

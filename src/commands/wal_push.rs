@@ -6,17 +6,21 @@
 //! their first page header, which must match the repository's `repo.json`: two clusters
 //! can never mix WAL in one repository.
 //!
-//! This runs once per 16 MiB segment, serially: one read, one compression, one HEAD and
-//! one PUT; no PostgreSQL connection.
+//! This runs once per segment, serially, so it is kept cheap: no PostgreSQL connection,
+//! the repository identity cached for an hour in `state_dir`, one HEAD and one PUT per
+//! file, and the next `.ready` files pushed ahead in parallel (`wal.push_concurrency`;
+//! see `wal_push_ahead.rs`) so the archiver's next calls return at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use sha2::{Digest as _, Sha256};
 
 use crate::cli::WalPushArgs;
 use crate::codec::{self, Codec};
+use crate::commands::wal_push_ahead::{ready_files, Markers};
 use crate::commands::Ctx;
 use crate::pg::wal::{self, WalFileKind};
 use crate::repo::identity::RepoIdentity;
@@ -24,6 +28,63 @@ use crate::repo::{self, layout, ObjectMeta, PutOptions, RepoError, Repository};
 
 pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
     let path = args.path;
+    let file = read_wal_file(&path)?;
+    let tag = repo::location_tag(&ctx.cfg);
+    let markers = Markers::new(&ctx.cfg.backup.state_dir, &tag);
+    if markers.take(&file.name, &path) {
+        tracing::info!(wal = %file.name, "already archived ahead of this call");
+        return Ok(());
+    }
+    let repo = repo::open(&ctx.cfg).await?;
+    let cluster = check_identity(ctx, &tag, repo.as_ref(), &file).await?;
+    let codec = Codec::from_config(&ctx.cfg.compression);
+
+    // Push the files PostgreSQL will ask for next alongside this one.
+    let ahead = ready_files(
+        &path,
+        ctx.cfg.wal.push_concurrency().saturating_sub(1),
+        &markers,
+    );
+    let mut others = tokio::task::JoinSet::new();
+    for p in ahead {
+        let (repo, state_dir, tag) = (repo.clone(), ctx.cfg.backup.state_dir.clone(), tag.clone());
+        others.spawn(async move {
+            let pushed = async {
+                let f = read_wal_file(&p)?;
+                if f.system_identifier.is_some_and(|s| s != cluster) {
+                    anyhow::bail!("belongs to another cluster");
+                }
+                store(repo.as_ref(), codec, f).await
+            }
+            .await;
+            match pushed {
+                Ok(name) => {
+                    if let Err(e) = Markers::new(&state_dir, &tag).put(&name, &p) {
+                        tracing::warn!(error = %e, "cannot record a pushed-ahead segment; it will be pushed again");
+                    }
+                }
+                // PostgreSQL asks for it later; that call reports the problem.
+                Err(e) => tracing::debug!(path = %p.display(), error = %format!("{e:#}"), "push ahead skipped"),
+            }
+        });
+    }
+    let result = store(repo.as_ref(), codec, file).await.map(|_| ());
+    while others.join_next().await.is_some() {}
+    markers.clean_old();
+    result
+}
+
+/// A WAL file read into memory, with the identity its header carries.
+struct WalFile {
+    path: PathBuf,
+    name: String,
+    kind: WalFileKind,
+    data: Vec<u8>,
+    system_identifier: Option<u64>,
+    seg_size: Option<u64>,
+}
+
+fn read_wal_file(path: &Path) -> anyhow::Result<WalFile> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -34,11 +95,7 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
             "{name} is not a WAL file name PostgreSQL archives; use backupctl wal-push only as archive_command = '... wal-push %p'"
         )
     })?;
-    let data = tokio::fs::read(&path)
-        .await
-        .with_context(|| format!("read {}", path.display()))?;
-    let pgdata = pgdata_of(&path);
-
+    let data = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
     // Whose WAL is this? Segments say so in their first page; other files ask pg_control.
     let (system_identifier, seg_size) = match kind {
         WalFileKind::Segment | WalFileKind::Partial => {
@@ -59,49 +116,77 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
             }
             (Some(h.system_identifier), Some(h.segment_size as u64))
         }
-        _ => (wal::control_system_identifier(&pgdata).ok(), None),
+        _ => (wal::control_system_identifier(&pgdata_of(path)).ok(), None),
     };
+    Ok(WalFile {
+        path: path.to_path_buf(),
+        name,
+        kind,
+        data,
+        system_identifier,
+        seg_size,
+    })
+}
 
-    let repo = repo::open(&ctx.cfg).await?;
-    match RepoIdentity::load(repo.as_ref()).await? {
-        Some(id) => {
-            if let Some(s) = system_identifier {
-                id.check(repo.as_ref(), s)?;
-            }
+/// The repository's cluster (system identifier), checked against `file`'s; creates
+/// repo.json for a new repository. The answer is cached in `state_dir` for an hour.
+async fn check_identity(
+    ctx: &Ctx,
+    repo_tag: &str,
+    repo: &dyn Repository,
+    file: &WalFile,
+) -> anyhow::Result<u64> {
+    let cache = IdentityCache::new(&ctx.cfg.backup.state_dir, repo_tag);
+    if let (Some(cached), Some(s)) = (cache.get(), file.system_identifier) {
+        if cached == s {
+            return Ok(s);
         }
-        None => match system_identifier {
+    }
+    let identity = match RepoIdentity::load(repo).await? {
+        Some(id) => {
+            if let Some(s) = file.system_identifier {
+                id.check(repo, s)?;
+            }
+            id
+        }
+        None => match file.system_identifier {
             Some(s) => {
-                let major = std::fs::read_to_string(pgdata.join("PG_VERSION"))
+                let major = std::fs::read_to_string(pgdata_of(&file.path).join("PG_VERSION"))
                     .ok()
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(0);
-                RepoIdentity::ensure(
-                    repo.as_ref(),
-                    s,
-                    major,
-                    seg_size.unwrap_or(wal::DEFAULT_SEGMENT_SIZE),
-                )
-                .await?;
+                RepoIdentity::ensure(repo, s, major, file.seg_size.unwrap_or(wal::DEFAULT_SEGMENT_SIZE))
+                    .await?
             }
             None => {
                 return Err(crate::user_error!(
-                    "repository {} is not initialised and {name} does not say which cluster it belongs to; run `backupctl check --init`",
-                    repo.describe()
+                    "repository {} is not initialised and {} does not say which cluster it belongs to; run `backupctl check --init`",
+                    repo.describe(),
+                    file.name
                 ))
             }
         },
-    }
+    };
+    cache.put(identity.system_identifier());
+    Ok(identity.system_identifier())
+}
 
+/// Compress, checksum and store one WAL file unless an identical copy is there.
+/// Returns its name.
+async fn store(repo: &dyn Repository, codec: Codec, file: WalFile) -> anyhow::Result<String> {
     // History files stay readable as they are; everything else is compressed.
-    let codec = if kind == WalFileKind::TimelineHistory {
+    let codec = if file.kind == WalFileKind::TimelineHistory {
         Codec::NONE
     } else {
-        Codec::from_config(&ctx.cfg.compression)
+        codec
     };
+    let name = file.name.clone();
     let key = layout::wal_key(&name, codec.algorithm).expect("classified WAL name");
+    let data = file.data;
+    let original = data.len();
     let (stored, digest, source_sha) = tokio::task::spawn_blocking(move || {
         let source_sha = hex::encode(Sha256::digest(&data));
-        codec::compress_to_vec(&codec, &data).map(|(s, d)| (s, d, (source_sha, data.len())))
+        codec::compress_to_vec(&codec, &data).map(|(s, d)| (s, d, source_sha))
     })
     .await?
     .context("compress WAL file")?;
@@ -109,11 +194,12 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
     let mut metadata = BTreeMap::new();
     metadata.insert(layout::META_SHA256.into(), digest.sha256.clone());
     metadata.insert(layout::META_SIZE.into(), digest.size.to_string());
-    metadata.insert(layout::META_SOURCE_SHA256.into(), source_sha.0.clone());
-    metadata.insert(layout::META_SOURCE_SIZE.into(), source_sha.1.to_string());
+    metadata.insert(layout::META_SOURCE_SHA256.into(), source_sha.clone());
+    metadata.insert(layout::META_SOURCE_SIZE.into(), original.to_string());
 
     if let Some(existing) = repo.head(&key).await? {
-        return compare_existing(repo.as_ref(), &key, &name, &existing, &source_sha.0).await;
+        compare_existing(repo, &key, &name, &existing, &source_sha).await?;
+        return Ok(name);
     }
     let opts = PutOptions {
         metadata,
@@ -121,17 +207,60 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
     };
     match repo.put_bytes(&key, stored, opts).await {
         Ok(_) => {
-            tracing::info!(wal = %name, key = %key, stored = digest.size, original = source_sha.1, "archived");
-            Ok(())
+            tracing::info!(wal = %name, key = %key, stored = digest.size, original, "archived");
+            Ok(name)
         }
         Err(RepoError::AlreadyExists { .. }) => {
             let existing = repo
                 .head(&key)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{key} vanished while archiving"))?;
-            compare_existing(repo.as_ref(), &key, &name, &existing, &source_sha.0).await
+            compare_existing(repo, &key, &name, &existing, &source_sha).await?;
+            Ok(name)
         }
         Err(e) => Err(anyhow::Error::from(e).context(format!("archive {name}"))),
+    }
+}
+
+/// The repository's system identifier as last seen, per repository, for an hour.
+struct IdentityCache {
+    path: PathBuf,
+}
+
+const IDENTITY_TTL: Duration = Duration::from_secs(3600);
+
+impl IdentityCache {
+    fn new(state_dir: &Path, repo_tag: &str) -> IdentityCache {
+        IdentityCache {
+            path: state_dir.join(format!("repo-identity-{repo_tag}")),
+        }
+    }
+
+    fn get(&self) -> Option<u64> {
+        let md = std::fs::metadata(&self.path).ok()?;
+        if md.modified().ok()?.elapsed().ok()? > IDENTITY_TTL {
+            return None;
+        }
+        std::fs::read_to_string(&self.path)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn put(&self, system_identifier: u64) {
+        if self.get() == Some(system_identifier) {
+            return;
+        }
+        let tmp = self
+            .path
+            .with_extension(format!("tmp{}", std::process::id()));
+        let written = std::fs::create_dir_all(self.path.parent().unwrap_or(Path::new(".")))
+            .and_then(|_| std::fs::write(&tmp, system_identifier.to_string()))
+            .and_then(|_| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "cannot cache the repository identity");
+        }
     }
 }
 

@@ -159,6 +159,19 @@ pub trait Repository: Send + Sync {
     }
 }
 
+/// A short tag naming the repository the config points at (type, endpoint, bucket or
+/// path, prefix, cluster; never credentials), for per-repository files in `state_dir`,
+/// computed without opening the repository.
+pub fn location_tag(cfg: &Config) -> String {
+    use sha2::Digest as _;
+    let r = &cfg.repository;
+    let location = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+        r.kind, r.endpoint, r.bucket, r.path, r.prefix, r.cluster
+    );
+    hex::encode(&sha2::Sha256::digest(location.as_bytes())[..8])
+}
+
 /// Clean-up work a dropped upload leaves running in the background (aborting an S3
 /// multipart upload). The process waits for it before exiting ([`wait_background`]), so
 /// a cancelled job or a failed command leaves no unfinished upload behind.
