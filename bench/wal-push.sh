@@ -2,10 +2,11 @@
 # Per-segment archive cost: backupctl wal-push vs pgbackrest archive-push (both zstd-3,
 # both synchronous, as PostgreSQL's archiver calls them), on the same staged segments.
 #   SEGMENTS=32 bench/wal-push.sh
-source "$(dirname "$0")/lib.sh"
-need pgbackrest "apt-get install pgbackrest"
+# Defaults before lib.sh, which has its own for SCALE and ROUNDS.
 SEGMENTS="${SEGMENTS:-32}"
 SCALE="${SCALE:-5}"
+source "$(dirname "$0")/lib.sh"
+need pgbackrest "apt-get install pgbackrest"
 RESULTS="$BENCH_DIR/wal-push.results"
 build
 : > "$RESULTS"
@@ -15,7 +16,7 @@ make_cluster zst
 stage="$BENCH_DIR/staged/pg_wal"
 rm -rf "$BENCH_DIR/staged"; pg mkdir -p "$stage"
 psql_ -c "ALTER SYSTEM SET archive_command = 'cp %p $stage/%f'" -c "SELECT pg_reload_conf()" >/dev/null
-pg "$PG_BIN/pgbench" -n -c 2 -T 600 -t 1000000 postgres >/dev/null 2>&1 &
+pg "$PG_BIN/pgbench" -n -c 2 -T 600 postgres >/dev/null 2>&1 &
 bench_pid=$!
 while [ "$(ls "$stage" | wc -l)" -lt "$SEGMENTS" ]; do sleep 0.5; done
 kill $bench_pid 2>/dev/null || true; wait $bench_pid 2>/dev/null || true

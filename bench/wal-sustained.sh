@@ -6,12 +6,13 @@
 # pg_wal/archive_status is sampled; after pgbench stops, the time until the backlog is
 # gone is measured. A tool keeps up when the backlog does not grow over the run.
 #   DURATION=300 ROUNDS=1 SCALE=20 bench/wal-sustained.sh
-source "$(dirname "$0")/lib.sh"
-need pgbackrest "apt-get install pgbackrest"
+# Defaults before lib.sh, which has its own for SCALE and ROUNDS.
 DURATION="${DURATION:-300}"
 SCALE="${SCALE:-20}"
 ROUNDS="${ROUNDS:-1}"
 CLIENTS="${CLIENTS:-8}"
+source "$(dirname "$0")/lib.sh"
+need pgbackrest "apt-get install pgbackrest"
 RESULTS="$BENCH_DIR/wal-sustained.results"
 build
 : > "$RESULTS"

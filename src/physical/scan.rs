@@ -271,10 +271,13 @@ pub fn file_size(e: &Entry) -> u64 {
     }
 }
 
-/// How many parts: enough for every worker, and none much larger than `part_size`.
+/// How many parts: none much larger than `part_size`, and a multiple of the worker
+/// count, so every worker has a part until the end (3 parts on 2 workers would leave
+/// one worker idle for the whole last part, in backup and in restore alike).
 pub fn part_count(total: u64, workers: usize, part_size: u64) -> usize {
     let by_size = total.div_ceil(part_size.max(1)) as usize;
-    workers.max(by_size).max(1)
+    let workers = workers.max(1);
+    by_size.max(workers).div_ceil(workers) * workers
 }
 
 #[cfg(test)]
@@ -416,5 +419,11 @@ mod tests {
         assert_eq!(plan_parts(vec![file("a", 1)], 4).len(), 1);
         assert_eq!(part_count(10 << 30, 2, 1 << 30), 10);
         assert_eq!(part_count(100, 4, 1 << 30), 4);
+        assert_eq!(
+            part_count(2200 << 20, 2, 1 << 30),
+            4,
+            "3 by size, rounded up to 2 × 2"
+        );
+        assert_eq!(part_count(0, 0, 1 << 30), 1);
     }
 }
