@@ -37,14 +37,13 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
     }
     let repo = repo::open(&ctx.cfg).await?;
     let cluster = check_identity(ctx, &tag, repo.as_ref(), &file).await?;
-    let codec = Codec::from_config(&ctx.cfg.compression);
-
     // Push the files PostgreSQL will ask for next alongside this one.
     let ahead = ready_files(
         &path,
         ctx.cfg.wal.push_concurrency().saturating_sub(1),
         &markers,
     );
+    let codec = wal_codec(Codec::from_config(&ctx.cfg.compression), 1 + ahead.len());
     let mut others = tokio::task::JoinSet::new();
     for p in ahead {
         let (repo, state_dir, tag) = (repo.clone(), ctx.cfg.backup.state_dir.clone(), tag.clone());
@@ -185,8 +184,13 @@ async fn store(repo: &dyn Repository, codec: Codec, file: WalFile) -> anyhow::Re
     let data = file.data;
     let original = data.len();
     let (stored, digest, source_sha) = tokio::task::spawn_blocking(move || {
-        let source_sha = hex::encode(Sha256::digest(&data));
-        codec::compress_to_vec(&codec, &data).map(|(s, d)| (s, d, source_sha))
+        // Hash the original on another core while it is compressed.
+        std::thread::scope(|s| {
+            let source_sha = s.spawn(|| hex::encode(Sha256::digest(&data)));
+            let compressed = codec::compress_to_vec(&codec, &data);
+            let source_sha = source_sha.join().expect("SHA-256 thread panicked");
+            compressed.map(|(s, d)| (s, d, source_sha))
+        })
     })
     .await?
     .context("compress WAL file")?;
@@ -219,6 +223,26 @@ async fn store(repo: &dyn Repository, codec: Codec, file: WalFile) -> anyhow::Re
             Ok(name)
         }
         Err(e) => Err(anyhow::Error::from(e).context(format!("archive {name}"))),
+    }
+}
+
+/// The codec for `files` WAL files compressed at the same time: `compression.threads`
+/// when set, or else the CPUs shared out between the files, so that a lone segment on an
+/// otherwise idle archiver is compressed by every core (zstd splits it into jobs).
+fn wal_codec(configured: Codec, files: usize) -> Codec {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    wal_codec_for(configured, files, cpus)
+}
+
+fn wal_codec_for(configured: Codec, files: usize, cpus: usize) -> Codec {
+    if configured.algorithm != codec::Algorithm::Zstd || configured.threads > 0 {
+        return configured;
+    }
+    let share = (cpus / files.max(1)).min(8) as u32;
+    Codec {
+        // One worker would only move the work to another thread.
+        threads: if share >= 2 { share } else { 0 },
+        ..configured
     }
 }
 
@@ -330,6 +354,28 @@ impl std::io::Write for HashSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wal_codec_shares_the_cpus_between_concurrent_files() {
+        let zstd = Codec {
+            algorithm: codec::Algorithm::Zstd,
+            level: 3,
+            threads: 0,
+        };
+        assert_eq!(wal_codec_for(zstd, 1, 2).threads, 2);
+        assert_eq!(wal_codec_for(zstd, 1, 32).threads, 8);
+        assert_eq!(wal_codec_for(zstd, 2, 2).threads, 0);
+        assert_eq!(wal_codec_for(zstd, 2, 8).threads, 4);
+        assert_eq!(wal_codec_for(zstd, 3, 4).threads, 0);
+        let fixed = Codec { threads: 1, ..zstd };
+        assert_eq!(wal_codec_for(fixed, 1, 8), fixed);
+        let gzip = Codec {
+            algorithm: codec::Algorithm::Gzip,
+            level: 6,
+            threads: 0,
+        };
+        assert_eq!(wal_codec_for(gzip, 1, 8), gzip);
+    }
 
     #[test]
     fn pgdata_is_the_parent_of_pg_wal() {

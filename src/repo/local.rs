@@ -178,8 +178,11 @@ impl Repository for LocalRepository {
                     .prefix(TEMP_PREFIX)
                     .tempfile_in(&dir)
                     .map_err(|e| RepoError::io("create metadata for", key, e))?;
-                serde_json::to_writer(&mut side, &opts.metadata)
+                // One write, not one per JSON token.
+                let json = serde_json::to_vec(&opts.metadata)
                     .map_err(|e| RepoError::io("write metadata for", key, e.into()))?;
+                io::Write::write_all(&mut side, &json)
+                    .map_err(|e| RepoError::io("write metadata for", key, e))?;
                 side.as_file()
                     .sync_all()
                     .map_err(|e| RepoError::io("fsync metadata for", key, e))?;
