@@ -121,7 +121,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    restore_files(ctx, &repo, m, &pgdata, &ts_dest, &settings).await?;
+    restore_files(ctx, &repo, m, &pgdata, &ts_dest, &settings, true).await?;
     eprintln!("restored {} into {}", m.id, pgdata.display());
 
     let mut report = Report {
@@ -175,9 +175,22 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Files in the restored data directory that `write_control_files` writes or edits.
+const CONTROL_FILES: [&str; 6] = [
+    "backup_label",
+    "tablespace_map",
+    "postgresql.conf",
+    "postgresql.auto.conf",
+    "recovery.signal",
+    "standby.signal",
+];
+
 /// Restore backup `m`'s files into `pgdata` (and tablespaces into `tablespaces`), checking
 /// every checksum, and write the control files and recovery `settings`. On failure the
 /// destinations (empty or absent before) are emptied again. Shared with verification.
+///
+/// `durable`: fsync every file and directory before returning (a real restore); a
+/// throwaway test restore skips that.
 pub async fn restore_files(
     ctx: &Ctx,
     repo: &Arc<dyn Repository>,
@@ -185,12 +198,35 @@ pub async fn restore_files(
     pgdata: &Path,
     tablespaces: &HashMap<u32, PathBuf>,
     settings: &[(&'static str, String)],
+    durable: bool,
 ) -> anyhow::Result<()> {
     let result = async {
         std::fs::create_dir_all(pgdata).with_context(|| format!("create {}", pgdata.display()))?;
         set_mode(pgdata, 0o700)?;
-        extract_all(ctx, repo, m, pgdata, tablespaces).await?;
-        write_control_files(m, pgdata, tablespaces, settings)
+        extract_all(ctx, repo, m, pgdata, tablespaces, durable).await?;
+        write_control_files(m, pgdata, tablespaces, settings)?;
+        if durable {
+            let dirs: Vec<PathBuf> = std::iter::once(pgdata.to_path_buf())
+                .chain(tablespaces.values().cloned())
+                .collect();
+            let written = pgdata.to_path_buf();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                // The files written here rather than extracted.
+                for f in CONTROL_FILES {
+                    match std::fs::File::open(written.join(f)) {
+                        Ok(file) => file.sync_all().with_context(|| format!("fsync {f}"))?,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(anyhow::Error::from(e).context(format!("open {f}"))),
+                    }
+                }
+                for d in &dirs {
+                    tarpart::sync_dirs(d)?;
+                }
+                Ok(())
+            })
+            .await??;
+        }
+        anyhow::Ok(())
     }
     .await;
     if let Err(e) = result {
@@ -267,9 +303,13 @@ fn parse_tablespace_map(args: &[String]) -> anyhow::Result<HashMap<String, PathB
 struct RestoreDest {
     pgdata: PathBuf,
     tablespaces: HashMap<u32, PathBuf>,
+    durable: bool,
 }
 
 impl Destination for RestoreDest {
+    fn durable(&self) -> bool {
+        self.durable
+    }
     fn path_for(&self, name: &str) -> PathBuf {
         if let Some(rest) = name.strip_prefix("pg_tblspc/") {
             let (oid, tail) = rest.split_once('/').unwrap_or((rest, ""));
@@ -291,6 +331,7 @@ async fn extract_all(
     m: &Manifest,
     pgdata: &Path,
     tablespaces: &HashMap<u32, PathBuf>,
+    durable: bool,
 ) -> anyhow::Result<()> {
     let workers = ctx
         .cfg
@@ -301,6 +342,7 @@ async fn extract_all(
     let dest = Arc::new(RestoreDest {
         pgdata: pgdata.to_path_buf(),
         tablespaces: tablespaces.clone(),
+        durable,
     });
     let stop = transfer::StopFlag::default();
     let mut pending = m.objects.iter();
@@ -529,6 +571,7 @@ mod tests {
         let d = RestoreDest {
             pgdata: "/restore".into(),
             tablespaces: [(17000u32, PathBuf::from("/new/ts"))].into_iter().collect(),
+            durable: true,
         };
         assert_eq!(
             d.path_for("base/5/16384"),
