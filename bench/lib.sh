@@ -117,6 +117,19 @@ CONF
     echo "   database size: $DBSIZE" >&2
 }
 
+# Writes at least $1 segments of WAL made of realistic rows (copies of `events` rows in
+# random order, into the table wal_filler), then switches to a new segment.
+make_wal() {
+    local start
+    PGOPTIONS="-c client_min_messages=warning" psql_ -c "CREATE TABLE IF NOT EXISTS wal_filler (LIKE events)"
+    start=$(psql_ -c "SELECT pg_current_wal_lsn()")
+    # About 75,000 of these rows make 16 MiB of WAL.
+    while [ "$(psql_ -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$start') < $1 * 16777216::numeric")" = t ]; do
+        psql_ -c "INSERT INTO wal_filler SELECT * FROM events ORDER BY random() LIMIT 75000"
+    done
+    psql_ -c "SELECT pg_walfile_name(pg_switch_wal())" >/dev/null
+}
+
 wait_archived() {
     for _ in $(seq 1 600); do
         [ "$(psql_ -c "SELECT coalesce(last_archived_wal, '') >= '$1' FROM pg_stat_archiver")" = t ] && return 0

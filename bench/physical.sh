@@ -18,6 +18,7 @@ for alg in $ALGS; do
     for round in $(seq 1 "$ROUNDS"); do
         echo "== $alg-$level round $round" >&2
         # Alternate which tool goes first, so neither always gets the warmer cache.
+        sync
         if [ $((round % 2)) = 0 ]; then
             timed "backup-pgbackrest-$alg" pgbackrest --config="$BENCH_DIR/pgbackrest-$alg.conf" --stanza=bench --type=full backup
         fi
@@ -26,9 +27,17 @@ for alg in $ALGS; do
             timed "backup-pgbackrest-$alg" pgbackrest --config="$BENCH_DIR/pgbackrest-$alg.conf" --stanza=bench --type=full backup
         fi
         rm -rf "$BENCH_DIR/restore-b" "$BENCH_DIR/restore-p"
-        timed "restore-backupctl-$alg" "$BIN" --config "$BENCH_DIR/backup-$alg.toml" restore --pgdata "$BENCH_DIR/restore-b" --target immediate
         pg mkdir -p "$BENCH_DIR/restore-p"
-        timed "restore-pgbackrest-$alg" pgbackrest --config="$BENCH_DIR/pgbackrest-$alg.conf" --stanza=bench --pg1-path="$BENCH_DIR/restore-p" --type=immediate restore
+        # Both restores fsync what they write; start each with no dirty pages left over.
+        restore_b() {
+            sync
+            timed "restore-backupctl-$alg" "$BIN" --config "$BENCH_DIR/backup-$alg.toml" restore --pgdata "$BENCH_DIR/restore-b" --target immediate
+        }
+        restore_p() {
+            sync
+            timed "restore-pgbackrest-$alg" pgbackrest --config="$BENCH_DIR/pgbackrest-$alg.conf" --stanza=bench --pg1-path="$BENCH_DIR/restore-p" --type=immediate restore
+        }
+        if [ $((round % 2)) = 0 ]; then restore_p; restore_b; else restore_b; restore_p; fi
         rm -rf "$BENCH_DIR/restore-b" "$BENCH_DIR/restore-p"
     done
     echo "   repository sizes: backupctl $(du -sh "$BENCH_DIR/repo-backupctl-$alg" | cut -f1), pgBackRest $(du -sh "$BENCH_DIR/repo-pgbackrest-$alg" | cut -f1) (all rounds)" >&2

@@ -16,10 +16,8 @@ make_cluster zst
 stage="$BENCH_DIR/staged/pg_wal"
 rm -rf "$BENCH_DIR/staged"; pg mkdir -p "$stage"
 psql_ -c "ALTER SYSTEM SET archive_command = 'cp %p $stage/%f'" -c "SELECT pg_reload_conf()" >/dev/null
-pg "$PG_BIN/pgbench" -n -c 2 -T 600 postgres >/dev/null 2>&1 &
-bench_pid=$!
+make_wal "$SEGMENTS"
 while [ "$(ls "$stage" | wc -l)" -lt "$SEGMENTS" ]; do sleep 0.5; done
-kill $bench_pid 2>/dev/null || true; wait $bench_pid 2>/dev/null || true
 stop_cluster
 files=$(ls "$stage" | grep -E '^[0-9A-F]{24}$' | head -n "$SEGMENTS")
 echo "== pushing $SEGMENTS segments with each tool (alternating)" >&2
