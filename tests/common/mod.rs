@@ -5,9 +5,10 @@
 //! Everything is torn down on drop, so a failing test still stops its servers.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use backupctl::config::Config;
@@ -123,12 +124,21 @@ pub fn backupctl_bin() -> PathBuf {
     .clone()
 }
 
+/// A loopback port no other server of this test process has been given. The test
+/// clusters listen on Unix sockets only (`listen_addresses = ''`), so a free TCP port
+/// alone does not mean a free PostgreSQL port: ports handed out are remembered.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Panic with the command's output unless it succeeded.
