@@ -421,8 +421,9 @@ pub struct NotifyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WalConfig {
-    /// WAL files wal-push stores in parallel: the requested one plus the next `.ready`
-    /// ones (1 = only the requested file). Default: the CPU count, at most 8.
+    /// WAL files wal-push stores in parallel; a call with a backlog stores the requested
+    /// one plus up to `2 × push_concurrency − 1` of the next `.ready` ones (1 = only the
+    /// requested file). Default: the CPU count, at most 8.
     pub push_concurrency: Option<usize>,
 }
 

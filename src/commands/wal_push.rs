@@ -13,10 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::cli::WalPushArgs;
 use crate::codec::{self, Codec};
@@ -28,26 +30,39 @@ use crate::repo::{self, layout, ObjectMeta, PutOptions, RepoError, Repository};
 
 pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
     let path = args.path;
-    let file = read_wal_file(&path)?;
     let tag = repo::location_tag(&ctx.cfg);
     let markers = Markers::new(&ctx.cfg.backup.state_dir, &tag);
-    if markers.take(&file.name, &path) {
-        tracing::info!(wal = %file.name, "already archived ahead of this call");
-        return Ok(());
+    // Before reading the file: a call that finds its marker costs a few milliseconds.
+    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+        if wal::classify(name).is_some() && markers.take(name, &path) {
+            tracing::info!(wal = %name, "already archived ahead of this call");
+            return Ok(());
+        }
     }
+    let file = read_wal_file(&path)?;
     let repo = repo::open(&ctx.cfg).await?;
     let cluster = check_identity(ctx, &tag, repo.as_ref(), &file).await?;
-    // Push the files PostgreSQL will ask for next alongside this one.
-    let ahead = ready_files(
-        &path,
-        ctx.cfg.wal.push_concurrency().saturating_sub(1),
-        &markers,
+    // Push the files PostgreSQL will ask for next alongside this one: up to
+    // `AHEAD_BATCHES` × `push_concurrency` files in all, `push_concurrency` at a time, so
+    // that the cost of each call (and of waiting for the slowest file of a round) is
+    // shared by more files when the archiver has a backlog.
+    let concurrency = ctx.cfg.wal.push_concurrency();
+    let ahead = ready_files(&path, ahead_count(concurrency), &markers);
+    let codec = wal_codec(
+        Codec::from_config(&ctx.cfg.compression),
+        concurrency.min(1 + ahead.len()),
     );
-    let codec = wal_codec(Codec::from_config(&ctx.cfg.compression), 1 + ahead.len());
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mine = slots.clone().acquire_owned().await?;
     let mut others = tokio::task::JoinSet::new();
     for p in ahead {
         let (repo, state_dir, tag) = (repo.clone(), ctx.cfg.backup.state_dir.clone(), tag.clone());
+        let slots = slots.clone();
         others.spawn(async move {
+            // The semaphore is fair: files start in the archiver's order.
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
             let pushed = async {
                 let f = read_wal_file(&p)?;
                 if f.system_identifier.is_some_and(|s| s != cluster) {
@@ -68,6 +83,7 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
         });
     }
     let result = store(repo.as_ref(), codec, file).await.map(|_| ());
+    drop(mine);
     while others.join_next().await.is_some() {}
     markers.clean_old();
     result
@@ -226,6 +242,18 @@ async fn store(repo: &dyn Repository, codec: Codec, file: WalFile) -> anyhow::Re
     }
 }
 
+/// Rounds of `push_concurrency` files one call stores when that many are ready.
+const AHEAD_BATCHES: usize = 2;
+
+/// How many files to push ahead of the requested one (none with `push_concurrency = 1`).
+fn ahead_count(concurrency: usize) -> usize {
+    if concurrency <= 1 {
+        0
+    } else {
+        AHEAD_BATCHES * concurrency - 1
+    }
+}
+
 /// The codec for `files` WAL files compressed at the same time: `compression.threads`
 /// when set, or else the CPUs shared out between the files, so that a lone segment on an
 /// otherwise idle archiver is compressed by every core (zstd splits it into jobs).
@@ -375,6 +403,13 @@ mod tests {
             threads: 0,
         };
         assert_eq!(wal_codec_for(gzip, 1, 8), gzip);
+    }
+
+    #[test]
+    fn a_call_pushes_two_rounds_ahead_unless_told_to_push_one_file() {
+        assert_eq!(ahead_count(1), 0);
+        assert_eq!(ahead_count(2), 3);
+        assert_eq!(ahead_count(8), 15);
     }
 
     #[test]
