@@ -425,16 +425,29 @@ pub struct WalConfig {
     /// one plus up to `2 × push_concurrency − 1` of the next `.ready` ones (1 = only the
     /// requested file). Default: the CPU count, at most 8.
     pub push_concurrency: Option<usize>,
+    /// WAL segments wal-fetch restores in parallel during recovery: the requested one
+    /// plus up to `2 × fetch_concurrency − 1` of the following ones, prefetched into
+    /// `pg_wal/.backupctl-prefetch/` (1 = only the requested file). Default: the CPU
+    /// count, at most 8.
+    pub fetch_concurrency: Option<usize>,
+}
+
+fn default_wal_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(8)
 }
 
 impl WalConfig {
     pub fn push_concurrency(&self) -> usize {
-        self.push_concurrency.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-                .min(8)
-        })
+        self.push_concurrency
+            .unwrap_or_else(default_wal_concurrency)
+    }
+
+    pub fn fetch_concurrency(&self) -> usize {
+        self.fetch_concurrency
+            .unwrap_or_else(default_wal_concurrency)
     }
 }
 
@@ -802,11 +815,18 @@ impl Config {
                 );
             }
         }
-        if let Some(n) = self.wal.push_concurrency {
-            if !(1..=64).contains(&n) {
+        for (key, value, one) in [
+            ("wal.push_concurrency", self.wal.push_concurrency, "pushes"),
+            (
+                "wal.fetch_concurrency",
+                self.wal.fetch_concurrency,
+                "fetches",
+            ),
+        ] {
+            if let Some(n) = value.filter(|n| !(1..=64).contains(n)) {
                 return bad(
-                    "wal.push_concurrency",
-                    format!("{n} is outside 1 to 64; 1 pushes only the file PostgreSQL asks for"),
+                    key,
+                    format!("{n} is outside 1 to 64; 1 {one} only the file PostgreSQL asks for"),
                 );
             }
         }

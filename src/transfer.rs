@@ -272,16 +272,18 @@ pub async fn get_to_file(
     dest: &Path,
 ) -> anyhow::Result<u64> {
     let obj = repo.get(key).await?;
-    object_to_file(obj, key, algorithm, expected, dest).await
+    object_to_file(obj, key, algorithm, expected, dest, true).await
 }
 
-/// [`get_to_file`] for an object already opened.
+/// [`get_to_file`] for an object already opened; with `durable` false, the file and
+/// its directory are not fsynced (for files whose reader makes them durable itself).
 pub async fn object_to_file(
     obj: GetObject,
     key: &str,
     algorithm: Algorithm,
     expected: Option<Digest>,
     dest: &Path,
+    durable: bool,
 ) -> anyhow::Result<u64> {
     let dir = dest
         .parent()
@@ -297,14 +299,19 @@ pub async fn object_to_file(
     let size = read_object(obj, key, algorithm, expected, move |r| {
         let mut w = io::BufWriter::with_capacity(READ_BUFFER, file);
         let n = io::copy(r, &mut w)?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        if durable {
+            f.sync_all()?;
+        }
         Ok(n)
     })
     .await?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         tmp.persist(&dest)
             .with_context(|| format!("rename into {}", dest.display()))?;
-        std::fs::File::open(&dir)?.sync_all()?;
+        if durable {
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
         Ok(())
     })
     .await??;

@@ -114,6 +114,7 @@ both_backends!(
     wal_push_is_idempotent_and_never_overwrites,
     wal_push_pushes_ready_segments_ahead,
     wal_fetch_missing_is_quiet_and_corruption_is_loud,
+    wal_fetch_prefetches_the_following_segments,
     timelines_after_pitr,
     bad_restore_requests_are_refused,
     tablespaces_are_backed_up_and_relocated,
@@ -388,7 +389,7 @@ fn wal_push_pushes_ready_segments_ahead(backend: Backend) {
     });
     let config = t.write_config(
         "backup.toml",
-        &format!("{}\n[wal]\npush_concurrency = 3\n", cluster.postgres_toml()),
+        &format!("{}\n[wal]\npush_concurrency = 2\n", cluster.postgres_toml()),
     );
     let mut segments = vec![];
     for i in 0..5 {
@@ -448,10 +449,11 @@ fn wal_push_pushes_ready_segments_ahead(backend: Backend) {
         names
     };
 
-    // The archiver asks for the oldest; the next two ready ones go along.
+    // The archiver asks for the oldest; the next three ready ones go along (two rounds
+    // of push_concurrency = 2).
     push(&segments[0]);
-    assert_eq!(archived(), segments[..3].to_vec());
-    assert_eq!(marker_names(), segments[1..3].to_vec());
+    assert_eq!(archived(), segments[..4].to_vec());
+    assert_eq!(marker_names(), segments[1..4].to_vec());
 
     // The next call finds its marker: nothing to do, and the marker is used up.
     let out = push(&segments[1]);
@@ -474,7 +476,7 @@ fn wal_push_pushes_ready_segments_ahead(backend: Backend) {
         "{}",
         stderr(&out)
     );
-    // ... and that call pushed the last two ahead.
+    // ... and that call pushed the last one ahead (the fourth still has its marker).
     assert_eq!(archived(), segments.to_vec());
     assert_eq!(marker_names(), segments[3..].to_vec());
 }
@@ -512,6 +514,64 @@ fn wal_fetch_missing_is_quiet_and_corruption_is_loud(backend: Backend) {
         !dest.exists(),
         "a corrupt segment must not be handed to PostgreSQL"
     );
+}
+
+fn wal_fetch_prefetches_the_following_segments(backend: Backend) {
+    let s = Setup::new(backend);
+    let config = s.t.write_config(
+        "prefetch.toml",
+        &format!(
+            "{}\n[wal]\nfetch_concurrency = 2\n",
+            s.cluster.postgres_toml()
+        ),
+    );
+    s.sql("CREATE TABLE t (g int)");
+    let mut segs = vec![];
+    for _ in 0..3 {
+        s.sql("INSERT INTO t SELECT generate_series(1, 1000)");
+        segs.push(s.sql("SELECT pg_walfile_name(pg_current_wal_lsn())"));
+        switch_wal_and_wait(&s.cluster);
+    }
+    let object = |seg: &str| s.object_path(&format!("wal/{}/{seg}.zst", &seg[..16]));
+    // The third is corrupt in the repository: it must not be spooled.
+    flip_byte(&object(&segs[2]), 0.5);
+
+    let work = pg_tempdir();
+    let pg_wal = work.path().join("pg_wal");
+    as_pg(Command::new("mkdir").arg(&pg_wal)).status().unwrap();
+    let dest = pg_wal.join("RECOVERYXLOG");
+    let fetch = |seg: &str| backupctl(&config, &["-v", "wal-fetch", seg, dest.to_str().unwrap()]);
+    check_output("wal-fetch first", fetch(&segs[0]));
+    let spooled: Vec<String> = std::fs::read_dir(pg_wal.join(".backupctl-prefetch"))
+        .expect("a prefetch spool")
+        .flatten()
+        .flat_map(|boot| std::fs::read_dir(boot.path()).unwrap().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        spooled,
+        vec![segs[1].clone()],
+        "only the sound next segment is spooled"
+    );
+
+    // The second now comes from the spool: the repository's copy is broken meanwhile.
+    flip_byte(&object(&segs[1]), 0.5);
+    let out = check_output("wal-fetch from the spool", fetch(&segs[1]));
+    assert!(stderr(&out).contains("prefetched"), "{}", stderr(&out));
+    let bytes = std::fs::read(&dest).unwrap();
+    assert_eq!(bytes.len(), 16 << 20);
+    assert_eq!(
+        (u64::from_str_radix(&segs[1][8..16], 16).unwrap() << 32)
+            | (u64::from_str_radix(&segs[1][16..], 16).unwrap() << 24),
+        u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
+        "the page address of the segment asked for"
+    );
+    // A spooled file is handed over once; the corrupt one fails loudly.
+    for seg in [&segs[1], &segs[2]] {
+        let out = fetch(seg);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("checksum"), "{}", stderr(&out));
+    }
 }
 
 fn timelines_after_pitr(backend: Backend) {

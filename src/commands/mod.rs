@@ -15,6 +15,7 @@ pub mod retention;
 pub mod status;
 pub mod verify;
 pub mod wal_fetch;
+pub mod wal_fetch_ahead;
 pub mod wal_push;
 pub mod wal_push_ahead;
 

@@ -21,11 +21,12 @@ use tokio::task::JoinSet;
 
 use crate::cli::{RestoreArgs, TargetAction};
 use crate::codec::{self, Digest};
+use crate::commands::wal_fetch_ahead;
 use crate::commands::Ctx;
 use crate::manifest::{Catalog, Manifest};
 use crate::pg::bin::PgBin;
 use crate::pg::conn::ConnParams;
-use crate::pg::server::{self, RecoveryReport, Server};
+use crate::pg::server::{self, RecoveryEnd, RecoveryReport, Server};
 use crate::physical::tarpart::{self, Destination};
 use crate::recovery::inventory::WalInventory;
 use crate::recovery::plan;
@@ -161,6 +162,10 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_else(|| "none".into())
         );
+        if rec.end != RecoveryEnd::Paused {
+            // Recovery will not ask for what wal-fetch prefetched.
+            wal_fetch_ahead::remove_spool(&pgdata.join("pg_wal"));
+        }
         report.recovery = Some(rec);
     } else {
         eprintln!(

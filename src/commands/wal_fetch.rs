@@ -5,42 +5,156 @@
 //! timeline's history) as a matter of course. Anything else that goes wrong — checksum
 //! mismatch, repository errors — exits 1 with the reason on stderr, which PostgreSQL
 //! puts in its log. `%p` is written atomically: a temp file beside it, then a rename.
+//! It is not fsynced: PostgreSQL fsyncs a restored file it keeps (`durable_rename`), and
+//! the others it reads once and deletes.
+//!
+//! A segment is restored together with the segments that follow it, in parallel
+//! (`wal.fetch_concurrency`), into a spool the next calls take them from; see
+//! `wal_fetch_ahead.rs`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use crate::cli::WalFetchArgs;
+use crate::codec::Algorithm;
+use crate::commands::wal_fetch_ahead::{following, Spool};
 use crate::commands::Ctx;
 use crate::error::Exit;
-use crate::pg::wal;
-use crate::repo::{self, layout, GetObject, RepoError};
+use crate::pg::wal::{self, WalFileKind};
+use crate::repo::identity::RepoIdentity;
+use crate::repo::{self, layout, GetObject, RepoError, Repository};
 use crate::transfer;
+
+/// Rounds of `fetch_concurrency` segments one call restores.
+const AHEAD_BATCHES: usize = 2;
 
 pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
     let name = args.name;
-    if wal::classify(&name).is_none() {
-        return Err(crate::user_error!(
+    let kind = wal::classify(&name).ok_or_else(|| {
+        crate::user_error!(
             "{name} is not a WAL file name; use backupctl wal-fetch only as restore_command = '... wal-fetch %f %p'"
-        ));
+        )
+    })?;
+    let concurrency = ctx.cfg.wal.fetch_concurrency();
+    let spool = if kind == WalFileKind::Segment && concurrency > 1 {
+        Spool::beside(&args.dest)
+    } else {
+        None
+    };
+    if let Some(spool) = &spool {
+        match spool.take(&name, &args.dest) {
+            Ok(true) => {
+                tracing::info!(wal = %name, "restored from the prefetched copy");
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(wal = %name, error = %e, "cannot use the prefetched copy; fetching it")
+            }
+        }
     }
     let repo = repo::open(&ctx.cfg).await?;
-    let codec = crate::codec::Codec::from_config(&ctx.cfg.compression);
-    let key = layout::wal_key(&name, codec.algorithm).expect("classified WAL name");
+    let algorithm = ctx.cfg.compression.algorithm;
 
+    // The following segments, `concurrency` at a time with this one, the archiver's order.
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mine = slots.clone().acquire_owned().await?;
+    let ahead = spool.map(|spool| {
+        let (repo, name, slots) = (repo.clone(), name.clone(), slots.clone());
+        tokio::spawn(
+            async move { prefetch(repo, algorithm, &name, spool, slots, concurrency).await },
+        )
+    });
+
+    let fetched = fetch(repo.as_ref(), algorithm, &name, &args.dest).await;
+    drop(mine);
+    if let Some(ahead) = ahead {
+        let _ = ahead.await;
+    }
+    match fetched? {
+        Some(size) => {
+            tracing::info!(wal = %name, bytes = size, "restored from the archive");
+            Ok(())
+        }
+        None => {
+            tracing::debug!(wal = %name, "not in the archive");
+            Err(Exit::quiet(1).into())
+        }
+    }
+}
+
+/// Restore the segments after `name` into `spool`. Failures only cost the prefetch: the
+/// call that asks for a segment later fetches it again and reports what is wrong.
+async fn prefetch(
+    repo: Arc<dyn Repository>,
+    algorithm: Algorithm,
+    name: &str,
+    spool: Spool,
+    slots: Arc<Semaphore>,
+    concurrency: usize,
+) {
+    spool.clean(name);
+    let seg_size = match RepoIdentity::load(repo.as_ref()).await {
+        Ok(Some(id)) => id.wal_segment_size,
+        _ => return,
+    };
+    let names: Vec<String> = following(name, seg_size, AHEAD_BATCHES * concurrency - 1)
+        .into_iter()
+        .filter(|n| !spool.has(n))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    if let Err(e) = std::fs::create_dir_all(spool.dir()) {
+        tracing::debug!(dir = %spool.dir().display(), error = %e, "no WAL prefetch");
+        return;
+    }
+    let spool = Arc::new(spool);
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in names {
+        let (repo, spool, slots) = (repo.clone(), spool.clone(), slots.clone());
+        tasks.spawn(async move {
+            // The semaphore is fair: segments start in recovery's order.
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            match fetch(repo.as_ref(), algorithm, &n, &spool.path(&n)).await {
+                Ok(Some(_)) => tracing::debug!(wal = %n, "prefetched"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(wal = %n, error = %format!("{e:#}"), "prefetch failed; the segment will be fetched when recovery asks for it"),
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Restore `name` from the archive to `dest`, verifying its checksum. None when the
+/// archive does not have it.
+async fn fetch(
+    repo: &dyn Repository,
+    algorithm: Algorithm,
+    name: &str,
+    dest: &Path,
+) -> anyhow::Result<Option<u64>> {
+    let key = layout::wal_key(name, algorithm).expect("classified WAL name");
     let (key, obj): (String, GetObject) = match repo.get(&key).await {
         Ok(obj) => (key, obj),
         Err(RepoError::NotFound { .. }) => {
             // Archived under another compression setting?
-            let base = layout::wal_key_base(&name).expect("classified WAL name");
+            let base = layout::wal_key_base(name).expect("classified WAL name");
             let other = repo
                 .list(&base)
                 .await?
                 .into_iter()
                 .find(|o| layout::parse_wal_key(&o.key).is_some_and(|(n, _)| n == name));
             let Some(other) = other else {
-                tracing::debug!(wal = %name, "not in the archive");
-                return Err(Exit::quiet(1).into());
+                return Ok(None);
             };
             match repo.get(&other.key).await {
                 Ok(obj) => (other.key, obj),
-                Err(RepoError::NotFound { .. }) => return Err(Exit::quiet(1).into()),
+                Err(RepoError::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -51,9 +165,8 @@ pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
     if expected.is_none() {
         tracing::warn!(key = %key, "no checksum recorded for this WAL object; relying on the compression format's own check");
     }
-    let size = transfer::object_to_file(obj, &key, algorithm, expected, &args.dest)
+    let size = transfer::object_to_file(obj, &key, algorithm, expected, dest, false)
         .await
         .map_err(|e| e.context(format!("restore {name} from the archive")))?;
-    tracing::info!(wal = %name, bytes = size, "restored from the archive");
-    Ok(())
+    Ok(Some(size))
 }

@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::cli::WalPushArgs;
 use crate::codec::{self, Codec};
+use crate::commands::wal_fetch_ahead;
 use crate::commands::wal_push_ahead::{ready_files, Markers};
 use crate::commands::Ctx;
 use crate::pg::wal::{self, WalFileKind};
@@ -30,6 +31,8 @@ use crate::repo::{self, layout, ObjectMeta, PutOptions, RepoError, Repository};
 
 pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
     let path = args.path;
+    // Archiving runs once recovery has ended: what wal-fetch prefetched is not needed.
+    wal_fetch_ahead::remove_spool(&wal_fetch_ahead::wal_dir_of(&path));
     let tag = repo::location_tag(&ctx.cfg);
     let markers = Markers::new(&ctx.cfg.backup.state_dir, &tag);
     // Before reading the file: a call that finds its marker costs a few milliseconds.

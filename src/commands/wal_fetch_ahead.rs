@@ -1,0 +1,199 @@
+//! Prefetching WAL during recovery.
+//!
+//! PostgreSQL's startup process asks restore_command for one segment at a time and
+//! replays it before asking for the next, so the latency of every call is on the
+//! recovery's critical path. When wal-fetch restores segment S it also restores the
+//! segments that follow S on its timeline, in parallel, into a spool directory beside
+//! `%p` (`pg_wal/.backupctl-prefetch/<boot id>/`); the calls that then ask for them move
+//! the file into place and return at once.
+//!
+//! Why a spooled file can be trusted:
+//! - it appears under its final name only once complete: written to a temp file, its
+//!   checksum verified against the repository's, then renamed;
+//! - it is not fsynced (PostgreSQL makes a restored file it keeps durable itself, with
+//!   `durable_rename`), so the spool is keyed by the kernel's boot id: after a crash of
+//!   the host, files written before it are never used;
+//! - archived WAL is never overwritten, so a spooled file holds the archive's content for
+//!   its name for as long as it lives.
+//!
+//! Spooled segments before the one requested, or of another timeline, and the spools of
+//! earlier boots are removed as recovery moves on; wal-push removes the whole spool
+//! (archiving only runs once recovery has ended), and so does `restore --start`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::pg::wal;
+
+/// The spool's directory under `pg_wal`.
+pub const SPOOL_DIR: &str = ".backupctl-prefetch";
+
+/// Temp files of a process that died are removed after this long.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+pub struct Spool {
+    dir: PathBuf,
+}
+
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .then(|| id.to_string())
+}
+
+/// The directory `%p` is in (PostgreSQL passes `pg_wal/RECOVERYXLOG`, relative to PGDATA).
+pub fn wal_dir_of(file: &Path) -> PathBuf {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+impl Spool {
+    /// The spool beside `dest`, or None where the boot id cannot be read (no prefetch).
+    pub fn beside(dest: &Path) -> Option<Spool> {
+        Some(Spool {
+            dir: wal_dir_of(dest).join(SPOOL_DIR).join(boot_id()?),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.path(name).exists()
+    }
+
+    /// Move the spooled `name` to `dest`; false if it is not spooled.
+    pub fn take(&self, name: &str, dest: &Path) -> io::Result<bool> {
+        match std::fs::rename(self.path(name), dest) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove what recovery will not ask for any more, now that it asks for `current`:
+    /// spooled segments before it or on another timeline, other boots' spools, and temp
+    /// files left by a process that died.
+    pub fn clean(&self, current: &str) {
+        if let Some(all) = self.dir.parent() {
+            for e in std::fs::read_dir(all).into_iter().flatten().flatten() {
+                if e.path() != self.dir {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale = if is_segment(&name) {
+                name[..8] != current[..8] || name[8..] < current[8..]
+            } else {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_TEMP))
+            };
+            if stale {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn is_segment(name: &str) -> bool {
+    wal::classify(name) == Some(wal::WalFileKind::Segment)
+}
+
+/// Remove the prefetch spool in `wal_dir`, if there is one (recovery has ended).
+pub fn remove_spool(wal_dir: &Path) {
+    let spool = wal_dir.join(SPOOL_DIR);
+    if spool.symlink_metadata().is_ok() {
+        if let Err(e) = std::fs::remove_dir_all(&spool) {
+            tracing::warn!(dir = %spool.display(), error = %e, "cannot remove the WAL prefetch spool");
+        }
+    }
+}
+
+/// The `n` segments after the segment `name` on its timeline (none for other files).
+pub fn following(name: &str, seg_size: u64, n: usize) -> Vec<String> {
+    if !is_segment(name) {
+        return vec![];
+    }
+    let Some(mut s) = wal::Segment::parse(name, seg_size) else {
+        return vec![];
+    };
+    (0..n)
+        .map(|_| {
+            s = s.next();
+            s.name(seg_size)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn following_segments_cross_log_boundaries_on_the_same_timeline() {
+        assert_eq!(
+            following("0000000200000001000000FE", 16 << 20, 3),
+            vec![
+                "0000000200000001000000FF",
+                "000000020000000200000000",
+                "000000020000000200000001"
+            ]
+        );
+        // 1 GiB segments: 4 per log.
+        assert_eq!(
+            following("000000010000000000000003", 1 << 30, 1),
+            vec!["000000010000000100000000"]
+        );
+        assert!(following("00000002.history", 16 << 20, 3).is_empty());
+        assert!(following("000000010000000000000003", 16 << 20, 0).is_empty());
+    }
+
+    #[test]
+    fn spool_hands_each_file_over_once_and_forgets_what_recovery_passed() {
+        let d = tempfile::tempdir().unwrap();
+        let wal_dir = d.path().join("pg_wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        let dest = wal_dir.join("RECOVERYXLOG");
+        let Some(spool) = Spool::beside(&dest) else {
+            return; // no boot id here: prefetching is off, nothing to test
+        };
+        assert!(spool.dir().starts_with(wal_dir.join(SPOOL_DIR)));
+        std::fs::create_dir_all(spool.dir()).unwrap();
+        let old_boot = wal_dir.join(SPOOL_DIR).join("00000000-old-boot");
+        std::fs::create_dir_all(&old_boot).unwrap();
+        std::fs::write(old_boot.join("000000010000000000000005"), "stale").unwrap();
+        for n in [
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000020000000000000006",
+        ] {
+            std::fs::write(spool.path(n), n).unwrap();
+        }
+        assert!(spool.take("000000010000000000000004", &dest).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&dest).unwrap(),
+            "000000010000000000000004"
+        );
+        assert!(!spool.take("000000010000000000000004", &dest).unwrap());
+        spool.clean("000000010000000000000005");
+        assert!(!old_boot.exists(), "an earlier boot's spool is never used");
+        assert!(!spool.has("000000010000000000000003"));
+        assert!(spool.has("000000010000000000000005"));
+        assert!(!spool.has("000000020000000000000006"));
+        remove_spool(&wal_dir);
+        assert!(!wal_dir.join(SPOOL_DIR).exists());
+    }
+}
