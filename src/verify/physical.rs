@@ -5,7 +5,7 @@
 //! and report. The production server and its data directory are never touched.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,8 +36,21 @@ pub async fn verify(
         .context("physical backup without physical info")?;
     let started = Instant::now();
     let pgdata = scratch.path.join("pgdata");
-    let sock = scratch.path.join("sock");
-    std::fs::create_dir_all(&sock)?;
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    // A Unix socket path has at most 107 bytes; a deep state_dir takes a short private
+    // directory (mode 0700) in the temp dir instead, removed when this returns.
+    let mut sock = scratch.path.join("sock");
+    let _short_sock = if socket_path_fits(&sock, port) {
+        std::fs::create_dir_all(&sock)?;
+        None
+    } else {
+        let d = tempfile::Builder::new()
+            .prefix("backupctl-verify-")
+            .tempdir()
+            .context("create a socket directory for the test restore")?;
+        sock = d.path().to_path_buf();
+        Some(d)
+    };
     let hba = scratch.path.join("pg_hba.conf");
     // The socket directory is private to this user: trust is safe and needs no secrets.
     std::fs::write(&hba, "local all all trust\n")?;
@@ -51,7 +64,6 @@ pub async fn verify(
             )
         })
         .collect();
-    let port = 20000 + (std::process::id() % 20000) as u16;
     let mut settings = recovery_settings(
         ctx,
         &Target::Immediate,
@@ -194,4 +206,28 @@ fn server_user(ctx: &Ctx) -> String {
     ConnParams::from_config(&ctx.cfg.postgres)
         .map(|p| p.user)
         .unwrap_or_else(|_| "postgres".into())
+}
+
+/// Whether PostgreSQL can create its socket `<dir>/.s.PGSQL.<port>` (107 bytes at most).
+fn socket_path_fits(dir: &Path, port: u16) -> bool {
+    dir.as_os_str().len() + "/.s.PGSQL.".len() + port.to_string().len() <= 107
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_scratch_directories_do_not_hold_the_socket() {
+        assert!(socket_path_fits(
+            Path::new("/var/lib/backupctl/scratch/v-1/sock"),
+            25432
+        ));
+        let deep = format!("/tmp/{}/sock", "d".repeat(100));
+        assert!(!socket_path_fits(Path::new(&deep), 25432));
+        // Exactly at the limit.
+        let at = format!("/{}", "x".repeat(107 - 1 - "/.s.PGSQL.".len() - 5));
+        assert!(socket_path_fits(Path::new(&at), 25432));
+        assert!(!socket_path_fits(Path::new(&format!("{at}x")), 25432));
+    }
 }
