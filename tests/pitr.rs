@@ -527,13 +527,14 @@ fn wal_fetch_prefetches_the_following_segments(backend: Backend) {
     );
     s.sql("CREATE TABLE t (g int)");
     let mut segs = vec![];
-    for _ in 0..3 {
+    for _ in 0..4 {
         s.sql("INSERT INTO t SELECT generate_series(1, 1000)");
         segs.push(s.sql("SELECT pg_walfile_name(pg_current_wal_lsn())"));
         switch_wal_and_wait(&s.cluster);
     }
     let object = |seg: &str| s.object_path(&format!("wal/{}/{seg}.zst", &seg[..16]));
-    // The third is corrupt in the repository: it must not be spooled.
+    // The third is corrupt in the repository: it must not be spooled, and it does not
+    // stop the fourth from being spooled.
     flip_byte(&object(&segs[2]), 0.5);
 
     let work = pg_tempdir();
@@ -542,16 +543,17 @@ fn wal_fetch_prefetches_the_following_segments(backend: Backend) {
     let dest = pg_wal.join("RECOVERYXLOG");
     let fetch = |seg: &str| backupctl(&config, &["-v", "wal-fetch", seg, dest.to_str().unwrap()]);
     check_output("wal-fetch first", fetch(&segs[0]));
-    let spooled: Vec<String> = std::fs::read_dir(pg_wal.join(".backupctl-prefetch"))
+    let mut spooled: Vec<String> = std::fs::read_dir(pg_wal.join(".backupctl-prefetch"))
         .expect("a prefetch spool")
         .flatten()
         .flat_map(|boot| std::fs::read_dir(boot.path()).unwrap().flatten())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
+    spooled.sort();
     assert_eq!(
         spooled,
-        vec![segs[1].clone()],
-        "only the sound next segment is spooled"
+        vec![segs[1].clone(), segs[3].clone()],
+        "the sound following segments are spooled, the corrupt one is not"
     );
 
     // The second now comes from the spool: the repository's copy is broken meanwhile.

@@ -13,13 +13,14 @@
 //! `wal_fetch_ahead.rs`.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
 use crate::cli::WalFetchArgs;
 use crate::codec::Algorithm;
-use crate::commands::wal_fetch_ahead::{following, Spool};
+use crate::commands::wal_fetch_ahead::{self, following, Spool};
 use crate::commands::Ctx;
 use crate::error::Exit;
 use crate::pg::wal::{self, WalFileKind};
@@ -38,7 +39,7 @@ pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
         )
     })?;
     let concurrency = ctx.cfg.wal.fetch_concurrency();
-    let spool = if kind == WalFileKind::Segment && concurrency > 1 {
+    let spool = if kind == WalFileKind::Segment {
         Spool::beside(&args.dest)
     } else {
         None
@@ -57,8 +58,22 @@ pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
     }
     let repo = repo::open(&ctx.cfg).await?;
     let algorithm = ctx.cfg.compression.algorithm;
+    let Some((key, obj)) = open(repo.as_ref(), algorithm, &name).await? else {
+        tracing::debug!(wal = %name, "not in the archive");
+        return Err(Exit::quiet(1).into());
+    };
 
-    // The following segments, `concurrency` at a time with this one, the archiver's order.
+    // It exists: fetch the following segments, `concurrency` at a time with this one,
+    // in recovery's order, while this one is written.
+    let spool = if concurrency > 1 {
+        spool
+    } else {
+        // Prefetching was turned off: what an earlier setting spooled goes.
+        if spool.is_some() {
+            wal_fetch_ahead::remove_spool(&wal_fetch_ahead::wal_dir_of(&args.dest));
+        }
+        None
+    };
     let slots = Arc::new(Semaphore::new(concurrency));
     let mine = slots.clone().acquire_owned().await?;
     let ahead = spool.map(|spool| {
@@ -67,22 +82,23 @@ pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
             async move { prefetch(repo, algorithm, &name, spool, slots, concurrency).await },
         )
     });
-
-    let fetched = fetch(repo.as_ref(), algorithm, &name, &args.dest).await;
+    let mut written = write(obj, &key, &name, &args.dest).await;
     drop(mine);
     if let Some(ahead) = ahead {
         let _ = ahead.await;
-    }
-    match fetched? {
-        Some(size) => {
-            tracing::info!(wal = %name, bytes = size, "restored from the archive");
-            Ok(())
+        if let Err(e) = &written {
+            // Perhaps the prefetched files took the space: free it and try once more.
+            tracing::warn!(wal = %name, error = %format!("{e:#}"), "retrying without the prefetched files");
+            wal_fetch_ahead::remove_spool(&wal_fetch_ahead::wal_dir_of(&args.dest));
+            written = match open(repo.as_ref(), algorithm, &name).await? {
+                Some((key, obj)) => write(obj, &key, &name, &args.dest).await,
+                None => return Err(Exit::quiet(1).into()),
+            };
         }
-        None => {
-            tracing::debug!(wal = %name, "not in the archive");
-            Err(Exit::quiet(1).into())
-        }
     }
+    let size = written?;
+    tracing::info!(wal = %name, bytes = size, "restored from the archive");
+    Ok(())
 }
 
 /// Restore the segments after `name` into `spool`. Failures only cost the prefetch: the
@@ -97,8 +113,11 @@ async fn prefetch(
 ) {
     spool.clean(name);
     let seg_size = match RepoIdentity::load(repo.as_ref()).await {
-        Ok(Some(id)) => id.wal_segment_size,
-        _ => return,
+        Ok(Some(id)) if wal::valid_segment_size(id.wal_segment_size) => id.wal_segment_size,
+        _ => {
+            tracing::debug!("no WAL segment size in the repository identity: no prefetch");
+            return;
+        }
     };
     let names: Vec<String> = following(name, seg_size, AHEAD_BATCHES * concurrency - 1)
         .into_iter()
@@ -111,18 +130,34 @@ async fn prefetch(
         tracing::debug!(dir = %spool.dir().display(), error = %e, "no WAL prefetch");
         return;
     }
+    if !wal_fetch_ahead::room_for(spool.dir(), names.len() as u64 * seg_size) {
+        tracing::info!(dir = %spool.dir().display(), "little free space: no WAL prefetch");
+        return;
+    }
     let spool = Arc::new(spool);
+    // Set at the first segment the archive does not have: the ones after it are not
+    // there either (yet).
+    let ended = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
     for n in names {
-        let (repo, spool, slots) = (repo.clone(), spool.clone(), slots.clone());
+        let (repo, spool, slots, ended) =
+            (repo.clone(), spool.clone(), slots.clone(), ended.clone());
         tasks.spawn(async move {
             // The semaphore is fair: segments start in recovery's order.
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            match fetch(repo.as_ref(), algorithm, &n, &spool.path(&n)).await {
+            if ended.load(Ordering::Relaxed) {
+                return;
+            }
+            let fetched = match open(repo.as_ref(), algorithm, &n).await {
+                Ok(Some((key, obj))) => write(obj, &key, &n, &spool.path(&n)).await.map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match fetched {
                 Ok(Some(_)) => tracing::debug!(wal = %n, "prefetched"),
-                Ok(None) => {}
+                Ok(None) => ended.store(true, Ordering::Relaxed),
                 Err(e) => tracing::warn!(wal = %n, error = %format!("{e:#}"), "prefetch failed; the segment will be fetched when recovery asks for it"),
             }
         });
@@ -130,17 +165,15 @@ async fn prefetch(
     while tasks.join_next().await.is_some() {}
 }
 
-/// Restore `name` from the archive to `dest`, verifying its checksum. None when the
-/// archive does not have it.
-async fn fetch(
+/// The archived object for `name` (under any compression), or None.
+async fn open(
     repo: &dyn Repository,
     algorithm: Algorithm,
     name: &str,
-    dest: &Path,
-) -> anyhow::Result<Option<u64>> {
+) -> anyhow::Result<Option<(String, GetObject)>> {
     let key = layout::wal_key(name, algorithm).expect("classified WAL name");
-    let (key, obj): (String, GetObject) = match repo.get(&key).await {
-        Ok(obj) => (key, obj),
+    match repo.get(&key).await {
+        Ok(obj) => Ok(Some((key, obj))),
         Err(RepoError::NotFound { .. }) => {
             // Archived under another compression setting?
             let base = layout::wal_key_base(name).expect("classified WAL name");
@@ -153,20 +186,23 @@ async fn fetch(
                 return Ok(None);
             };
             match repo.get(&other.key).await {
-                Ok(obj) => (other.key, obj),
-                Err(RepoError::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(e.into()),
+                Ok(obj) => Ok(Some((other.key, obj))),
+                Err(RepoError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
             }
         }
-        Err(e) => return Err(e.into()),
-    };
-    let (_, algorithm) = layout::parse_wal_key(&key).expect("listed WAL key");
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Write the object to `dest` atomically, verifying its checksum. Returns the size.
+async fn write(obj: GetObject, key: &str, name: &str, dest: &Path) -> anyhow::Result<u64> {
+    let (_, algorithm) = layout::parse_wal_key(key).expect("listed WAL key");
     let expected = layout::stored_digest(&obj.meta.metadata);
     if expected.is_none() {
         tracing::warn!(key = %key, "no checksum recorded for this WAL object; relying on the compression format's own check");
     }
-    let size = transfer::object_to_file(obj, &key, algorithm, expected, dest, false)
+    transfer::object_to_file(obj, key, algorithm, expected, dest, false)
         .await
-        .map_err(|e| e.context(format!("restore {name} from the archive")))?;
-    Ok(Some(size))
+        .map_err(|e| e.context(format!("restore {name} from the archive")))
 }

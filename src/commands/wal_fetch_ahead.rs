@@ -17,8 +17,11 @@
 //!   its name for as long as it lives.
 //!
 //! Spooled segments before the one requested, or of another timeline, and the spools of
-//! earlier boots are removed as recovery moves on; wal-push removes the whole spool
-//! (archiving only runs once recovery has ended), and so does `restore --start`.
+//! earlier boots are removed as recovery moves on; wal-push removes the whole spool once
+//! recovery has ended (no `recovery.signal` or `standby.signal`), and so does
+//! `restore --start`. Prefetching starts only once the requested segment was found, and
+//! stops at the first following segment the archive does not have; it is skipped when
+//! the file system is short of space.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -80,10 +83,18 @@ impl Spool {
         }
     }
 
-    /// Remove what recovery will not ask for any more, now that it asks for `current`:
-    /// spooled segments before it or on another timeline, other boots' spools, and temp
-    /// files left by a process that died.
+    /// Remove what recovery will not ask for any more, now that it has found `current`
+    /// in the archive: spooled segments before it or on another timeline, other boots'
+    /// spools, and temp files left by a process that died (in the spool and beside
+    /// `%p`).
     pub fn clean(&self, current: &str) {
+        if let Some(wal_dir) = self.dir.parent().and_then(Path::parent) {
+            for e in std::fs::read_dir(wal_dir).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with(".backupctl-") && is_stale(&e) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         if let Some(all) = self.dir.parent() {
             for e in std::fs::read_dir(all).into_iter().flatten().flatten() {
                 if e.path() != self.dir {
@@ -96,15 +107,55 @@ impl Spool {
             let stale = if is_segment(&name) {
                 name[..8] != current[..8] || name[8..] < current[8..]
             } else {
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_TEMP))
+                is_stale(&e)
             };
             if stale {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
+}
+
+/// A temp file (not a directory) older than [`STALE_TEMP`].
+fn is_stale(e: &std::fs::DirEntry) -> bool {
+    e.metadata().is_ok_and(|m| {
+        m.is_file()
+            && m.modified()
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_TEMP))
+    })
+}
+
+/// Whether `bytes` more fit in `dir`'s file system and still leave the larger of 1 GiB
+/// and 5 % of it free: prefetching must never take the space recovery needs.
+pub fn room_for(dir: &Path, bytes: u64) -> bool {
+    let Ok(st) = rustix::fs::statvfs(dir) else {
+        return false;
+    };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let reserve = (st.f_blocks.saturating_mul(st.f_frsize) / 20).max(1 << 30);
+    free >= bytes.saturating_add(reserve)
+}
+
+/// Remove the prefetch spool in `wal_dir` once recovery has ended, that is when the
+/// data directory holding `wal_dir` has neither `recovery.signal` nor `standby.signal`
+/// (a standby with `archive_mode = always` archives while it is still recovering).
+pub fn remove_spool_after_recovery(wal_dir: &Path) {
+    if wal_dir.join(SPOOL_DIR).symlink_metadata().is_err() {
+        return;
+    }
+    let pgdata = wal_dir.parent().unwrap_or(Path::new("."));
+    let pgdata = if pgdata.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        pgdata
+    };
+    if ["recovery.signal", "standby.signal"]
+        .iter()
+        .any(|f| pgdata.join(f).exists())
+    {
+        return;
+    }
+    remove_spool(wal_dir);
 }
 
 fn is_segment(name: &str) -> bool {
@@ -193,7 +244,19 @@ mod tests {
         assert!(!spool.has("000000010000000000000003"));
         assert!(spool.has("000000010000000000000005"));
         assert!(!spool.has("000000020000000000000006"));
-        remove_spool(&wal_dir);
+        // A standby archiving while it recovers keeps its spool.
+        std::fs::write(d.path().join("standby.signal"), "").unwrap();
+        remove_spool_after_recovery(&wal_dir);
+        assert!(spool.has("000000010000000000000005"));
+        std::fs::remove_file(d.path().join("standby.signal")).unwrap();
+        remove_spool_after_recovery(&wal_dir);
         assert!(!wal_dir.join(SPOOL_DIR).exists());
+    }
+
+    #[test]
+    fn prefetching_leaves_the_file_system_its_reserve() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!room_for(d.path(), u64::MAX / 2));
+        assert!(!room_for(&d.path().join("missing"), 0));
     }
 }

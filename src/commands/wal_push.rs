@@ -31,8 +31,8 @@ use crate::repo::{self, layout, ObjectMeta, PutOptions, RepoError, Repository};
 
 pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
     let path = args.path;
-    // Archiving runs once recovery has ended: what wal-fetch prefetched is not needed.
-    wal_fetch_ahead::remove_spool(&wal_fetch_ahead::wal_dir_of(&path));
+    // Once recovery has ended, what wal-fetch prefetched is not needed.
+    wal_fetch_ahead::remove_spool_after_recovery(&wal_fetch_ahead::wal_dir_of(&path));
     let tag = repo::location_tag(&ctx.cfg);
     let markers = Markers::new(&ctx.cfg.backup.state_dir, &tag);
     // Before reading the file: a call that finds its marker costs a few milliseconds.

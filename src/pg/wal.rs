@@ -57,6 +57,12 @@ pub struct Segment {
     pub segno: u64,
 }
 
+/// Whether `seg_size` is a WAL segment size PostgreSQL allows (a power of two, 1 MiB to
+/// 1 GiB).
+pub fn valid_segment_size(seg_size: u64) -> bool {
+    seg_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&seg_size)
+}
+
 fn segments_per_xlogid(seg_size: u64) -> u64 {
     0x1_0000_0000 / seg_size
 }
@@ -218,7 +224,7 @@ pub fn segment_header(bytes: &[u8]) -> Option<SegmentHeader> {
         return None;
     }
     let seg_size = u32_at(32);
-    if !seg_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&seg_size) {
+    if !valid_segment_size(seg_size as u64) {
         return None;
     }
     Some(SegmentHeader {
