@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 the operation failed (I/O, PostgreSQL, repository, corruption);
 //! 2 the request itself is wrong or refused (bad config or flags, unsafe target directory,
-//! target outside the recoverable window). Commands return `anyhow`
+//! target outside the recoverable window); wal-fetch also uses 126 (see
+//! `commands::wal_fetch::STOP_RECOVERY_EXIT`). Commands return `anyhow`
 //! errors; wrapping one of these types anywhere in the chain selects the code.
 
 use std::fmt;

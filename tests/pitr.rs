@@ -503,8 +503,9 @@ fn wal_fetch_missing_is_quiet_and_corruption_is_loud(backend: Backend) {
         &s.object_path(&format!("wal/{}/{seg}.zst", &seg[..16])),
         0.5,
     );
+    // Exit 126: PostgreSQL stops recovery rather than ending it early at this segment.
     let out = s.run(&["wal-fetch", &seg, dest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(126));
     assert!(
         stderr(&out).contains("checksum") && stderr(&out).contains(&seg),
         "{}",
@@ -568,12 +569,18 @@ fn wal_fetch_prefetches_the_following_segments(backend: Backend) {
         u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
         "the page address of the segment asked for"
     );
-    // A spooled file is handed over once; the corrupt one fails loudly.
+    // A spooled file is handed over once; the corrupt one fails loudly, stopping
+    // recovery (126), or for a standby, which retries, with 1.
     for seg in [&segs[1], &segs[2]] {
         let out = fetch(seg);
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(126));
         assert!(stderr(&out).contains("checksum"), "{}", stderr(&out));
     }
+    as_pg(Command::new("touch").arg(work.path().join("standby.signal")))
+        .status()
+        .unwrap();
+    let out = fetch(&segs[2]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
 
 fn timelines_after_pitr(backend: Backend) {

@@ -3,8 +3,9 @@
 //! A file that is not in the archive exits 1 without a word: that is how recovery learns
 //! the archive has ended, and PostgreSQL asks for files that never existed (the next
 //! timeline's history) as a matter of course. Anything else that goes wrong — checksum
-//! mismatch, repository errors — exits 1 with the reason on stderr, which PostgreSQL
-//! puts in its log. `%p` is written atomically: a temp file beside it, then a rename.
+//! mismatch, repository errors — prints the reason on stderr, which PostgreSQL puts in
+//! its log, and exits [`STOP_RECOVERY_EXIT`] (126), which stops recovery, rather than 1,
+//! which would end it early; a standby (`standby.signal`) gets 1 and retries. `%p` is written atomically: a temp file beside it, then a rename.
 //! It is not fsynced: PostgreSQL fsyncs a restored file it keeps (`durable_rename`), and
 //! the others it reads once and deletes.
 //!
@@ -31,7 +32,45 @@ use crate::transfer;
 /// Rounds of `fetch_concurrency` segments one call restores.
 const AHEAD_BATCHES: usize = 2;
 
+/// The exit status for a segment that exists but cannot be restored (corrupt, repository
+/// unreachable) during archive recovery. PostgreSQL reads any status up to 125 as "not
+/// in the archive" and, without a recovery target, would end recovery there and promote
+/// a server missing the rest of the WAL; above 125 it stops recovery with FATAL instead,
+/// and the server can be started again once the cause is fixed.
+pub const STOP_RECOVERY_EXIT: i32 = 126;
+
 pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
+    let dest = args.dest.clone();
+    let result = restore(ctx, args).await;
+    // Not the quiet "not archived" exit, not a usage error: a real failure.
+    let failed = |e: &anyhow::Error| matches!(crate::error::classify(e), (1, Some(_)));
+    match result {
+        Err(e) if failed(&e) && !standby(&dest) => {
+            Err(Exit {
+                code: STOP_RECOVERY_EXIT,
+                message: Some(format!(
+                    "{e:#}; exit {STOP_RECOVERY_EXIT} so that recovery stops here instead of ending early as if the archive ended: fix the cause and start the server again"
+                )),
+            }
+            .into())
+        }
+        other => other,
+    }
+}
+
+/// Whether the server asking is a standby (`standby.signal` in its data directory, the
+/// working directory of restore_command): a standby retries a failed restore_command
+/// and may stream instead, so it gets the ordinary failure status.
+fn standby(dest: &Path) -> bool {
+    let wal_dir = wal_fetch_ahead::wal_dir_of(dest);
+    let pgdata = match wal_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    pgdata.join("standby.signal").exists()
+}
+
+async fn restore(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
     let name = args.name;
     let kind = wal::classify(&name).ok_or_else(|| {
         crate::user_error!(
