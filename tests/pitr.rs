@@ -515,6 +515,12 @@ fn wal_fetch_missing_is_quiet_and_corruption_is_loud(backend: Backend) {
         !dest.exists(),
         "a corrupt segment must not be handed to PostgreSQL"
     );
+
+    // A configuration it cannot read must not pass for "not archived" either.
+    let missing = work.path().join("missing.toml");
+    let out = backupctl(&missing, &["wal-fetch", &seg, dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+    assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
 }
 
 fn wal_fetch_prefetches_the_following_segments(backend: Backend) {

@@ -39,6 +39,16 @@ impl Ctx {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // restore_command: any failure but "not archived" must stop recovery, config
+    // errors included (see wal_fetch::STOP_RECOVERY_EXIT).
+    if let Command::WalFetch(args) = &cli.command {
+        let dest = args.dest.clone();
+        return wal_fetch::stop_recovery_on_failure(run_command(cli).await, &dest);
+    }
+    run_command(cli).await
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     let wal_command = matches!(cli.command, Command::WalPush(_) | Command::WalFetch(_));
     crate::logging::init(&cfg.log, cli.verbose, cli.quiet, wal_command);

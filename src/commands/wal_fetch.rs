@@ -39,21 +39,18 @@ const AHEAD_BATCHES: usize = 2;
 /// and the server can be started again once the cause is fixed.
 pub const STOP_RECOVERY_EXIT: i32 = 126;
 
-pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
-    let dest = args.dest.clone();
-    let result = restore(ctx, args).await;
-    // Not the quiet "not archived" exit, not a usage error: a real failure.
-    let failed = |e: &anyhow::Error| matches!(crate::error::classify(e), (1, Some(_)));
+/// Map the outcome of a wal-fetch call to what PostgreSQL needs: a failure other than
+/// "not archived" (the quiet exit 1), including a bad configuration, exits
+/// [`STOP_RECOVERY_EXIT`] unless the server is a standby.
+pub fn stop_recovery_on_failure(result: anyhow::Result<()>, dest: &Path) -> anyhow::Result<()> {
     match result {
-        Err(e) if failed(&e) && !standby(&dest) => {
-            Err(Exit {
-                code: STOP_RECOVERY_EXIT,
-                message: Some(format!(
-                    "{e:#}; exit {STOP_RECOVERY_EXIT} so that recovery stops here instead of ending early as if the archive ended: fix the cause and start the server again"
-                )),
-            }
-            .into())
+        Err(e) if crate::error::classify(&e).1.is_some() && !standby(dest) => Err(Exit {
+            code: STOP_RECOVERY_EXIT,
+            message: Some(format!(
+                "{e:#}; exit {STOP_RECOVERY_EXIT} so that recovery stops here instead of ending early as if the archive ended: fix the cause and start the server again"
+            )),
         }
+        .into()),
         other => other,
     }
 }
@@ -70,7 +67,7 @@ fn standby(dest: &Path) -> bool {
     pgdata.join("standby.signal").exists()
 }
 
-async fn restore(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
+pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
     let name = args.name;
     let kind = wal::classify(&name).ok_or_else(|| {
         crate::user_error!(
