@@ -254,7 +254,9 @@ fn backup_and_restore(backend: Backend) {
         .find(|t| t.table == "events_2025")
         .unwrap();
     assert_eq!(leaf.partition_of.as_deref(), Some("sales.events"));
-    // The restore point is a real WAL record named after the backup.
+    // The restore point is a real WAL record named after the backup. (This cluster does
+    // not archive, so nothing switched WAL after it: a commit with an xid flushes it.)
+    src.psql("postgres", "SELECT txid_current()");
     let segment = src.psql("postgres", &format!("SELECT pg_walfile_name('{}')", rp.lsn));
     let waldump = Command::new(common::pg_bin("pg_waldump"))
         .arg("-p")
