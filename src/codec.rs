@@ -365,55 +365,171 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
-/// Compress `data` into memory (for small objects such as WAL segments), returning the
-/// stored bytes and their digest.
+/// Input for [`compress_to_vec`]: bytes in memory, or a file read in place by the
+/// compression threads ([`FileSource`]).
+pub trait Source: Sync {
+    fn size(&self) -> u64;
+    /// Bytes `offset..offset + len`, borrowed or read into `buf`.
+    fn block<'a>(&'a self, offset: u64, len: usize, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]>;
+}
+
+impl Source for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn block<'a>(&'a self, offset: u64, len: usize, _: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
+        Ok(&self[offset as usize..offset as usize + len])
+    }
+}
+
+/// A file of known size, read with positional reads so that several threads can read
+/// their blocks of it at once.
+pub struct FileSource {
+    file: std::fs::File,
+    size: u64,
+}
+
+impl FileSource {
+    pub fn open(path: &std::path::Path) -> io::Result<FileSource> {
+        let file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(FileSource { file, size })
+    }
+
+    /// Every byte, read sequentially in [`FRAME_SIZE`] blocks, passed to `f`.
+    pub fn for_each_block(&self, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for offset in (0..self.size).step_by(FRAME_SIZE) {
+            let len = (self.size - offset).min(FRAME_SIZE as u64) as usize;
+            f(self.block(offset, len, &mut buf)?);
+        }
+        Ok(())
+    }
+}
+
+impl Source for FileSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn block<'a>(&'a self, offset: u64, len: usize, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
+        use std::os::unix::fs::FileExt;
+        buf.resize(len, 0);
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::other("the file became shorter while it was being read")
+            } else {
+                e
+            }
+        })?;
+        Ok(&buf[..])
+    }
+}
+
+/// Compress `src` into memory (for small objects such as WAL segments), returning the
+/// stored bytes and their digest. See [`compress_frames`].
+pub fn compress_to_vec<S: Source + ?Sized>(
+    codec: &Codec,
+    src: &S,
+) -> io::Result<(Vec<u8>, Digest)> {
+    let mut out = Vec::with_capacity((src.size() / 2) as usize + 1024);
+    let digest = compress_frames(codec, src, |frame| {
+        out.extend_from_slice(frame);
+        Ok(())
+    })?;
+    Ok((out, digest))
+}
+
+/// Compress `src`, handing the compressed stream to `sink` in order, piece by piece, as
+/// it is produced; returns its digest.
 ///
 /// zstd: the same [`FRAME_SIZE`] frames as [`ZstdFrames`] writes (the output does not
 /// depend on the thread count), compressed by `codec.threads` threads (0 or 1 = on the
-/// calling thread).
-pub fn compress_to_vec(codec: &Codec, data: &[u8]) -> io::Result<(Vec<u8>, Digest)> {
-    if codec.algorithm == Algorithm::Zstd {
-        let blocks: Vec<&[u8]> = if data.is_empty() {
-            vec![data]
-        } else {
-            data.chunks(FRAME_SIZE).collect()
-        };
-        let threads = (codec.threads as usize).clamp(1, blocks.len());
-        let level = codec.level;
-        // Thread t compresses blocks t, t + threads, t + 2 × threads, …
-        let compress_share = |t: usize| -> io::Result<Vec<Vec<u8>>> {
-            let mut c = frame_compressor(level)?;
-            blocks
-                .iter()
-                .skip(t)
-                .step_by(threads)
-                .map(|b| c.compress(b))
-                .collect()
-        };
-        let shares: Vec<Vec<Vec<u8>>> = if threads == 1 {
-            vec![compress_share(0)?]
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|t| s.spawn(move || compress_share(t)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("zstd compression thread panicked"))
-                    .collect::<io::Result<_>>()
-            })?
-        };
-        let mut out = Vec::with_capacity(shares.iter().flatten().map(Vec::len).sum());
-        for i in 0..blocks.len() {
-            out.extend_from_slice(&shares[i % threads][i / threads]);
+/// calling thread), each reading its own blocks of `src`.
+pub fn compress_frames<S: Source + ?Sized>(
+    codec: &Codec,
+    src: &S,
+    sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<Digest> {
+    let size = src.size();
+    // (offset, length) of each block; one empty block for an empty input, so that the
+    // output is a valid stream.
+    let blocks: Vec<(u64, usize)> = if size == 0 {
+        vec![(0, 0)]
+    } else {
+        (0..size)
+            .step_by(FRAME_SIZE)
+            .map(|o| (o, (size - o).min(FRAME_SIZE as u64) as usize))
+            .collect()
+    };
+    let mut out = HashWriter::new(SinkWriter(sink));
+    if codec.algorithm != Algorithm::Zstd {
+        let mut enc = codec.encoder(out)?;
+        let mut buf = Vec::new();
+        for &(offset, len) in &blocks {
+            enc.write_all(src.block(offset, len, &mut buf)?)?;
         }
-        let digest = Digest::of(&out);
-        return Ok((out, digest));
+        return Ok(enc.finish()?.finish().1);
     }
-    let mut enc = codec.encoder(HashWriter::new(Vec::with_capacity(data.len() / 3 + 1024)))?;
-    enc.write_all(data)?;
-    let (out, digest) = enc.finish()?.finish();
-    Ok((out, digest))
+    let threads = (codec.threads as usize).clamp(1, blocks.len());
+    let level = codec.level;
+    if threads == 1 {
+        let mut c = frame_compressor(level)?;
+        let mut buf = Vec::new();
+        for &(offset, len) in &blocks {
+            out.write_all(&c.compress(src.block(offset, len, &mut buf)?)?)?;
+        }
+        return Ok(out.finish().1);
+    }
+    // Thread t reads and compresses blocks t, t + threads, t + 2 × threads, …; this
+    // thread hashes the frames and hands them on in order as they arrive.
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, io::Result<Vec<u8>>)>();
+    std::thread::scope(|s| -> io::Result<()> {
+        for t in 0..threads {
+            let (tx, blocks) = (tx.clone(), &blocks);
+            s.spawn(move || {
+                let mut c = match frame_compressor(level) {
+                    Ok(c) => c,
+                    Err(e) => return drop(tx.send((t, Err(e)))),
+                };
+                let mut buf = Vec::new();
+                for (i, &(offset, len)) in blocks.iter().enumerate().skip(t).step_by(threads) {
+                    let frame = src.block(offset, len, &mut buf).and_then(|b| c.compress(b));
+                    let failed = frame.is_err();
+                    if tx.send((i, frame)).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut pending = std::collections::BTreeMap::new();
+        let mut next = 0;
+        for (i, frame) in rx.iter() {
+            pending.insert(i, frame?);
+            while let Some(frame) = pending.remove(&next) {
+                out.write_all(&frame)?;
+                next += 1;
+            }
+        }
+        if next != blocks.len() {
+            return Err(io::Error::other("a zstd compression thread stopped early"));
+        }
+        Ok(())
+    })?;
+    Ok(out.finish().1)
+}
+
+/// `Write` for a closure that takes each buffer whole.
+struct SinkWriter<F>(F);
+
+impl<F: FnMut(&[u8]) -> io::Result<()>> Write for SinkWriter<F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (self.0)(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -451,7 +567,7 @@ mod tests {
     fn round_trip_every_codec() {
         let data = sample(3 << 20);
         for codec in codecs() {
-            let (stored, digest) = compress_to_vec(&codec, &data).unwrap();
+            let (stored, digest) = compress_to_vec(&codec, &data[..]).unwrap();
             assert_eq!(digest, Digest::of(&stored));
             let mut hr = HashReader::new(&stored[..]);
             let mut out = Vec::new();
@@ -471,7 +587,7 @@ mod tests {
             .into_iter()
             .filter(|c| c.algorithm != Algorithm::None)
         {
-            let (mut stored, _) = compress_to_vec(&codec, &data).unwrap();
+            let (mut stored, _) = compress_to_vec(&codec, &data[..]).unwrap();
             let mid = stored.len() / 2;
             stored[mid] ^= 0x40;
             let mut out = Vec::new();
@@ -503,12 +619,55 @@ mod tests {
     }
 
     #[test]
+    fn a_file_compresses_as_its_bytes_do_and_a_shrinking_one_fails() {
+        let data = sample(FRAME_SIZE * 5 / 2);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        std::fs::write(&path, &data).unwrap();
+        let src = FileSource::open(&path).unwrap();
+        for codec in codecs().into_iter().chain([zstd(2), zstd(3)]) {
+            let from_memory = compress_to_vec(&codec, &data[..]).unwrap();
+            assert_eq!(
+                compress_to_vec(&codec, &src).unwrap(),
+                from_memory,
+                "{codec:?}"
+            );
+            // Handed on in pieces, in order, with the same digest.
+            let mut pieces = Vec::new();
+            let digest = compress_frames(&codec, &src, |p| {
+                pieces.extend_from_slice(p);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!((pieces, digest), from_memory, "{codec:?}");
+        }
+        let mut sha = Sha256::new();
+        src.for_each_block(|b| sha.update(b)).unwrap();
+        assert_eq!(sha.finalize()[..], Sha256::digest(&data)[..]);
+        // Truncated after it was opened: an error, never a short result.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(FRAME_SIZE as u64 + 10)
+            .unwrap();
+        for threads in [0, 2] {
+            let err = compress_to_vec(&zstd(threads), &src).unwrap_err();
+            assert!(err.to_string().contains("shorter"), "{err}");
+        }
+        // A sink that fails stops compression with its error.
+        let err = compress_frames(&zstd(2), &data[..], |_| Err(io::Error::other("sink gone")))
+            .unwrap_err();
+        assert!(err.to_string().contains("sink gone"), "{err}");
+    }
+
+    #[test]
     fn zstd_frames_are_the_same_streamed_or_in_memory_on_any_thread_count() {
         // 3.5 blocks: three whole frames and a short last one.
         let data = sample(FRAME_SIZE * 7 / 2);
-        let (one, _) = compress_to_vec(&zstd(0), &data).unwrap();
+        let (one, _) = compress_to_vec(&zstd(0), &data[..]).unwrap();
         for threads in [1, 2, 3, 8] {
-            assert_eq!(compress_to_vec(&zstd(threads), &data).unwrap().0, one);
+            assert_eq!(compress_to_vec(&zstd(threads), &data[..]).unwrap().0, one);
         }
         // Written in odd pieces, some larger than a block, through the streaming encoder.
         let mut enc = zstd(0).encoder(Vec::new()).unwrap();
@@ -534,7 +693,7 @@ mod tests {
 
     #[test]
     fn zstd_frames_of_nothing_and_flushed_streams_decode() {
-        let (empty, _) = compress_to_vec(&zstd(2), &[]).unwrap();
+        let (empty, _) = compress_to_vec(&zstd(2), &[][..]).unwrap();
         assert!(!empty.is_empty(), "an empty input is still one valid frame");
         assert!(unzstd(&empty).is_empty());
         let streamed = zstd(0).encoder(Vec::new()).unwrap().finish().unwrap();

@@ -166,11 +166,7 @@ pub struct BackupConfig {
 
 impl BackupConfig {
     pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        })
+        self.workers.unwrap_or_else(cpus)
     }
 }
 
@@ -433,10 +429,18 @@ pub struct WalConfig {
 }
 
 fn default_wal_concurrency() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .min(8)
+    cpus().min(8)
+}
+
+/// The CPUs this process may use (cgroup quota included), asked once: the answer costs
+/// a few file reads, which matter to a wal-push call.
+pub fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    })
 }
 
 impl WalConfig {

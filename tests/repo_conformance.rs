@@ -225,6 +225,64 @@ async fn large_streams(repo: &Arc<dyn Repository>) {
     assert_eq!(mm.key, "big/raw");
 }
 
+/// Metadata known only after the body (wal-push streams a segment while compressing it):
+/// stored with the body when it comes; when it never comes, nothing is stored, whatever
+/// the body held, and a no-clobber put still refuses to replace.
+async fn metadata_after_the_body(repo: &Arc<dyn Repository>) {
+    let body = pattern(3 << 20, 7);
+    let md = BTreeMap::from([("sha256".to_string(), "cd".repeat(32))]);
+    // The body arrives in pieces, the metadata after its end.
+    let (mut w, r) = tokio::io::duplex(64 << 10);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let producer = tokio::spawn({
+        let (body, md) = (body.clone(), md.clone());
+        async move {
+            use tokio::io::AsyncWriteExt;
+            for piece in body.chunks(300_000) {
+                w.write_all(piece).await.unwrap();
+            }
+            w.shutdown().await.unwrap();
+            tx.send(md).unwrap();
+        }
+    });
+    let n = repo
+        .put_described_after("late/ok", Box::new(r), rx, true)
+        .await
+        .unwrap();
+    producer.await.unwrap();
+    assert_eq!(n, body.len() as u64);
+    assert_eq!(repo.get_bytes("late/ok").await.unwrap(), body);
+    assert_eq!(repo.head("late/ok").await.unwrap().unwrap().metadata, md);
+
+    // A complete-looking body, but the producer failed: nothing.
+    let (tx, rx) = tokio::sync::oneshot::channel::<BTreeMap<String, String>>();
+    drop(tx);
+    let cursor = Box::new(std::io::Cursor::new(body.clone()));
+    repo.put_described_after("late/failed", cursor, rx, true)
+        .await
+        .unwrap_err();
+    assert!(repo.head("late/failed").await.unwrap().is_none());
+
+    // No-clobber holds.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tx.send(md.clone()).unwrap();
+    let cursor = Box::new(std::io::Cursor::new(b"other".to_vec()));
+    let err = repo
+        .put_described_after("late/ok", cursor, rx, true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoError::AlreadyExists { .. }), "{err}");
+    assert_eq!(repo.get_bytes("late/ok").await.unwrap(), body);
+    let keys: Vec<String> = repo
+        .list("late/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(keys, vec!["late/ok"]);
+}
+
 async fn failed_uploads_leave_nothing(repo: &Arc<dyn Repository>) {
     // Fails after several multipart parts went up.
     let err = put_stream(
@@ -263,6 +321,7 @@ async fn conformance(backend: Backend) {
     let repo = t.open().await;
     small_objects(&repo).await;
     metadata(&repo).await;
+    metadata_after_the_body(&repo).await;
     listing(&repo).await;
     large_streams(&repo).await;
     failed_uploads_leave_nothing(&repo).await;

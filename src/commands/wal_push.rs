@@ -21,13 +21,13 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::cli::WalPushArgs;
-use crate::codec::{self, Codec};
+use crate::codec::{self, Codec, FileSource, Source as _};
 use crate::commands::wal_fetch_ahead;
 use crate::commands::wal_push_ahead::{ready_files, Markers};
 use crate::commands::Ctx;
 use crate::pg::wal::{self, WalFileKind};
 use crate::repo::identity::RepoIdentity;
-use crate::repo::{self, layout, ObjectMeta, PutOptions, RepoError, Repository};
+use crate::repo::{self, layout, ObjectMeta, RepoError, Repository};
 
 pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
     let path = args.path;
@@ -92,12 +92,17 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
     result
 }
 
-/// A WAL file read into memory, with the identity its header carries.
+/// WAL page size: a segment's first page holds the long header checked before archiving.
+const FIRST_PAGE: u64 = 8192;
+
+/// A WAL file to archive, with the identity its header carries. Its content is read by
+/// the compression threads (each its own blocks), never as a whole: no 16 MiB buffer to
+/// fill before compression starts.
 struct WalFile {
     path: PathBuf,
     name: String,
     kind: WalFileKind,
-    data: Vec<u8>,
+    data: Arc<FileSource>,
     system_identifier: Option<u64>,
     seg_size: Option<u64>,
 }
@@ -113,11 +118,16 @@ fn read_wal_file(path: &Path) -> anyhow::Result<WalFile> {
             "{name} is not a WAL file name PostgreSQL archives; use backupctl wal-push only as archive_command = '... wal-push %p'"
         )
     })?;
-    let data = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    // Only the first page is read here; the compression threads read the rest.
+    let data = FileSource::open(path).with_context(|| format!("read {}", path.display()))?;
+    let mut first_page = Vec::new();
+    let first_page = data
+        .block(0, data.size().min(FIRST_PAGE) as usize, &mut first_page)
+        .with_context(|| format!("read {}", path.display()))?;
     // Whose WAL is this? Segments say so in their first page; other files ask pg_control.
     let (system_identifier, seg_size) = match kind {
         WalFileKind::Segment | WalFileKind::Partial => {
-            let h = wal::segment_header(&data).ok_or_else(|| {
+            let h = wal::segment_header(first_page).ok_or_else(|| {
                 anyhow::anyhow!(
                     "{} does not start with a WAL page header; refusing to archive it",
                     path.display()
@@ -140,7 +150,7 @@ fn read_wal_file(path: &Path) -> anyhow::Result<WalFile> {
         path: path.to_path_buf(),
         name,
         kind,
-        data,
+        data: Arc::new(data),
         system_identifier,
         seg_size,
     })
@@ -201,49 +211,79 @@ async fn store(repo: &dyn Repository, codec: Codec, file: WalFile) -> anyhow::Re
     let name = file.name.clone();
     let key = layout::wal_key(&name, codec.algorithm).expect("classified WAL name");
     let data = file.data;
-    let original = data.len();
-    let (stored, digest, source_sha) = tokio::task::spawn_blocking(move || {
-        // Hash the original on another core while it is compressed.
-        std::thread::scope(|s| {
-            let source_sha = s.spawn(|| hex::encode(Sha256::digest(&data)));
-            let compressed = codec::compress_to_vec(&codec, &data);
-            let source_sha = source_sha.join().expect("SHA-256 thread panicked");
-            compressed.map(|(s, d)| (s, d, source_sha))
-        })
-    })
-    .await?
-    .context("compress WAL file")?;
-
-    let mut metadata = BTreeMap::new();
-    metadata.insert(layout::META_SHA256.into(), digest.sha256.clone());
-    metadata.insert(layout::META_SIZE.into(), digest.size.to_string());
-    metadata.insert(layout::META_SOURCE_SHA256.into(), source_sha.clone());
-    metadata.insert(layout::META_SOURCE_SIZE.into(), original.to_string());
-
+    let original = data.size();
     if let Some(existing) = repo.head(&key).await? {
-        compare_existing(repo, &key, &name, &existing, &source_sha).await?;
+        let digest = tokio::task::spawn_blocking({
+            let data = data.clone();
+            move || codec::compress_frames(&codec, data.as_ref(), |_| Ok(()))
+        })
+        .await?
+        .context("compress WAL file")?;
+        compare_existing(repo, &key, &name, &existing, &digest, &data).await?;
         return Ok(name);
     }
-    let opts = PutOptions {
-        metadata,
-        if_absent: true,
-    };
-    match repo.put_bytes(&key, stored, opts).await {
+
+    // The compressed file goes to the repository as it is produced (locally: written,
+    // and its writeback started, while the rest is compressed). Its checksum follows as
+    // metadata once the last frame is out; if compression fails, no metadata comes and
+    // nothing is stored. No checksum of the original: zstd frames and gzip carry their
+    // own of the content, checked on every decompression; it is computed only to compare
+    // with a copy found already archived.
+    let (mut writer, body) = tokio::io::duplex(STREAM_BUFFER);
+    let (metadata_tx, metadata_rx) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
+    let compress = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || -> std::io::Result<codec::Digest> {
+            use tokio::io::AsyncWriteExt as _;
+            let digest = codec::compress_frames(&codec, data.as_ref(), |piece| {
+                runtime.block_on(writer.write_all(piece))
+            })?;
+            runtime.block_on(writer.shutdown())?;
+            let metadata = BTreeMap::from([
+                (layout::META_SHA256.to_string(), digest.sha256.clone()),
+                (layout::META_SIZE.to_string(), digest.size.to_string()),
+                (layout::META_SOURCE_SIZE.to_string(), original.to_string()),
+            ]);
+            // No receiver: the put failed, and reports why.
+            let _ = metadata_tx.send(metadata);
+            Ok(digest)
+        }
+    });
+    let put = repo
+        .put_described_after(&key, Box::new(body), metadata_rx, true)
+        .await;
+    let compressed = compress.await?;
+    match put {
         Ok(_) => {
+            let digest = compressed.context("compress WAL file")?;
             tracing::info!(wal = %name, key = %key, stored = digest.size, original, "archived");
             Ok(name)
         }
         Err(RepoError::AlreadyExists { .. }) => {
+            let digest = compressed.context("compress WAL file")?;
             let existing = repo
                 .head(&key)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{key} vanished while archiving"))?;
-            compare_existing(repo, &key, &name, &existing, &source_sha).await?;
+            compare_existing(repo, &key, &name, &existing, &digest, &data).await?;
             Ok(name)
         }
-        Err(e) => Err(anyhow::Error::from(e).context(format!("archive {name}"))),
+        Err(e) => {
+            // Whichever side failed first: a compression error, unless it only says
+            // that the repository stopped reading.
+            if let Err(c) = compressed {
+                if c.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(anyhow::Error::from(c).context(format!("compress {name}")));
+                }
+            }
+            Err(anyhow::Error::from(e).context(format!("archive {name}")))
+        }
     }
 }
+
+/// Compressed bytes in flight between the compression threads and the repository.
+const STREAM_BUFFER: usize = 2 << 20;
 
 /// Rounds of `push_concurrency` files one call stores when that many are ready.
 const AHEAD_BATCHES: usize = 2;
@@ -261,7 +301,7 @@ fn ahead_count(concurrency: usize) -> usize {
 /// when set, or else the CPUs shared out between the files, so that a lone segment on an
 /// otherwise idle archiver is compressed by every core (zstd splits it into jobs).
 fn wal_codec(configured: Codec, files: usize) -> Codec {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = crate::config::cpus();
     wal_codec_for(configured, files, cpus)
 }
 
@@ -336,16 +376,37 @@ fn pgdata_of(path: &Path) -> PathBuf {
 }
 
 /// The name is taken: succeed if it holds the same content, refuse loudly otherwise.
+/// `stored` is the digest of this file as compressed for the repository, `data` the file.
 async fn compare_existing(
     repo: &dyn Repository,
     key: &str,
     name: &str,
     existing: &ObjectMeta,
-    source_sha: &str,
+    stored: &codec::Digest,
+    data: &Arc<FileSource>,
 ) -> anyhow::Result<()> {
+    // Compression is deterministic for a given algorithm and level, so equal stored
+    // bytes mean equal content (the key names the algorithm).
+    if existing.size == stored.size
+        && existing.metadata.get(layout::META_SHA256) == Some(&stored.sha256)
+    {
+        tracing::info!(wal = %name, "already archived with identical content");
+        return Ok(());
+    }
+    // Compressed differently (another level) or different: compare the contents.
+    let ours = {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut h = Sha256::new();
+            data.for_each_block(|b| h.update(b))?;
+            Ok(hex::encode(h.finalize()))
+        })
+        .await?
+        .context("read the file again to compare it")?
+    };
     let theirs = match existing.metadata.get(layout::META_SOURCE_SHA256) {
         Some(s) => s.clone(),
-        // Written by a process killed between object and metadata: hash the content.
+        // Written without it, or by a process killed between object and metadata.
         None => {
             let bytes = repo.get_bytes(key).await?;
             let alg = codec::algorithm_of(key);
@@ -358,13 +419,13 @@ async fn compare_existing(
             .await??
         }
     };
-    if theirs == source_sha {
+    if theirs == ours {
         tracing::info!(wal = %name, "already archived with identical content");
         return Ok(());
     }
     anyhow::bail!(
         "refusing to overwrite {key}: the repository already holds a different {name} \
-         (content sha256 {theirs}, this file {source_sha}). Two clusters may be archiving into \
+         (content sha256 {theirs}, this file {ours}). Two clusters may be archiving into \
          one repository, or a server was restored without a new timeline. Nothing was changed; \
          investigate before removing either copy"
     )

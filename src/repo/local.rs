@@ -117,13 +117,18 @@ fn blocking_err(key: &str, e: tokio::task::JoinError) -> RepoError {
     RepoError::io("run blocking task for", key, io::Error::other(e))
 }
 
-#[async_trait]
-impl Repository for LocalRepository {
-    fn describe(&self) -> String {
-        self.root.display().to_string()
-    }
-
-    async fn put(&self, key: &str, body: super::BodyReader, opts: PutOptions) -> RepoResult<u64> {
+impl LocalRepository {
+    /// Temp file, fsync, rename (refusing to replace with `if_absent`), metadata
+    /// sidecar, fsync of the directory. `metadata` is awaited once the body is written:
+    /// if it fails, the temp file is removed and nothing becomes visible.
+    async fn store(
+        &self,
+        key: &str,
+        body: super::BodyReader,
+        metadata: impl std::future::Future<Output = RepoResult<BTreeMap<String, String>>>,
+        if_absent: bool,
+        writeback: bool,
+    ) -> RepoResult<u64> {
         let path = self.path_of(key)?;
         let dir = path.parent().expect("keys have a parent").to_path_buf();
         let owned_key = key.to_string();
@@ -144,22 +149,30 @@ impl Repository for LocalRepository {
             .as_file()
             .try_clone()
             .map_err(|e| RepoError::io("open temp file for", key, e))?;
-        let mut file = tokio::fs::File::from_std(std_file);
-        let mut reader = tokio::io::BufReader::with_capacity(COPY_BUFFER, body);
-        let written = tokio::io::copy_buf(&mut reader, &mut file)
-            .await
-            .map_err(|e| RepoError::io("write", key, e))?;
-        file.flush()
-            .await
-            .map_err(|e| RepoError::io("write", key, e))?;
-        file.sync_all()
-            .await
-            .map_err(|e| RepoError::io("fsync", key, e))?;
-        drop(file);
+        let written = if writeback {
+            write_with_writeback(std_file, body)
+                .await
+                .map_err(|e| RepoError::io("write", key, e))?
+        } else {
+            let mut file = tokio::fs::File::from_std(std_file);
+            let mut reader = tokio::io::BufReader::with_capacity(COPY_BUFFER, body);
+            let written = tokio::io::copy_buf(&mut reader, &mut file)
+                .await
+                .map_err(|e| RepoError::io("write", key, e))?;
+            file.flush()
+                .await
+                .map_err(|e| RepoError::io("write", key, e))?;
+            file.sync_all()
+                .await
+                .map_err(|e| RepoError::io("fsync", key, e))?;
+            written
+        };
+        // Only now is the content known to be complete and right.
+        let metadata = metadata.await?;
 
         tokio::task::spawn_blocking(move || -> RepoResult<u64> {
             let key = owned_key.as_str();
-            if opts.if_absent {
+            if if_absent {
                 tmp.persist_noclobber(&path).map_err(|e| {
                     if e.error.kind() == io::ErrorKind::AlreadyExists {
                         RepoError::AlreadyExists {
@@ -173,13 +186,13 @@ impl Repository for LocalRepository {
                 tmp.persist(&path)
                     .map_err(|e| RepoError::io("rename into place", key, e.error))?;
             }
-            if !opts.metadata.is_empty() {
+            if !metadata.is_empty() {
                 let mut side = tempfile::Builder::new()
                     .prefix(TEMP_PREFIX)
                     .tempfile_in(&dir)
                     .map_err(|e| RepoError::io("create metadata for", key, e))?;
                 // One write, not one per JSON token.
-                let json = serde_json::to_vec(&opts.metadata)
+                let json = serde_json::to_vec(&metadata)
                     .map_err(|e| RepoError::io("write metadata for", key, e.into()))?;
                 io::Write::write_all(&mut side, &json)
                     .map_err(|e| RepoError::io("write metadata for", key, e))?;
@@ -194,6 +207,66 @@ impl Repository for LocalRepository {
         })
         .await
         .map_err(|e| blocking_err(key, e))?
+    }
+}
+
+/// Copy `body` into `file` as it arrives and fsync it, starting writeback of each
+/// written stretch at once (advice only: the fsync makes it durable either way).
+async fn write_with_writeback(file: fs::File, mut body: super::BodyReader) -> io::Result<u64> {
+    use tokio::io::AsyncReadExt;
+    let mut file = Some(file);
+    let mut buf = Vec::with_capacity(COPY_BUFFER);
+    let mut written = 0u64;
+    loop {
+        buf.clear();
+        if body.read_buf(&mut buf).await? == 0 {
+            break;
+        }
+        let (f, b) = (file.take().expect("file"), std::mem::take(&mut buf));
+        let (f, b) = tokio::task::spawn_blocking(move || -> io::Result<(fs::File, Vec<u8>)> {
+            io::Write::write_all(&mut &f, &b)?;
+            let _ = rustix::fs::fadvise(
+                &f,
+                written,
+                std::num::NonZeroU64::new(b.len() as u64),
+                rustix::fs::Advice::DontNeed,
+            );
+            Ok((f, b))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        written += b.len() as u64;
+        (file, buf) = (Some(f), b);
+    }
+    let f = file.expect("file");
+    tokio::task::spawn_blocking(move || f.sync_all())
+        .await
+        .map_err(io::Error::other)??;
+    Ok(written)
+}
+
+#[async_trait]
+impl Repository for LocalRepository {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn put(&self, key: &str, body: super::BodyReader, opts: PutOptions) -> RepoResult<u64> {
+        let metadata = std::future::ready(Ok(opts.metadata));
+        self.store(key, body, metadata, opts.if_absent, false).await
+    }
+
+    /// Written as it comes, with writeback started as it is written, so that the final
+    /// fsync has little left to do: the disk works while the producer still produces.
+    async fn put_described_after(
+        &self,
+        key: &str,
+        body: super::BodyReader,
+        metadata: super::LateMetadata,
+        if_absent: bool,
+    ) -> RepoResult<u64> {
+        let metadata = super::late_metadata(key, metadata);
+        self.store(key, body, metadata, if_absent, true).await
     }
 
     async fn get(&self, key: &str) -> RepoResult<GetObject> {

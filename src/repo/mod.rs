@@ -25,6 +25,24 @@ use crate::config::{Config, RepositoryType};
 /// A streaming object body.
 pub type BodyReader = Box<dyn AsyncRead + Send + Unpin>;
 
+/// Metadata sent once an object's body has been produced; see
+/// [`Repository::put_described_after`].
+pub type LateMetadata = tokio::sync::oneshot::Receiver<BTreeMap<String, String>>;
+
+/// The metadata of `key`, or the error that the body's producer failed.
+pub async fn late_metadata(
+    key: &str,
+    metadata: LateMetadata,
+) -> RepoResult<BTreeMap<String, String>> {
+    metadata.await.map_err(|_| {
+        RepoError::io(
+            "produce",
+            key,
+            std::io::Error::other("the object's content could not be produced"),
+        )
+    })
+}
+
 /// What a put should do besides storing bytes.
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {
@@ -139,6 +157,35 @@ pub trait Repository: Send + Sync {
     /// S3 multipart uploads never completed or aborted) older than `older_than`.
     /// Returns how many were removed.
     async fn cleanup_incomplete(&self, older_than: Duration) -> RepoResult<usize>;
+
+    /// Store `body`, a small object (a few MiB) whose metadata is known only once the
+    /// body has been produced: it is taken from `metadata` after the body's end. If
+    /// `metadata` fails (its sender dropped: the producer failed), nothing is stored,
+    /// whatever the body held. The default reads the body into memory first; a backend
+    /// that keeps metadata apart from the data writes the body as it comes.
+    async fn put_described_after(
+        &self,
+        key: &str,
+        mut body: BodyReader,
+        metadata: LateMetadata,
+        if_absent: bool,
+    ) -> RepoResult<u64> {
+        use tokio::io::AsyncReadExt;
+        let mut bytes = Vec::new();
+        body.read_to_end(&mut bytes)
+            .await
+            .map_err(|e| RepoError::io("read the body of", key, e))?;
+        let metadata = late_metadata(key, metadata).await?;
+        self.put_bytes(
+            key,
+            bytes,
+            PutOptions {
+                metadata,
+                if_absent,
+            },
+        )
+        .await
+    }
 
     /// Store a small in-memory object.
     async fn put_bytes(&self, key: &str, bytes: Vec<u8>, opts: PutOptions) -> RepoResult<u64> {
