@@ -359,3 +359,48 @@ fn killed_verification_is_cleaned_up_by_the_next_run() {
         .next()
         .is_none());
 }
+
+/// A state directory deep enough that a Unix socket under it would pass the 107-byte
+/// limit (as in the demo's temp directories): archiving (markers, identity cache), a
+/// backup and its test restore still work.
+#[test]
+fn a_deep_state_dir_works_end_to_end() {
+    let s = Setup::new(Backend::Local, "");
+    let deep =
+        s.t.dir
+            .path()
+            .join("a-rather-long-directory-name-for-state")
+            .join("and-another-level-of-nesting-below-it")
+            .join(".state");
+    std::fs::create_dir_all(&deep).unwrap();
+    common::chown_to_pg(s.t.dir.path());
+    let socket = deep.join("scratch/verify-20261129T000000Z-physical-0000/sock/.s.PGSQL.65535");
+    assert!(socket.as_os_str().len() > 107, "{}", socket.display());
+    // Every command (archive_command included: it uses this file) gets the deep path.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let old = format!("state_dir = \"{}\"", s.t.dir.path().join("state").display());
+    assert!(text.contains(&old), "{text}");
+    let text = text.replace(&old, &format!("state_dir = \"{}\"", deep.display()));
+    std::fs::write(&s.config, text).unwrap();
+
+    s.cluster.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g",
+    );
+    let id = s.backup();
+    let out = s.ok(&["--json", "verify", &id]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["backups"][0]["outcome"], "ok", "{report}");
+    // wal-push kept its state there.
+    assert!(
+        std::fs::read_dir(&deep)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with("repo-identity-")),
+        "no repository identity cached in {}",
+        deep.display()
+    );
+}
