@@ -146,12 +146,17 @@ stop_cluster() {
 # timed LABEL CMD… : runs CMD as postgres; appends "LABEL seconds peak_rss_kb" to $RESULTS.
 timed() {
     local label=$1; shift
-    local out
-    out=$( { (cd /tmp && "${as_pg[@]}" /usr/bin/time -f "%e %M" "$@" >/dev/null 2>"$BENCH_DIR/last.err"); } 2>&1 ) || {
+    # Wall time in milliseconds around the command alone (GNU time's %e has only two
+    # decimals, too coarse for a wal-push call); GNU time still reports the peak RSS.
+    "${as_pg[@]}" bash -c 'cd /tmp; s=$(date +%s%N); /usr/bin/time -f "%M" "${@:2}" >/dev/null 2>"$1"
+        rc=$?; e=$(date +%s%N); echo "$(( (e - s) / 1000000 )) $(tail -n 1 "$1")" > "$1.timed"; exit $rc' \
+        timed "$BENCH_DIR/last.err" "$@" || {
         echo "FAILED: $label" >&2; cat "$BENCH_DIR/last.err" >&2; exit 1; }
-    out=$(tail -n 1 "$BENCH_DIR/last.err")
+    local ms rss out
+    read -r ms rss < "$BENCH_DIR/last.err.timed"
+    out="$(awk -v ms="$ms" 'BEGIN { printf "%.3f", ms / 1000 }') $rss"
     echo "$label $out" >> "$RESULTS"
-    echo "   $label: ${out% *} s, peak RSS $(( ${out#* } / 1024 )) MiB" >&2
+    echo "   $label: ${out% *} s, peak RSS $(( rss / 1024 )) MiB" >&2
 }
 
 # median of the seconds (column 2) and max of RSS (column 3) for LABEL.
@@ -160,5 +165,5 @@ summarize() {
     awk -v l="$label" '$1 == l { print $2, $3 }' "$RESULTS" | sort -n | awk '
         { t[NR] = $1; if ($2 > m) m = $2 }
         END { if (NR == 0) { print "- -"; exit } med = (NR % 2) ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2;
-              printf "%.2f %d\n", med, m / 1024 }'
+              printf "%.3f %d\n", med, m / 1024 }'
 }

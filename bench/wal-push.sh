@@ -27,8 +27,9 @@ for f in $files; do
 done
 read -r bt br < <(summarize wal-push-backupctl)
 read -r pt pr < <(summarize wal-push-pgbackrest)
+ratio=$(awk -v a="$bt" -v b="$pt" 'BEGIN { printf "%.2f", a / b }')
 echo
-echo "| tool | median s per 16 MiB segment | peak RSS MiB |"
-echo "|---|---|---|"
-echo "| backupctl wal-push | $bt | $br |"
-echo "| pgbackrest archive-push | $pt | $pr |"
+echo "| tool | median s per 16 MiB segment | ratio | peak RSS MiB |"
+echo "|---|---|---|---|"
+echo "| backupctl wal-push | $bt | $ratio | $br |"
+echo "| pgbackrest archive-push | $pt | 1 | $pr |"
