@@ -483,9 +483,11 @@ pub fn compress_frames<S: Source + ?Sized>(
     // Thread t reads and compresses blocks t, t + threads, t + 2 × threads, …; this
     // thread hashes the frames and hands them on in order as they arrive.
     let (tx, rx) = std::sync::mpsc::channel::<(usize, io::Result<Vec<u8>>)>();
-    std::thread::scope(|s| -> io::Result<()> {
+    // Set when this thread gives up, so the others stop at their next block.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let result = std::thread::scope(|s| -> io::Result<()> {
         for t in 0..threads {
-            let (tx, blocks) = (tx.clone(), &blocks);
+            let (tx, blocks, stop) = (tx.clone(), &blocks, &stop);
             s.spawn(move || {
                 let mut c = match frame_compressor(level) {
                     Ok(c) => c,
@@ -493,6 +495,9 @@ pub fn compress_frames<S: Source + ?Sized>(
                 };
                 let mut buf = Vec::new();
                 for (i, &(offset, len)) in blocks.iter().enumerate().skip(t).step_by(threads) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
                     let frame = src.block(offset, len, &mut buf).and_then(|b| c.compress(b));
                     let failed = frame.is_err();
                     if tx.send((i, frame)).is_err() || failed {
@@ -504,18 +509,25 @@ pub fn compress_frames<S: Source + ?Sized>(
         drop(tx);
         let mut pending = std::collections::BTreeMap::new();
         let mut next = 0;
-        for (i, frame) in rx.iter() {
-            pending.insert(i, frame?);
-            while let Some(frame) = pending.remove(&next) {
-                out.write_all(&frame)?;
-                next += 1;
+        let received = (|| {
+            for (i, frame) in rx.iter() {
+                pending.insert(i, frame?);
+                while let Some(frame) = pending.remove(&next) {
+                    out.write_all(&frame)?;
+                    next += 1;
+                }
             }
+            if next != blocks.len() {
+                return Err(io::Error::other("a zstd compression thread stopped early"));
+            }
+            Ok(())
+        })();
+        if received.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        if next != blocks.len() {
-            return Err(io::Error::other("a zstd compression thread stopped early"));
-        }
-        Ok(())
-    })?;
+        received
+    });
+    result?;
     Ok(out.finish().1)
 }
 

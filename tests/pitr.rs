@@ -345,13 +345,33 @@ fn wal_push_is_idempotent_and_never_overwrites(backend: Backend) {
     );
     let out = backupctl(&relevelled, &["wal-push", copy.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Under another algorithm too, and it is not stored a second time beside the first.
+    let gzipped = s.t.write_config(
+        "gzipped.toml",
+        &format!(
+            "{}\n[compression]\nalgorithm = \"gzip\"\n",
+            s.cluster.postgres_toml()
+        ),
+    );
+    let out = backupctl(&gzipped, &["wal-push", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored = |suffix: &str| s.object_path(&format!("wal/{}/{seg}{suffix}", &seg[..16]));
+    assert!(stored(".zst").exists());
+    assert!(!stored(".gz").exists(), "stored twice");
+
+    // A segment shorter than its header says is refused.
+    std::fs::write(&copy, &original[..original.len() / 2]).unwrap();
+    let out = s.run(&["wal-push", copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("damaged segment"), "{}", stderr(&out));
+    std::fs::write(&copy, &original).unwrap();
 
     // Same name, different content: refused (at either level), and the archive keeps
     // the original.
     let mut changed = original.clone();
     changed[100_000] ^= 0xff;
     std::fs::write(&copy, &changed).unwrap();
-    for config in [&s.config, &relevelled] {
+    for config in [&s.config, &relevelled, &gzipped] {
         let out = backupctl(config, &["wal-push", copy.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(1));
         assert!(

@@ -142,6 +142,17 @@ fn read_wal_file(path: &Path) -> anyhow::Result<WalFile> {
                     h.tli
                 );
             }
+            // Compression reads the size found at open; a segment (or .partial, which
+            // PostgreSQL writes at full size) is never shorter or longer than its header
+            // says, so anything else is a damaged or copied-while-written file.
+            if data.size() != h.segment_size as u64 {
+                anyhow::bail!(
+                    "{} is {} bytes long but its header says WAL segments are {} bytes; refusing to archive a damaged segment",
+                    path.display(),
+                    data.size(),
+                    h.segment_size
+                );
+            }
             (Some(h.system_identifier), Some(h.segment_size as u64))
         }
         _ => (wal::control_system_identifier(&pgdata_of(path)).ok(), None),
@@ -212,14 +223,14 @@ async fn store(repo: &dyn Repository, codec: Codec, file: WalFile) -> anyhow::Re
     let key = layout::wal_key(&name, codec.algorithm).expect("classified WAL name");
     let data = file.data;
     let original = data.size();
-    if let Some(existing) = repo.head(&key).await? {
+    if let Some((found, existing)) = find_archived(repo, &name, &key).await? {
         let digest = tokio::task::spawn_blocking({
             let data = data.clone();
             move || codec::compress_frames(&codec, data.as_ref(), |_| Ok(()))
         })
         .await?
         .context("compress WAL file")?;
-        compare_existing(repo, &key, &name, &existing, &digest, &data).await?;
+        compare_existing(repo, &found, &name, &existing, &digest, &data).await?;
         return Ok(name);
     }
 
@@ -280,6 +291,35 @@ async fn store(repo: &dyn Repository, codec: Codec, file: WalFile) -> anyhow::Re
             Err(anyhow::Error::from(e).context(format!("archive {name}")))
         }
     }
+}
+
+/// The copy of WAL file `name` already archived, under `key` (this configuration's
+/// compression) or under any other compression (the setting changed since): a file
+/// must be compared with what is archived under its name whatever the suffix, or a
+/// different file could be stored beside it. The HEADs go out together.
+async fn find_archived(
+    repo: &dyn Repository,
+    name: &str,
+    key: &str,
+) -> anyhow::Result<Option<(String, ObjectMeta)>> {
+    let mut keys = vec![key.to_string()];
+    for algorithm in [
+        codec::Algorithm::Zstd,
+        codec::Algorithm::Gzip,
+        codec::Algorithm::None,
+    ] {
+        let k = layout::wal_key(name, algorithm).expect("classified WAL name");
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let found = futures_util::future::join_all(keys.iter().map(|k| repo.head(k))).await;
+    for (k, meta) in keys.into_iter().zip(found) {
+        if let Some(meta) = meta? {
+            return Ok(Some((k, meta)));
+        }
+    }
+    Ok(None)
 }
 
 /// Compressed bytes in flight between the compression threads and the repository.
@@ -390,6 +430,7 @@ async fn compare_existing(
     if existing.size == stored.size
         && existing.metadata.get(layout::META_SHA256) == Some(&stored.sha256)
     {
+        repo.sync(key).await?;
         tracing::info!(wal = %name, "already archived with identical content");
         return Ok(());
     }
@@ -420,6 +461,7 @@ async fn compare_existing(
         }
     };
     if theirs == ours {
+        repo.sync(key).await?;
         tracing::info!(wal = %name, "already archived with identical content");
         return Ok(());
     }

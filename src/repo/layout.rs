@@ -16,7 +16,9 @@ pub const WAL_PREFIX: &str = "wal/";
 pub const BACKUPS_PREFIX: &str = "backups/";
 pub const MANIFEST: &str = "manifest.json";
 
-/// Metadata on WAL objects: digest of the stored bytes and of the original file.
+/// Metadata on WAL objects: digest of the stored bytes and the original size. Objects
+/// archived before 2026-11-29 also carry the original's SHA-256 (`source-sha256`); it
+/// is now computed only when a re-push must be compared with an archived copy.
 pub const META_SHA256: &str = "sha256";
 pub const META_SIZE: &str = "size";
 pub const META_SOURCE_SHA256: &str = "source-sha256";

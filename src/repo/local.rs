@@ -210,6 +210,9 @@ impl LocalRepository {
     }
 }
 
+/// Bytes [`write_with_writeback`] gathers before writing, unless the body ends first.
+const WRITE_AT_LEAST: usize = 256 << 10;
+
 /// Copy `body` into `file` as it arrives and fsync it, starting writeback of each
 /// written stretch at once (advice only: the fsync makes it durable either way).
 async fn write_with_writeback(file: fs::File, mut body: super::BodyReader) -> io::Result<u64> {
@@ -218,8 +221,10 @@ async fn write_with_writeback(file: fs::File, mut body: super::BodyReader) -> io
     let mut buf = Vec::with_capacity(COPY_BUFFER);
     let mut written = 0u64;
     loop {
+        // Gather a stretch worth a trip to a blocking thread (pieces may be small).
         buf.clear();
-        if body.read_buf(&mut buf).await? == 0 {
+        while buf.len() < WRITE_AT_LEAST && body.read_buf(&mut buf).await? > 0 {}
+        if buf.is_empty() {
             break;
         }
         let (f, b) = (file.take().expect("file"), std::mem::take(&mut buf));
@@ -289,6 +294,23 @@ impl Repository for LocalRepository {
             meta,
             body: Box::new(file),
         })
+    }
+
+    async fn sync(&self, key: &str) -> RepoResult<()> {
+        let path = self.path_of(key)?;
+        let owned_key = key.to_string();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            fs::File::open(&path)?.sync_all()?;
+            match fs::File::open(sidecar_of(&path)) {
+                Ok(f) => f.sync_all()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            fsync_dir(path.parent().expect("keys have a parent"))
+        })
+        .await
+        .map_err(|e| blocking_err(key, e))?
+        .map_err(|e| RepoError::io("fsync", &owned_key, e))
     }
 
     async fn head(&self, key: &str) -> RepoResult<Option<ObjectMeta>> {

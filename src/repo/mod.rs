@@ -187,6 +187,16 @@ pub trait Repository: Send + Sync {
         .await
     }
 
+    /// Make an object that is already there durable, as a put returning `Ok` would
+    /// have: one found by a retried write may come from a process killed after its
+    /// rename but before its directory was fsynced, which a crash of the host could
+    /// still undo. The default does nothing (an object store's visible objects are
+    /// durable).
+    async fn sync(&self, key: &str) -> RepoResult<()> {
+        let _ = key;
+        Ok(())
+    }
+
     /// Store a small in-memory object.
     async fn put_bytes(&self, key: &str, bytes: Vec<u8>, opts: PutOptions) -> RepoResult<u64> {
         self.put(key, Box::new(std::io::Cursor::new(bytes)), opts)
