@@ -7,9 +7,11 @@
 //! can never mix WAL in one repository.
 //!
 //! This runs once per segment, serially, so it is kept cheap: no PostgreSQL connection,
-//! the repository identity cached for an hour in `state_dir`, one HEAD and one PUT per
-//! file, and the next `.ready` files pushed ahead in parallel (`wal.push_concurrency`;
-//! see `wal_push_ahead.rs`) so the archiver's next calls return at once.
+//! the repository identity cached for an hour in `state_dir`, one round of HEADs (the
+//! file's key under each compression, sent together) and one PUT per file, the segment
+//! read by the compression threads and streamed to the repository as it is compressed,
+//! and the next `.ready` files pushed ahead in parallel (`wal.push_concurrency`; see
+//! `wal_push_ahead.rs`) so the archiver's next calls return at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
