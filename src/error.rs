@@ -76,7 +76,19 @@ pub fn classify(err: &anyhow::Error) -> (i32, Option<String>) {
     } else {
         1
     };
-    (code, Some(format!("{err:#}")))
+    let mut message = format!("{err:#}");
+    let denied = err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    if denied {
+        message.push_str(&format!(
+            ". Fix: give the user backupctl runs as (uid {}; as archive_command or \
+             restore_command, the PostgreSQL server's user) access to that path",
+            rustix::process::getuid().as_raw()
+        ));
+    }
+    (code, Some(message))
 }
 
 #[cfg(test)]
@@ -94,6 +106,20 @@ mod tests {
     fn other_errors_exit_1() {
         let e: anyhow::Result<()> = Err(std::io::Error::other("disk")).context("write");
         assert_eq!(classify(&e.unwrap_err()).0, 1);
+    }
+
+    #[test]
+    fn permission_denied_names_the_fix() {
+        let e: anyhow::Result<()> = Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            .context("create temp file for wal/x");
+        let (code, message) = classify(&e.unwrap_err());
+        assert_eq!(code, 1);
+        let message = message.unwrap();
+        assert!(
+            message.starts_with("create temp file for wal/x: permission denied")
+                && message.contains("Fix: give the user backupctl runs as (uid "),
+            "{message}"
+        );
     }
 
     #[test]

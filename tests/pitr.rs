@@ -407,6 +407,61 @@ fn wal_push_is_idempotent_and_never_overwrites(backend: Backend) {
     );
 }
 
+/// The repository refuses the write (here: a directory the archiving user cannot write
+/// to): wal-push exits 1 naming the repository error, and leaves neither the object nor
+/// a temp file; once writable again the same file archives normally.
+#[test]
+fn wal_push_into_an_unwritable_repository_fails_and_leaves_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new(Backend::Local);
+    s.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let seg = s.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    switch_wal_and_wait(&s.cluster);
+    let work = pg_tempdir();
+    let wal_dir = work.path().join("pg_wal");
+    std::fs::create_dir(&wal_dir).unwrap();
+    common::chown_to_pg(&wal_dir);
+    let copy = wal_dir.join(&seg);
+    s.ok(&["wal-fetch", &seg, copy.to_str().unwrap()]);
+    let original = std::fs::read(&copy).unwrap();
+
+    // Take the archived copy away and make its directory read-only.
+    let object = s.object_path(&format!("wal/{}/{seg}.zst", &seg[..16]));
+    let dir = object.parent().unwrap().to_path_buf();
+    std::fs::remove_file(&object).unwrap();
+    let _ = std::fs::remove_file(dir.join(format!(".{seg}.zst.meta")));
+    let entries = || {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = entries();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let out = s.run(&["wal-push", copy.to_str().unwrap()]);
+    let after = entries();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("archive {seg}"))
+            && err.contains("ermission denied")
+            && err.contains("Fix: give the user backupctl runs as"),
+        "{err}"
+    );
+    assert_eq!(after, before, "something was left in {}", dir.display());
+
+    s.ok(&["wal-push", copy.to_str().unwrap()]);
+    let back = work.path().join("back");
+    s.ok(&["wal-fetch", &seg, back.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&back).unwrap() == original,
+        "archived segment differs"
+    );
+}
+
 /// wal-push also stores the next `.ready` segments (in parallel) and leaves a marker for
 /// each, so the archiver's next calls return at once; a marker counts only for the same
 /// file, once.
