@@ -22,7 +22,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
-use crate::codec::{Algorithm, Codec, CountingWriter, Decoder, Digest, HashReader, HashWriter};
+use crate::codec::{
+    Algorithm, Compressor, CountingWriter, Decoder, Digest, HashReader, HashWriter,
+};
 use crate::repo::{GetObject, PutOptions, Repository};
 
 const CHUNK: usize = 256 << 10;
@@ -120,12 +122,13 @@ pub struct Stored {
     pub size: u64,
 }
 
-/// Store what `produce` writes under `key`, compressed with `codec`. `produce` runs on a
-/// blocking thread; its error (or panic) fails the upload, which then leaves no object.
+/// Store what `produce` writes under `key`, compressed by `compressor` (a [`crate::codec::Codec`], or a
+/// pool shared with other streams). `produce` runs on a blocking thread; its error (or
+/// panic) fails the upload, which then leaves no object.
 pub async fn put_stream<T, F>(
     repo: &Arc<dyn Repository>,
     key: &str,
-    codec: Codec,
+    compressor: impl Into<Compressor>,
     opts: PutOptions,
     produce: F,
 ) -> anyhow::Result<(Stored, T)>
@@ -133,13 +136,14 @@ where
     T: Send + 'static,
     F: FnOnce(&mut dyn Write) -> anyhow::Result<T> + Send + 'static,
 {
+    let compressor = compressor.into();
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let producer = tokio::task::spawn_blocking(move || -> anyhow::Result<(T, u64, Digest)> {
         let cw = ChannelWriter {
             tx,
             buf: BytesMut::with_capacity(CHUNK),
         };
-        let mut enc = codec.encoder(HashWriter::new(cw))?;
+        let mut enc = compressor.encoder(HashWriter::new(cw))?;
         let mut counting = CountingWriter::new(&mut enc);
         let value = produce(&mut counting)?;
         let raw = counting.count;
@@ -378,6 +382,7 @@ impl<W: Write> Write for StopIo<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Codec;
     use crate::repo::local::LocalRepository;
 
     fn repo() -> (tempfile::TempDir, Arc<dyn Repository>) {

@@ -86,6 +86,7 @@ both_backends!(
     good_physical_backup_verifies_with_rto_recorded,
     damaged_objects_fail_verification_naming_the_cause,
     deleted_wal_segment_is_reported_as_a_gap,
+    gzip_parts_of_many_frames_verify,
 );
 
 fn good_physical_backup_verifies_with_rto_recorded(backend: Backend) {
@@ -121,6 +122,40 @@ fn good_physical_backup_verifies_with_rto_recorded(backend: Backend) {
         .next()
         .is_none());
     assert_eq!(s.cluster.psql("app", "SELECT count(*) FROM t"), "10000");
+}
+
+/// Parts of several 1 MiB blocks, compressed by the shared pool as gzip members, restore
+/// (zstd parts go through the same pool in every other physical test).
+fn gzip_parts_of_many_frames_verify(backend: Backend) {
+    let s = Setup::new(backend, "[compression]\nalgorithm = \"gzip\"\n");
+    // Small parts, two at a time.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let text = text.replacen(
+        "[backup]\n",
+        "[backup]\nworkers = 2\npart_size_mib = 4\n",
+        1,
+    );
+    std::fs::write(&s.config, text).unwrap();
+    s.cluster.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 200000) g",
+    );
+    let id = s.backup();
+    let m = s.manifest(&id);
+    let parts: Vec<&serde_json::Value> = m["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["name"].as_str().unwrap().ends_with(".tar.gz"))
+        .collect();
+    assert!(parts.len() >= 2, "{m}");
+    assert!(
+        parts.iter().any(|o| o["size"].as_u64().unwrap() > 3 << 20),
+        "no part spans several blocks: {m}"
+    );
+    let out = s.ok(&["--json", "verify", &id]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["backups"][0]["outcome"], "ok", "{report}");
 }
 
 fn damaged_objects_fail_verification_naming_the_cause(backend: Backend) {

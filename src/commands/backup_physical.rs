@@ -14,7 +14,7 @@ use chrono::Utc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::codec::Codec;
+use crate::codec::{Codec, Compressor};
 use crate::commands::Ctx;
 use crate::manifest::{self, BackupKind, Manifest, ObjectEntry, PhysicalInfo, TablespaceInfo};
 use crate::pg::conn::{ConnParams, ServerInfo};
@@ -225,6 +225,9 @@ async fn copy_data(
         "copying data directory"
     );
 
+    // One set of compression threads for all parts, so that a part that compresses slowly
+    // gets every core once the others are done.
+    let compressor = Compressor::shared(codec, workers).context("start compression threads")?;
     let stop = transfer::StopFlag::default();
     let mut pending = parts.into_iter().enumerate();
     let mut running: JoinSet<anyhow::Result<(ObjectEntry, u64)>> = JoinSet::new();
@@ -237,14 +240,17 @@ async fn copy_data(
             };
             let name = format!("base.{i}.tar{}", codec.suffix());
             let key = layout::backup_object_key(id, &name);
-            let (repo, stop) = (repo.clone(), stop.clone());
+            let (repo, stop, compressor) = (repo.clone(), stop.clone(), compressor.clone());
             running.spawn(async move {
-                let (stored, stats) =
-                    transfer::put_stream(&repo, &key, codec, PutOptions::default(), move |w| {
-                        Ok(tarpart::write_part(&part, &mut stop.writer(w))?)
-                    })
-                    .await
-                    .with_context(|| format!("store {name}"))?;
+                let (stored, stats) = transfer::put_stream(
+                    &repo,
+                    &key,
+                    compressor,
+                    PutOptions::default(),
+                    move |w| Ok(tarpart::write_part(&part, &mut stop.writer(w))?),
+                )
+                .await
+                .with_context(|| format!("store {name}"))?;
                 Ok((
                     ObjectEntry {
                         name,

@@ -364,10 +364,13 @@ async fn extract_all(
             };
             let (repo, dest, stop) = (repo.clone(), dest.clone(), stop.clone());
             running.spawn(async move {
-                transfer::get_stream(&repo, &key, algorithm, Some(expected), move |r| {
-                    Ok(tarpart::extract_part(&mut stop.reader(r), dest.as_ref())?)
-                })
-                .await
+                let files =
+                    transfer::get_stream(&repo, &key, algorithm, Some(expected), move |r| {
+                        Ok(tarpart::extract_part(&mut stop.reader(r), dest.as_ref())?)
+                    })
+                    .await?;
+                tracing::debug!(object = %key, files, "part extracted");
+                Ok(files)
             });
         }
         match running.join_next().await {

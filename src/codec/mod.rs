@@ -13,6 +13,9 @@ use sha2::{Digest as _, Sha256};
 pub use crate::config::Algorithm;
 use crate::config::CompressionConfig;
 
+mod pool;
+pub use pool::{Compressor, FramePool, PooledFrames};
+
 /// A compression algorithm and level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Codec {
@@ -96,6 +99,8 @@ pub enum Encoder<W: Write> {
     /// zstd's own multithreaded streaming encoder (`threads > 0`).
     Zstd(zstd::Encoder<'static, W>),
     ZstdFrames(ZstdFrames<W>),
+    /// Frames (or gzip members) compressed by a shared [`FramePool`].
+    Pooled(PooledFrames<W>),
     Gzip(flate2::write::GzEncoder<W>),
     None(W),
 }
@@ -105,6 +110,7 @@ impl<W: Write> Encoder<W> {
         match self {
             Encoder::Zstd(e) => e.finish(),
             Encoder::ZstdFrames(e) => e.finish(),
+            Encoder::Pooled(e) => e.finish(),
             Encoder::Gzip(e) => e.finish(),
             Encoder::None(mut w) => {
                 w.flush()?;
@@ -119,6 +125,7 @@ impl<W: Write> Write for Encoder<W> {
         match self {
             Encoder::Zstd(e) => e.write(buf),
             Encoder::ZstdFrames(e) => e.write(buf),
+            Encoder::Pooled(e) => e.write(buf),
             Encoder::Gzip(e) => e.write(buf),
             Encoder::None(w) => w.write(buf),
         }
@@ -127,6 +134,7 @@ impl<W: Write> Write for Encoder<W> {
         match self {
             Encoder::Zstd(e) => e.flush(),
             Encoder::ZstdFrames(e) => e.flush(),
+            Encoder::Pooled(e) => e.flush(),
             Encoder::Gzip(e) => e.flush(),
             Encoder::None(w) => w.flush(),
         }
