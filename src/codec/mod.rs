@@ -488,21 +488,27 @@ pub fn compress_frames<S: Source + ?Sized>(
         }
         return Ok(out.finish().1);
     }
-    // Thread t reads and compresses blocks t, t + threads, t + 2 × threads, …; this
-    // thread hashes the frames and hands them on in order as they arrive.
+    // Each thread takes the next block not yet taken, reads and compresses it (a thread
+    // that loses its core for a while to the writing side takes fewer blocks, rather than
+    // holding up the end); this thread hashes the frames and hands them on in order.
     let (tx, rx) = std::sync::mpsc::channel::<(usize, io::Result<Vec<u8>>)>();
+    let next_block = std::sync::atomic::AtomicUsize::new(0);
     // Set when this thread gives up, so the others stop at their next block.
     let stop = std::sync::atomic::AtomicBool::new(false);
     let result = std::thread::scope(|s| -> io::Result<()> {
         for t in 0..threads {
-            let (tx, blocks, stop) = (tx.clone(), &blocks, &stop);
+            let (tx, blocks, stop, next_block) = (tx.clone(), &blocks, &stop, &next_block);
             s.spawn(move || {
                 let mut c = match frame_compressor(level) {
                     Ok(c) => c,
                     Err(e) => return drop(tx.send((t, Err(e)))),
                 };
                 let mut buf = Vec::new();
-                for (i, &(offset, len)) in blocks.iter().enumerate().skip(t).step_by(threads) {
+                loop {
+                    let i = next_block.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(offset, len)) = blocks.get(i) else {
+                        return;
+                    };
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         return;
                     }
