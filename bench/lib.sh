@@ -20,6 +20,11 @@ as_pg=()
 pg() { (cd /tmp && "${as_pg[@]}" "$@"); }
 psql_() { pg "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
 
+if [ "${COLD:-0}" = 1 ] && [ "$(id -u)" != 0 ]; then
+    echo "COLD=1 drops the page cache before each timed command: run as root" >&2
+    exit 1
+fi
+
 need() {
     command -v "$1" >/dev/null || { echo "bench needs $1 (${2:-})" >&2; exit 1; }
 }
@@ -146,6 +151,12 @@ stop_cluster() {
 # timed LABEL CMD… : runs CMD as postgres; appends "LABEL seconds peak_rss_kb" to $RESULTS.
 timed() {
     local label=$1; shift
+    # COLD=1: start every timed command with an empty page cache, as when the database
+    # (or the repository) is larger than memory.
+    if [ "${COLD:-0}" = 1 ]; then
+        sync
+        echo 3 > /proc/sys/vm/drop_caches
+    fi
     # Wall time in milliseconds around the command alone (GNU time's %e has only two
     # decimals, too coarse for a wal-push call); GNU time still reports the peak RSS.
     "${as_pg[@]}" bash -c 'cd /tmp; s=$(date +%s%N); /usr/bin/time -f "%M" "${@:2}" >/dev/null 2>"$1"

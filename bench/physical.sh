@@ -4,6 +4,7 @@
 # (pgBackRest process-max). Prints a markdown table of medians and peak RSS.
 #   SCALE=100 ROUNDS=3 WORKERS=2 bench/physical.sh
 #   SCALE=300 ROUNDS=1 ALGS=zst bench/physical.sh     # the ~6 GB memory check
+#   COLD=1 SCALE=300 ALGS=zst bench/physical.sh        # every command from an empty page cache (root)
 source "$(dirname "$0")/lib.sh"
 need pgbackrest "apt-get install pgbackrest"
 RESULTS="$BENCH_DIR/physical.results"
@@ -45,7 +46,8 @@ done
 stop_cluster
 
 echo
-echo "Physical backup/restore, pgbench scale $SCALE + events table ($DBSIZE), $WORKERS workers, median of $ROUNDS (peak RSS max):"
+cache="page cache not dropped"; [ "${COLD:-0}" = 1 ] && cache="page cache dropped before each command"
+echo "Physical backup/restore, pgbench scale $SCALE + events table ($DBSIZE), $WORKERS workers, $cache, median of $ROUNDS (peak RSS max):"
 echo
 echo "| operation | compression | backupctl s | pgBackRest s | ratio | backupctl RSS MiB | pgBackRest RSS MiB |"
 echo "|---|---|---|---|---|---|---|"
