@@ -11,10 +11,13 @@
 //! reader, and [`super::Decoder`], reads members as one stream).
 //!
 //! Memory: per stream, at most [`FramePool::depth`] blocks in flight (input and output)
-//! plus the one being filled; per thread, one compression context.
+//! plus the one being filled; per thread, one compression context. The depth shrinks as
+//! streams are added, so that all streams together keep about `2 × threads + streams`
+//! blocks in flight: memory grows with the worker count, not with its square.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use super::{frame_compressor, Algorithm, Codec, Encoder, FRAME_SIZE};
@@ -84,6 +87,8 @@ pub struct FramePool {
     codec: Codec,
     threads: usize,
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// Streams currently writing through the pool.
+    streams: AtomicUsize,
 }
 
 impl FramePool {
@@ -101,13 +106,16 @@ impl FramePool {
             codec,
             threads,
             jobs: Mutex::new(tx),
+            streams: AtomicUsize::new(0),
         }))
     }
 
-    /// Blocks a stream keeps in flight: enough to keep every thread busy when only one
-    /// stream is left.
+    /// Blocks a stream may keep in flight: its share of two per thread, plus one, so
+    /// that every thread stays busy however many streams are left (2 threads and 2
+    /// streams: 3 each; one stream left: 5; 16 threads and 16 streams: 3 each).
     pub fn depth(&self) -> usize {
-        self.threads + 1
+        let streams = self.streams.load(Ordering::Relaxed).max(1);
+        1 + (2 * self.threads).div_ceil(streams)
     }
 
     fn submit(&self, job: Job) -> io::Result<()> {
@@ -171,12 +179,24 @@ pub struct PooledFrames<W: Write> {
     inflight: VecDeque<mpsc::Receiver<io::Result<Block>>>,
     spare: Vec<Block>,
     frames: u64,
+    _counted: Counted,
+}
+
+/// A stream's place in [`FramePool::streams`], given up when the stream ends.
+struct Counted(Arc<FramePool>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<W: Write> PooledFrames<W> {
     pub fn new(inner: W, pool: Arc<FramePool>) -> Self {
+        pool.streams.fetch_add(1, Ordering::Relaxed);
         PooledFrames {
             inner,
+            _counted: Counted(pool.clone()),
             pool,
             buf: Vec::with_capacity(FRAME_SIZE),
             inflight: VecDeque::new(),
@@ -369,6 +389,27 @@ mod tests {
         enc.write_all(b", second").unwrap();
         let stored = enc.finish().unwrap();
         assert_eq!(decode(Algorithm::Zstd, &stored), b"first part, second");
+    }
+
+    #[test]
+    fn the_depth_per_stream_shrinks_as_streams_are_added() {
+        let pool = FramePool::new(codec(Algorithm::Zstd, 1), 16).unwrap();
+        assert_eq!(pool.depth(), 33);
+        let streams: Vec<_> = (0..16)
+            .map(|_| PooledFrames::new(Vec::new(), pool.clone()))
+            .collect();
+        assert_eq!(pool.depth(), 3);
+        drop(streams);
+        let two = FramePool::new(codec(Algorithm::Zstd, 1), 2).unwrap();
+        let a = PooledFrames::new(Vec::new(), two.clone());
+        let b = PooledFrames::new(Vec::new(), two.clone());
+        assert_eq!(two.depth(), 3);
+        drop(b);
+        assert_eq!(two.depth(), 5);
+        // A finished stream gives up its place too.
+        a.finish().unwrap();
+        assert_eq!(two.streams.load(Ordering::Relaxed), 0);
+        assert_eq!(pool.streams.load(Ordering::Relaxed), 0);
     }
 
     #[test]
