@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tempfile::NamedTempFile;
+use tokio::io::AsyncWriteExt;
 
 use super::{GetObject, ObjectMeta, PutOptions, RepoError, RepoResult, Repository};
 
@@ -126,6 +127,7 @@ impl LocalRepository {
         body: super::BodyReader,
         metadata: impl std::future::Future<Output = RepoResult<BTreeMap<String, String>>>,
         if_absent: bool,
+        writeback: bool,
     ) -> RepoResult<u64> {
         let path = self.path_of(key)?;
         let dir = path.parent().expect("keys have a parent").to_path_buf();
@@ -147,9 +149,24 @@ impl LocalRepository {
             .as_file()
             .try_clone()
             .map_err(|e| RepoError::io("open temp file for", key, e))?;
-        let written = write_with_writeback(std_file, body)
-            .await
-            .map_err(|e| RepoError::io("write", key, e))?;
+        let written = if writeback {
+            write_with_writeback(std_file, body)
+                .await
+                .map_err(|e| RepoError::io("write", key, e))?
+        } else {
+            let mut file = tokio::fs::File::from_std(std_file);
+            let mut reader = tokio::io::BufReader::with_capacity(COPY_BUFFER, body);
+            let written = tokio::io::copy_buf(&mut reader, &mut file)
+                .await
+                .map_err(|e| RepoError::io("write", key, e))?;
+            file.flush()
+                .await
+                .map_err(|e| RepoError::io("write", key, e))?;
+            file.sync_all()
+                .await
+                .map_err(|e| RepoError::io("fsync", key, e))?;
+            written
+        };
         // Only now is the content known to be complete and right.
         let metadata = metadata.await?;
 
@@ -239,15 +256,13 @@ impl Repository for LocalRepository {
         self.root.display().to_string()
     }
 
-    /// Written as it comes, with writeback started as it is written, so that the final
-    /// fsync has little left to do: the disk works while the producer still produces
-    /// (a backup part of a few hundred MB would otherwise wait seconds for its fsync).
     async fn put(&self, key: &str, body: super::BodyReader, opts: PutOptions) -> RepoResult<u64> {
         let metadata = std::future::ready(Ok(opts.metadata));
-        self.store(key, body, metadata, opts.if_absent).await
+        self.store(key, body, metadata, opts.if_absent, false).await
     }
 
-    /// Written as [`Repository::put`] writes; the metadata is awaited after the body.
+    /// Written as it comes, with writeback started as it is written, so that the final
+    /// fsync has little left to do: the disk works while the producer still produces.
     async fn put_described_after(
         &self,
         key: &str,
@@ -256,7 +271,7 @@ impl Repository for LocalRepository {
         if_absent: bool,
     ) -> RepoResult<u64> {
         let metadata = super::late_metadata(key, metadata);
-        self.store(key, body, metadata, if_absent).await
+        self.store(key, body, metadata, if_absent, true).await
     }
 
     async fn get(&self, key: &str) -> RepoResult<GetObject> {
