@@ -136,7 +136,15 @@ fn work(codec: Codec, jobs: &Mutex<mpsc::Receiver<Job>>) {
             }
         };
         let Job { mut block, reply } = job;
-        let done = compress_block(codec, &mut zstd, &block.input, &mut block.out).map(|()| block);
+        // A panic fails this block's stream, not the thread: the pool keeps its size.
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            compress_block(codec, &mut zstd, &block.input, &mut block.out)
+        }))
+        .unwrap_or_else(|_| {
+            zstd = None;
+            Err(io::Error::other("the compressor panicked"))
+        })
+        .map(|()| block);
         // The stream may have given up (its writer failed and was dropped): nothing to do.
         let _ = reply.send(done);
     }
@@ -179,6 +187,9 @@ pub struct PooledFrames<W: Write> {
     inflight: VecDeque<mpsc::Receiver<io::Result<Block>>>,
     spare: Vec<Block>,
     frames: u64,
+    /// Set by the first error: a block may have been lost, so the stream must not go on
+    /// (a later `finish` would otherwise end a valid-looking stream without it).
+    failed: bool,
     _counted: Counted,
 }
 
@@ -202,7 +213,20 @@ impl<W: Write> PooledFrames<W> {
             inflight: VecDeque::new(),
             spare: vec![],
             frames: 0,
+            failed: false,
         }
+    }
+
+    /// Fail at once if an earlier call failed; remember if `step` fails.
+    fn guarded<T>(&mut self, step: impl FnOnce(&mut Self) -> io::Result<T>) -> io::Result<T> {
+        if self.failed {
+            return Err(io::Error::other(
+                "an earlier write to this compressed stream failed",
+            ));
+        }
+        let result = step(self);
+        self.failed = result.is_err();
+        result
     }
 
     /// Queue the buffered block, first writing out the oldest if the stream already has
@@ -237,7 +261,11 @@ impl<W: Write> PooledFrames<W> {
             .recv()
             .map_err(|_| io::Error::other("a compression thread stopped"))??;
         self.inner.write_all(&block.out)?;
-        self.spare.push(block);
+        // Keep buffers for reuse only up to the current depth (it shrinks when other
+        // streams start).
+        if self.inflight.len() + self.spare.len() < self.pool.depth() {
+            self.spare.push(block);
+        }
         Ok(())
     }
 
@@ -251,33 +279,39 @@ impl<W: Write> PooledFrames<W> {
     /// Compress what is buffered (an empty frame if nothing was ever written, so the
     /// result is always a valid stream), write every frame, and return the inner writer.
     pub fn finish(mut self) -> io::Result<W> {
-        if !self.buf.is_empty() || self.frames == 0 {
-            self.submit()?;
-        }
-        self.drain()?;
-        self.inner.flush()?;
+        self.guarded(|s| {
+            if !s.buf.is_empty() || s.frames == 0 {
+                s.submit()?;
+            }
+            s.drain()?;
+            s.inner.flush()
+        })?;
         Ok(self.inner)
     }
 }
 
 impl<W: Write> Write for PooledFrames<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(FRAME_SIZE - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == FRAME_SIZE {
-            self.submit()?;
-        }
-        Ok(n)
+        self.guarded(|s| {
+            let n = data.len().min(FRAME_SIZE - s.buf.len());
+            s.buf.extend_from_slice(&data[..n]);
+            if s.buf.len() == FRAME_SIZE {
+                s.submit()?;
+            }
+            Ok(n)
+        })
     }
 
     /// Ends the current frame early and writes every frame, so everything written so far
     /// can be decoded.
     fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.submit()?;
-        }
-        self.drain()?;
-        self.inner.flush()
+        self.guarded(|s| {
+            if !s.buf.is_empty() {
+                s.submit()?;
+            }
+            s.drain()?;
+            s.inner.flush()
+        })
     }
 }
 
@@ -441,8 +475,12 @@ mod tests {
         let pool = Compressor::shared(codec(Algorithm::Zstd, 3), 2).unwrap();
         let mut enc = pool.encoder(Broken).unwrap();
         let data = sample(8 * FRAME_SIZE);
-        let err = enc.write_all(&data).and_then(|()| enc.finish().map(drop));
-        assert_eq!(err.unwrap_err().to_string(), "disk full");
+        let err = enc.write_all(&data).unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
+        // The stream stays failed: nothing written after the error, and no clean end.
+        assert!(enc.write(b"more").is_err());
+        assert!(enc.flush().is_err());
+        assert!(enc.finish().is_err());
         // The pool still serves other streams.
         let stored = pooled(&pool, b"after", 10);
         assert_eq!(decode(Algorithm::Zstd, &stored), b"after");

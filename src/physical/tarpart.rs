@@ -58,31 +58,35 @@ struct ReadAhead {
     file: File,
     pos: u64,
     advised: u64,
+    /// The size the file had when PGDATA was scanned: nothing beyond it is read.
+    size: u64,
 }
 
 const READ_AHEAD: u64 = 32 << 20;
 
 impl ReadAhead {
-    fn new(file: File) -> Self {
+    fn new(file: File, size: u64) -> Self {
         ReadAhead {
             file,
             pos: 0,
             advised: 0,
+            size,
         }
     }
 }
 
 impl Read for ReadAhead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos + READ_AHEAD / 2 >= self.advised {
+        if self.pos + READ_AHEAD / 2 >= self.advised && self.advised < self.size {
+            let len = READ_AHEAD.min(self.size - self.advised);
             // Advice only: a failure changes nothing but speed.
             let _ = rustix::fs::fadvise(
                 &self.file,
                 self.advised,
-                std::num::NonZeroU64::new(READ_AHEAD),
+                std::num::NonZeroU64::new(len),
                 rustix::fs::Advice::WillNeed,
             );
-            self.advised += READ_AHEAD;
+            self.advised += len;
         }
         let n = self.file.read(buf)?;
         self.pos += n as u64;
@@ -127,7 +131,7 @@ pub fn write_part(entries: &[Entry], w: &mut dyn Write) -> io::Result<PartStats>
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(*size);
                 let reader = ExactReader {
-                    inner: BufReader::with_capacity(256 << 10, ReadAhead::new(f)),
+                    inner: BufReader::with_capacity(256 << 10, ReadAhead::new(f, *size)),
                     remaining: *size,
                     padded: false,
                 };
