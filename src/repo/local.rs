@@ -18,7 +18,6 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tempfile::NamedTempFile;
-use tokio::io::AsyncWriteExt;
 
 use super::{GetObject, ObjectMeta, PutOptions, RepoError, RepoResult, Repository};
 
@@ -127,7 +126,7 @@ impl LocalRepository {
         body: super::BodyReader,
         metadata: impl std::future::Future<Output = RepoResult<BTreeMap<String, String>>>,
         if_absent: bool,
-        writeback: bool,
+        stride: Stride,
     ) -> RepoResult<u64> {
         let path = self.path_of(key)?;
         let dir = path.parent().expect("keys have a parent").to_path_buf();
@@ -149,24 +148,9 @@ impl LocalRepository {
             .as_file()
             .try_clone()
             .map_err(|e| RepoError::io("open temp file for", key, e))?;
-        let written = if writeback {
-            write_with_writeback(std_file, body)
-                .await
-                .map_err(|e| RepoError::io("write", key, e))?
-        } else {
-            let mut file = tokio::fs::File::from_std(std_file);
-            let mut reader = tokio::io::BufReader::with_capacity(COPY_BUFFER, body);
-            let written = tokio::io::copy_buf(&mut reader, &mut file)
-                .await
-                .map_err(|e| RepoError::io("write", key, e))?;
-            file.flush()
-                .await
-                .map_err(|e| RepoError::io("write", key, e))?;
-            file.sync_all()
-                .await
-                .map_err(|e| RepoError::io("fsync", key, e))?;
-            written
-        };
+        let written = write_synced(std_file, body, stride)
+            .await
+            .map_err(|e| RepoError::io("write", key, e))?;
         // Only now is the content known to be complete and right.
         let metadata = metadata.await?;
 
@@ -210,44 +194,102 @@ impl LocalRepository {
     }
 }
 
-/// Bytes [`write_with_writeback`] gathers before writing, unless the body ends first.
-const WRITE_AT_LEAST: usize = 256 << 10;
+/// How [`write_synced`] writes an object: it gathers `write` bytes (unless the body ends
+/// first) for each trip to a blocking thread, and syncs what it has written whenever
+/// `sync` bytes are unsynced.
+#[derive(Clone, Copy)]
+struct Stride {
+    write: usize,
+    sync: u64,
+}
 
-/// Copy `body` into `file` as it arrives and fsync it, starting writeback of each
-/// written stretch at once (advice only: the fsync makes it durable either way).
-async fn write_with_writeback(file: fs::File, mut body: super::BodyReader) -> io::Result<u64> {
+/// WAL: small objects, each of which a waiting archive_command call ends with an fsync.
+const WAL_STRIDE: Stride = Stride {
+    write: 256 << 10,
+    sync: 1 << 20,
+};
+
+/// Everything else: backup parts of hundreds of megabytes, and small metadata.
+const BULK_STRIDE: Stride = Stride {
+    write: COPY_BUFFER,
+    sync: 8 << 20,
+};
+
+/// Copy `body` into `file` as it arrives and fsync it, syncing what is written on the
+/// way (see [`Stride`]), so that the final fsync has little left to do.
+///
+/// A flush costs time in proportion to the data written since the last one (on a
+/// virtual disk the host writes it out then), and the producer (compression) keeps
+/// working meanwhile: a 6 MB compressed WAL segment's final fsync went from ~6 ms to
+/// ~1 ms (wal-push 71 → 65 ms), a backup part's from up to 0.3 s to ~10 ms (2.2 GB
+/// backup 4.3 → 4.0 s). The syncs run on a blocking thread of their own, one at a time,
+/// while writing goes on. Synced pages are clean and are dropped from the page cache at
+/// once: what goes into the repository is not read again soon, and should not push the
+/// database's pages out.
+async fn write_synced(
+    file: fs::File,
+    mut body: super::BodyReader,
+    stride: Stride,
+) -> io::Result<u64> {
     use tokio::io::AsyncReadExt;
-    let mut file = Some(file);
-    let mut buf = Vec::with_capacity(COPY_BUFFER);
+    let file = std::sync::Arc::new(file);
+    let mut buf = Vec::with_capacity(stride.write);
     let mut written = 0u64;
+    let mut synced = 0u64;
+    // At most one sync runs, on its own blocking thread, while writing goes on.
+    let mut syncing: Option<tokio::task::JoinHandle<io::Result<()>>> = None;
     loop {
         // Gather a stretch worth a trip to a blocking thread (pieces may be small).
         buf.clear();
-        while buf.len() < WRITE_AT_LEAST && body.read_buf(&mut buf).await? > 0 {}
+        while buf.len() < stride.write && body.read_buf(&mut buf).await? > 0 {}
         if buf.is_empty() {
             break;
         }
-        let (f, b) = (file.take().expect("file"), std::mem::take(&mut buf));
-        let (f, b) = tokio::task::spawn_blocking(move || -> io::Result<(fs::File, Vec<u8>)> {
-            io::Write::write_all(&mut &f, &b)?;
-            let _ = rustix::fs::fadvise(
-                &f,
-                written,
-                std::num::NonZeroU64::new(b.len() as u64),
-                rustix::fs::Advice::DontNeed,
-            );
-            Ok((f, b))
+        let (f, b) = (file.clone(), std::mem::take(&mut buf));
+        buf = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            io::Write::write_all(&mut &*f, &b)?;
+            Ok(b)
         })
         .await
         .map_err(io::Error::other)??;
-        written += b.len() as u64;
-        (file, buf) = (Some(f), b);
+        written += buf.len() as u64;
+        if written - synced >= stride.sync {
+            if let Some(previous) = syncing.take() {
+                previous.await.map_err(io::Error::other)??;
+            }
+            let (f, from, to) = (file.clone(), synced, written);
+            syncing = Some(tokio::task::spawn_blocking(move || {
+                sync_range(&f, from, to)
+            }));
+            synced = written;
+        }
     }
-    let f = file.expect("file");
-    tokio::task::spawn_blocking(move || f.sync_all())
-        .await
-        .map_err(io::Error::other)??;
+    if let Some(previous) = syncing.take() {
+        previous.await.map_err(io::Error::other)??;
+    }
+    tokio::task::spawn_blocking(move || {
+        file.sync_all()?;
+        drop_cached(&file, synced, written);
+        Ok::<_, io::Error>(())
+    })
+    .await
+    .map_err(io::Error::other)??;
     Ok(written)
+}
+
+/// Make bytes `from..to` of `f` durable (and what else is written by then), then drop
+/// them from the page cache.
+fn sync_range(f: &fs::File, from: u64, to: u64) -> io::Result<()> {
+    f.sync_data()?;
+    drop_cached(f, from, to);
+    Ok(())
+}
+
+/// Advice only: clean pages `from..to` of `f` are not needed in the page cache.
+fn drop_cached(f: &fs::File, from: u64, to: u64) {
+    if let Some(len) = std::num::NonZeroU64::new(to - from) {
+        let _ = rustix::fs::fadvise(f, from, Some(len), rustix::fs::Advice::DontNeed);
+    }
 }
 
 #[async_trait]
@@ -258,11 +300,12 @@ impl Repository for LocalRepository {
 
     async fn put(&self, key: &str, body: super::BodyReader, opts: PutOptions) -> RepoResult<u64> {
         let metadata = std::future::ready(Ok(opts.metadata));
-        self.store(key, body, metadata, opts.if_absent, false).await
+        self.store(key, body, metadata, opts.if_absent, BULK_STRIDE)
+            .await
     }
 
-    /// Written as it comes, with writeback started as it is written, so that the final
-    /// fsync has little left to do: the disk works while the producer still produces.
+    /// Written as it comes and synced every megabyte on the way ([`WAL_STRIDE`]), so
+    /// that the final fsync has little left: the disk works while the producer produces.
     async fn put_described_after(
         &self,
         key: &str,
@@ -271,7 +314,7 @@ impl Repository for LocalRepository {
         if_absent: bool,
     ) -> RepoResult<u64> {
         let metadata = super::late_metadata(key, metadata);
-        self.store(key, body, metadata, if_absent, true).await
+        self.store(key, body, metadata, if_absent, WAL_STRIDE).await
     }
 
     async fn get(&self, key: &str) -> RepoResult<GetObject> {
