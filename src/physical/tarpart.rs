@@ -391,6 +391,11 @@ mod tests {
         fs::write(src.path().join("base/1/grows"), vec![7u8; 10_000]).unwrap();
         fs::write(src.path().join("base/1/shrinks"), vec![9u8; 10_000]).unwrap();
         fs::write(src.path().join("base/1/vanishes"), b"x").unwrap();
+        // A name too long for the tar header itself (a GNU long-name entry comes first),
+        // and data that is not a whole number of tar blocks or copy buffers.
+        let long_name = format!("base/1/{}", "n".repeat(150));
+        let odd: Vec<u8> = (0..COPY_BUFFER + 700).map(|i| (i % 253) as u8).collect();
+        fs::write(src.path().join(&long_name), &odd).unwrap();
         std::os::unix::fs::symlink("/elsewhere", src.path().join("link")).unwrap();
         let entries = scan(src.path()).unwrap();
         // Change the files between scan and copy, as a running server would.
@@ -401,11 +406,12 @@ mod tests {
         let mut tar = vec![];
         let stats = write_part(&entries, &mut tar).unwrap();
         assert_eq!(stats.vanished, 1);
-        assert_eq!(stats.files, 3);
+        assert_eq!(stats.files, 4);
 
         let dst = tempfile::tempdir().unwrap();
         let files = extract_part(&mut &tar[..], &Into(dst.path().to_path_buf())).unwrap();
-        assert_eq!(files, 3);
+        assert_eq!(files, 4);
+        assert_eq!(fs::read(dst.path().join(&long_name)).unwrap(), odd);
         assert_eq!(
             fs::read(dst.path().join("base/1/grows")).unwrap(),
             vec![7u8; 10_000]
