@@ -237,7 +237,7 @@ async fn store(repo: &dyn Repository, codec: Codec, file: WalFile) -> anyhow::Re
     }
 
     // The compressed file goes to the repository as it is produced (locally: written,
-    // and its writeback started, while the rest is compressed). Its checksum follows as
+    // and synced every megabyte, while the rest is compressed). Its checksum follows as
     // metadata once the last frame is out; if compression fails, no metadata comes and
     // nothing is stored. No checksum of the original: zstd frames and gzip carry their
     // own of the content, checked on every decompression; it is computed only to compare

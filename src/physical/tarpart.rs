@@ -206,7 +206,7 @@ pub fn sync_dirs(root: &Path) -> io::Result<()> {
 
 const COPY_BUFFER: usize = 1 << 20;
 /// With `durable`, what was written is synced every this many bytes.
-const WRITEBACK_EVERY: u64 = 8 << 20;
+const SYNC_EVERY: u64 = 8 << 20;
 /// Syncs an extracting thread may queue before it waits for the disk.
 const SYNC_QUEUE: usize = 8;
 
@@ -247,7 +247,7 @@ fn run_syncs(jobs: std::sync::mpsc::Receiver<SyncJob>) -> io::Result<()> {
 /// `syncer` (a durable restore): the file is fsynced before the part's extraction
 /// returns, as pg_basebackup and pgBackRest do, so that a restore that reported success
 /// survives a crash of the host. The syncs run on a thread of their own while this one
-/// goes on decompressing: what was written is synced every [`WRITEBACK_EVERY`] bytes and
+/// goes on decompressing: what was written is synced every [`SYNC_EVERY`] bytes and
 /// the complete file once more. A flush costs time in proportion to what was written
 /// since the last one (on a virtual disk the host writes it out then): fsyncing a 1 GiB
 /// relation file at its end stalled extraction for up to 1.3 s.
@@ -287,7 +287,7 @@ fn write_file(
         };
         f.write_all(&buf[..n])?;
         written += n as u64;
-        if syncer.is_some() && written - flushed >= WRITEBACK_EVERY {
+        if syncer.is_some() && written - flushed >= SYNC_EVERY {
             sync(f.try_clone()?, Some((flushed, written)))?;
             flushed = written;
         }
@@ -310,7 +310,9 @@ pub fn extract_part(r: &mut dyn Read, dest: &dyn Destination) -> io::Result<u64>
     }
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
-        let syncing = s.spawn(move || run_syncs(rx));
+        let syncing = std::thread::Builder::new()
+            .name("restore-fsync".into())
+            .spawn_scoped(s, move || run_syncs(rx))?;
         let extracted = extract_entries(r, dest, Some(&tx));
         drop(tx);
         let synced = syncing
@@ -445,8 +447,8 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let src = tempfile::tempdir().unwrap();
         fs::create_dir_all(src.path().join("base/1")).unwrap();
-        // Larger than the writeback stride, and not a multiple of the copy buffer.
-        let big: Vec<u8> = (0..(WRITEBACK_EVERY as usize * 2 + 12_345))
+        // Larger than the sync stride, and not a multiple of the copy buffer.
+        let big: Vec<u8> = (0..(SYNC_EVERY as usize * 2 + 12_345))
             .map(|i| (i % 251) as u8)
             .collect();
         fs::write(src.path().join("base/1/big"), &big).unwrap();

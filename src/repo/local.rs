@@ -233,26 +233,32 @@ async fn write_synced(
 ) -> io::Result<u64> {
     use tokio::io::AsyncReadExt;
     let file = std::sync::Arc::new(file);
-    let mut buf = Vec::with_capacity(stride.write);
+    // Exactly this big: `read_buf` into a full Vec would grow it.
+    let mut buf = vec![0u8; stride.write];
     let mut written = 0u64;
     let mut synced = 0u64;
     // At most one sync runs, on its own blocking thread, while writing goes on.
     let mut syncing: Option<tokio::task::JoinHandle<io::Result<()>>> = None;
     loop {
         // Gather a stretch worth a trip to a blocking thread (pieces may be small).
-        buf.clear();
-        while buf.len() < stride.write && body.read_buf(&mut buf).await? > 0 {}
-        if buf.is_empty() {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match body.read(&mut buf[filled..]).await? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled == 0 {
             break;
         }
         let (f, b) = (file.clone(), std::mem::take(&mut buf));
         buf = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
-            io::Write::write_all(&mut &*f, &b)?;
+            io::Write::write_all(&mut &*f, &b[..filled])?;
             Ok(b)
         })
         .await
         .map_err(io::Error::other)??;
-        written += buf.len() as u64;
+        written += filled as u64;
         if written - synced >= stride.sync {
             if let Some(previous) = syncing.take() {
                 previous.await.map_err(io::Error::other)??;
@@ -268,7 +274,7 @@ async fn write_synced(
         previous.await.map_err(io::Error::other)??;
     }
     tokio::task::spawn_blocking(move || {
-        file.sync_all()?;
+        file.sync_all().map_err(fsync_error)?;
         drop_cached(&file, synced, written);
         Ok::<_, io::Error>(())
     })
@@ -280,9 +286,14 @@ async fn write_synced(
 /// Make bytes `from..to` of `f` durable (and what else is written by then), then drop
 /// them from the page cache.
 fn sync_range(f: &fs::File, from: u64, to: u64) -> io::Result<()> {
-    f.sync_data()?;
+    f.sync_data().map_err(fsync_error)?;
     drop_cached(f, from, to);
     Ok(())
+}
+
+/// Says which step failed: errors of [`write_synced`] are all reported as "write".
+fn fsync_error(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("fsync: {e}"))
 }
 
 /// Advice only: clean pages `from..to` of `f` are not needed in the page cache.
