@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cli::WalPushArgs;
 use crate::codec::{self, Codec, FileSource, Source as _};
@@ -58,22 +58,19 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
         concurrency.min(1 + ahead.len()),
     );
     let slots = Arc::new(Semaphore::new(concurrency));
-    let mine = slots.clone().acquire_owned().await?;
+    // This call's own file takes the first slot.
+    let mine = Slot::Held(slots.clone().acquire_owned().await?);
     let mut others = tokio::task::JoinSet::new();
     for p in ahead {
         let (repo, state_dir, tag) = (repo.clone(), ctx.cfg.backup.state_dir.clone(), tag.clone());
-        let slots = slots.clone();
+        let slot = Slot::Queue(slots.clone());
         others.spawn(async move {
-            // The semaphore is fair: files start in the archiver's order.
-            let Ok(_slot) = slots.acquire_owned().await else {
-                return;
-            };
             let pushed = async {
                 let f = read_wal_file(&p)?;
                 if f.system_identifier.is_some_and(|s| s != cluster) {
                     anyhow::bail!("belongs to another cluster");
                 }
-                store(repo.as_ref(), codec, f).await
+                store(repo.as_ref(), codec, f, slot).await
             }
             .await;
             match pushed {
@@ -87,8 +84,7 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let result = store(repo.as_ref(), codec, file).await.map(|_| ());
-    drop(mine);
+    let result = store(repo.as_ref(), codec, file, mine).await.map(|_| ());
     while others.join_next().await.is_some() {}
     markers.clean_old();
     result
@@ -212,9 +208,34 @@ async fn check_identity(
     Ok(identity.system_identifier())
 }
 
+/// A file's turn to compress: `push_concurrency` files compress at a time.
+enum Slot {
+    Held(OwnedSemaphorePermit),
+    /// Wait for one (the semaphore is fair: files queue in the order their HEADs return).
+    Queue(Arc<Semaphore>),
+}
+
+impl Slot {
+    async fn take(self) -> anyhow::Result<OwnedSemaphorePermit> {
+        Ok(match self {
+            Slot::Held(permit) => permit,
+            Slot::Queue(slots) => slots.acquire_owned().await?,
+        })
+    }
+}
+
 /// Compress, checksum and store one WAL file unless an identical copy is there.
 /// Returns its name.
-async fn store(repo: &dyn Repository, codec: Codec, file: WalFile) -> anyhow::Result<String> {
+///
+/// The repository is asked for the file before its `slot` comes up, and the slot is
+/// given back as soon as the file is compressed: the next file's compression does not
+/// wait for this one's HEADs, final fsync and rename.
+async fn store(
+    repo: &dyn Repository,
+    codec: Codec,
+    file: WalFile,
+    slot: Slot,
+) -> anyhow::Result<String> {
     // History files stay readable as they are; everything else is compressed.
     let codec = if file.kind == WalFileKind::TimelineHistory {
         Codec::NONE
@@ -226,9 +247,13 @@ async fn store(repo: &dyn Repository, codec: Codec, file: WalFile) -> anyhow::Re
     let data = file.data;
     let original = data.size();
     if let Some((found, existing)) = find_archived(repo, &name, &key).await? {
+        let permit = slot.take().await?;
         let digest = tokio::task::spawn_blocking({
             let data = data.clone();
-            move || codec::compress_frames(&codec, data.as_ref(), |_| Ok(()))
+            move || {
+                let _permit = permit;
+                codec::compress_frames(&codec, data.as_ref(), |_| Ok(()))
+            }
         })
         .await?
         .context("compress WAL file")?;
@@ -245,10 +270,12 @@ async fn store(repo: &dyn Repository, codec: Codec, file: WalFile) -> anyhow::Re
     let (mut writer, body) = tokio::io::duplex(STREAM_BUFFER);
     let (metadata_tx, metadata_rx) = tokio::sync::oneshot::channel();
     let runtime = tokio::runtime::Handle::current();
+    let permit = slot.take().await?;
     let compress = tokio::task::spawn_blocking({
         let data = data.clone();
         move || -> std::io::Result<codec::Digest> {
             use tokio::io::AsyncWriteExt as _;
+            let _permit = permit;
             let digest = codec::compress_frames(&codec, data.as_ref(), |piece| {
                 runtime.block_on(writer.write_all(piece))
             })?;
