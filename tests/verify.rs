@@ -124,8 +124,8 @@ fn good_physical_backup_verifies_with_rto_recorded(backend: Backend) {
     assert_eq!(s.cluster.psql("app", "SELECT count(*) FROM t"), "10000");
 }
 
-/// Parts of several 1 MiB blocks, compressed by the shared pool as gzip members, restore
-/// (zstd parts go through the same pool in every other physical test).
+/// Parts of several blocks (`FRAME_SIZE`), compressed by the shared pool as gzip members,
+/// restore (zstd parts go through the same pool in every other physical test).
 fn gzip_parts_of_many_frames_verify(backend: Backend) {
     let s = Setup::new(backend, "[compression]\nalgorithm = \"gzip\"\n");
     // Small parts, two at a time.

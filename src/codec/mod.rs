@@ -150,7 +150,14 @@ impl<W: Write> Write for Encoder<W> {
 /// on this project's WAL segments and relation files, 1 MiB frames compress 25–30 %
 /// faster than one streamed frame, to the same size within 1 %. Blocks also compress
 /// independently, so [`compress_to_vec`] spreads them over threads.
-pub const FRAME_SIZE: usize = 1 << 20;
+///
+/// 512 KiB rather than 1 MiB: twice the blocks to share between threads, so less time at
+/// the end of a file or backup with one thread still compressing and the other done, and
+/// half the memory per block in flight. Measured: wal-push 68.6 → 62.9 ms per call, a
+/// 2.2 GB backup 4.06 → 3.92 s with peak RSS 35 → 31 MiB, stored sizes +0.03 % (WAL) and
+/// +0.2 % (backup); restores the same within noise. 256 KiB frames were 3 % larger and
+/// no faster.
+pub const FRAME_SIZE: usize = 1 << 19;
 
 fn frame_compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
     let mut c = zstd::bulk::Compressor::new(level)?;
