@@ -242,6 +242,24 @@ fn run_syncs(jobs: std::sync::mpsc::Receiver<SyncJob>) -> io::Result<()> {
     Ok(())
 }
 
+/// Read from `r` until `buf` is full or `r` ends; returns how much was read.
+///
+/// The decompressor returns at the end of every zstd frame (512 KiB of input): filling
+/// the whole buffer first keeps to one write per [`COPY_BUFFER`], however the stream was
+/// framed (a restore of 6.6 GB made 17,170 writes instead of 11,030 without it).
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Write one file's contents from `r`, then its mode and modification time.
 ///
 /// `syncer` (a durable restore): the file is fsynced before the part's extraction
@@ -279,12 +297,10 @@ fn write_file(
     };
     let (mut written, mut flushed) = (0u64, 0u64);
     loop {
-        let n = match r.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let n = read_full(r, buf)?;
+        if n == 0 {
+            break;
+        }
         f.write_all(&buf[..n])?;
         written += n as u64;
         if syncer.is_some() && written - flushed >= SYNC_EVERY {
