@@ -2,9 +2,10 @@
 //!
 //! Exit codes: 0 success; 1 the operation failed (I/O, PostgreSQL, repository, corruption);
 //! 2 the request itself is wrong or refused (bad config or flags, unsafe target directory,
-//! target outside the recoverable window); wal-fetch also uses 126 (see
-//! `commands::wal_fetch::STOP_RECOVERY_EXIT`). Commands return `anyhow`
-//! errors; wrapping one of these types anywhere in the chain selects the code.
+//! target outside the recoverable window); 3 another run of the same job holds its lock; wal-fetch also uses 126
+//! ([`STOP_RECOVERY_EXIT`]). Operations return `anyhow` errors; wrapping one of these
+//! types anywhere in the chain selects the code. This is the only place that maps errors
+//! to exit codes: no operation or domain module names a number.
 
 use std::fmt;
 
@@ -28,33 +29,81 @@ impl fmt::Display for UserError {
 
 impl std::error::Error for UserError {}
 
-/// End the process with `code`; `message = None` ends it without printing anything
-/// (wal-fetch of a segment that is not in the archive).
+/// Another run of the same job holds its lock (the host-wide job lock, or the
+/// PostgreSQL advisory lock another host holds): exit code 3. The daemon's runner skips
+/// the run instead of failing it: the work is being done.
 #[derive(Debug)]
-pub struct Exit {
-    pub code: i32,
-    pub message: Option<String>,
+pub struct LockHeld {
+    /// The lock: a job lock's name (`backup-physical`), or what else is held.
+    pub lock: String,
+    /// Who holds it, as far as known (`pid 123, backupctl backup, since …`).
+    pub holder: String,
+    /// The whole message for the operator, with what to do.
+    pub message: String,
 }
 
-impl Exit {
-    pub fn quiet(code: i32) -> Self {
-        Exit {
-            code,
-            message: None,
-        }
-    }
-}
-
-impl fmt::Display for Exit {
+impl fmt::Display for LockHeld {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.message {
-            Some(m) => f.write_str(m),
-            None => write!(f, "exit {}", self.code),
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LockHeld {}
+
+/// The operation failed and what went wrong is already in front of the operator (a
+/// rendered report, or nothing to say): exit code 1 with `summary` as the one-line
+/// message, or silently when it is `None` (wal-fetch of a segment that is not archived).
+#[derive(Debug)]
+pub struct Reported {
+    pub summary: Option<String>,
+}
+
+impl Reported {
+    pub fn quiet() -> Self {
+        Reported { summary: None }
+    }
+    pub fn new(summary: impl Into<String>) -> Self {
+        Reported {
+            summary: Some(summary.into()),
         }
     }
 }
 
-impl std::error::Error for Exit {}
+impl fmt::Display for Reported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.summary.as_deref().unwrap_or("failed (reported above)"))
+    }
+}
+
+impl std::error::Error for Reported {}
+
+/// restore_command must stop recovery instead of letting PostgreSQL take the failure
+/// for the end of the archive: exit code 126 (see `ops::wal::fetch`).
+#[derive(Debug)]
+pub struct StopRecovery {
+    pub message: String,
+}
+
+/// The exit code PostgreSQL treats as "stop recovery": above 125.
+pub const STOP_RECOVERY_EXIT: i32 = 126;
+
+impl fmt::Display for StopRecovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StopRecovery {}
+
+/// Whether another run holds the job's lock somewhere in `err`'s chain.
+pub fn is_lock_held(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| c.is::<LockHeld>())
+}
+
+/// Whether the request itself is refused (bad input): retrying cannot help.
+pub fn is_refused(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| c.is::<UserError>())
+}
 
 /// Shorthand for `Err(UserError::new(..).into())`.
 #[macro_export]
@@ -67,8 +116,14 @@ macro_rules! user_error {
 /// The exit code and the one-line message for an error chain (`None` = print nothing).
 pub fn classify(err: &anyhow::Error) -> (i32, Option<String>) {
     for cause in err.chain() {
-        if let Some(exit) = cause.downcast_ref::<Exit>() {
-            return (exit.code, exit.message.clone());
+        if let Some(e) = cause.downcast_ref::<StopRecovery>() {
+            return (STOP_RECOVERY_EXIT, Some(e.message.clone()));
+        }
+        if let Some(e) = cause.downcast_ref::<LockHeld>() {
+            return (3, Some(e.message.clone()));
+        }
+        if let Some(e) = cause.downcast_ref::<Reported>() {
+            return (1, e.summary.clone());
         }
     }
     let code = if err.chain().any(|c| c.is::<UserError>()) {
@@ -124,7 +179,23 @@ mod tests {
 
     #[test]
     fn quiet_exit_prints_nothing() {
-        let e = anyhow::Error::from(Exit::quiet(1));
+        let e = anyhow::Error::from(Reported::quiet());
         assert_eq!(classify(&e), (1, None));
+    }
+
+    #[test]
+    fn lock_held_exits_3_and_stop_recovery_126() {
+        let e = anyhow::Error::from(LockHeld {
+            lock: "backup-physical".into(),
+            holder: "pid 1".into(),
+            message: "a backup-physical job is already running".into(),
+        })
+        .context("backup");
+        assert_eq!(classify(&e).0, 3);
+        assert!(is_lock_held(&e) && !is_refused(&e));
+        let e = anyhow::Error::from(StopRecovery {
+            message: "corrupt".into(),
+        });
+        assert_eq!(classify(&e), (126, Some("corrupt".into())));
     }
 }

@@ -1,18 +1,19 @@
 //! backupctl: backup, archival and point-in-time recovery for PostgreSQL.
 //!
 //! The binary (`main.rs`) is a thin shell over this library so integration tests can
-//! drive the repository, codec and commands directly. See `docs/ARCHITECTURE.md`.
+//! drive the repository, codec and operations directly. See `docs/ARCHITECTURE.md`.
 
 pub mod archival;
 pub mod cli;
 pub mod codec;
-pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod jobs;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
+pub mod ops;
 pub mod partitions;
 pub mod pg;
 pub mod physical;
@@ -20,5 +21,6 @@ pub mod recovery;
 pub mod repo;
 pub mod retention;
 pub mod schedule;
+pub mod text;
 pub mod transfer;
-pub mod verify;
+pub mod webhook;

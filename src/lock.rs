@@ -77,11 +77,12 @@ pub fn acquire(state_dir: &Path, name: &str, wait: Wait) -> anyhow::Result<JobLo
                 let who = holder(&mut file);
                 match wait {
                     Wait::No => {
-                        return Err(anyhow::Error::from(crate::error::Exit {
-                            code: 3,
-                            message: Some(format!(
+                        return Err(anyhow::Error::from(crate::error::LockHeld {
+                            message: format!(
                                 "a {name} job is already running ({who}); wait for it, or run without --no-wait to queue behind it"
-                            )),
+                            ),
+                            lock: name.to_string(),
+                            holder: who,
                         }))
                     }
                     Wait::Up(limit) if started.elapsed() >= limit => {

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let result = backupctl::commands::run(cli).await;
+        let result = backupctl::cli::run(cli).await;
         // Let clean-ups of abandoned uploads (S3 multipart aborts) finish.
         backupctl::repo::wait_background(std::time::Duration::from_secs(10)).await;
         result

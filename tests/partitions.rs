@@ -9,9 +9,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use backupctl::commands::partitions::{run_at, PartitionsSummary};
-use backupctl::commands::Ctx;
 use backupctl::config::Config;
+use backupctl::ops::partitions::{run_at, PartitionsSummary};
 use chrono::{DateTime, Datelike, Utc};
 use common::{backupctl, stderr, stdout, Backend, Cluster, ClusterOptions, TestRepo};
 
@@ -141,12 +140,11 @@ fn creates_current_and_next_three_months_and_rerun_changes_nothing() {
 /// The clock is the library entry's argument: the same run a daemon job makes at `now`.
 fn run_in_process(config: &std::path::Path, now: &str) -> PartitionsSummary {
     let cfg = Config::load(Some(config)).unwrap();
-    let ctx = Ctx { cfg, json: false };
     let now: DateTime<Utc> = DateTime::parse_from_rfc3339(now)
         .unwrap()
         .with_timezone(&Utc);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let summary = rt.block_on(run_at(&ctx, false, now)).unwrap();
+    let summary = rt.block_on(run_at(&cfg, false, now)).unwrap();
     summary
         .outcome()
         .unwrap_or_else(|e| panic!("{e:#}: {summary:#?}"));

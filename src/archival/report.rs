@@ -5,10 +5,9 @@ use serde::Serialize;
 
 use super::inspect::Leaf;
 use super::partmode::PartitionReport;
-use super::plan::Cursor;
 use super::rows::RowStats;
 use crate::config::{ArchiveMode, ArchivePolicy};
-use crate::error::Exit;
+use crate::error::{Reported, UserError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,14 +90,12 @@ impl ArchiveSummary {
         if !refused.is_empty() {
             parts.push(format!("refused: {}", refused.join(", ")));
         }
-        Err(Exit {
-            code: if failed.is_empty() { 2 } else { 1 },
-            message: Some(format!(
-                "archive: {}; see the report above",
-                parts.join("; ")
-            )),
-        }
-        .into())
+        let message = format!("archive: {}; see the report above", parts.join("; "));
+        Err(if failed.is_empty() {
+            UserError::new(message).into()
+        } else {
+            Reported::new(message).into()
+        })
     }
 }
 
@@ -133,114 +130,5 @@ impl TableArchive {
             log_id: None,
             error: None,
         }
-    }
-}
-
-/// The report for a terminal.
-pub fn print_human(s: &ArchiveSummary) {
-    if s.tables.is_empty() {
-        println!("no [[archive]] policies in the config");
-    }
-    for t in &s.tables {
-        let target = t
-            .archive_table
-            .clone()
-            .unwrap_or_else(|| format!("schema {}", t.archive_schema));
-        println!(
-            "{} → {} ({} mode, database {})",
-            t.source.as_deref().unwrap_or(&t.table),
-            target,
-            t.mode,
-            t.database
-        );
-        if let Some(c) = &t.cutoff {
-            println!("  cutoff: {} < {c} (now - {})", t.column, t.older_than);
-        }
-        if !t.foreign_keys.is_empty() {
-            println!("  foreign keys referencing it:");
-            for fk in &t.foreign_keys {
-                println!("    {fk}");
-            }
-        }
-        for n in &t.notes {
-            println!("  note: {n}");
-        }
-        for l in &t.leaves {
-            let cursor = match &l.cursor {
-                Cursor::Index { index } => format!("index {index}"),
-                Cursor::Physical => "physical order (no index leads with the column)".into(),
-            };
-            println!(
-                "  {}: ~{} row(s) older than the cutoff, walked in {cursor}",
-                l.table, l.estimated_rows
-            );
-        }
-        for q in &t.partitions {
-            let status = serde_json::to_value(q.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            println!(
-                "  {:<40} {:<10} ~{} row(s)  {}",
-                q.partition, status, q.estimated_rows, q.bound
-            );
-            if let Some(d) = &q.detail {
-                println!("      {d}");
-            }
-        }
-        if let Some(st) = &t.rows {
-            println!(
-                "  moved {} row(s) in {} batch(es) in {:.1} s ({:.0} rows/s); longest batch {:.0} ms",
-                st.rows_moved,
-                st.batches,
-                st.elapsed_ms / 1e3,
-                st.rows_per_second,
-                st.longest_batch_ms
-            );
-        }
-        if t.mode == "partitions" && !s.dry_run && t.log_id.is_some() {
-            println!("  moved {} partition(s)", t.partitions_moved);
-        }
-        if let Some(id) = t.log_id {
-            println!(
-                "  {}.archive_log id {id}, run {}",
-                t.archive_schema, s.run_id
-            );
-        }
-        if s.dry_run {
-            if let Some(n) = t.estimated_rows {
-                println!("  estimated rows to move: {n}");
-            }
-            if !t.sql.is_empty() {
-                println!("  SQL:");
-                for stmt in &t.sql {
-                    for line in format!("{stmt};").lines() {
-                        println!("    {line}");
-                    }
-                }
-                if t.mode == "rows" {
-                    println!("    -- each batch repeats with the cursor after the last row moved (index value or ctid)");
-                    println!("    -- until a pass from the start finds nothing; archive_log id 0 is this run's row");
-                }
-            }
-        }
-        if let Some(e) = &t.error {
-            println!(
-                "  {}: {e}",
-                if t.status == TableStatus::Refused {
-                    "REFUSED"
-                } else {
-                    "FAILED"
-                }
-            );
-        }
-        let status = serde_json::to_value(t.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        println!("  status: {status}");
-    }
-    if s.dry_run {
-        println!("dry run: nothing was changed");
     }
 }

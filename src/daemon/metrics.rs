@@ -10,9 +10,9 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 
-use crate::daemon::jobs::JobKind;
 use crate::daemon::observe::{secs_between, Observation};
-use crate::daemon::state::{History, Outcome};
+use crate::jobs::history::{History, Outcome};
+use crate::jobs::JobKind;
 
 /// Everything `/metrics` shows.
 #[derive(Debug, Clone)]
@@ -443,9 +443,9 @@ fn observation(o: &mut Out, obs: &Observation, now: DateTime<Utc>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::jobs::JobReport;
     use crate::daemon::observe::{Archiver, RepoFacts};
-    use crate::daemon::state::RunRecord;
+    use crate::jobs::history::RunRecord;
+    use crate::jobs::JobReport;
     use chrono::TimeZone;
 
     fn t(s: i64) -> DateTime<Utc> {

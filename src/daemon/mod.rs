@@ -2,7 +2,7 @@
 //! service. See docs/daemon.md.
 //!
 //! One task owns all state (this loop); jobs run as spawned tasks and report back a
-//! [`state::RunRecord`]. The loop wakes at least once a second to: fire due jobs (a job
+//! [`history::RunRecord`]. The loop wakes at least once a second to: fire due jobs (a job
 //! still running when its next occurrence comes is skipped with a WARN), ping the
 //! watchdog, refresh the observation behind `/metrics`, and react to signals:
 //!
@@ -21,7 +21,7 @@ pub mod observe;
 pub mod runner;
 pub mod scheduler;
 pub mod server;
-pub mod state;
+
 pub mod systemd;
 
 use std::collections::BTreeMap;
@@ -33,15 +33,13 @@ use chrono::{DateTime, Utc};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::{JoinError, JoinSet};
 
-use crate::cli::DaemonArgs;
-use crate::commands::Ctx;
 use crate::config::Config;
-use crate::daemon::jobs::JobKind;
 use crate::daemon::metrics::Snapshot;
 use crate::daemon::notify::{Alert, Event, Notifier};
 use crate::daemon::observe::Observation;
 use crate::daemon::scheduler::{Schedule, Ticker};
-use crate::daemon::state::{Outcome, RunRecord};
+use crate::jobs::history::{self, Outcome, RunRecord};
+use crate::jobs::JobKind;
 use crate::lock;
 
 /// PostgreSQL's archiver is read this often; the repository less often (it lists every
@@ -129,10 +127,12 @@ async fn stop_signal(term: &mut Signal, int: &mut Signal) -> &'static str {
     }
 }
 
-pub async fn run(ctx: &Ctx, args: DaemonArgs) -> anyhow::Result<()> {
-    let cfg = Arc::new(ctx.cfg.clone());
+/// Run the daemon until SIGTERM; with `run_once`, every scheduled job once, its outcome
+/// printed (as JSON with `json`).
+pub async fn run(cfg: &Config, run_once: bool, json: bool) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg.clone());
     let schedule = Schedule::from_config(&cfg.schedule)?;
-    if args.run_once && schedule.is_empty() {
+    if run_once && schedule.is_empty() {
         return Err(crate::user_error!(
             "{}: [schedule] names no job, so --run-once has nothing to run; add e.g. physical = \"0 3 * * *\"",
             cfg.origin()
@@ -142,26 +142,27 @@ pub async fn run(ctx: &Ctx, args: DaemonArgs) -> anyhow::Result<()> {
     let mut signals = Signals::new()?;
     // Only one scheduling daemon per host (`--run-once` may run next to it: the job
     // locks keep them apart).
-    let _singleton = if args.run_once {
+    let _singleton = if run_once {
         None
     } else {
         let dir = cfg.backup.state_dir.clone();
         match tokio::task::spawn_blocking(move || lock::try_acquire(&dir, "daemon")).await?? {
             Ok(l) => Some(l),
             Err(holder) => {
-                return Err(crate::error::Exit {
-                    code: 3,
-                    message: Some(format!(
+                return Err(crate::error::LockHeld {
+                    message: format!(
                         "a backupctl daemon is already running with backup.state_dir {} ({holder}); stop it first",
                         cfg.backup.state_dir.display()
-                    )),
+                    ),
+                    lock: "daemon".into(),
+                    holder,
                 }
                 .into())
             }
         }
     };
     check_repository(&cfg).await?;
-    let history = state::update(&cfg.backup.state_dir, |h| h.clear_dead_runs())
+    let history = history::update(&cfg.backup.state_dir, |h| h.clear_dead_runs())
         .context("open the daemon's job history (backup.state_dir)")?;
     let notifier = Notifier::start(&cfg)?;
     let now = Utc::now();
@@ -181,8 +182,8 @@ pub async fn run(ctx: &Ctx, args: DaemonArgs) -> anyhow::Result<()> {
         too_old_alerted: None,
         server: None,
     };
-    if args.run_once {
-        return d.run_once(ctx, &mut signals).await;
+    if run_once {
+        return d.run_once(json, &mut signals).await;
     }
     if let Some(listen) = d.cfg.metrics.listen.clone() {
         let listener = server::bind(&listen).await?;
@@ -410,8 +411,8 @@ impl Daemon {
         }
     }
 
-    fn record_history(&self, change: impl FnOnce(&mut state::History)) {
-        match state::update(&self.cfg.backup.state_dir, change) {
+    fn record_history(&self, change: impl FnOnce(&mut history::History)) {
+        match history::update(&self.cfg.backup.state_dir, change) {
             Ok(h) => self.shared.with(|s| s.history = h),
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "cannot record the job history in backup.state_dir")
@@ -660,7 +661,7 @@ impl Daemon {
 
     /// `--run-once`: every scheduled job once, in [`JobKind::ALL`] order, then exit
     /// (1 if any failed). The demo and cron-style setups use it.
-    async fn run_once(&mut self, ctx: &Ctx, signals: &mut Signals) -> anyhow::Result<()> {
+    async fn run_once(&mut self, json: bool, signals: &mut Signals) -> anyhow::Result<()> {
         let kinds: Vec<JobKind> = JobKind::ALL
             .into_iter()
             .filter(|k| self.schedule.kinds().any(|s| s == *k))
@@ -678,13 +679,13 @@ impl Daemon {
                 sig = stop_signal(&mut signals.term, &mut signals.int) => {
                     tracing::info!("{sig}: stopping");
                     self.shutdown(signals).await;
-                    return Err(crate::error::Exit::quiet(1).into());
+                    return Err(crate::error::Reported::quiet().into());
                 }
             }
         }
         self.notifier.drain(ALERT_DRAIN).await;
         let failed = results.iter().any(|r| r.outcome == Outcome::Failed);
-        if ctx.json {
+        if json {
             let v: Vec<serde_json::Value> = results
                 .iter()
                 .map(|r| {
@@ -698,7 +699,10 @@ impl Daemon {
                     })
                 })
                 .collect();
-            ctx.print_json(&serde_json::json!({ "ok": !failed, "runs": v }))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "ok": !failed, "runs": v }))?
+            );
         } else {
             for r in &results {
                 let detail = match (&r.report, &r.error) {
@@ -710,7 +714,7 @@ impl Daemon {
             }
         }
         if failed {
-            return Err(crate::error::Exit::quiet(1).into());
+            return Err(crate::error::Reported::quiet().into());
         }
         Ok(())
     }

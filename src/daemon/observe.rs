@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-use crate::commands::status::RepoStatus;
 use crate::config::Config;
 use crate::manifest::{BackupKind, Outcome as VerifyOutcome};
+use crate::ops::status::RepoStatus;
 use crate::recovery::plan::Window;
 
 /// One look at PostgreSQL and the repository. An `Err` says why that side was unreachable.

@@ -1,9 +1,11 @@
-//! One scheduled run of a job: take the job's host-wide lock (the same one the CLI
-//! takes), run the command, retry failures per `[daemon] retry_attempts/retry_delay`,
-//! all inside one tracing span carrying the job and the run id.
+//! One scheduled run of a job: run the operation (which takes the job's host-wide lock,
+//! the same one the CLI takes, without waiting), retry failures per `[daemon]
+//! retry_attempts/retry_delay`, all inside one tracing span carrying the job and the run
+//! id.
 //!
-//! - Lock taken by another process (an on-demand backup, say): the run is skipped with a
-//!   WARN; the work is being done anyway.
+//! - Lock held by another process (an on-demand backup, say): the operation fails with
+//!   the typed [`crate::error::LockHeld`] and the run is skipped with a WARN; the work is
+//!   being done anyway.
 //! - Permanent failures (bad config, refused request — exit code 2 on the CLI) are not
 //!   retried: the same call would fail the same way.
 //! - Between attempts the lock is released, so an operator is not blocked for
@@ -19,11 +21,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tracing::Instrument;
 
-use crate::commands::Ctx;
 use crate::config::Config;
-use crate::daemon::jobs::{self, JobKind};
-use crate::daemon::state::{Outcome, RunRecord};
-use crate::lock;
+use crate::daemon::jobs;
+use crate::error::LockHeld;
+use crate::jobs::history::{Outcome, RunRecord};
+use crate::jobs::JobKind;
 use crate::manifest::{parse_backup_id, BackupKind};
 use crate::repo::layout;
 
@@ -53,7 +55,7 @@ pub async fn run(cfg: Arc<Config>, kind: JobKind, run_id: String) -> RunRecord {
     }
 }
 
-type Attempts = (Outcome, u32, Option<String>, Option<jobs::JobReport>);
+type Attempts = (Outcome, u32, Option<String>, Option<crate::jobs::JobReport>);
 
 async fn attempts(cfg: &Config, kind: JobKind) -> Attempts {
     let max = 1 + cfg.daemon.retry_attempts;
@@ -61,46 +63,8 @@ async fn attempts(cfg: &Config, kind: JobKind) -> Attempts {
     let mut attempt = 0;
     while attempt < max {
         attempt += 1;
-        let dir = cfg.backup.state_dir.clone();
-        let name = kind.lock_name();
-        let lock = tokio::task::spawn_blocking(move || lock::try_acquire(&dir, name)).await;
-        let lock = match lock {
-            Ok(Ok(Ok(l))) => l,
-            Ok(Ok(Err(holder))) => {
-                let msg = format!("the {name} lock is held by {holder}");
-                if attempt == 1 {
-                    tracing::warn!("skipping this run of the {}: {msg}", kind.describe());
-                    return (Outcome::Skipped, 0, Some(msg), None);
-                }
-                tracing::warn!("not retrying: {msg}, which does the same work");
-                break;
-            }
-            Ok(Err(e)) => {
-                let msg = format!("{e:#}");
-                tracing::error!(error = %msg, "cannot take the job lock");
-                last_error = Some(msg);
-                break;
-            }
-            Err(e) => {
-                last_error = Some(format!("take the job lock: {e}"));
-                break;
-            }
-        };
-        // A command that locks itself gets the lock back free: this run only checked
-        // that nobody else holds it (a process that takes it meanwhile is waited for).
-        let lock = if jobs::locks_itself(kind) {
-            drop(lock);
-            None
-        } else {
-            Some(lock)
-        };
         tracing::info!(attempt, of = max, "starting the {}", kind.describe());
-        let ctx = Ctx {
-            cfg: cfg.clone(),
-            json: false,
-        };
-        let result = jobs::run(&ctx, kind).await;
-        drop(lock);
+        let result = jobs::run(cfg, kind).await;
         match result {
             Ok(report) if !report.verification_failures.is_empty() => {
                 // Not retried: a test restore that failed fails the same way again.
@@ -115,11 +79,25 @@ async fn attempts(cfg: &Config, kind: JobKind) -> Attempts {
                 tracing::info!(attempt, "{} done: {}", kind.describe(), report.summary);
                 return (Outcome::Success, attempt, None, Some(report));
             }
+            Err(e) if crate::error::is_lock_held(&e) => {
+                let msg = match e.chain().find_map(|c| c.downcast_ref::<LockHeld>()) {
+                    Some(h) => format!("the {} lock is held by {}", h.lock, h.holder),
+                    None => format!("{e:#}"),
+                };
+                if attempt == 1 {
+                    tracing::warn!("skipping this run of the {}: {msg}", kind.describe());
+                    return (Outcome::Skipped, 0, Some(msg), None);
+                }
+                tracing::warn!("not retrying: {msg}, which does the same work");
+                last_error = Some(msg);
+                break;
+            }
             Err(e) => {
-                let (code, message) = crate::error::classify(&e);
-                let msg = message.unwrap_or_else(|| format!("{e:#}"));
+                let msg = crate::error::classify(&e)
+                    .1
+                    .unwrap_or_else(|| format!("{e:#}"));
                 last_error = Some(msg.clone());
-                if code == 2 {
+                if crate::error::is_refused(&e) {
                     tracing::error!(attempt, error = %msg, "{} failed; not retrying (the request itself is refused)", kind.describe());
                     break;
                 }
@@ -163,7 +141,7 @@ pub async fn remove_unfinished(cfg: &Config, kind: JobKind, since: DateTime<Utc>
             let ours = parse_backup_id(id).is_some_and(|(t, k)| k == backup_kind && t >= floor);
             if ours && !has_manifest {
                 tracing::info!(backup = id, "removing the objects of the cancelled backup");
-                crate::commands::backup_physical::remove_partial(repo.as_ref(), id).await;
+                crate::ops::backup::physical::remove_partial(repo.as_ref(), id).await;
                 removed += 1;
             }
         }
@@ -185,6 +163,7 @@ pub async fn remove_unfinished(cfg: &Config, kind: JobKind, since: DateTime<Utc>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lock;
 
     #[tokio::test]
     async fn a_held_lock_skips_the_run_without_calling_the_job() {

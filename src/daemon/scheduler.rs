@@ -19,8 +19,8 @@ use chrono_tz::Tz;
 use croner::Cron;
 
 use crate::config::ScheduleConfig;
-use crate::daemon::jobs::JobKind;
 use crate::error::UserError;
+use crate::jobs::JobKind;
 
 /// The configured jobs and their zone.
 #[derive(Clone)]

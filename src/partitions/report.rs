@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::catalog::RangeKey;
 use crate::config::PartitionPolicy;
-use crate::error::Exit;
+use crate::error::{Reported, UserError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -113,7 +113,7 @@ impl PartitionsSummary {
         if failed == 0 && refused == 0 && attention.is_empty() {
             return Ok(());
         }
-        let code = if failed == 0 && refused > 0 { 2 } else { 1 };
+        let refused_only = failed == 0 && refused > 0;
         let mut parts = Vec::new();
         if refused + failed > 0 {
             parts.push(format!(
@@ -128,14 +128,12 @@ impl PartitionsSummary {
                 attention.join(", ")
             ));
         }
-        Err(Exit {
-            code,
-            message: Some(format!(
-                "partitions: {}; see the report above",
-                parts.join("; ")
-            )),
-        }
-        .into())
+        let message = format!("partitions: {}; see the report above", parts.join("; "));
+        Err(if refused_only {
+            UserError::new(message).into()
+        } else {
+            Reported::new(message).into()
+        })
     }
 }
 
@@ -151,53 +149,5 @@ impl TableReport {
             error: None,
             refused: false,
         }
-    }
-}
-
-/// The report for a terminal.
-pub fn print_human(s: &PartitionsSummary) {
-    if s.tables.is_empty() {
-        println!("no [[partitions]] policies in the config");
-    }
-    for t in &s.tables {
-        match &t.key {
-            Some(k) => println!(
-                "{} in database {} ({}, {}; months in {}, premake {})",
-                t.table,
-                t.database,
-                k.definition,
-                k.key.sql(),
-                t.timezone,
-                t.premake
-            ),
-            None => println!("{} in database {}", t.table, t.database),
-        }
-        if let Some(e) = &t.error {
-            println!("  ERROR {e}");
-        }
-        for m in &t.months {
-            let status = m.status.as_str();
-            println!(
-                "  {}  {:<40} {:<12} [{}, {})",
-                m.month, m.partition, status, m.from, m.to
-            );
-            if let Some(d) = &m.detail {
-                println!("           {d}");
-            }
-            if s.dry_run && m.status == Status::WouldCreate {
-                if let Some(q) = &m.sql {
-                    println!("           {q};");
-                }
-            }
-            if let Some(fix) = &m.resolve {
-                println!("           resolve with:");
-                for line in fix.lines() {
-                    println!("             {line}");
-                }
-            }
-        }
-    }
-    if s.dry_run {
-        println!("dry run: nothing was changed");
     }
 }

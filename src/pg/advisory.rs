@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_postgres::Client;
 
-use crate::error::Exit;
+use crate::error::LockHeld;
 
 /// First key of every backupctl advisory lock ("bctl").
 pub const CLASS: i32 = 0x6263_746c;
@@ -64,14 +64,15 @@ pub async fn acquire(
             let who = holder(client, job)
                 .await
                 .unwrap_or_else(|e| format!("holder unknown: {e:#}"));
-            return Err(Exit {
-                code: 3,
-                message: Some(format!(
+            return Err(LockHeld {
+                message: format!(
                     "another {} run holds the PostgreSQL advisory lock ({CLASS}, {}) in database {database}: {who}; \
                      wait for it to finish (only one run at a time across all hosts)",
                     job.name(),
                     job as i32
-                )),
+                ),
+                lock: format!("{} advisory lock in database {database}", job.name()),
+                holder: who,
             }
             .into());
         }

@@ -81,6 +81,25 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     ))
 }
 
+/// What the server does when it reaches the recovery target
+/// (`recovery_target_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetAction {
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+impl TargetAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,13 @@
 //! `backupctl check`: report, line by line, what works and what does not — config,
 //! repository access, PostgreSQL connection, binaries, archiving settings — each failure
-//! with the fix. Exit 1 if anything failed. `--init` creates `repo.json` for this cluster.
+//! with the fix. The command fails if anything failed. `--init` creates `repo.json` for
+//! this cluster.
+
+pub mod archive;
 
 use serde::Serialize;
 
-use crate::cli::CheckArgs;
-use crate::commands::Ctx;
+use crate::config::Config;
 use crate::pg::bin::PgBin;
 use crate::pg::conn::{ConnParams, ServerInfo};
 use crate::repo::identity::RepoIdentity;
@@ -34,6 +36,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// Whether any check failed.
+    pub fn failed(&self) -> bool {
+        self.lines.iter().any(|l| l.status == Status::Fail)
+    }
+
     pub fn add(
         &mut self,
         check: &'static str,
@@ -59,8 +66,9 @@ impl Report {
     }
 }
 
-pub async fn run(ctx: &Ctx, args: CheckArgs) -> anyhow::Result<()> {
-    let cfg = &ctx.cfg;
+/// Run every check; `init` creates `repo.json` for this cluster when the repository is
+/// new. Failures are lines of the report, not errors.
+pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
     let mut r = Report::default();
     r.ok("config", format!("valid ({})", cfg.origin()));
 
@@ -111,7 +119,7 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> anyhow::Result<()> {
                 );
                 identity = Some(id);
             }
-            Ok(None) if !args.init => r.warn(
+            Ok(None) if !init => r.warn(
                 "repository identity",
                 "repo.json is missing: the repository is not initialised",
                 "run `backupctl check --init` (or the first wal-push/backup creates it)",
@@ -179,7 +187,7 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> anyhow::Result<()> {
 
     // Identity vs. server; --init.
     if let (Some(repo), Some(info)) = (&repo, &server) {
-        match (&identity, args.init) {
+        match (&identity, init) {
             (Some(id), _) => {
                 if id.system_identifier() != info.system_identifier {
                     r.fail(
@@ -215,7 +223,7 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> anyhow::Result<()> {
             },
             (None, false) => {}
         }
-    } else if args.init {
+    } else if init {
         r.fail(
             "repository identity",
             "cannot initialise without both the repository and PostgreSQL reachable",
@@ -239,7 +247,7 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> anyhow::Result<()> {
                     "fix them and run `backupctl check` again",
                 );
             } else {
-                super::check_archive::probe(&mut r, client, repo, cfg.check.timeout).await;
+                archive::probe(&mut r, client, repo, cfg.check.timeout).await;
             }
         }
         _ => {}
@@ -280,26 +288,7 @@ pub async fn run(ctx: &Ctx, args: CheckArgs) -> anyhow::Result<()> {
         ),
     }
 
-    let failed = r.lines.iter().any(|l| l.status == Status::Fail);
-    if ctx.json {
-        ctx.print_json(&serde_json::json!({ "ok": !failed, "checks": r.lines }))?;
-    } else {
-        for l in &r.lines {
-            let status = match l.status {
-                Status::Ok => "OK  ",
-                Status::Warn => "WARN",
-                Status::Fail => "FAIL",
-            };
-            println!("{status} {:<20} {}", l.check, l.detail);
-            if let Some(fix) = &l.fix {
-                println!("     {:<20} fix: {fix}", "");
-            }
-        }
-    }
-    if failed {
-        return Err(crate::error::Exit::quiet(1).into());
-    }
-    Ok(())
+    Ok(r)
 }
 
 /// Superuser, or exactly the grants the jobs need (each missing one named with its GRANT).
@@ -414,7 +403,7 @@ async fn check_archiving(
     };
     let (level, mode, library, command): (String, String, Option<String>, String) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
-    super::check_archive::judge_settings(
+    archive::judge_settings(
         r,
         cfg,
         &level,
@@ -440,7 +429,7 @@ fn check_local_state(cfg: &crate::config::Config, r: &mut Report) {
             "create backup.state_dir writable by this user (the daemon and the CLI lock jobs there)",
         ),
     }
-    match crate::daemon::notify::describe_target(cfg) {
+    match crate::webhook::describe_target(cfg) {
         Ok(None) => {}
         Ok(Some(what)) => r.ok("webhook", what),
         Err(e) => r.fail("webhook", format!("{e:#}"), "fix [notify]"),

@@ -11,7 +11,7 @@
 //!
 //! A segment is restored together with the segments that follow it, in parallel
 //! (`wal.fetch_concurrency`), into a spool the next calls take them from; see
-//! `wal_fetch_ahead.rs`.
+//! `fetch_ahead.rs`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,11 +19,10 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::cli::WalFetchArgs;
 use crate::codec::Algorithm;
-use crate::commands::wal_fetch_ahead::{self, following, Spool};
-use crate::commands::Ctx;
-use crate::error::Exit;
+use crate::config::Config;
+use crate::error::{Reported, StopRecovery};
+use crate::ops::wal::fetch_ahead::{self, following, Spool};
 use crate::pg::wal::{self, WalFileKind};
 use crate::repo::identity::RepoIdentity;
 use crate::repo::{self, layout, GetObject, RepoError, Repository};
@@ -37,18 +36,17 @@ const AHEAD_BATCHES: usize = 2;
 /// in the archive" and, without a recovery target, would end recovery there and promote
 /// a server missing the rest of the WAL; above 125 it stops recovery with FATAL instead,
 /// and the server can be started again once the cause is fixed.
-pub const STOP_RECOVERY_EXIT: i32 = 126;
+pub use crate::error::STOP_RECOVERY_EXIT;
 
 /// Map the outcome of a wal-fetch call to what PostgreSQL needs: a failure other than
 /// "not archived" (the quiet exit 1), including a bad configuration, exits
 /// [`STOP_RECOVERY_EXIT`] unless the server is a standby.
 pub fn stop_recovery_on_failure(result: anyhow::Result<()>, dest: &Path) -> anyhow::Result<()> {
     match result {
-        Err(e) if crate::error::classify(&e).1.is_some() && !standby(dest) => Err(Exit {
-            code: STOP_RECOVERY_EXIT,
-            message: Some(format!(
+        Err(e) if !is_not_archived(&e) && !standby(dest) => Err(StopRecovery {
+            message: format!(
                 "{e:#}; exit {STOP_RECOVERY_EXIT} so that recovery stops here instead of ending early as if the archive ended: fix the cause and start the server again"
-            )),
+            ),
         }
         .into()),
         other => other,
@@ -59,7 +57,7 @@ pub fn stop_recovery_on_failure(result: anyhow::Result<()>, dest: &Path) -> anyh
 /// working directory of restore_command): a standby retries a failed restore_command
 /// and may stream instead, so it gets the ordinary failure status.
 fn standby(dest: &Path) -> bool {
-    let wal_dir = wal_fetch_ahead::wal_dir_of(dest);
+    let wal_dir = fetch_ahead::wal_dir_of(dest);
     let pgdata = match wal_dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -67,21 +65,29 @@ fn standby(dest: &Path) -> bool {
     pgdata.join("standby.signal").exists()
 }
 
-pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
-    let name = args.name;
+/// The quiet failure that tells recovery a file is not in the archive.
+fn is_not_archived(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<Reported>()
+            .is_some_and(|r| r.summary.is_none())
+    })
+}
+
+/// Restore WAL file `name` to `dest` (`%f`, `%p`).
+pub async fn run(cfg: &Config, name: String, dest: &Path) -> anyhow::Result<()> {
     let kind = wal::classify(&name).ok_or_else(|| {
         crate::user_error!(
             "{name} is not a WAL file name; use backupctl wal-fetch only as restore_command = '... wal-fetch %f %p'"
         )
     })?;
-    let concurrency = ctx.cfg.wal.fetch_concurrency();
+    let concurrency = cfg.wal.fetch_concurrency();
     let spool = if kind == WalFileKind::Segment {
-        Spool::beside(&args.dest)
+        Spool::beside(dest)
     } else {
         None
     };
     if let Some(spool) = &spool {
-        match spool.take(&name, &args.dest) {
+        match spool.take(&name, dest) {
             Ok(true) => {
                 tracing::info!(wal = %name, "restored from the prefetched copy");
                 return Ok(());
@@ -92,11 +98,11 @@ pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let repo = repo::open(&ctx.cfg).await?;
-    let algorithm = ctx.cfg.compression.algorithm;
+    let repo = repo::open(cfg).await?;
+    let algorithm = cfg.compression.algorithm;
     let Some((key, obj)) = open(repo.as_ref(), algorithm, &name).await? else {
         tracing::debug!(wal = %name, "not in the archive");
-        return Err(Exit::quiet(1).into());
+        return Err(Reported::quiet().into());
     };
 
     // It exists: fetch the following segments, `concurrency` at a time with this one,
@@ -106,7 +112,7 @@ pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
     } else {
         // Prefetching was turned off: what an earlier setting spooled goes.
         if spool.is_some() {
-            wal_fetch_ahead::remove_spool(&wal_fetch_ahead::wal_dir_of(&args.dest));
+            fetch_ahead::remove_spool(&fetch_ahead::wal_dir_of(dest));
         }
         None
     };
@@ -118,17 +124,17 @@ pub async fn run(ctx: &Ctx, args: WalFetchArgs) -> anyhow::Result<()> {
             async move { prefetch(repo, algorithm, &name, spool, slots, concurrency).await },
         )
     });
-    let mut written = write(obj, &key, &name, &args.dest).await;
+    let mut written = write(obj, &key, &name, dest).await;
     drop(mine);
     if let Some(ahead) = ahead {
         let _ = ahead.await;
         if let Err(e) = &written {
             // Perhaps the prefetched files took the space: free it and try once more.
             tracing::warn!(wal = %name, error = %format!("{e:#}"), "retrying without the prefetched files");
-            wal_fetch_ahead::remove_spool(&wal_fetch_ahead::wal_dir_of(&args.dest));
+            fetch_ahead::remove_spool(&fetch_ahead::wal_dir_of(dest));
             written = match open(repo.as_ref(), algorithm, &name).await? {
-                Some((key, obj)) => write(obj, &key, &name, &args.dest).await,
-                None => return Err(Exit::quiet(1).into()),
+                Some((key, obj)) => write(obj, &key, &name, dest).await,
+                None => return Err(Reported::quiet().into()),
             };
         }
     }
@@ -166,7 +172,7 @@ async fn prefetch(
         tracing::debug!(dir = %spool.dir().display(), error = %e, "no WAL prefetch");
         return;
     }
-    if !wal_fetch_ahead::room_for(spool.dir(), names.len() as u64 * seg_size) {
+    if !fetch_ahead::room_for(spool.dir(), names.len() as u64 * seg_size) {
         tracing::info!(dir = %spool.dir().display(), "little free space: no WAL prefetch");
         return;
     }

@@ -6,17 +6,16 @@
 //! measured restore time (RTO) and the scratch space used — goes into the backup's
 //! manifest, so `list`, `info` and the daemon's metrics show it.
 
-pub mod logical;
-pub mod physical;
-pub mod scratch;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use tracing::Instrument;
 
-use crate::commands::Ctx;
-use crate::lock::{self, Wait};
+use super::{logical, physical, scratch};
+use crate::config::Config;
+use crate::jobs::JobKind;
+use crate::lock::Wait;
 use crate::manifest::{BackupKind, Manifest, Outcome, Verification};
 use crate::repo::{layout, Repository};
 
@@ -31,7 +30,7 @@ pub struct Findings {
 
 /// Test-restore `m` and return the verification record (not yet stored).
 pub async fn verify_backup(
-    ctx: &Ctx,
+    cfg: &Config,
     repo: &Arc<dyn Repository>,
     m: &Manifest,
 ) -> anyhow::Result<Verification> {
@@ -41,7 +40,7 @@ pub async fn verify_backup(
              (e.g. sudo -u postgres backupctl verify …)"
         ));
     }
-    let root = scratch::root(&ctx.cfg);
+    let root = scratch::root(cfg);
     std::fs::create_dir_all(&root).map_err(|e| {
         crate::user_error!(
             "cannot create scratch directory {} (verify.scratch_dir): {e}",
@@ -54,14 +53,18 @@ pub async fn verify_backup(
     let dir = scratch::ScratchDir::create(&root, &m.id)?;
     let mut f = Findings::default();
     let span = tracing::info_span!("verify", id = %m.id, kind = %m.kind);
-    let _enter = span.enter();
-    tracing::info!(scratch = %dir.path.display(), "test restore starting");
-    let result = match m.kind {
-        BackupKind::Physical => physical::verify(ctx, repo, m, &dir, &mut f).await,
-        BackupKind::Logical => logical::verify(ctx, repo, m, &dir, &mut f).await,
-    };
+    let result = async {
+        tracing::info!(scratch = %dir.path.display(), "test restore starting");
+        match m.kind {
+            BackupKind::Physical => physical::verify(cfg, repo, m, &dir, &mut f).await,
+            BackupKind::Logical => logical::verify(cfg, repo, m, &dir, &mut f).await,
+        }
+    }
+    .instrument(span)
+    .await;
     if let Err(e) = result {
-        if e.chain().any(|c| c.is::<crate::error::Exit>()) {
+        // Another run holding a lock is not a finding about this backup.
+        if crate::error::is_lock_held(&e) {
             return Err(e);
         }
         f.failures.push(format!("{e:#}"));
@@ -79,7 +82,9 @@ pub async fn verify_backup(
         started.elapsed().as_secs_f64()
     };
     match outcome {
-        Outcome::Ok => tracing::info!(rto_secs = duration_secs, "backup verified: it restores"),
+        Outcome::Ok => {
+            tracing::info!(id = %m.id, rto_secs = duration_secs, "backup verified: it restores")
+        }
         Outcome::Failed => {
             tracing::error!(failures = ?f.failures, "VERIFICATION FAILED: backup {} does not restore cleanly", m.id)
         }
@@ -120,17 +125,14 @@ fn needed_space(m: &Manifest) -> u64 {
 /// Store `v` in `m`'s manifest, unless the backup has been deleted meanwhile (a
 /// manifest must never reappear for a backup whose data is gone).
 pub async fn record(
-    ctx: &Ctx,
+    cfg: &Config,
     repo: &dyn Repository,
     m: &Manifest,
     v: Verification,
 ) -> anyhow::Result<Manifest> {
-    let _retention = lock::acquire_async(
-        &ctx.cfg.backup.state_dir,
-        "retention",
-        Wait::Up(Duration::from_secs(3600)),
-    )
-    .await?;
+    let _retention = JobKind::Retention
+        .lock(&cfg.backup.state_dir, Wait::Up(Duration::from_secs(3600)))
+        .await?;
     if repo.head(&layout::manifest_key(&m.id)).await?.is_none() {
         anyhow::bail!(
             "backup {} was deleted while it was being verified; nothing recorded",

@@ -88,28 +88,4 @@ impl RepoStatus {
     }
 }
 
-/// `12.3 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn human_bytes() {
-        assert_eq!(super::human_bytes(512), "512 B");
-        assert_eq!(super::human_bytes(1536), "1.5 KiB");
-        assert_eq!(super::human_bytes(3 << 30), "3.0 GiB");
-    }
-}
+pub use crate::text::human_bytes;

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::codec::{Codec, Compressor};
-use crate::commands::Ctx;
+use crate::config::Config;
 use crate::manifest::{self, BackupKind, Manifest, ObjectEntry, PhysicalInfo, TablespaceInfo};
 use crate::pg::conn::{ConnParams, ServerInfo};
 use crate::pg::wal::{Lsn, Segment};
@@ -24,8 +24,7 @@ use crate::repo::identity::RepoIdentity;
 use crate::repo::{self, layout, PutOptions, Repository};
 use crate::transfer;
 
-pub async fn run(ctx: &Ctx, label: Option<&str>) -> anyhow::Result<Manifest> {
-    let cfg = &ctx.cfg;
+pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> {
     let params = ConnParams::from_config(&cfg.postgres)?;
     let client = params.connect().await?;
     let info = ServerInfo::query(&client).await?;

@@ -17,50 +17,36 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use tokio_postgres::Client;
 
-use crate::cli::DryRunArgs;
-use crate::commands::Ctx;
+use crate::config::Config;
 use crate::config::PartitionPolicy;
-use crate::error::{Exit, UserError};
+use crate::error::{LockHeld, UserError};
+use crate::jobs::JobKind;
 use crate::lock::{self, Wait};
 use crate::partitions::calendar::{wanted_months, KeyType};
 use crate::partitions::catalog::{self, Child, RangeKey, Table};
 use crate::partitions::plan::{self, Existing, MonthPlan, MonthState};
-pub use crate::partitions::report::{
-    print_human, MonthReport, PartitionsSummary, Status, TableReport,
-};
+pub use crate::partitions::report::{MonthReport, PartitionsSummary, Status, TableReport};
 use crate::pg::advisory::{self, Job};
 use crate::pg::conn::ConnParams;
 use crate::pg::retry::{set_local_lock_timeout, transaction, with_lock_retries};
 use crate::pg::sql;
 
-/// CLI entry: run, print, exit code.
-pub async fn main(ctx: &Ctx, args: DryRunArgs) -> anyhow::Result<()> {
-    let summary = run(ctx, args.dry_run).await?;
-    if ctx.json {
-        ctx.print_json(&summary)?;
-    } else {
-        print_human(&summary);
-    }
-    summary.outcome()
-}
-
 /// Run every `[[partitions]]` policy now. Errors only for what stops the whole run (job
 /// lock held, config); per-table problems are in the report.
-pub async fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<PartitionsSummary> {
-    run_at(ctx, dry_run, Utc::now()).await
+pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<PartitionsSummary> {
+    run_at(cfg, dry_run, Utc::now()).await
 }
 
 /// [`run`] with the clock given: the months depend only on `now` and the policies.
 pub async fn run_at(
-    ctx: &Ctx,
+    cfg: &Config,
     dry_run: bool,
     now: DateTime<Utc>,
 ) -> anyhow::Result<PartitionsSummary> {
-    let cfg = &ctx.cfg;
     let _host_lock = if dry_run || cfg.partitions.is_empty() {
         None
     } else {
-        Some(host_lock(&cfg.backup.state_dir, "partitions").await?)
+        Some(host_lock(&cfg.backup.state_dir, JobKind::Partitions).await?)
     };
     let params = ConnParams::from_config(&cfg.postgres)?;
     let mut by_db: BTreeMap<String, Vec<&PartitionPolicy>> = BTreeMap::new();
@@ -72,7 +58,7 @@ pub async fn run_at(
     for (db, policies) in by_db {
         let client = match advisory::job_session(&params, &db, Job::Partitions, !dry_run).await {
             Ok(c) => c,
-            Err(e) if e.chain().any(|c| c.is::<Exit>()) => return Err(e),
+            Err(e) if crate::error::is_lock_held(&e) => return Err(e),
             Err(e) => {
                 for p in policies {
                     let mut r = TableReport::new(p, &db);
@@ -322,30 +308,26 @@ fn is_check_violation(e: &anyhow::Error) -> bool {
     })
 }
 
-/// The host-wide job lock, failing at once (exit 3) when another run on this host holds
-/// it: a scheduled run must not queue behind a long one, and an operator is told who
-/// holds it. Shared with `archive`.
+/// The host-wide job lock, failing at once when another run on this host holds it: a
+/// scheduled run must not queue behind a long one, and an operator is told who holds
+/// it. Shared with `archive`.
 pub(crate) async fn host_lock(
     state_dir: &std::path::Path,
-    name: &str,
+    job: JobKind,
 ) -> anyhow::Result<lock::JobLock> {
-    lock::acquire_async(state_dir, name, Wait::No)
-        .await
-        .map_err(|e| {
-            match e.downcast_ref::<Exit>() {
-                // lock.rs words its message for commands with --no-wait; these have none.
-                Some(Exit {
-                    code: 3,
-                    message: Some(m),
-                }) => Exit {
-                    code: 3,
-                    message: Some(m.replace(
-                        "wait for it, or run without --no-wait to queue behind it",
-                        "wait for it to finish",
-                    )),
-                }
-                .into(),
-                _ => e,
+    job.lock(state_dir, Wait::No).await.map_err(|e| {
+        match e.downcast_ref::<LockHeld>() {
+            // lock.rs words its message for commands with --no-wait; these have none.
+            Some(held) => LockHeld {
+                message: held.message.replace(
+                    "wait for it, or run without --no-wait to queue behind it",
+                    "wait for it to finish",
+                ),
+                lock: held.lock.clone(),
+                holder: held.holder.clone(),
             }
-        })
+            .into(),
+            None => e,
+        }
+    })
 }

@@ -106,12 +106,12 @@ pub enum TargetAction {
     Shutdown,
 }
 
-impl TargetAction {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TargetAction::Promote => "promote",
-            TargetAction::Pause => "pause",
-            TargetAction::Shutdown => "shutdown",
+impl From<TargetAction> for crate::recovery::target::TargetAction {
+    fn from(a: TargetAction) -> Self {
+        match a {
+            TargetAction::Promote => Self::Promote,
+            TargetAction::Pause => Self::Pause,
+            TargetAction::Shutdown => Self::Shutdown,
         }
     }
 }

@@ -11,20 +11,20 @@ use std::time::Instant;
 
 use anyhow::Context;
 
+use super::backup::Findings;
 use super::scratch::ScratchDir;
-use super::Findings;
-use crate::cli::TargetAction;
-use crate::commands::restore::{recovery_settings, restore_files};
-use crate::commands::Ctx;
+use crate::config::Config;
 use crate::manifest::Manifest;
+use crate::ops::restore::{recovery_settings, restore_files};
 use crate::pg::bin::PgBin;
 use crate::pg::conn::ConnParams;
 use crate::pg::server::{RecoveryEnd, Server};
 use crate::recovery::target::Target;
+use crate::recovery::target::TargetAction;
 use crate::repo::Repository;
 
 pub async fn verify(
-    ctx: &Ctx,
+    cfg: &Config,
     repo: &Arc<dyn Repository>,
     m: &Manifest,
     scratch: &ScratchDir,
@@ -65,7 +65,7 @@ pub async fn verify(
         })
         .collect();
     let mut settings = recovery_settings(
-        ctx,
+        cfg,
         &Target::Immediate,
         TargetAction::Promote,
         Some(phys.timeline),
@@ -82,28 +82,28 @@ pub async fn verify(
     ]);
 
     // A throwaway copy: no fsync.
-    restore_files(ctx, repo, m, &pgdata, &tablespaces, &settings, false).await?;
+    restore_files(cfg, repo, m, &pgdata, &tablespaces, &settings, false).await?;
     f.checked.push(format!(
         "every object's checksum ({} objects, {})",
         m.objects.len(),
-        crate::commands::status::human_bytes(m.stored_bytes())
+        crate::ops::status::human_bytes(m.stored_bytes())
     ));
 
     let bin = PgBin::discover(
-        ctx.cfg.postgres.bin_dir.as_deref(),
+        cfg.postgres.bin_dir.as_deref(),
         Some(m.pg_version_num / 10000),
     )?;
-    let mut params = ConnParams::from_config(&ctx.cfg.postgres)?;
+    let mut params = ConnParams::from_config(&cfg.postgres)?;
     params.host = sock.display().to_string();
     params.port = port;
     let log = scratch.path.join("recovery.log");
     let server = Server::start(&bin, &pgdata, &log, "", params).await?;
-    let rec = tokio::time::timeout(ctx.cfg.verify.timeout, server.wait_for_recovery(false))
+    let rec = tokio::time::timeout(cfg.verify.timeout, server.wait_for_recovery(false))
         .await
         .map_err(|_| {
             anyhow::anyhow!(
                 "WAL replay did not finish within verify.timeout ({:?})",
-                ctx.cfg.verify.timeout
+                cfg.verify.timeout
             )
         })??;
     if rec.end != RecoveryEnd::Promoted {
@@ -120,13 +120,13 @@ pub async fn verify(
             .unwrap_or_else(|| "?".into())
     ));
 
-    let result = sanity(ctx, &server, &bin, &sock, port, f).await;
+    let result = sanity(cfg, &server, &bin, &sock, port, f).await;
     server.stop().await?;
     result
 }
 
 async fn sanity(
-    ctx: &Ctx,
+    cfg: &Config,
     server: &Server,
     bin: &PgBin,
     sock: &std::path::Path,
@@ -176,13 +176,13 @@ async fn sanity(
         "databases connectable and catalogs readable: {}",
         tables.join(", ")
     ));
-    if ctx.cfg.verify.amcheck {
+    if cfg.verify.amcheck {
         let out = bin
             .command("pg_amcheck")
             .arg("-h")
             .arg(sock)
             .args(["-p", &port.to_string(), "--all", "--install-missing"])
-            .env("PGUSER", server_user(ctx))
+            .env("PGUSER", server_user(cfg))
             .output()
             .await
             .context("run pg_amcheck")?;
@@ -202,8 +202,8 @@ async fn sanity(
     Ok(())
 }
 
-fn server_user(ctx: &Ctx) -> String {
-    ConnParams::from_config(&ctx.cfg.postgres)
+fn server_user(cfg: &Config) -> String {
+    ConnParams::from_config(&cfg.postgres)
         .map(|p| p.user)
         .unwrap_or_else(|_| "postgres".into())
 }

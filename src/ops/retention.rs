@@ -17,15 +17,13 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::cli::DryRunArgs;
-use crate::commands::status::human_bytes;
-use crate::commands::Ctx;
+use crate::config::Config;
 use crate::config::RetentionConfig;
-use crate::lock::{self, Wait};
+use crate::jobs::JobKind;
+use crate::lock::Wait;
 use crate::manifest::Catalog;
 use crate::pg::wal::DEFAULT_SEGMENT_SIZE;
 use crate::recovery::inventory::WalInventory;
-use crate::recovery::target::format_pg_time;
 use crate::repo::{self, identity::RepoIdentity, layout, Repository};
 use crate::retention::plan::{self, Inputs, Plan, Step};
 use crate::retention::policy::describe_rule;
@@ -75,16 +73,13 @@ pub struct RetentionReport {
     pub upload_leftovers_removed: Option<usize>,
 }
 
+/// How long a retention run waits for a running one.
+pub const LOCK_WAIT: Duration = Duration::from_secs(3600);
+
 /// Apply the configured policy to the configured repository (the job lock is held for
 /// the whole run, dry or not, so a dry run never reports a half-done real one).
-pub async fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<RetentionReport> {
-    let cfg = &ctx.cfg;
-    let _lock = lock::acquire_async(
-        &cfg.backup.state_dir,
-        "retention",
-        Wait::Up(Duration::from_secs(3600)),
-    )
-    .await?;
+pub async fn run(cfg: &Config, dry_run: bool, wait: Wait) -> anyhow::Result<RetentionReport> {
+    let _lock = JobKind::Retention.lock(&cfg.backup.state_dir, wait).await?;
     let repo = repo::open(cfg).await?;
     execute(repo.as_ref(), &cfg.retention, dry_run, Utc::now()).await
 }
@@ -166,126 +161,6 @@ pub async fn execute(
         .context("remove unfinished uploads")?;
     report.upload_leftovers_removed = Some(leftovers);
     Ok(report)
-}
-
-pub async fn command(ctx: &Ctx, args: DryRunArgs) -> anyhow::Result<()> {
-    let report = run(ctx, args.dry_run).await?;
-    if ctx.json {
-        return ctx.print_json(&report);
-    }
-    print(&report);
-    Ok(())
-}
-
-fn print(r: &RetentionReport) {
-    let p = &r.policy;
-    println!("repository: {}", r.repository);
-    let labels = if p.labels.is_empty() {
-        "none (labelled backups are kept)".to_string()
-    } else {
-        p.labels
-            .iter()
-            .map(|(l, d)| format!("{l}: {d}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    println!(
-        "policy: physical: {} | logical: {} | labels: {labels} | wal: {} | incomplete_after: {}",
-        p.physical, p.logical, p.wal, p.incomplete_after
-    );
-    let plan = &r.plan;
-    if plan.backups.is_empty() {
-        println!("backups: none");
-    } else {
-        println!("backups:");
-    }
-    for b in &plan.backups {
-        let d = &b.decision;
-        let label = d
-            .label
-            .as_deref()
-            .map(|l| format!(" [{l}]"))
-            .unwrap_or_default();
-        println!(
-            "  {:<6} {}{label}  started {}  {}  {}",
-            d.action.as_str(),
-            d.id,
-            d.start_time.format("%Y-%m-%d %H:%M:%S"),
-            human_bytes(b.bytes),
-            d.reasons.join("; ")
-        );
-    }
-    if !plan.incomplete.is_empty() {
-        println!("backups without a manifest:");
-        for i in &plan.incomplete {
-            println!(
-                "  {:<6} {}  {} object{}  {}  {}",
-                i.action.as_str(),
-                i.id,
-                i.objects,
-                if i.objects == 1 { "" } else { "s" },
-                human_bytes(i.bytes),
-                i.reason
-            );
-        }
-    }
-    match &plan.wal.keep_from {
-        Some(k) => println!(
-            "WAL (kept from {}, the start of the oldest kept physical backup {}, on every timeline):",
-            k.segment, k.backup
-        ),
-        None => println!("WAL:"),
-    }
-    if plan.wal.ranges.is_empty() {
-        println!("  none archived");
-    }
-    for w in &plan.wal.ranges {
-        let what = if w.first == w.last {
-            w.first.clone()
-        } else {
-            format!("{} … {}", w.first, w.last)
-        };
-        println!(
-            "  {:<6} {what}  {} file{}  {}  {}",
-            w.action.as_str(),
-            w.files,
-            if w.files == 1 { "" } else { "s" },
-            human_bytes(w.bytes),
-            w.reason
-        );
-    }
-    if plan.recoverable_windows.is_empty() {
-        println!("recoverable window afterwards: none (no kept physical backup with its WAL)");
-    }
-    for w in &plan.recoverable_windows {
-        println!(
-            "recoverable window afterwards: {} → {} (timeline {})",
-            format_pg_time(&w.from),
-            w.to.map(|t| format_pg_time(&t))
-                .unwrap_or_else(|| "?".into()),
-            w.timeline
-        );
-    }
-    let d = &plan.delete;
-    let what = format!(
-        "{} backup{}, {} without a manifest, {} WAL file{}: {} object{}, {}",
-        d.backups.len(),
-        if d.backups.len() == 1 { "" } else { "s" },
-        d.incomplete.len(),
-        d.wal_files,
-        if d.wal_files == 1 { "" } else { "s" },
-        d.objects,
-        if d.objects == 1 { "" } else { "s" },
-        human_bytes(d.bytes)
-    );
-    match (&r.freed, r.upload_leftovers_removed) {
-        (Some(_), leftovers) => println!(
-            "freed {what}; removed {} unfinished upload{}",
-            leftovers.unwrap_or(0),
-            if leftovers == Some(1) { "" } else { "s" }
-        ),
-        (None, _) => println!("dry run: would delete {what}; nothing was deleted"),
-    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 //! Takes the job lock of each kind (waiting for a running backup, or exit 3 with
 //! `--no-wait`), runs the backup(s), and only once they are durable (manifest written)
 //! creates a PostgreSQL restore point named after each backup id, records it in the
-//! manifest and switches WAL so the point reaches the archive. Prints the backup ids
-//! (one per line) or, with `--json`, everything needed to restore them. Exit 0 only
-//! when every step succeeded.
+//! manifest and switches WAL so the point reaches the archive. The report holds
+//! everything needed to restore them. Succeeds only when every step succeeded.
+
+pub mod logical;
+pub mod physical;
 
 use std::time::Duration;
 
@@ -14,71 +16,67 @@ use anyhow::Context;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::cli::{BackupArgs, KindArg};
-use crate::commands::verify::VerifyReport;
-use crate::commands::{backup_logical, backup_physical, Ctx};
-use crate::lock::{self, Wait};
+use crate::config::Config;
+use crate::jobs::JobKind;
+use crate::lock::Wait;
 use crate::manifest::{BackupKind, Manifest, RestorePoint};
+use crate::ops::verify::VerifyReport;
 use crate::pg::conn::ConnParams;
 use crate::pg::wal::Lsn;
 use crate::repo;
+pub use crate::text::shell_quote;
 
 /// How long a backup waits for a running one of the same kind by default.
-const LOCK_WAIT: Duration = Duration::from_secs(24 * 3600);
+pub const LOCK_WAIT: Duration = Duration::from_secs(24 * 3600);
 
-pub async fn run(ctx: &Ctx, args: BackupArgs) -> anyhow::Result<()> {
-    let cfg = &ctx.cfg;
-    if let Some(label) = &args.label {
+/// Which backups to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupKindSel {
+    Physical,
+    Logical,
+    Both,
+}
+
+/// `backupctl backup`, as the operation sees it.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    pub kind: BackupKindSel,
+    /// Stored in the manifest; selects `retention.labels.<label>`.
+    pub label: Option<String>,
+    /// Logical backups: the databases to dump (empty: the configured or every one).
+    pub databases: Vec<String>,
+    /// `Some(true)`: test-restore the new backups; `Some(false)`: skip the verification
+    /// `verify.after_backup` asks for; `None`: follow the config.
+    pub verify: Option<bool>,
+    /// How long to wait for a running backup of the same kind.
+    pub wait: Wait,
+}
+
+/// Validate the request, take the job lock of each kind, take the backup(s), and
+/// fail if their verification failed. The report says how to restore them.
+pub async fn run(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Report> {
+    if let Some(label) = &req.label {
         validate_label(label)?;
     }
-    if args.kind == KindArg::Physical && !args.databases.is_empty() {
+    if req.kind == BackupKindSel::Physical && !req.databases.is_empty() {
         return Err(crate::user_error!(
             "--database selects databases of a logical backup; use it with --kind logical or both"
         ));
     }
-    let verify = args.verify || (cfg.verify.after_backup && !args.no_verify);
-
-    let wait = if args.no_wait {
-        Wait::No
-    } else {
-        Wait::Up(LOCK_WAIT)
-    };
-    let state = &cfg.backup.state_dir;
-    // Locks in a fixed order (physical, then logical) so two `both` runs never deadlock.
-    let _physical_lock = match args.kind {
-        KindArg::Physical | KindArg::Both => {
-            Some(lock::acquire_async(state, "backup-physical", wait).await?)
-        }
-        KindArg::Logical => None,
-    };
-    let _logical_lock = match args.kind {
-        KindArg::Logical | KindArg::Both => {
-            Some(lock::acquire_async(state, "backup-logical", wait).await?)
-        }
-        KindArg::Physical => None,
-    };
-
-    let taken = take(
-        ctx,
-        args.kind,
-        args.label.as_deref(),
-        &args.databases,
+    let verify = req.verify.unwrap_or(cfg.verify.after_backup);
+    let taken = take_locked(
+        cfg,
+        req.kind,
+        req.label.as_deref(),
+        &req.databases,
         verify,
+        req.wait,
     )
     .await?;
     if let Some(v) = &taken.verification {
         fail_on_verification(v)?;
     }
-    let (manifests, archived) = (taken.manifests, taken.archived);
-
-    let out = report(ctx, &manifests, archived);
-    if ctx.json {
-        ctx.print_json(&out)?;
-    } else {
-        for b in &out.backups {
-            println!("{}", b.id);
-        }
-    }
+    let out = report(cfg, &taken.manifests, taken.archived);
     for b in &out.backups {
         tracing::info!(
             "backup {} ({}) complete: {} bytes stored{}",
@@ -94,7 +92,33 @@ pub async fn run(ctx: &Ctx, args: BackupArgs) -> anyhow::Result<()> {
             tracing::info!("restore with: {}", c.command);
         }
     }
-    Ok(())
+    Ok(out)
+}
+
+/// [`take`] under the job lock of each kind (physical, then logical: a fixed order, so
+/// two `both` runs never deadlock).
+pub async fn take_locked(
+    cfg: &Config,
+    kind: BackupKindSel,
+    label: Option<&str>,
+    databases: &[String],
+    verify: bool,
+    wait: Wait,
+) -> anyhow::Result<Taken> {
+    let state = &cfg.backup.state_dir;
+    let _physical_lock = match kind {
+        BackupKindSel::Physical | BackupKindSel::Both => {
+            Some(JobKind::Physical.lock(state, wait).await?)
+        }
+        BackupKindSel::Logical => None,
+    };
+    let _logical_lock = match kind {
+        BackupKindSel::Logical | BackupKindSel::Both => {
+            Some(JobKind::Logical.lock(state, wait).await?)
+        }
+        BackupKindSel::Physical => None,
+    };
+    take(cfg, kind, label, databases, verify).await
 }
 
 /// What [`take`] did.
@@ -114,19 +138,18 @@ pub struct Taken {
 /// manifest, WAL switched and its archiving awaited), verification of the new backups
 /// when `verify`, then retention when `retention.after_backup` and the backups verified.
 pub async fn take(
-    ctx: &Ctx,
-    kind: KindArg,
+    cfg: &Config,
+    kind: BackupKindSel,
     label: Option<&str>,
     databases: &[String],
     verify: bool,
 ) -> anyhow::Result<Taken> {
-    let cfg = &ctx.cfg;
     let mut manifests: Vec<Manifest> = Vec::new();
-    if matches!(kind, KindArg::Physical | KindArg::Both) {
-        manifests.push(backup_physical::run(ctx, label).await?);
+    if matches!(kind, BackupKindSel::Physical | BackupKindSel::Both) {
+        manifests.push(physical::run(cfg, label).await?);
     }
-    if matches!(kind, KindArg::Logical | KindArg::Both) {
-        manifests.push(backup_logical::run(ctx, label, databases).await?);
+    if matches!(kind, BackupKindSel::Logical | BackupKindSel::Both) {
+        manifests.push(logical::run(cfg, label, databases).await?);
     }
 
     // The backups are durable: mark this instant in the WAL stream.
@@ -154,8 +177,14 @@ pub async fn take(
 
     let verification = if verify {
         // Test-restore the new backups (under the "verify" lock).
-        let report =
-            crate::commands::verify::verify_selected(ctx, &repo, &manifests, false).await?;
+        let report = crate::ops::verify::verify_selected(
+            cfg,
+            &repo,
+            &manifests,
+            false,
+            Wait::Up(crate::ops::verify::LOCK_WAIT),
+        )
+        .await?;
         for (m, r) in manifests.iter_mut().zip(&report.backups) {
             m.verification = Some(r.verification.clone());
         }
@@ -165,7 +194,7 @@ pub async fn take(
     };
     let verified = verification.as_ref().is_none_or(|v| v.failed().is_empty());
     if verified && cfg.retention.after_backup {
-        let r = crate::commands::retention::run(ctx, false)
+        let r = crate::ops::retention::run(cfg, false, Wait::Up(crate::ops::retention::LOCK_WAIT))
             .await
             .with_context(|| {
                 format!(
@@ -207,15 +236,11 @@ fn fail_on_verification(report: &VerifyReport) -> anyhow::Result<()> {
     if failed.is_empty() {
         return Ok(());
     }
-    Err(crate::error::Exit {
-        code: 1,
-        message: Some(format!(
-            "backup {} is stored, but its verification FAILED: {}",
-            failed.join(", "),
-            verification_failures(report).join("; ")
-        )),
-    }
-    .into())
+    Err(anyhow::anyhow!(
+        "backup {} is stored, but its verification FAILED: {}",
+        failed.join(", "),
+        verification_failures(report).join("; ")
+    ))
 }
 
 /// Labels select retention rules (`retention.labels.<label>`) and appear in ids'
@@ -394,8 +419,8 @@ pub struct RestoreCommand {
     pub command: String,
 }
 
-fn report(ctx: &Ctx, manifests: &[Manifest], archived: Option<bool>) -> Report {
-    let base = base_command(ctx);
+fn report(cfg: &Config, manifests: &[Manifest], archived: Option<bool>) -> Report {
+    let base = base_command(cfg);
     let backups = manifests
         .iter()
         .map(|m| BackupReport {
@@ -432,9 +457,9 @@ fn report(ctx: &Ctx, manifests: &[Manifest], archived: Option<bool>) -> Report {
 
 /// `backupctl --config '/etc/backupctl/backup.toml'` (no `--config` for the embedded
 /// default).
-fn base_command(ctx: &Ctx) -> String {
+fn base_command(cfg: &Config) -> String {
     let mut s = String::from("backupctl");
-    if let Some(p) = ctx.cfg.config_arg() {
+    if let Some(p) = cfg.config_arg() {
         s.push_str(" --config ");
         s.push_str(&shell_quote(&p.display().to_string()));
     }
@@ -484,18 +509,6 @@ pub fn restore_commands(base: &str, m: &Manifest) -> Vec<RestoreCommand> {
         }
     }
     v
-}
-
-/// Quote `s` for a POSIX shell when it needs it.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
 
 #[cfg(test)]

@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::backup::Findings;
 use super::scratch::ScratchDir;
-use super::Findings;
-use crate::commands::restore_logical;
-use crate::commands::Ctx;
+use crate::config::Config;
 use crate::manifest::{DatabaseDump, Manifest};
 use crate::pg::bin::PgBin;
 use crate::pg::conn::ConnParams;
@@ -40,7 +39,7 @@ const KINDS: &[&str] = &[
 const MAX_LISTED: usize = 20;
 
 pub async fn verify(
-    ctx: &Ctx,
+    cfg: &Config,
     repo: &Arc<dyn Repository>,
     m: &Manifest,
     scratch: &ScratchDir,
@@ -52,13 +51,13 @@ pub async fn verify(
         .context("logical backup without logical info")?;
     let started = Instant::now();
     let bin = PgBin::discover(
-        ctx.cfg.postgres.bin_dir.as_deref(),
+        cfg.postgres.bin_dir.as_deref(),
         Some(m.pg_version_num / 10000),
     )?;
     let cluster = scratch.path.join("cluster");
     let sock = scratch.path.join("sock");
     std::fs::create_dir_all(&sock)?;
-    let mut params = ConnParams::from_config(&ctx.cfg.postgres)?.with_dbname("postgres");
+    let mut params = ConnParams::from_config(&cfg.postgres)?.with_dbname("postgres");
     params.host = sock.display().to_string();
     params.port = 20000 + (std::process::id() % 20000) as u16;
     initdb(&bin, &cluster, &params.user).await?;
@@ -72,24 +71,24 @@ pub async fn verify(
     ];
     let mut auto = String::new();
     for (k, v) in settings {
-        auto.push_str(&format!("{k} = {}\n", crate::commands::restore::quote(&v)));
+        auto.push_str(&format!("{k} = {}\n", crate::ops::restore::quote(&v)));
     }
     std::fs::write(cluster.join("postgresql.auto.conf"), auto)?;
     let log = scratch.path.join("cluster.log");
     let server = Server::start(&bin, &cluster, &log, "", params.clone()).await?;
     server.wait_ready(Duration::from_secs(120)).await?;
 
-    let mut scratch_cfg = ctx.cfg.clone();
+    let mut scratch_cfg = cfg.clone();
     scratch_cfg.backup.state_dir = scratch.path.join("state");
     let restored = tokio::time::timeout(
-        ctx.cfg.verify.timeout,
-        restore_logical::restore_all_into(&scratch_cfg, repo, m, &bin, &params),
+        cfg.verify.timeout,
+        crate::ops::restore::logical::restore_all_into(&scratch_cfg, repo, m, &bin, &params),
     )
     .await
     .map_err(|_| {
         anyhow::anyhow!(
             "the restore did not finish within verify.timeout ({:?})",
-            ctx.cfg.verify.timeout
+            cfg.verify.timeout
         )
     })?;
     if let Err(e) = restored {
@@ -100,7 +99,7 @@ pub async fn verify(
     f.checked.push(format!(
         "every object's checksum ({} objects, {}); roles and {} databases restored into a scratch PostgreSQL {}",
         m.objects.len(),
-        crate::commands::status::human_bytes(m.stored_bytes()),
+        crate::ops::status::human_bytes(m.stored_bytes()),
         l.databases.len(),
         bin.major
     ));

@@ -82,9 +82,9 @@ pub fn ensure_space(dir: &Path, needed: u64) -> anyhow::Result<()> {
         return Err(crate::user_error!(
             "not enough scratch space for the test restore: it needs about {}, {} has {} free; \
              point verify.scratch_dir at a larger file system",
-            crate::commands::status::human_bytes(needed),
+            crate::ops::status::human_bytes(needed),
             dir.display(),
-            crate::commands::status::human_bytes(free)
+            crate::ops::status::human_bytes(free)
         ));
     }
     Ok(())

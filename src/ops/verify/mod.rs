@@ -2,20 +2,25 @@
 //! and check WAL continuity. Any failure exits 1, is logged at ERROR, and is recorded in
 //! the backup's manifest (so `list`, `info` and the daemon report it too).
 
+pub mod backup;
+pub mod logical;
+pub mod physical;
+pub mod scratch;
+
 use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::cli::VerifyArgs;
-use crate::commands::status::RepoStatus;
-use crate::commands::Ctx;
-use crate::error::Exit;
-use crate::lock::{self, Wait};
+use crate::ops::status::RepoStatus;
+
+use crate::config::Config;
+use crate::error::Reported;
+use crate::jobs::JobKind;
+use crate::lock::Wait;
 use crate::manifest::{BackupKind, Catalog, Manifest, Outcome, Verification};
 use crate::recovery::plan::Window;
 use crate::repo::{self, Repository};
-use crate::verify;
 
 #[derive(Debug, Serialize)]
 pub struct VerifyResult {
@@ -54,29 +59,47 @@ impl VerifyReport {
     }
 }
 
-pub async fn run(ctx: &Ctx, args: VerifyArgs) -> anyhow::Result<()> {
+/// `backupctl verify`, as the operation sees it: which backups, and whether to check WAL
+/// continuity.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyRequest {
+    pub id: Option<String>,
+    pub latest: bool,
+    pub all: bool,
+    /// A duration (`7d`): backups taken within it.
+    pub since: Option<String>,
+    pub wal: bool,
+}
+
+/// How long a verification waits for a running one.
+pub const LOCK_WAIT: Duration = Duration::from_secs(6 * 3600);
+
+/// Verify what `args` selects. The report says what failed; [`outcome`] turns it into
+/// the command's result once it has been shown.
+pub async fn run(cfg: &Config, args: &VerifyRequest) -> anyhow::Result<VerifyReport> {
     if args.id.is_none() && !args.latest && !args.all && args.since.is_none() && !args.wal {
         return Err(crate::user_error!(
             "say what to verify: a backup ID, --latest, --all, --since DURATION, and/or --wal"
         ));
     }
-    let repo = repo::open(&ctx.cfg).await?;
+    let repo = repo::open(cfg).await?;
     let catalog = Catalog::load(repo.as_ref()).await?;
-    let selected = select(&catalog, &args)?;
-    let report = verify_selected(ctx, &repo, &selected, args.wal).await?;
-    print(ctx, &report)?;
+    let selected = select(&catalog, args)?;
+    verify_selected(cfg, &repo, &selected, args.wal, Wait::Up(LOCK_WAIT)).await
+}
+
+/// The result of a verification run: an error naming what failed.
+pub fn outcome(report: &VerifyReport) -> anyhow::Result<()> {
     let failed = report.failed();
     if !failed.is_empty() {
-        return Err(Exit {
-            code: 1,
-            message: Some(format!("verification FAILED for: {}", failed.join(", "))),
-        }
-        .into());
+        return Err(
+            Reported::new(format!("verification FAILED for: {}", failed.join(", "))).into(),
+        );
     }
     Ok(())
 }
 
-fn select(catalog: &Catalog, args: &VerifyArgs) -> anyhow::Result<Vec<Manifest>> {
+fn select(catalog: &Catalog, args: &VerifyRequest) -> anyhow::Result<Vec<Manifest>> {
     let all = &catalog.complete;
     let picked: Vec<Manifest> = if let Some(id) = &args.id {
         vec![catalog.find(id).cloned().ok_or_else(|| {
@@ -113,24 +136,20 @@ fn select(catalog: &Catalog, args: &VerifyArgs) -> anyhow::Result<Vec<Manifest>>
 /// Verify `backups` one after another (and WAL continuity with `wal`), under the
 /// host-wide "verify" lock, recording each outcome in its manifest.
 pub async fn verify_selected(
-    ctx: &Ctx,
+    cfg: &Config,
     repo: &std::sync::Arc<dyn Repository>,
     backups: &[Manifest],
     wal: bool,
+    wait: Wait,
 ) -> anyhow::Result<VerifyReport> {
-    let _lock = lock::acquire_async(
-        &ctx.cfg.backup.state_dir,
-        "verify",
-        Wait::Up(Duration::from_secs(6 * 3600)),
-    )
-    .await?;
-    for line in verify::scratch::clean_stale(&verify::scratch::root(&ctx.cfg)) {
+    let _lock = JobKind::Verify.lock(&cfg.backup.state_dir, wait).await?;
+    for line in scratch::clean_stale(&scratch::root(cfg)) {
         tracing::warn!("{line} (left by an earlier verification that did not finish)");
     }
     let mut report = VerifyReport::default();
     for m in backups {
-        let v = verify::verify_backup(ctx, repo, m).await?;
-        verify::record(ctx, repo.as_ref(), m, v.clone()).await?;
+        let v = backup::verify_backup(cfg, repo, m).await?;
+        backup::record(cfg, repo.as_ref(), m, v.clone()).await?;
         report.backups.push(VerifyResult {
             id: m.id.clone(),
             kind: m.kind,
@@ -150,42 +169,4 @@ pub async fn verify_selected(
         });
     }
     Ok(report)
-}
-
-fn print(ctx: &Ctx, report: &VerifyReport) -> anyhow::Result<()> {
-    if ctx.json {
-        return ctx.print_json(report);
-    }
-    for r in &report.backups {
-        let v = &r.verification;
-        match v.outcome {
-            Outcome::Ok => println!(
-                "OK     {} ({}) restored and queryable in {:.1}s, {} scratch",
-                r.id,
-                r.kind,
-                v.duration_secs,
-                crate::commands::status::human_bytes(v.scratch_bytes)
-            ),
-            Outcome::Failed => println!("FAILED {} ({})", r.id, r.kind),
-        }
-        for c in &v.checked {
-            println!("       checked: {c}");
-        }
-        for f in &v.failures {
-            println!("       FAILURE: {f}");
-        }
-    }
-    if let Some(w) = &report.wal {
-        crate::commands::list::print_windows(&w.recoverable_windows, &w.gaps);
-        if w.ok {
-            println!(
-                "OK     WAL is continuous from the oldest physical backup to the newest segment"
-            );
-        } else if w.recoverable_windows.is_empty() {
-            println!("FAILED no physical backup has the WAL it needs");
-        } else {
-            println!("FAILED WAL has gaps");
-        }
-    }
-    Ok(())
 }

@@ -23,12 +23,12 @@ use crate::archival::inspect::{self, Leaf, Source};
 use crate::archival::log::{self, Start};
 use crate::archival::partmode::{self, PartStatus};
 use crate::archival::plan::{self as aplan, Batch};
-pub use crate::archival::report::{print_human, ArchiveSummary, TableArchive, TableStatus};
+pub use crate::archival::report::{ArchiveSummary, TableArchive, TableStatus};
 use crate::archival::rows::{self, RowStats};
-use crate::cli::DryRunArgs;
-use crate::commands::Ctx;
+use crate::config::Config;
 use crate::config::{ArchiveMode, ArchivePolicy, OnForeignKeys};
-use crate::error::{Exit, UserError};
+use crate::error::UserError;
+use crate::jobs::JobKind;
 use crate::manifest::local_hostname as hostname;
 use crate::partitions::catalog;
 use crate::pg::advisory::{self, Job};
@@ -36,25 +36,13 @@ use crate::pg::conn::ConnParams;
 use crate::pg::retry::{lock_timeout_sql, set_local_lock_timeout, transaction, with_lock_retries};
 use crate::pg::sql;
 
-/// CLI entry: run, print, exit code.
-pub async fn main(ctx: &Ctx, args: DryRunArgs) -> anyhow::Result<()> {
-    let summary = run(ctx, args.dry_run).await?;
-    if ctx.json {
-        ctx.print_json(&summary)?;
-    } else {
-        print_human(&summary);
-    }
-    summary.outcome()
-}
-
 /// Run every `[[archive]]` policy now. Errors only for what stops the whole run (job
 /// lock held, config); per-table outcomes are in the report.
-pub async fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<ArchiveSummary> {
-    let cfg = &ctx.cfg;
+pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<ArchiveSummary> {
     let _host_lock = if dry_run || cfg.archive.is_empty() {
         None
     } else {
-        Some(super::partitions::host_lock(&cfg.backup.state_dir, "archive").await?)
+        Some(super::partitions::host_lock(&cfg.backup.state_dir, JobKind::Archive).await?)
     };
     let run_id = format!(
         "{}-{:08x}",
@@ -81,7 +69,7 @@ pub async fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<ArchiveSummary> {
     for (db, policies) in by_db {
         let client = match advisory::job_session(&params, &db, Job::Archive, !dry_run).await {
             Ok(c) => c,
-            Err(e) if e.chain().any(|c| c.is::<Exit>()) => return Err(e),
+            Err(e) if crate::error::is_lock_held(&e) => return Err(e),
             Err(e) => {
                 for (_, p) in policies {
                     let mut r = TableArchive::new(p, &db, dry_run);

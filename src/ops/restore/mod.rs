@@ -1,5 +1,5 @@
 //! `backupctl restore`: point-in-time recovery from a physical backup (logical restores
-//! are in `restore_logical.rs`).
+//! are in `logical.rs`).
 //!
 //! 1. Refuse a non-empty target directory or a live postmaster (exit 2).
 //! 2. Choose the backup (`recovery::plan`), saying which and why; targets outside the
@@ -10,6 +10,8 @@
 //!    (restore_command = this binary's wal-fetch with the same config).
 //! 5. With `--start`, start PostgreSQL and follow recovery to its end.
 
+pub mod logical;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,35 +21,70 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::cli::{RestoreArgs, TargetAction};
 use crate::codec::{self, Digest};
-use crate::commands::wal_fetch_ahead;
-use crate::commands::Ctx;
+use crate::config::Config;
 use crate::manifest::{Catalog, Manifest};
+use crate::ops::wal::fetch_ahead;
 use crate::pg::bin::PgBin;
 use crate::pg::conn::ConnParams;
 use crate::pg::server::{self, RecoveryEnd, RecoveryReport, Server};
 use crate::physical::tarpart::{self, Destination};
 use crate::recovery::inventory::WalInventory;
 use crate::recovery::plan;
-use crate::recovery::target::{parse_time, Target};
+use crate::recovery::target::{parse_time, Target, TargetAction};
 use crate::repo::identity::RepoIdentity;
 use crate::repo::{self, layout, Repository};
+use crate::text::shell_quote;
 use crate::transfer;
 
-#[derive(Debug, Serialize)]
-struct Report {
-    backup: String,
-    reason: String,
-    pgdata: String,
-    target: String,
-    timeline: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    recovery: Option<RecoveryReport>,
+/// `backupctl restore` of a physical backup, as the operation sees it.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// The data directory to restore into (empty or absent).
+    pub pgdata: Option<PathBuf>,
+    pub target_time: Option<String>,
+    pub target_lsn: Option<String>,
+    pub target_name: Option<String>,
+    /// `--target immediate`: stop as soon as the backup is consistent.
+    pub target_immediate: bool,
+    /// A timeline number or `latest` (the default).
+    pub target_timeline: Option<String>,
+    /// Force this backup instead of the planner's choice.
+    pub backup: Option<String>,
+    pub target_action: TargetAction,
+    /// Start PostgreSQL and follow recovery to its end.
+    pub start: bool,
+    pub port: Option<u16>,
+    /// `OLD=NEW` tablespace relocations.
+    pub tablespace_map: Vec<String>,
+    /// Plan only: restore nothing.
+    pub dry_run: bool,
 }
 
-pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
-    let cfg = &ctx.cfg;
+/// What a restore did (or, with `dry_run`, would do).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub backup: String,
+    pub reason: String,
+    pub pgdata: String,
+    pub target: String,
+    pub timeline: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryReport>,
+    /// Dry run: where each tablespace would go and the recovery settings that would be
+    /// written; nothing was restored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRun>,
+}
+
+/// The plan of a dry run.
+#[derive(Debug, Serialize)]
+pub struct DryRun {
+    pub tablespaces: Vec<(u32, PathBuf)>,
+    pub settings: Vec<(String, String)>,
+}
+
+pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> {
     let pgdata = args
         .pgdata
         .clone()
@@ -61,7 +98,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
         ));
     }
     check_target_dir(&pgdata)?;
-    let target = target_of(&args)?;
+    let target = target_of(args)?;
     let target_timeline = match args.target_timeline.as_deref() {
         None | Some("latest") => None,
         Some(n) => Some(n.parse::<u32>().map_err(|_| {
@@ -110,21 +147,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
         })?;
         ts_dest.insert(ts.oid, dest);
     }
-    let settings = recovery_settings(ctx, &target, args.target_action, target_timeline, &pgdata)?;
-    if args.dry_run {
-        println!("would restore backup {} into {}", m.id, pgdata.display());
-        for (oid, d) in &ts_dest {
-            println!("tablespace {oid} into {}", d.display());
-        }
-        for (k, v) in &settings {
-            println!("{k} = {}", quote(v));
-        }
-        return Ok(());
-    }
-
-    restore_files(ctx, &repo, m, &pgdata, &ts_dest, &settings, true).await?;
-    eprintln!("restored {} into {}", m.id, pgdata.display());
-
+    let settings = recovery_settings(cfg, &target, args.target_action, target_timeline, &pgdata)?;
     let mut report = Report {
         backup: m.id.clone(),
         reason: choice.reason.clone(),
@@ -132,7 +155,22 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
         target: target.describe(),
         timeline: choice.timeline,
         recovery: None,
+        dry_run: None,
     };
+    if args.dry_run {
+        report.dry_run = Some(DryRun {
+            tablespaces: ts_dest.into_iter().collect(),
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        });
+        return Ok(report);
+    }
+
+    restore_files(cfg, &repo, m, &pgdata, &ts_dest, &settings, true).await?;
+    eprintln!("restored {} into {}", m.id, pgdata.display());
+
     if args.start {
         let bin = PgBin::discover(
             cfg.postgres.bin_dir.as_deref(),
@@ -164,7 +202,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
         );
         if rec.end != RecoveryEnd::Paused {
             // Recovery will not ask for what wal-fetch prefetched.
-            wal_fetch_ahead::remove_spool(&pgdata.join("pg_wal"));
+            fetch_ahead::remove_spool(&pgdata.join("pg_wal"));
         }
         report.recovery = Some(rec);
     } else {
@@ -174,10 +212,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
             target.describe()
         );
     }
-    if ctx.json {
-        ctx.print_json(&report)?;
-    }
-    Ok(())
+    Ok(report)
 }
 
 /// Files in the restored data directory that `write_control_files` writes or edits.
@@ -197,7 +232,7 @@ const CONTROL_FILES: [&str; 6] = [
 /// `durable`: fsync every file and directory before returning (a real restore); a
 /// throwaway test restore skips that.
 pub async fn restore_files(
-    ctx: &Ctx,
+    cfg: &Config,
     repo: &Arc<dyn Repository>,
     m: &Manifest,
     pgdata: &Path,
@@ -208,7 +243,7 @@ pub async fn restore_files(
     let result = async {
         std::fs::create_dir_all(pgdata).with_context(|| format!("create {}", pgdata.display()))?;
         set_mode(pgdata, 0o700)?;
-        extract_all(ctx, repo, m, pgdata, tablespaces, durable).await?;
+        extract_all(cfg, repo, m, pgdata, tablespaces, durable).await?;
         write_control_files(m, pgdata, tablespaces, settings)?;
         if durable {
             let dirs: Vec<PathBuf> = std::iter::once(pgdata.to_path_buf())
@@ -247,7 +282,7 @@ pub async fn restore_files(
     Ok(())
 }
 
-fn target_of(args: &RestoreArgs) -> anyhow::Result<Target> {
+fn target_of(args: &RestoreRequest) -> anyhow::Result<Target> {
     Ok(if let Some(t) = &args.target_time {
         Target::Time(parse_time(t).map_err(|e| crate::user_error!("{e}"))?)
     } else if let Some(l) = &args.target_lsn {
@@ -257,7 +292,7 @@ fn target_of(args: &RestoreArgs) -> anyhow::Result<Target> {
         )
     } else if let Some(n) = &args.target_name {
         Target::Name(n.clone())
-    } else if args.target.is_some() {
+    } else if args.target_immediate {
         Target::Immediate
     } else {
         Target::Latest
@@ -331,18 +366,17 @@ impl Destination for RestoreDest {
 }
 
 async fn extract_all(
-    ctx: &Ctx,
+    cfg: &Config,
     repo: &Arc<dyn Repository>,
     m: &Manifest,
     pgdata: &Path,
     tablespaces: &HashMap<u32, PathBuf>,
     durable: bool,
 ) -> anyhow::Result<()> {
-    let workers = ctx
-        .cfg
+    let workers = cfg
         .restore
         .workers
-        .unwrap_or_else(|| ctx.cfg.backup.workers())
+        .unwrap_or_else(|| cfg.backup.workers())
         .max(1);
     let dest = Arc::new(RestoreDest {
         pgdata: pgdata.to_path_buf(),
@@ -397,14 +431,14 @@ async fn extract_all(
 
 /// The recovery settings for postgresql.auto.conf.
 pub fn recovery_settings(
-    ctx: &Ctx,
+    cfg: &Config,
     target: &Target,
     action: TargetAction,
     timeline: Option<u32>,
     pgdata: &Path,
 ) -> anyhow::Result<Vec<(&'static str, String)>> {
     let exe = std::env::current_exe().context("find the backupctl executable")?;
-    let restore_command = match ctx.cfg.config_arg() {
+    let restore_command = match cfg.config_arg() {
         Some(config) => format!(
             "{} --config {} wal-fetch %f %p",
             shell_quote(&exe.display().to_string()),
@@ -528,18 +562,6 @@ fn neutralise_foreign_paths(conf: &Path) -> anyhow::Result<()> {
 /// A postgresql.conf string literal.
 pub fn quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
-}
-
-/// A POSIX shell word.
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 fn set_mode(dir: &Path, mode: u32) -> anyhow::Result<()> {

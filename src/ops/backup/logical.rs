@@ -24,7 +24,7 @@ use tokio_postgres::Client;
 use tracing::Instrument;
 
 use crate::codec::Codec;
-use crate::commands::Ctx;
+use crate::config::Config;
 use crate::manifest::{
     backup_id, local_hostname, BackupKind, DatabaseDump, LogicalInfo, Manifest, ObjectEntry,
     TableRows, FORMAT,
@@ -42,8 +42,11 @@ const PIPE_CHUNK: usize = 256 << 10;
 
 /// Take a logical backup of `databases` (empty: `logical.databases`, else every
 /// connectable non-template database) and return its stored manifest.
-pub async fn run(ctx: &Ctx, label: Option<&str>, databases: &[String]) -> anyhow::Result<Manifest> {
-    let cfg = &ctx.cfg;
+pub async fn run(
+    cfg: &Config,
+    label: Option<&str>,
+    databases: &[String],
+) -> anyhow::Result<Manifest> {
     let params = ConnParams::from_config(&cfg.postgres)?;
     let client = params.connect().await?;
     let info = ServerInfo::query(&client).await?;

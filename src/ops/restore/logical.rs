@@ -17,9 +17,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_postgres::Client;
 
-use crate::cli::RestoreArgs;
 use crate::codec::{algorithm_of, Digest};
-use crate::commands::Ctx;
+use crate::config::Config;
 use crate::manifest::{BackupKind, DatabaseDump, LogicalInfo, Manifest, ObjectEntry};
 use crate::pg::bin::PgBin;
 use crate::pg::conn::{ConnParams, ServerInfo};
@@ -29,9 +28,29 @@ use crate::pg::toc::{self, WantedTable};
 use crate::repo::{self, layout, Repository};
 use crate::transfer;
 
-pub async fn run(ctx: &Ctx, args: &RestoreArgs) -> anyhow::Result<()> {
-    let cfg = &ctx.cfg;
-    let id = args.logical.as_deref().expect("dispatched on --logical");
+/// `backupctl restore --logical ID`, as the operation sees it.
+#[derive(Debug, Clone, Default)]
+pub struct LogicalRestoreRequest {
+    /// The logical backup to restore.
+    pub id: String,
+    /// The database to restore into.
+    pub dbname: Option<String>,
+    /// Which dumped database to take (default: the only one).
+    pub database: Option<String>,
+    /// Only these tables (`schema.table`).
+    pub tables: Vec<String>,
+    pub create: bool,
+    pub clean: bool,
+    /// Restore roles and tablespaces.
+    pub globals: bool,
+    pub jobs: Option<u32>,
+    pub dry_run: bool,
+}
+
+/// Restore logical backup `args.id`. Returns one line per thing restored (or, with
+/// `dry_run`, per thing that would be), for the operator.
+pub async fn run(cfg: &Config, args: &LogicalRestoreRequest) -> anyhow::Result<Vec<String>> {
+    let id = args.id.as_str();
     if args.dbname.is_none() {
         if !args.globals {
             return Err(crate::user_error!(
@@ -76,16 +95,20 @@ pub async fn run(ctx: &Ctx, args: &RestoreArgs) -> anyhow::Result<()> {
     let info = ServerInfo::query(&client).await?;
     let bin = PgBin::discover(cfg.postgres.bin_dir.as_deref(), Some(info.major()))?;
 
+    let mut lines = Vec::new();
     if args.dry_run {
-        println!(
+        lines.push(format!(
             "restore from logical backup {id} (taken {})",
             manifest.start_time
-        );
+        ));
         if args.globals {
-            println!("  roles and tablespaces from {}", logical.globals_object);
+            lines.push(format!(
+                "  roles and tablespaces from {}",
+                logical.globals_object
+            ));
         }
         if let (Some(d), Some(target)) = (dump, &args.dbname) {
-            println!(
+            lines.push(format!(
                 "  database {} → {target}{}{}",
                 d.name,
                 if args.create { " (created)" } else { "" },
@@ -94,17 +117,17 @@ pub async fn run(ctx: &Ctx, args: &RestoreArgs) -> anyhow::Result<()> {
                 } else {
                     ""
                 }
-            );
+            ));
             for w in &wanted {
-                println!("  table {}.{}", w.schema, w.table);
+                lines.push(format!("  table {}.{}", w.schema, w.table));
             }
         }
-        println!("dry run: nothing was changed");
-        return Ok(());
+        lines.push("dry run: nothing was changed".into());
+        return Ok(lines);
     }
 
     if args.globals {
-        restore_globals(&repo, &manifest, logical, &bin, &params, false).await?;
+        lines.extend(restore_globals(&repo, &manifest, logical, &bin, &params, false).await?);
     }
     if let (Some(d), Some(target)) = (dump, &args.dbname) {
         let opts = Target {
@@ -114,13 +137,15 @@ pub async fn run(ctx: &Ctx, args: &RestoreArgs) -> anyhow::Result<()> {
             jobs: args.jobs.unwrap_or(1),
             scratch: false,
         };
-        restore_database(
-            cfg, &repo, &manifest, d, &wanted, &bin, &params, &client, &opts,
-        )
-        .await
-        .with_context(|| format!("restore database {} of backup {id} into {target}", d.name))?;
+        lines.extend(
+            restore_database(
+                cfg, &repo, &manifest, d, &wanted, &bin, &params, &client, &opts,
+            )
+            .await
+            .with_context(|| format!("restore database {} of backup {id} into {target}", d.name))?,
+        );
     }
-    Ok(())
+    Ok(lines)
 }
 
 /// Restore the roles and every database of logical backup `m` into the empty scratch
@@ -315,7 +340,7 @@ async fn restore_globals(
     bin: &PgBin,
     params: &ConnParams,
     scratch: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     let mut sql = fetch_small(repo, m, &l.globals_object)
         .await
         .context("download the roles and tablespaces script")?;
@@ -372,14 +397,13 @@ async fn restore_globals(
         creates.saturating_sub(existing.len()),
         existing.len()
     );
-    if !scratch {
-        println!(
+    Ok((!scratch).then(|| {
+        format!(
             "roles and tablespaces: {} created, {} already existed",
             creates.saturating_sub(existing.len()),
             existing.len()
-        );
-    }
-    Ok(())
+        )
+    }))
 }
 
 struct Target<'a> {
@@ -403,7 +427,7 @@ async fn restore_database(
     params: &ConnParams,
     client: &Client,
     t: &Target<'_>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&t.name])
         .await?
@@ -471,10 +495,11 @@ async fn restore_database(
     // Report what was restored; for single tables also prove the row counts.
     let target_client = target.connect().await?;
     if t.scratch {
-        return Ok(());
+        return Ok(vec![]);
     }
+    let mut lines = Vec::new();
     if wanted.is_empty() {
-        println!(
+        lines.push(format!(
             "restored database {} of backup {} into {}: {} tables, {} rows, {} large objects",
             d.name,
             m.id,
@@ -482,7 +507,7 @@ async fn restore_database(
             d.tables.len(),
             d.total_rows(),
             d.large_objects
-        );
+        ));
     } else {
         for w in wanted {
             let Some(expected) = d
@@ -490,7 +515,10 @@ async fn restore_database(
                 .iter()
                 .find(|x| x.schema == w.schema && x.table == w.table)
             else {
-                println!("restored table {}.{} (partitioned)", w.schema, w.table);
+                lines.push(format!(
+                    "restored table {}.{} (partitioned)",
+                    w.schema, w.table
+                ));
                 continue;
             };
             let sql = format!(
@@ -506,13 +534,13 @@ async fn restore_database(
                 w.table,
                 expected.rows
             );
-            println!(
+            lines.push(format!(
                 "restored table {}.{} into {}: {n} rows (as recorded in backup {})",
                 w.schema, w.table, t.name, m.id
-            );
+            ));
         }
     }
-    Ok(())
+    Ok(lines)
 }
 
 /// Where restore work files go: `backup.state_dir/tmp`.

@@ -14,7 +14,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::jobs::{JobKind, JobReport};
+use super::{JobKind, JobReport};
 
 pub const FILE: &str = "daemon-state.json";
 const FORMAT: u32 = 1;

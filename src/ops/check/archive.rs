@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::commands::check::Report;
 use crate::config::{Config, RepositoryType};
+use crate::ops::check::Report;
 use crate::repo::{layout, Repository};
 
 /// What `archive_command` runs, as far as a shell-like split tells.

@@ -22,21 +22,20 @@ use anyhow::Context;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::cli::WalPushArgs;
 use crate::codec::{self, Codec, FileSource, Source as _};
-use crate::commands::wal_fetch_ahead;
-use crate::commands::wal_push_ahead::{ready_files, Markers};
-use crate::commands::Ctx;
+use crate::config::Config;
+use crate::ops::wal::fetch_ahead;
+use crate::ops::wal::push_ahead::{ready_files, Markers};
 use crate::pg::wal::{self, WalFileKind};
 use crate::repo::identity::RepoIdentity;
 use crate::repo::{self, layout, ObjectMeta, RepoError, Repository};
 
-pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
-    let path = args.path;
+/// Archive WAL file `path` (`%p`), with the `.ready` files that follow it.
+pub async fn run(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
     // Once recovery has ended, what wal-fetch prefetched is not needed.
-    wal_fetch_ahead::remove_spool_after_recovery(&wal_fetch_ahead::wal_dir_of(&path));
-    let tag = repo::location_tag(&ctx.cfg);
-    let markers = Markers::new(&ctx.cfg.backup.state_dir, &tag);
+    fetch_ahead::remove_spool_after_recovery(&fetch_ahead::wal_dir_of(&path));
+    let tag = repo::location_tag(cfg);
+    let markers = Markers::new(&cfg.backup.state_dir, &tag);
     // Before reading the file: a call that finds its marker costs a few milliseconds.
     if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
         if wal::classify(name).is_some() && markers.take(name, &path) {
@@ -45,16 +44,16 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
         }
     }
     let file = read_wal_file(&path)?;
-    let repo = repo::open(&ctx.cfg).await?;
-    let cluster = check_identity(ctx, &tag, repo.as_ref(), &file).await?;
+    let repo = repo::open(cfg).await?;
+    let cluster = check_identity(cfg, &tag, repo.as_ref(), &file).await?;
     // Push the files PostgreSQL will ask for next alongside this one: up to
     // `AHEAD_BATCHES` × `push_concurrency` files in all, `push_concurrency` at a time, so
     // that the cost of each call (and of waiting for the slowest file of a round) is
     // shared by more files when the archiver has a backlog.
-    let concurrency = ctx.cfg.wal.push_concurrency();
+    let concurrency = cfg.wal.push_concurrency();
     let ahead = ready_files(&path, ahead_count(concurrency), &markers);
     let codec = wal_codec(
-        Codec::from_config(&ctx.cfg.compression),
+        Codec::from_config(&cfg.compression),
         concurrency.min(1 + ahead.len()),
     );
     let slots = Arc::new(Semaphore::new(concurrency));
@@ -62,7 +61,7 @@ pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
     let mine = Slot::Held(slots.clone().acquire_owned().await?);
     let mut others = tokio::task::JoinSet::new();
     for p in ahead {
-        let (repo, state_dir, tag) = (repo.clone(), ctx.cfg.backup.state_dir.clone(), tag.clone());
+        let (repo, state_dir, tag) = (repo.clone(), cfg.backup.state_dir.clone(), tag.clone());
         let slot = Slot::Queue(slots.clone());
         others.spawn(async move {
             let pushed = async {
@@ -168,12 +167,12 @@ fn read_wal_file(path: &Path) -> anyhow::Result<WalFile> {
 /// The repository's cluster (system identifier), checked against `file`'s; creates
 /// repo.json for a new repository. The answer is cached in `state_dir` for an hour.
 async fn check_identity(
-    ctx: &Ctx,
+    cfg: &Config,
     repo_tag: &str,
     repo: &dyn Repository,
     file: &WalFile,
 ) -> anyhow::Result<u64> {
-    let cache = IdentityCache::new(&ctx.cfg.backup.state_dir, repo_tag);
+    let cache = IdentityCache::new(&cfg.backup.state_dir, repo_tag);
     if let (Some(cached), Some(s)) = (cache.get(), file.system_identifier) {
         if cached == s {
             return Ok(s);

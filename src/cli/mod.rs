@@ -1,0 +1,204 @@
+//! The top layer: clap definitions ([`args`]), dispatch to the operations, and rendering
+//! of what they return (human text in [`render`], or `--json`). Only this module and the
+//! daemon print on stdout; only this module knows the command line. Exit codes are
+//! decided by `error::classify` from the typed errors the operations return.
+
+pub mod args;
+pub mod render;
+
+pub use args::*;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::lock::Wait;
+use crate::ops;
+
+/// What every command gets: the loaded config and the global output flags.
+pub struct Ctx {
+    pub cfg: Config,
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Print `value` as pretty JSON on stdout.
+    pub fn print_json<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // restore_command: any failure but "not archived" must stop recovery, config
+    // errors included (see ops::wal::fetch::stop_recovery_on_failure).
+    if let Command::WalFetch(args) = &cli.command {
+        let dest = args.dest.clone();
+        return ops::wal::fetch::stop_recovery_on_failure(run_command(cli).await, &dest);
+    }
+    run_command(cli).await
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let wal_command = matches!(cli.command, Command::WalPush(_) | Command::WalFetch(_));
+    crate::logging::init(&cfg.log, cli.verbose, cli.quiet, wal_command);
+    let ctx = Ctx {
+        cfg,
+        json: cli.json,
+    };
+    let cfg = &ctx.cfg;
+    match cli.command {
+        Command::Check(args) => {
+            let r = ops::check::run(cfg, args.init).await?;
+            if ctx.json {
+                ctx.print_json(&serde_json::json!({ "ok": !r.failed(), "checks": r.lines }))?;
+            } else {
+                render::check(&r);
+            }
+            if r.failed() {
+                return Err(crate::error::Reported::quiet().into());
+            }
+            Ok(())
+        }
+        Command::Daemon(args) => crate::daemon::run(cfg, args.run_once, ctx.json).await,
+        Command::Backup(args) => {
+            let req = ops::backup::BackupRequest {
+                kind: match args.kind {
+                    KindArg::Physical => ops::backup::BackupKindSel::Physical,
+                    KindArg::Logical => ops::backup::BackupKindSel::Logical,
+                    KindArg::Both => ops::backup::BackupKindSel::Both,
+                },
+                label: args.label,
+                databases: args.databases,
+                verify: if args.verify {
+                    Some(true)
+                } else if args.no_verify {
+                    Some(false)
+                } else {
+                    None
+                },
+                wait: if args.no_wait {
+                    Wait::No
+                } else {
+                    Wait::Up(ops::backup::LOCK_WAIT)
+                },
+            };
+            let out = ops::backup::run(cfg, &req).await?;
+            if ctx.json {
+                ctx.print_json(&out)?;
+            } else {
+                for b in &out.backups {
+                    println!("{}", b.id);
+                }
+            }
+            Ok(())
+        }
+        Command::Restore(args) if args.logical.is_some() => {
+            let req = ops::restore::logical::LogicalRestoreRequest {
+                id: args.logical.unwrap_or_default(),
+                dbname: args.dbname,
+                database: args.database,
+                tables: args.tables,
+                create: args.create,
+                clean: args.clean,
+                globals: args.globals,
+                jobs: args.jobs,
+                dry_run: args.dry_run,
+            };
+            for line in ops::restore::logical::run(cfg, &req).await? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Restore(args) => {
+            let req = ops::restore::RestoreRequest {
+                pgdata: args.pgdata,
+                target_time: args.target_time,
+                target_lsn: args.target_lsn,
+                target_name: args.target_name,
+                target_immediate: args.target.is_some(),
+                target_timeline: args.target_timeline,
+                backup: args.backup,
+                target_action: args.target_action.into(),
+                start: args.start,
+                port: args.port,
+                tablespace_map: args.tablespace_map,
+                dry_run: args.dry_run,
+            };
+            let report = ops::restore::run(cfg, &req).await?;
+            if report.dry_run.is_some() {
+                render::restore_dry_run(&report);
+            } else if ctx.json {
+                ctx.print_json(&report)?;
+            }
+            Ok(())
+        }
+        Command::WalPush(args) => ops::wal::push::run(cfg, args.path).await,
+        Command::WalFetch(args) => ops::wal::fetch::run(cfg, args.name, &args.dest).await,
+        Command::List => {
+            let listing = ops::list::run(cfg).await?;
+            if ctx.json {
+                ctx.print_json(&listing)
+            } else {
+                render::list(&listing);
+                Ok(())
+            }
+        }
+        Command::Info(args) => match ops::info::run(cfg, args.id.as_deref()).await? {
+            ops::info::Info::Backup(m) if ctx.json => ctx.print_json(&m),
+            ops::info::Info::Backup(m) => {
+                render::backup(&m);
+                Ok(())
+            }
+            ops::info::Info::Summary(s) if ctx.json => ctx.print_json(&s),
+            ops::info::Info::Summary(s) => {
+                render::info_summary(&s);
+                Ok(())
+            }
+        },
+        Command::Verify(args) => {
+            let req = ops::verify::VerifyRequest {
+                id: args.id,
+                latest: args.latest,
+                all: args.all,
+                since: args.since,
+                wal: args.wal,
+            };
+            let report = ops::verify::run(cfg, &req).await?;
+            if ctx.json {
+                ctx.print_json(&report)?;
+            } else {
+                render::verify(&report);
+            }
+            ops::verify::outcome(&report)
+        }
+        Command::Retention(args) => {
+            let report =
+                ops::retention::run(cfg, args.dry_run, Wait::Up(ops::retention::LOCK_WAIT)).await?;
+            if ctx.json {
+                ctx.print_json(&report)
+            } else {
+                render::retention(&report);
+                Ok(())
+            }
+        }
+        Command::Partitions(args) => {
+            let summary = ops::partitions::run(cfg, args.dry_run).await?;
+            if ctx.json {
+                ctx.print_json(&summary)?;
+            } else {
+                render::partitions(&summary);
+            }
+            summary.outcome()
+        }
+        Command::Archive(args) => {
+            let summary = ops::archival::run(cfg, args.dry_run).await?;
+            if ctx.json {
+                ctx.print_json(&summary)?;
+            } else {
+                render::archive(&summary);
+            }
+            summary.outcome()
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! Human renderings of the operations' reports: the text `backupctl` prints on stdout
+//! when `--json` is not given. One function per report; each prints and decides nothing.
+
+use chrono::{DateTime, Utc};
+
+use crate::archival::plan::Cursor;
+use crate::archival::report::{ArchiveSummary, TableStatus};
+use crate::manifest::{Manifest, Outcome};
+use crate::ops::check::{Report as CheckReport, Status as CheckStatus};
+use crate::ops::info::{DaemonView, Summary};
+use crate::ops::list::Listing;
+use crate::ops::restore::Report as RestoreReport;
+use crate::ops::retention::RetentionReport;
+use crate::ops::verify::VerifyReport;
+use crate::partitions::report::{PartitionsSummary, Status};
+use crate::recovery::plan::Window;
+use crate::recovery::target::format_pg_time;
+use crate::text::human_bytes;
+
+pub fn list(listing: &Listing) {
+    println!("repository: {}", listing.repository);
+    if listing.backups.is_empty() {
+        println!("no backups");
+    } else {
+        println!(
+            "{:<28} {:<8} {:<14} {:<20} {:<20} {:<24} {:>10} {:>10} {:<8}",
+            "ID",
+            "KIND",
+            "LABEL",
+            "STARTED (UTC)",
+            "STOPPED (UTC)",
+            "LSN",
+            "STORED",
+            "ORIGINAL",
+            "VERIFIED"
+        );
+        for (b, m) in listing.backups.iter().zip(&listing.manifests) {
+            let lsn = match (&b.start_lsn, &b.stop_lsn) {
+                (Some(a), Some(z)) => format!("{a}-{z}"),
+                _ => "-".into(),
+            };
+            println!(
+                "{:<28} {:<8} {:<14} {:<20} {:<20} {:<24} {:>10} {:>10} {:<8}",
+                b.id,
+                b.kind,
+                b.label.as_deref().unwrap_or("-"),
+                m.start_time.format("%Y-%m-%d %H:%M:%S"),
+                m.stop_time.format("%Y-%m-%d %H:%M:%S"),
+                lsn,
+                human_bytes(b.stored_bytes),
+                human_bytes(b.original_bytes),
+                b.verified.as_deref().unwrap_or("no")
+            );
+            for d in &b.databases {
+                println!(
+                    "    database {:<20} {:>10}  {} tables, {} rows",
+                    d.name,
+                    human_bytes(d.size_bytes.max(0) as u64),
+                    d.tables,
+                    d.rows
+                );
+            }
+        }
+    }
+    windows(&listing.recoverable_windows, &listing.wal_gaps);
+    if !listing.incomplete_backups.is_empty() {
+        println!(
+            "incomplete backups (no manifest; in progress or failed): {}",
+            listing.incomplete_backups.join(", ")
+        );
+    }
+}
+
+pub fn windows(windows: &[Window], gaps: &[String]) {
+    if windows.is_empty() {
+        println!("recoverable window: none (no physical backup with its WAL)");
+    }
+    for w in windows {
+        println!(
+            "recoverable window: {} → {} (timeline {})",
+            format_pg_time(&w.from),
+            w.to.map(|t| format_pg_time(&t))
+                .unwrap_or_else(|| "?".into()),
+            w.timeline
+        );
+    }
+    for g in gaps {
+        println!("WAL gap: {g}");
+    }
+}
+
+pub fn info_summary(s: &Summary) {
+    println!("repository:        {}", s.repository);
+    match &s.identity {
+        Some(i) => println!(
+            "cluster:           system identifier {}, PostgreSQL {}, WAL segments of {}",
+            i.system_identifier,
+            i.pg_major,
+            human_bytes(i.wal_segment_size)
+        ),
+        None => println!("cluster:           not initialised (no repo.json)"),
+    }
+    println!("backups:           {}", s.backups);
+    for (what, b) in [
+        ("newest physical:", &s.newest_physical),
+        ("newest logical:", &s.newest_logical),
+    ] {
+        if let Some(b) = b {
+            println!(
+                "{what:<18} {} ({}, verified: {})",
+                b.id,
+                human_bytes(b.stored_bytes),
+                b.verified.as_deref().unwrap_or("no")
+            );
+        }
+    }
+    println!(
+        "WAL:               {} segments on timelines {:?}, {}; newest {} archived {}",
+        s.wal.segments,
+        s.wal.timelines,
+        human_bytes(s.wal.stored_bytes),
+        s.wal.newest_segment.as_deref().unwrap_or("-"),
+        s.wal.newest_archived_at.as_deref().unwrap_or("-")
+    );
+    windows(&s.recoverable_windows, &s.wal_gaps);
+    daemon(&s.daemon);
+}
+
+fn daemon(d: &DaemonView) {
+    if let Some(e) = &d.history_error {
+        println!("daemon history:    unreadable: {e}");
+    }
+    if d.jobs.is_empty() {
+        println!(
+            "daemon:            no job scheduled, no history in {}",
+            d.state_file
+        );
+        return;
+    }
+    println!("daemon jobs ({}):", d.timezone);
+    let t = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
+    for j in &d.jobs {
+        let h = &j.history;
+        let last = match (&h.running, h.last_outcome) {
+            (Some(r), _) => format!("running since {} (run {})", r.since.to_rfc3339(), r.run_id),
+            (None, Some(o)) => format!(
+                "last {} at {}{}",
+                o.as_str(),
+                t(h.last_end),
+                h.last_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+            (None, None) => "never ran".into(),
+        };
+        println!(
+            "  {:<11} {:<18} next {:<26} {last}",
+            j.job.as_str(),
+            j.schedule.as_deref().unwrap_or("(not scheduled)"),
+            t(j.next_run)
+        );
+    }
+}
+
+pub fn backup(m: &Manifest) {
+    println!("id:            {}", m.id);
+    println!("kind:          {}", m.kind);
+    println!("label:         {}", m.label.as_deref().unwrap_or("-"));
+    println!(
+        "host:          {} (cluster {}, system identifier {})",
+        m.host, m.cluster, m.system_identifier
+    );
+    println!("PostgreSQL:    {}", m.pg_version);
+    println!("started:       {}", m.start_time.to_rfc3339());
+    println!("stopped:       {}", m.stop_time.to_rfc3339());
+    println!(
+        "size:          {} stored, {} original ({:?} level {})",
+        human_bytes(m.stored_bytes()),
+        human_bytes(m.original_bytes()),
+        m.compression.algorithm,
+        m.compression.level
+    );
+    if let Some(p) = &m.physical {
+        println!("timeline:      {}", p.timeline);
+        println!(
+            "WAL:           {} ({}) → {} ({})",
+            p.start_lsn, p.start_wal, p.stop_lsn, p.stop_wal
+        );
+        println!("files:         {} from {}", p.files, p.pgdata);
+        for t in &p.tablespaces {
+            println!("tablespace:    {} ({}) at {}", t.name, t.oid, t.location);
+        }
+    }
+    if let Some(l) = &m.logical {
+        for d in &l.databases {
+            println!(
+                "database:      {} ({}, {} tables, {} rows)",
+                d.name,
+                human_bytes(d.size_bytes.max(0) as u64),
+                d.tables.len(),
+                d.total_rows()
+            );
+        }
+    }
+    if let Some(rp) = &m.restore_point {
+        println!(
+            "restore point: {} at {} ({})",
+            rp.name,
+            rp.lsn,
+            rp.time.to_rfc3339()
+        );
+    }
+    match &m.verification {
+        Some(v) => println!(
+            "verified:      {:?} at {} in {:.1}s{}",
+            v.outcome,
+            v.time.to_rfc3339(),
+            v.duration_secs,
+            if v.failures.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", v.failures.join("; "))
+            }
+        ),
+        None => println!("verified:      no"),
+    }
+    println!("objects:");
+    for o in &m.objects {
+        println!(
+            "  {:<32} {:>10} stored {:>10} original  sha256 {}",
+            o.name,
+            human_bytes(o.stored_size),
+            human_bytes(o.size),
+            o.sha256
+        );
+    }
+}
+
+pub fn retention(r: &RetentionReport) {
+    let p = &r.policy;
+    println!("repository: {}", r.repository);
+    let labels = if p.labels.is_empty() {
+        "none (labelled backups are kept)".to_string()
+    } else {
+        p.labels
+            .iter()
+            .map(|(l, d)| format!("{l}: {d}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    println!(
+        "policy: physical: {} | logical: {} | labels: {labels} | wal: {} | incomplete_after: {}",
+        p.physical, p.logical, p.wal, p.incomplete_after
+    );
+    let plan = &r.plan;
+    if plan.backups.is_empty() {
+        println!("backups: none");
+    } else {
+        println!("backups:");
+    }
+    for b in &plan.backups {
+        let d = &b.decision;
+        let label = d
+            .label
+            .as_deref()
+            .map(|l| format!(" [{l}]"))
+            .unwrap_or_default();
+        println!(
+            "  {:<6} {}{label}  started {}  {}  {}",
+            d.action.as_str(),
+            d.id,
+            d.start_time.format("%Y-%m-%d %H:%M:%S"),
+            human_bytes(b.bytes),
+            d.reasons.join("; ")
+        );
+    }
+    if !plan.incomplete.is_empty() {
+        println!("backups without a manifest:");
+        for i in &plan.incomplete {
+            println!(
+                "  {:<6} {}  {} object{}  {}  {}",
+                i.action.as_str(),
+                i.id,
+                i.objects,
+                if i.objects == 1 { "" } else { "s" },
+                human_bytes(i.bytes),
+                i.reason
+            );
+        }
+    }
+    match &plan.wal.keep_from {
+        Some(k) => println!(
+            "WAL (kept from {}, the start of the oldest kept physical backup {}, on every timeline):",
+            k.segment, k.backup
+        ),
+        None => println!("WAL:"),
+    }
+    if plan.wal.ranges.is_empty() {
+        println!("  none archived");
+    }
+    for w in &plan.wal.ranges {
+        let what = if w.first == w.last {
+            w.first.clone()
+        } else {
+            format!("{} … {}", w.first, w.last)
+        };
+        println!(
+            "  {:<6} {what}  {} file{}  {}  {}",
+            w.action.as_str(),
+            w.files,
+            if w.files == 1 { "" } else { "s" },
+            human_bytes(w.bytes),
+            w.reason
+        );
+    }
+    if plan.recoverable_windows.is_empty() {
+        println!("recoverable window afterwards: none (no kept physical backup with its WAL)");
+    }
+    for w in &plan.recoverable_windows {
+        println!(
+            "recoverable window afterwards: {} → {} (timeline {})",
+            format_pg_time(&w.from),
+            w.to.map(|t| format_pg_time(&t))
+                .unwrap_or_else(|| "?".into()),
+            w.timeline
+        );
+    }
+    let d = &plan.delete;
+    let what = format!(
+        "{} backup{}, {} without a manifest, {} WAL file{}: {} object{}, {}",
+        d.backups.len(),
+        if d.backups.len() == 1 { "" } else { "s" },
+        d.incomplete.len(),
+        d.wal_files,
+        if d.wal_files == 1 { "" } else { "s" },
+        d.objects,
+        if d.objects == 1 { "" } else { "s" },
+        human_bytes(d.bytes)
+    );
+    match (&r.freed, r.upload_leftovers_removed) {
+        (Some(_), leftovers) => println!(
+            "freed {what}; removed {} unfinished upload{}",
+            leftovers.unwrap_or(0),
+            if leftovers == Some(1) { "" } else { "s" }
+        ),
+        (None, _) => println!("dry run: would delete {what}; nothing was deleted"),
+    }
+}
+
+pub fn verify(report: &VerifyReport) {
+    for r in &report.backups {
+        let v = &r.verification;
+        match v.outcome {
+            Outcome::Ok => println!(
+                "OK     {} ({}) restored and queryable in {:.1}s, {} scratch",
+                r.id,
+                r.kind,
+                v.duration_secs,
+                human_bytes(v.scratch_bytes)
+            ),
+            Outcome::Failed => println!("FAILED {} ({})", r.id, r.kind),
+        }
+        for c in &v.checked {
+            println!("       checked: {c}");
+        }
+        for f in &v.failures {
+            println!("       FAILURE: {f}");
+        }
+    }
+    if let Some(w) = &report.wal {
+        windows(&w.recoverable_windows, &w.gaps);
+        if w.ok {
+            println!(
+                "OK     WAL is continuous from the oldest physical backup to the newest segment"
+            );
+        } else if w.recoverable_windows.is_empty() {
+            println!("FAILED no physical backup has the WAL it needs");
+        } else {
+            println!("FAILED WAL has gaps");
+        }
+    }
+}
+
+pub fn partitions(s: &PartitionsSummary) {
+    if s.tables.is_empty() {
+        println!("no [[partitions]] policies in the config");
+    }
+    for t in &s.tables {
+        match &t.key {
+            Some(k) => println!(
+                "{} in database {} ({}, {}; months in {}, premake {})",
+                t.table,
+                t.database,
+                k.definition,
+                k.key.sql(),
+                t.timezone,
+                t.premake
+            ),
+            None => println!("{} in database {}", t.table, t.database),
+        }
+        if let Some(e) = &t.error {
+            println!("  ERROR {e}");
+        }
+        for m in &t.months {
+            let status = m.status.as_str();
+            println!(
+                "  {}  {:<40} {:<12} [{}, {})",
+                m.month, m.partition, status, m.from, m.to
+            );
+            if let Some(d) = &m.detail {
+                println!("           {d}");
+            }
+            if s.dry_run && m.status == Status::WouldCreate {
+                if let Some(q) = &m.sql {
+                    println!("           {q};");
+                }
+            }
+            if let Some(fix) = &m.resolve {
+                println!("           resolve with:");
+                for line in fix.lines() {
+                    println!("             {line}");
+                }
+            }
+        }
+    }
+    if s.dry_run {
+        println!("dry run: nothing was changed");
+    }
+}
+
+pub fn archive(s: &ArchiveSummary) {
+    if s.tables.is_empty() {
+        println!("no [[archive]] policies in the config");
+    }
+    for t in &s.tables {
+        let target = t
+            .archive_table
+            .clone()
+            .unwrap_or_else(|| format!("schema {}", t.archive_schema));
+        println!(
+            "{} → {} ({} mode, database {})",
+            t.source.as_deref().unwrap_or(&t.table),
+            target,
+            t.mode,
+            t.database
+        );
+        if let Some(c) = &t.cutoff {
+            println!("  cutoff: {} < {c} (now - {})", t.column, t.older_than);
+        }
+        if !t.foreign_keys.is_empty() {
+            println!("  foreign keys referencing it:");
+            for fk in &t.foreign_keys {
+                println!("    {fk}");
+            }
+        }
+        for n in &t.notes {
+            println!("  note: {n}");
+        }
+        for l in &t.leaves {
+            let cursor = match &l.cursor {
+                Cursor::Index { index } => format!("index {index}"),
+                Cursor::Physical => "physical order (no index leads with the column)".into(),
+            };
+            println!(
+                "  {}: ~{} row(s) older than the cutoff, walked in {cursor}",
+                l.table, l.estimated_rows
+            );
+        }
+        for q in &t.partitions {
+            let status = serde_json::to_value(q.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            println!(
+                "  {:<40} {:<10} ~{} row(s)  {}",
+                q.partition, status, q.estimated_rows, q.bound
+            );
+            if let Some(d) = &q.detail {
+                println!("      {d}");
+            }
+        }
+        if let Some(st) = &t.rows {
+            println!(
+                "  moved {} row(s) in {} batch(es) in {:.1} s ({:.0} rows/s); longest batch {:.0} ms",
+                st.rows_moved,
+                st.batches,
+                st.elapsed_ms / 1e3,
+                st.rows_per_second,
+                st.longest_batch_ms
+            );
+        }
+        if t.mode == "partitions" && !s.dry_run && t.log_id.is_some() {
+            println!("  moved {} partition(s)", t.partitions_moved);
+        }
+        if let Some(id) = t.log_id {
+            println!(
+                "  {}.archive_log id {id}, run {}",
+                t.archive_schema, s.run_id
+            );
+        }
+        if s.dry_run {
+            if let Some(n) = t.estimated_rows {
+                println!("  estimated rows to move: {n}");
+            }
+            if !t.sql.is_empty() {
+                println!("  SQL:");
+                for stmt in &t.sql {
+                    for line in format!("{stmt};").lines() {
+                        println!("    {line}");
+                    }
+                }
+                if t.mode == "rows" {
+                    println!("    -- each batch repeats with the cursor after the last row moved (index value or ctid)");
+                    println!("    -- until a pass from the start finds nothing; archive_log id 0 is this run's row");
+                }
+            }
+        }
+        if let Some(e) = &t.error {
+            println!(
+                "  {}: {e}",
+                if t.status == TableStatus::Refused {
+                    "REFUSED"
+                } else {
+                    "FAILED"
+                }
+            );
+        }
+        let status = serde_json::to_value(t.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        println!("  status: {status}");
+    }
+    if s.dry_run {
+        println!("dry run: nothing was changed");
+    }
+}
+
+pub fn check(r: &CheckReport) {
+    for l in &r.lines {
+        let status = match l.status {
+            CheckStatus::Ok => "OK  ",
+            CheckStatus::Warn => "WARN",
+            CheckStatus::Fail => "FAIL",
+        };
+        println!("{status} {:<20} {}", l.check, l.detail);
+        if let Some(fix) = &l.fix {
+            println!("     {:<20} fix: {fix}", "");
+        }
+    }
+}
+
+/// A dry run of a physical restore: what would go where, and the recovery settings.
+pub fn restore_dry_run(r: &RestoreReport) {
+    println!("would restore backup {} into {}", r.backup, r.pgdata);
+    if let Some(d) = &r.dry_run {
+        for (oid, dir) in &d.tablespaces {
+            println!("tablespace {oid} into {}", dir.display());
+        }
+        for (k, v) in &d.settings {
+            println!("{k} = {}", crate::ops::restore::quote(v));
+        }
+    }
+}

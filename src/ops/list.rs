@@ -1,0 +1,99 @@
+//! `backupctl list`: every backup, the recoverable window(s) and WAL gaps.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::manifest::Manifest;
+use crate::ops::status::RepoStatus;
+use crate::recovery::inventory::Gap;
+use crate::recovery::plan::Window;
+use crate::repo;
+
+#[derive(Serialize)]
+pub struct BackupLine {
+    pub id: String,
+    pub kind: String,
+    pub label: Option<String>,
+    pub start_time: String,
+    pub stop_time: String,
+    pub start_lsn: Option<String>,
+    pub stop_lsn: Option<String>,
+    pub stored_bytes: u64,
+    pub original_bytes: u64,
+    /// `ok`, `failed`, or absent when never verified.
+    pub verified: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseLine>,
+}
+
+#[derive(Serialize)]
+pub struct DatabaseLine {
+    pub name: String,
+    pub size_bytes: i64,
+    pub tables: usize,
+    pub rows: i64,
+}
+
+impl BackupLine {
+    pub fn of(m: &Manifest) -> BackupLine {
+        BackupLine {
+            id: m.id.clone(),
+            kind: m.kind.to_string(),
+            label: m.label.clone(),
+            start_time: m.start_time.to_rfc3339(),
+            stop_time: m.stop_time.to_rfc3339(),
+            start_lsn: m.physical.as_ref().map(|p| p.start_lsn.to_string()),
+            stop_lsn: m.physical.as_ref().map(|p| p.stop_lsn.to_string()),
+            stored_bytes: m.stored_bytes(),
+            original_bytes: m.original_bytes(),
+            verified: m.verification.as_ref().map(|v| {
+                serde_json::to_value(v.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            }),
+            databases: m
+                .logical
+                .iter()
+                .flat_map(|l| &l.databases)
+                .map(|d| DatabaseLine {
+                    name: d.name.clone(),
+                    size_bytes: d.size_bytes,
+                    tables: d.tables.len(),
+                    rows: d.total_rows(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What `list` shows.
+#[derive(Serialize)]
+pub struct Listing {
+    pub repository: String,
+    pub backups: Vec<BackupLine>,
+    pub recoverable_windows: Vec<Window>,
+    pub wal_gaps: Vec<String>,
+    pub incomplete_backups: Vec<String>,
+    /// The complete backups' manifests, in the order of `backups`.
+    #[serde(skip)]
+    pub manifests: Vec<Manifest>,
+}
+
+pub async fn run(cfg: &Config) -> anyhow::Result<Listing> {
+    let repo = repo::open(cfg).await?;
+    let st = RepoStatus::load(repo.as_ref()).await?;
+    Ok(Listing {
+        repository: repo.describe(),
+        backups: st.catalog.complete.iter().map(BackupLine::of).collect(),
+        recoverable_windows: st.windows.clone(),
+        wal_gaps: st.gaps.iter().map(Gap::to_string).collect(),
+        incomplete_backups: st
+            .catalog
+            .incomplete
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect(),
+        manifests: st.catalog.complete.clone(),
+    })
+}
