@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backupctl::codec::{Algorithm, Codec};
-use backupctl::repo::{PutOptions, RepoError, Repository};
+use backupctl::repo::{PutOptions, RepoError, Repository, RepositoryExt};
 use backupctl::transfer::{get_stream, put_stream, ChecksumMismatch};
 use common::{Backend, TestRepo};
 

@@ -13,7 +13,10 @@ use crate::config::RetentionRule;
 use crate::manifest::{backup_id, BackupKind, Manifest, ObjectEntry, PhysicalInfo, FORMAT};
 use crate::pg::wal::{Lsn, Segment};
 use crate::repo::local::LocalRepository;
-use crate::repo::{BodyReader, GetObject, ObjectMeta, PutOptions, RepoError, RepoResult};
+use crate::repo::{
+    BodyReader, GetObject, LateMetadata, ObjectMeta, PutOptions, RepoError, RepoResult,
+    RepositoryExt,
+};
 
 const SEG: u64 = 16 << 20;
 
@@ -57,6 +60,20 @@ impl Repository for Crashing {
     }
     async fn cleanup_incomplete(&self, older_than: Duration) -> RepoResult<usize> {
         self.inner.cleanup_incomplete(older_than).await
+    }
+    async fn put_described_after(
+        &self,
+        key: &str,
+        body: BodyReader,
+        metadata: LateMetadata,
+        if_absent: bool,
+    ) -> RepoResult<u64> {
+        self.inner
+            .put_described_after(key, body, metadata, if_absent)
+            .await
+    }
+    async fn sync(&self, key: &str) -> RepoResult<()> {
+        self.inner.sync(key).await
     }
 }
 

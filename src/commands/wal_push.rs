@@ -29,7 +29,7 @@ use crate::commands::wal_push_ahead::{ready_files, Markers};
 use crate::commands::Ctx;
 use crate::pg::wal::{self, WalFileKind};
 use crate::repo::identity::RepoIdentity;
-use crate::repo::{self, layout, ObjectMeta, RepoError, Repository};
+use crate::repo::{self, layout, ObjectMeta, RepoError, Repository, RepositoryExt};
 
 pub async fn run(ctx: &Ctx, args: WalPushArgs) -> anyhow::Result<()> {
     let path = args.path;
