@@ -11,7 +11,7 @@
 //! Every operation of [`Repository`] that a backend implements in its own way (batched
 //! deletes, durability of an object found already there, metadata known only after the
 //! body) is a required method, with no default body. A backend, and any wrapper around
-//! one, must spell out each of them, so a wrapper always
+//! one (such as [`faulty::Faulty`]), must spell out each of them, so a wrapper always
 //! forwards to the backend's own implementation instead of silently inheriting a generic
 //! default with different semantics (a wrapper around S3 that fell back to a loop of
 //! single deletes, or a wrapper around the local backend that skipped its fsync).
@@ -22,6 +22,7 @@
 //! [`RepositoryExt::get_bytes`]) live in the extension trait [`RepositoryExt`], which has
 //! one blanket implementation for every repository and so cannot be overridden.
 
+pub mod faulty;
 pub mod identity;
 pub mod layout;
 pub mod local;
