@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::Codec;
 use crate::pg::wal::Lsn;
-use crate::repo::{layout, PutOptions, RepoError, Repository};
+use crate::repo::{layout, PutOptions, RepoError, Repository, RepositoryExt};
 
 pub const FORMAT: u32 = 1;
 

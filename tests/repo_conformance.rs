@@ -1,7 +1,10 @@
 //! One conformance suite for every repository backend: the local filesystem and S3
 //! (a real s3s-fs server). Both must behave identically for everything backupctl relies
 //! on: atomic puts, no-clobber puts, metadata, listing, deletes, streaming large objects,
-//! and no visible object after a failed or killed upload.
+//! and no visible object after a failed or killed upload. The failure-injecting wrapper
+//! ([`backupctl::repo::faulty::Faulty`]) with no faults configured must pass the same
+//! suite (it is used in place of real backends in failure tests), and each fault it can
+//! inject is checked to behave as documented.
 
 mod common;
 
@@ -12,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backupctl::codec::{Algorithm, Codec};
-use backupctl::repo::{PutOptions, RepoError, Repository};
+use backupctl::repo::faulty::{Faulty, Op, ReadEnd, When};
+use backupctl::repo::local::LocalRepository;
+use backupctl::repo::{PutOptions, RepoError, Repository, RepositoryExt};
 use backupctl::transfer::{get_stream, put_stream, ChecksumMismatch};
 use common::{Backend, TestRepo};
 
@@ -318,7 +323,11 @@ async fn failed_uploads_leave_nothing(repo: &Arc<dyn Repository>) {
 
 async fn conformance(backend: Backend) {
     let t = TestRepo::new(backend);
-    let repo = t.open().await;
+    suite(&t.open().await).await;
+}
+
+async fn suite(repo: &Arc<dyn Repository>) {
+    let repo = repo.clone();
     small_objects(&repo).await;
     metadata(&repo).await;
     metadata_after_the_body(&repo).await;
@@ -337,6 +346,198 @@ async fn local_repository_conformance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_repository_conformance() {
     conformance(Backend::S3).await;
+}
+
+/// The wrapper with nothing to inject is indistinguishable from what it wraps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_repository_without_faults_conformance() {
+    let t = TestRepo::new(Backend::Local);
+    let faulty = Arc::new(Faulty::new(t.open().await));
+    let repo: Arc<dyn Repository> = faulty.clone();
+    suite(&repo).await;
+    assert!(faulty.requests() > 0);
+    assert_eq!(faulty.injected(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Each fault the Faulty wrapper injects, over a local repository.
+
+fn local(dir: &tempfile::TempDir) -> Arc<dyn Repository> {
+    Arc::new(LocalRepository::new(dir.path().to_path_buf()))
+}
+
+async fn put(repo: &dyn Repository, key: &str, body: &[u8]) -> Result<u64, RepoError> {
+    repo.put_bytes(key, body.to_vec(), PutOptions::default())
+        .await
+}
+
+#[tokio::test]
+async fn faulty_fails_the_nth_request() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = Faulty::new(local(&d)).fail(When::nth(3), true);
+    put(&repo, "a", b"a").await.unwrap();
+    assert!(repo.head("a").await.unwrap().is_some());
+    // The third request, whatever it is, fails (transiently, as configured) without
+    // reaching the wrapped repository.
+    let err = put(&repo, "b", b"b").await.unwrap_err();
+    assert!(matches!(err, RepoError::Remote { .. }), "{err}");
+    assert!(err.is_transient(), "{err}");
+    assert!(repo.inner().head("b").await.unwrap().is_none());
+    // Only that one.
+    put(&repo, "b", b"b").await.unwrap();
+    assert_eq!(repo.get_bytes("b").await.unwrap(), b"b");
+    assert_eq!((repo.requests(), repo.injected()), (5, 1));
+}
+
+#[tokio::test]
+async fn faulty_fails_the_nth_request_of_one_kind() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = Faulty::new(local(&d)).fail(When::nth_of(Op::Get, 2).onwards(), false);
+    put(&repo, "k", b"body").await.unwrap();
+    assert_eq!(repo.get_bytes("k").await.unwrap(), b"body");
+    // Other kinds neither fail nor count towards the gets.
+    assert!(repo.head("k").await.unwrap().is_some());
+    repo.list("").await.unwrap();
+    for _ in 0..2 {
+        let err = repo.get_bytes("k").await.unwrap_err();
+        assert!(matches!(err, RepoError::Remote { .. }), "{err}");
+        assert!(!err.is_transient(), "configured as permanent: {err}");
+    }
+    assert_eq!(repo.requests_of(Op::Get), 3);
+    // Healed, the wrapper forwards again.
+    repo.heal();
+    assert_eq!(repo.get_bytes("k").await.unwrap(), b"body");
+    assert_eq!(repo.injected(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_counts_concurrent_requests_exactly() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = Arc::new(Faulty::new(local(&d)).fail(When::nth_of(Op::Head, 41).onwards(), true));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let repo = repo.clone();
+            tokio::spawn(async move { repo.head("x").await.is_err() })
+        })
+        .collect();
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await.unwrap() as u32;
+    }
+    // Each request got a number of its own: exactly requests 41..=50 failed.
+    assert_eq!(failed, 10);
+    assert_eq!((repo.requests_of(Op::Head), repo.injected()), (50, 10));
+}
+
+#[tokio::test]
+async fn faulty_timeout_after_write_leaves_the_object_stored() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = Faulty::new(local(&d)).timeout_after_write(When::every(Op::Put));
+    let err = put(&repo, "w/obj", b"content").await.unwrap_err();
+    assert!(err.is_transient(), "a timeout is worth retrying: {err}");
+    // The write went through: the object is there, complete.
+    assert_eq!(repo.inner().get_bytes("w/obj").await.unwrap(), b"content");
+    // So a no-clobber retry finds it, which is what a caller must expect.
+    let err = repo
+        .put_bytes(
+            "w/obj",
+            b"content".to_vec(),
+            PutOptions {
+                if_absent: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoError::AlreadyExists { .. }), "{err}");
+
+    // Metadata known after the body: the same, metadata included.
+    let md = BTreeMap::from([("sha256".to_string(), "ab".repeat(32))]);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tx.send(md.clone()).unwrap();
+    let body = Box::new(std::io::Cursor::new(b"late".to_vec()));
+    let err = repo
+        .put_described_after("w/late", body, rx, true)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let head = repo.inner().head("w/late").await.unwrap().unwrap();
+    assert_eq!((head.size, head.metadata), (4, md));
+    assert_eq!(repo.injected(), 2);
+}
+
+#[tokio::test]
+async fn faulty_adds_latency_to_every_request() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = Faulty::new(local(&d)).latency(Duration::from_millis(50));
+    let start = std::time::Instant::now();
+    put(&repo, "k", b"x").await.unwrap();
+    repo.head("k").await.unwrap();
+    repo.get_bytes("k").await.unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(150));
+    assert_eq!(repo.injected(), 0, "latency is not counted as a fault");
+}
+
+#[tokio::test]
+async fn faulty_truncated_read_ending_cleanly_gives_a_short_body() {
+    let d = tempfile::tempdir().unwrap();
+    let repo: Arc<dyn Repository> =
+        Arc::new(Faulty::new(local(&d)).truncate_reads(When::every(Op::Get), 100, ReadEnd::Eof));
+    let data = pattern(1000, 5);
+    put(repo.as_ref(), "t/obj", &data).await.unwrap();
+    put(repo.as_ref(), "t/small", b"short").await.unwrap();
+    // No error: the body is just short, while meta still tells the object's size.
+    let obj = repo.get("t/obj").await.unwrap();
+    assert_eq!(obj.meta.size, 1000);
+    assert_eq!(repo.get_bytes("t/obj").await.unwrap(), data[..100]);
+    // A reader that checks what it got against what was stored notices.
+    let expected = backupctl::codec::Digest::of(&data);
+    let err = get_stream(&repo, "t/obj", Algorithm::None, Some(expected), |r| {
+        std::io::copy(r, &mut std::io::sink())?;
+        Ok(())
+    })
+    .await
+    .unwrap_err();
+    assert!(err.downcast_ref::<ChecksumMismatch>().is_some(), "{err:#}");
+    // Bodies no longer than the cut are whole.
+    assert_eq!(repo.get_bytes("t/small").await.unwrap(), b"short");
+}
+
+#[tokio::test]
+async fn faulty_truncated_read_with_an_error_fails_transiently() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = Faulty::new(local(&d)).truncate_reads(When::nth_of(Op::Get, 1), 10, ReadEnd::Error);
+    put(&repo, "t/obj", &pattern(1000, 6)).await.unwrap();
+    let err = repo.get_bytes("t/obj").await.unwrap_err();
+    assert!(
+        err.is_transient(),
+        "a dropped connection is worth retrying: {err}"
+    );
+    // The retry (the second get) reads it all.
+    assert_eq!(repo.get_bytes("t/obj").await.unwrap().len(), 1000);
+    assert_eq!(repo.injected(), 1);
+}
+
+#[tokio::test]
+async fn faulty_list_omits_the_newest_object() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = Faulty::new(local(&d)).list_omits_newest(When::nth_of(Op::List, 1));
+    // Written in this order, so "n/b" is the newest though not the last by key.
+    for k in ["n/a", "n/c", "n/b"] {
+        put(&repo, k, k.as_bytes()).await.unwrap();
+        // Past the filesystem's timestamp granularity.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let keys =
+        |v: Vec<backupctl::repo::ObjectMeta>| v.into_iter().map(|o| o.key).collect::<Vec<_>>();
+    assert_eq!(keys(repo.list("n/").await.unwrap()), vec!["n/a", "n/c"]);
+    // The object is there all along; the next listing shows it.
+    assert!(repo.head("n/b").await.unwrap().is_some());
+    assert_eq!(
+        keys(repo.list("n/").await.unwrap()),
+        vec!["n/a", "n/b", "n/c"]
+    );
+    assert_eq!(repo.injected(), 1);
 }
 
 // ---------------------------------------------------------------------------------------

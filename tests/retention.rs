@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use backupctl::pg::wal::{classify, Segment, WalFileKind};
-use backupctl::repo::{layout, PutOptions};
+use backupctl::repo::{layout, PutOptions, RepositoryExt};
 use common::{
     archive_command, backupctl, check_output, pg_tempdir, stderr, stdout, switch_wal_and_wait,
     Backend, Cluster, ClusterOptions, Restored, TestRepo,

@@ -2,63 +2,18 @@
 //! between a backup's manifest and its data never leaves a manifest pointing at deleted
 //! data.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-use async_trait::async_trait;
 
 use super::*;
 use crate::codec::{Algorithm, Codec};
 use crate::config::RetentionRule;
 use crate::manifest::{backup_id, BackupKind, Manifest, ObjectEntry, PhysicalInfo, FORMAT};
 use crate::pg::wal::{Lsn, Segment};
+use crate::repo::faulty::{Faulty, Op, When};
 use crate::repo::local::LocalRepository;
-use crate::repo::{BodyReader, GetObject, ObjectMeta, PutOptions, RepoError, RepoResult};
+use crate::repo::{PutOptions, RepositoryExt};
 
 const SEG: u64 = 16 << 20;
-
-/// A repository whose `delete_many` fails while `fail` is set: a crash after a backup's
-/// manifest was deleted and before its data was.
-struct Crashing {
-    inner: LocalRepository,
-    fail: AtomicBool,
-}
-
-#[async_trait]
-impl Repository for Crashing {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn put(&self, key: &str, body: BodyReader, opts: PutOptions) -> RepoResult<u64> {
-        self.inner.put(key, body, opts).await
-    }
-    async fn get(&self, key: &str) -> RepoResult<GetObject> {
-        self.inner.get(key).await
-    }
-    async fn head(&self, key: &str) -> RepoResult<Option<ObjectMeta>> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> RepoResult<Vec<ObjectMeta>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> RepoResult<()> {
-        self.inner.delete(key).await
-    }
-    async fn delete_many(&self, keys: &[String]) -> RepoResult<()> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(RepoError::Remote {
-                op: "delete",
-                key: keys.first().cloned().unwrap_or_default(),
-                message: "injected crash".into(),
-                transient: false,
-            });
-        }
-        self.inner.delete_many(keys).await
-    }
-    async fn cleanup_incomplete(&self, older_than: Duration) -> RepoResult<usize> {
-        self.inner.cleanup_incomplete(older_than).await
-    }
-}
 
 /// Three physical backups starting in segments 1, 3, 5 (one minute apart) and WAL 1..=6.
 async fn fill(repo: &dyn Repository) -> Vec<String> {
@@ -200,10 +155,13 @@ async fn dry_run_lists_exactly_what_the_real_run_deletes() {
 #[tokio::test]
 async fn a_crash_mid_deletion_never_leaves_a_manifest_without_its_data() {
     let d = tempfile::tempdir().unwrap();
-    let repo = Arc::new(Crashing {
-        inner: LocalRepository::new(d.path().to_path_buf()),
-        fail: AtomicBool::new(true),
-    });
+    // A crash after a backup's manifest was deleted and before its data was: the
+    // second delete request (the first `delete_many`, after the manifest's `delete`)
+    // and every later one fail, until healed.
+    let repo = Arc::new(
+        Faulty::new(Arc::new(LocalRepository::new(d.path().to_path_buf())))
+            .fail(When::nth_of(Op::Delete, 2).onwards(), false),
+    );
     let ids = fill(repo.as_ref()).await;
     let err = execute(repo.as_ref(), &keep_last(1), false, Utc::now())
         .await
@@ -225,7 +183,8 @@ async fn a_crash_mid_deletion_never_leaves_a_manifest_without_its_data() {
     assert_eq!(repo.list("wal/").await.unwrap().len(), 6);
 
     // The next run (its leftovers now older than incomplete_after) finishes the job.
-    repo.fail.store(false, Ordering::SeqCst);
+    assert_eq!(repo.injected(), 1);
+    repo.heal();
     let later = Utc::now() + chrono::Duration::days(2);
     let r = execute(repo.as_ref(), &keep_last(1), false, later)
         .await

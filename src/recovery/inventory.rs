@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::pg::wal::{
     classify, history_timeline, parse_history, HistoryEntry, Lsn, Segment, WalFileKind,
 };
-use crate::repo::{layout, ObjectMeta, Repository};
+use crate::repo::{layout, ObjectMeta, Repository, RepositoryExt};
 
 /// One timeline on a path: WAL from `begin` on (until the next span's begin) is read from `tli`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{layout, PutOptions, RepoError, Repository};
+use super::{layout, PutOptions, RepoError, Repository, RepositoryExt};
 
 pub const FORMAT: u32 = 1;
 

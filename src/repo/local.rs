@@ -464,6 +464,11 @@ impl Repository for LocalRepository {
         .map_err(|e| blocking_err("", e))?
     }
 
+    /// A filesystem has no batch delete.
+    async fn delete_many(&self, keys: &[String]) -> RepoResult<()> {
+        super::delete_each(self, keys).await
+    }
+
     async fn cleanup_incomplete(&self, older_than: Duration) -> RepoResult<usize> {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || {

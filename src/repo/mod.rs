@@ -5,7 +5,24 @@
 //! nothing of backups or WAL; it stores named byte streams durably and atomically:
 //! an object is either absent or complete, never partly visible. Bodies are streams so
 //! memory never grows with object size.
+//!
+//! # The trait contract: required methods and [`RepositoryExt`]
+//!
+//! Every operation of [`Repository`] that a backend implements in its own way (batched
+//! deletes, durability of an object found already there, metadata known only after the
+//! body) is a required method, with no default body. A backend, and any wrapper around
+//! one (such as [`faulty::Faulty`]), must spell out each of them, so a wrapper always
+//! forwards to the backend's own implementation instead of silently inheriting a generic
+//! default with different semantics (a wrapper around S3 that fell back to a loop of
+//! single deletes, or a wrapper around the local backend that skipped its fsync).
+//! Backends that want the generic behaviour say so by calling [`put_described_buffered`]
+//! or [`delete_each`].
+//!
+//! Conveniences built only on the required methods ([`RepositoryExt::put_bytes`],
+//! [`RepositoryExt::get_bytes`]) live in the extension trait [`RepositoryExt`], which has
+//! one blanket implementation for every repository and so cannot be overridden.
 
+pub mod faulty;
 pub mod identity;
 pub mod layout;
 pub mod local;
@@ -124,6 +141,9 @@ pub type RepoResult<T> = Result<T, RepoError>;
 
 /// One storage backend. Implementations must make `put` atomic (readers see the old
 /// object or the complete new one) and durable when it returns `Ok`.
+///
+/// Every method is required (see the module documentation for why); helpers built on
+/// them are in [`RepositoryExt`].
 #[async_trait]
 pub trait Repository: Send + Sync {
     /// Where the repository is, for messages: `/var/lib/backupctl/repo/main` or
@@ -145,13 +165,9 @@ pub trait Repository: Send + Sync {
     /// Remove `key`; removing an absent key succeeds.
     async fn delete(&self, key: &str) -> RepoResult<()>;
 
-    /// Remove many keys (backends may batch).
-    async fn delete_many(&self, keys: &[String]) -> RepoResult<()> {
-        for k in keys {
-            self.delete(k).await?;
-        }
-        Ok(())
-    }
+    /// Remove many keys; absent keys are no error. Backends may batch; one without a
+    /// batch request calls [`delete_each`].
+    async fn delete_many(&self, keys: &[String]) -> RepoResult<()>;
 
     /// Remove leftovers of uploads that never finished (temp files of a killed process,
     /// S3 multipart uploads never completed or aborted) older than `older_than`.
@@ -161,49 +177,45 @@ pub trait Repository: Send + Sync {
     /// Store `body`, a small object (a few MiB) whose metadata is known only once the
     /// body has been produced: it is taken from `metadata` after the body's end. If
     /// `metadata` fails (its sender dropped: the producer failed), nothing is stored,
-    /// whatever the body held. The default reads the body into memory first; a backend
-    /// that keeps metadata apart from the data writes the body as it comes.
+    /// whatever the body held. A backend that keeps metadata apart from the data writes
+    /// the body as it comes; one that must send both together calls
+    /// [`put_described_buffered`].
     async fn put_described_after(
         &self,
         key: &str,
-        mut body: BodyReader,
+        body: BodyReader,
         metadata: LateMetadata,
         if_absent: bool,
-    ) -> RepoResult<u64> {
-        use tokio::io::AsyncReadExt;
-        let mut bytes = Vec::new();
-        body.read_to_end(&mut bytes)
-            .await
-            .map_err(|e| RepoError::io("read the body of", key, e))?;
-        let metadata = late_metadata(key, metadata).await?;
-        self.put_bytes(
-            key,
-            bytes,
-            PutOptions {
-                metadata,
-                if_absent,
-            },
-        )
-        .await
-    }
+    ) -> RepoResult<u64>;
 
     /// Make an object that is already there durable, as a put returning `Ok` would
     /// have: one found by a retried write may come from a process killed after its
     /// rename but before its directory was fsynced, which a crash of the host could
-    /// still undo. The default does nothing (an object store's visible objects are
-    /// durable).
-    async fn sync(&self, key: &str) -> RepoResult<()> {
-        let _ = key;
-        Ok(())
-    }
+    /// still undo. An object store, whose visible objects are durable, does nothing.
+    async fn sync(&self, key: &str) -> RepoResult<()>;
+}
 
+/// Conveniences for every [`Repository`], built only on its required methods. The
+/// blanket implementation is the only one, so a backend or a wrapper cannot give these
+/// different semantics: whatever a backend does differently belongs in a required
+/// method of [`Repository`].
+#[async_trait]
+pub trait RepositoryExt: Repository {
     /// Store a small in-memory object.
+    async fn put_bytes(&self, key: &str, bytes: Vec<u8>, opts: PutOptions) -> RepoResult<u64>;
+
+    /// Read a whole (small) object into memory. The body is taken as the backend gives
+    /// it: its length is not checked against `meta.size`.
+    async fn get_bytes(&self, key: &str) -> RepoResult<Vec<u8>>;
+}
+
+#[async_trait]
+impl<R: Repository + ?Sized> RepositoryExt for R {
     async fn put_bytes(&self, key: &str, bytes: Vec<u8>, opts: PutOptions) -> RepoResult<u64> {
         self.put(key, Box::new(std::io::Cursor::new(bytes)), opts)
             .await
     }
 
-    /// Read a whole (small) object into memory.
     async fn get_bytes(&self, key: &str) -> RepoResult<Vec<u8>> {
         use tokio::io::AsyncReadExt;
         let mut obj = self.get(key).await?;
@@ -214,6 +226,42 @@ pub trait Repository: Send + Sync {
             .map_err(|e| RepoError::io("read", key, e))?;
         Ok(buf)
     }
+}
+
+/// [`Repository::put_described_after`] for a backend that stores an object's metadata
+/// with its data in one request: reads the body into memory, waits for the metadata,
+/// then puts both.
+pub async fn put_described_buffered<R: Repository + ?Sized>(
+    repo: &R,
+    key: &str,
+    mut body: BodyReader,
+    metadata: LateMetadata,
+    if_absent: bool,
+) -> RepoResult<u64> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    body.read_to_end(&mut bytes)
+        .await
+        .map_err(|e| RepoError::io("read the body of", key, e))?;
+    let metadata = late_metadata(key, metadata).await?;
+    repo.put_bytes(
+        key,
+        bytes,
+        PutOptions {
+            metadata,
+            if_absent,
+        },
+    )
+    .await
+}
+
+/// [`Repository::delete_many`] for a backend without a batch delete: one
+/// [`Repository::delete`] per key, stopping at the first failure.
+pub async fn delete_each<R: Repository + ?Sized>(repo: &R, keys: &[String]) -> RepoResult<()> {
+    for k in keys {
+        repo.delete(k).await?;
+    }
+    Ok(())
 }
 
 /// A short tag naming the repository the config points at (type, endpoint, bucket or

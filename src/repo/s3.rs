@@ -397,6 +397,24 @@ impl Repository for S3Repository {
         }
     }
 
+    /// User metadata goes in the request that creates the object, so the body is
+    /// gathered first.
+    async fn put_described_after(
+        &self,
+        key: &str,
+        body: BodyReader,
+        metadata: super::LateMetadata,
+        if_absent: bool,
+    ) -> RepoResult<u64> {
+        super::put_described_buffered(self, key, body, metadata, if_absent).await
+    }
+
+    /// Nothing to do: an object S3 shows is durable.
+    async fn sync(&self, key: &str) -> RepoResult<()> {
+        let _ = key;
+        Ok(())
+    }
+
     async fn get(&self, key: &str) -> RepoResult<GetObject> {
         let full = self.full_key(key);
         let out = retry(&format!("download {key}"), ATTEMPTS, || async {

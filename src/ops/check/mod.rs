@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::pg::bin::PgBin;
 use crate::pg::conn::{ConnParams, ServerInfo};
 use crate::repo::identity::RepoIdentity;
-use crate::repo::{self, PutOptions};
+use crate::repo::{self, PutOptions, RepositoryExt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]

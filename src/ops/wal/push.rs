@@ -28,7 +28,7 @@ use crate::ops::wal::fetch_ahead;
 use crate::ops::wal::push_ahead::{ready_files, Markers};
 use crate::pg::wal::{self, WalFileKind};
 use crate::repo::identity::RepoIdentity;
-use crate::repo::{self, layout, ObjectMeta, RepoError, Repository};
+use crate::repo::{self, layout, ObjectMeta, RepoError, Repository, RepositoryExt};
 
 /// Archive WAL file `path` (`%p`), with the `.ready` files that follow it.
 pub async fn run(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
