@@ -152,6 +152,11 @@ pub struct RestoreArgs {
     /// report the timeline and last replayed commit
     #[arg(long)]
     pub start: bool,
+    /// This restored copy becomes the cluster's new primary: keep its archive_command,
+    /// so the timeline it starts is archived into this repository. Without it the copy
+    /// gets archive_mode = off and never writes to the repository it came from
+    #[arg(long)]
+    pub new_primary: bool,
     /// Port for --start [default: 5432]
     #[arg(long, requires = "start")]
     pub port: Option<u16>,
@@ -159,7 +164,7 @@ pub struct RestoreArgs {
     #[arg(long = "tablespace-map", value_name = "OLD=NEW")]
     pub tablespace_map: Vec<String>,
     /// Logical restore: the logical backup id to restore
-    #[arg(long, value_name = "ID", conflicts_with_all = ["pgdata", "recovery_target", "backup", "start"])]
+    #[arg(long, value_name = "ID", conflicts_with_all = ["pgdata", "recovery_target", "backup", "start", "new_primary"])]
     pub logical: Option<String>,
     /// Logical restore: database to restore into
     #[arg(long, value_name = "NAME", requires = "logical")]

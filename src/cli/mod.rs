@@ -121,6 +121,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 backup: args.backup,
                 target_action: args.target_action.into(),
                 start: args.start,
+                new_primary: args.new_primary,
                 port: args.port,
                 tablespace_map: args.tablespace_map,
                 dry_run: args.dry_run,

@@ -122,6 +122,31 @@ pub fn info_summary(s: &Summary) {
         s.wal.newest_segment.as_deref().unwrap_or("-"),
         s.wal.newest_archived_at.as_deref().unwrap_or("-")
     );
+    for t in &s.wal.timeline_history {
+        let origin = match (t.parent, &t.switch_lsn) {
+            (Some(p), Some(lsn)) => format!(
+                "branched from {p} at {lsn} ({}){}",
+                t.reason.as_deref().unwrap_or("-"),
+                t.created_at
+                    .as_deref()
+                    .map(|c| format!(", created {c}"))
+                    .unwrap_or_default()
+            ),
+            _ => "the cluster's first timeline".into(),
+        };
+        println!(
+            "  timeline {:<4} {origin}; {} segments, newest {} archived {}{}",
+            t.timeline,
+            t.segments,
+            t.newest_segment.as_deref().unwrap_or("-"),
+            t.newest_archived_at.as_deref().unwrap_or("-"),
+            if t.current {
+                "  <- current (latest restores follow it)"
+            } else {
+                ""
+            }
+        );
+    }
     windows(&s.recoverable_windows, &s.wal_gaps);
     daemon(&s.daemon);
 }

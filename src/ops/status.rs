@@ -26,6 +26,27 @@ pub struct WalSummary {
     pub stored_bytes: u64,
     pub newest_segment: Option<String>,
     pub newest_archived_at: Option<String>,
+    /// Every timeline the repository knows, with what created it.
+    pub timeline_history: Vec<TimelineLine>,
+}
+
+/// One timeline: where it branched (from its history file) and its newest WAL.
+#[derive(Debug, Serialize)]
+pub struct TimelineLine {
+    pub timeline: u32,
+    /// The timeline it branched from, and where (absent for timeline 1).
+    pub parent: Option<u32>,
+    pub switch_lsn: Option<String>,
+    /// The history file's reason, e.g. `no recovery target specified` or `before
+    /// 2026-11-22 10:00:00+00`.
+    pub reason: Option<String>,
+    /// When its history file was archived: when the timeline began.
+    pub created_at: Option<String>,
+    pub segments: usize,
+    pub newest_segment: Option<String>,
+    pub newest_archived_at: Option<String>,
+    /// The timeline "latest" restores follow: the one archived last.
+    pub current: bool,
 }
 
 impl RepoStatus {
@@ -37,7 +58,7 @@ impl RepoStatus {
             .unwrap_or(DEFAULT_SEGMENT_SIZE);
         let catalog = Catalog::load(repo).await?;
         let inventory = WalInventory::load(repo, seg).await?;
-        let timeline = inventory.latest_timeline().or_else(|| {
+        let timeline = inventory.current_timeline().or_else(|| {
             catalog
                 .of_kind(BackupKind::Physical)
                 .filter_map(|m| m.physical.as_ref().map(|p| p.timeline))
@@ -84,7 +105,45 @@ impl RepoStatus {
             newest_archived_at: newest
                 .and_then(|(tli, segno)| inv.archived_at(tli, segno))
                 .map(|t| t.to_rfc3339()),
+            timeline_history: self.timeline_lines(),
         }
+    }
+
+    fn timeline_lines(&self) -> Vec<TimelineLine> {
+        let inv = &self.inventory;
+        let tlis: std::collections::BTreeSet<u32> = inv
+            .segments
+            .keys()
+            .chain(inv.histories.keys())
+            .copied()
+            .collect();
+        tlis.into_iter()
+            .map(|tli| {
+                let branch = inv.histories.get(&tli).and_then(|h| h.last());
+                let newest = inv
+                    .segments
+                    .get(&tli)
+                    .and_then(|s| s.iter().next_back())
+                    .map(|(segno, at)| (*segno, *at));
+                TimelineLine {
+                    timeline: tli,
+                    parent: branch.map(|b| b.parent),
+                    switch_lsn: branch.map(|b| b.switch_lsn.to_string()),
+                    reason: branch.map(|b| b.reason.clone()),
+                    created_at: inv
+                        .history_times
+                        .get(&tli)
+                        .copied()
+                        .flatten()
+                        .map(|t| t.to_rfc3339()),
+                    segments: inv.segments.get(&tli).map_or(0, |s| s.len()),
+                    newest_segment: newest
+                        .map(|(segno, _)| Segment { tli, segno }.name(inv.seg_size)),
+                    newest_archived_at: newest.and_then(|(_, at)| at).map(|t| t.to_rfc3339()),
+                    current: self.timeline == Some(tli),
+                }
+            })
+            .collect()
     }
 }
 

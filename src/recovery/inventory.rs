@@ -57,6 +57,8 @@ pub struct WalInventory {
     pub partials: BTreeSet<(u32, u64)>,
     /// Parsed history files by timeline.
     pub histories: BTreeMap<u32, Vec<HistoryEntry>>,
+    /// When each timeline's history file was archived (the timeline's creation).
+    pub history_times: BTreeMap<u32, Option<DateTime<Utc>>>,
     /// Total stored bytes of WAL objects.
     pub stored_bytes: u64,
 }
@@ -92,7 +94,11 @@ impl WalInventory {
                         inv.partials.insert((seg.tli, seg.segno));
                     }
                 }
-                _ => {}
+                _ => {
+                    if let Some(tli) = history_timeline(&name) {
+                        inv.history_times.insert(tli, o.last_modified);
+                    }
+                }
             }
         }
         inv
@@ -131,6 +137,30 @@ impl WalInventory {
             }
         }
         Ok(Self::from_listing(objects, seg_size, histories))
+    }
+
+    /// The timeline the cluster is on now: the one whose WAL (a segment, or its history
+    /// file) was archived last. Not simply the highest: a copy restored from this
+    /// repository that promoted and archived here (before `restore` kept copies from
+    /// archiving) leaves a higher timeline that production never followed, and "latest"
+    /// must keep following production. Without archive times, the highest timeline.
+    pub fn current_timeline(&self) -> Option<u32> {
+        let mut newest: Option<(DateTime<Utc>, u32)> = None;
+        let times = self
+            .segments
+            .iter()
+            .flat_map(|(tli, segs)| segs.values().map(move |t| (*tli, *t)))
+            .chain(self.history_times.iter().map(|(tli, t)| (*tli, *t)));
+        for (tli, t) in times {
+            if let Some(t) = t {
+                if newest.is_none_or(|(n, ntli)| (t, tli) > (n, ntli)) {
+                    newest = Some((t, tli));
+                }
+            }
+        }
+        newest
+            .map(|(_, tli)| tli)
+            .or_else(|| self.latest_timeline())
     }
 
     /// The newest timeline the repository knows (history files or segments).
@@ -312,6 +342,34 @@ mod tests {
         assert_eq!(i.continuous_end(&path, 1).unwrap().0, 2);
         assert_eq!(i.continuous_end(&path, 3), None);
         assert!(gaps[1].to_string().contains("to 000000010000000000000007"));
+    }
+
+    #[test]
+    fn current_timeline_is_the_one_archived_last_not_the_highest() {
+        // A restored copy branched timeline 2 at segment 4 and archived two segments;
+        // production went on archiving timeline 1 afterwards (regression: "latest"
+        // followed the copy's timeline 2 and lost production's newer data).
+        let h = "1\t0/4000100\tno recovery target specified\n";
+        let mut i = inv(
+            &[(1, 1), (1, 2), (1, 3), (1, 4), (2, 4), (2, 5), (1, 6)],
+            &[(2, h)],
+        );
+        i.segments.get_mut(&2).unwrap().insert(5, at(5));
+        assert_eq!(i.latest_timeline(), Some(2));
+        assert_eq!(i.current_timeline(), Some(1));
+        // A promoted new primary that keeps archiving is followed.
+        let i = inv(&[(1, 1), (1, 2), (1, 3), (2, 3), (2, 7)], &[(2, h)]);
+        assert_eq!(i.current_timeline(), Some(2));
+        // A history file archived after every segment: the new timeline just began.
+        let mut i = inv(&[(1, 1), (1, 2)], &[(2, h)]);
+        i.history_times.insert(2, at(9));
+        assert_eq!(i.current_timeline(), Some(2));
+        // No times at all: the highest timeline.
+        let mut i = inv(&[(1, 1), (2, 3)], &[(2, h)]);
+        for segs in i.segments.values_mut() {
+            segs.values_mut().for_each(|t| *t = None);
+        }
+        assert_eq!(i.current_timeline(), Some(2));
     }
 
     #[test]

@@ -219,7 +219,7 @@ pub fn choose<'a>(
         .max_by_key(|m| m.stop_time)
         .and_then(|m| m.physical.as_ref().map(|p| p.timeline));
     let Some(tli) = target_timeline
-        .or(inv.latest_timeline())
+        .or(inv.current_timeline())
         .or(newest_backup_tli)
     else {
         return Err(PlanError::NoBackups);

@@ -238,7 +238,7 @@ pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Re
         WalInventory::from_listing(&remaining, seg_size, inputs.inventory.histories.clone());
     let kept_owned: Vec<Manifest> = kept.iter().map(|m| (*m).clone()).collect();
     prove_windows_unchanged(&kept_owned, inputs.inventory, &after)?;
-    let latest = inputs.inventory.latest_timeline().or_else(|| {
+    let latest = inputs.inventory.current_timeline().or_else(|| {
         kept_physical
             .iter()
             .filter_map(|m| m.physical.as_ref().map(|p| p.timeline))

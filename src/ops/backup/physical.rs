@@ -2,8 +2,10 @@
 //!
 //! Non-exclusive low-level API on one held connection: `pg_backup_start`, a parallel copy
 //! of PGDATA (and tablespaces) into compressed, checksummed tar parts, `pg_backup_stop`,
-//! then wait until the stop segment is in the repository (PostgreSQL's own wait is
-//! unbounded; ours fails after `backup.archive_timeout`), and write the manifest last.
+//! then wait until every segment from the start segment to the stop segment is in the
+//! repository (PostgreSQL's own wait covers only the stop segment and is unbounded; ours
+//! fails after `backup.archive_timeout`, naming the missing segments), and write the
+//! manifest last.
 //! On failure the backup's objects are deleted and no manifest exists.
 
 use std::sync::Arc;
@@ -138,8 +140,13 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
         let seg = info.wal_segment_size;
         let start_wal = Segment::containing(timeline, start_lsn, seg).name(seg);
         let stop_wal = Segment::containing(timeline, Lsn(stop_lsn.0.saturating_sub(1)), seg).name(seg);
-        tracing::info!(stop_lsn = %stop_lsn, stop_wal = %stop_wal, "backup stopped; waiting for its last WAL segment to be archived");
-        wait_for_wal(&repo, &client, &stop_wal, cfg.backup.archive_timeout).await?;
+        tracing::info!(stop_lsn = %stop_lsn, stop_wal = %stop_wal, "backup stopped; waiting for its WAL to be archived");
+        let first = Segment::containing(timeline, start_lsn, seg).segno;
+        let last = Segment::containing(timeline, Lsn(stop_lsn.0.saturating_sub(1)), seg).segno;
+        let needed: Vec<String> = (first..=last.max(first))
+            .map(|segno| Segment { tli: timeline, segno }.name(seg))
+            .collect();
+        wait_for_wal(&repo, &client, &needed, cfg.backup.archive_timeout).await?;
 
         let m = Manifest {
             format: manifest::FORMAT,
@@ -282,23 +289,56 @@ async fn copy_data(
     Ok((objects, files))
 }
 
-/// Wait until `segment` is in the repository; on timeout say what the archiver reports.
+/// The segments of `needed` that are not in the repository (one listing per WAL
+/// directory they span).
+async fn missing_segments(
+    repo: &Arc<dyn Repository>,
+    needed: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let mut present = std::collections::BTreeSet::new();
+    let dirs: std::collections::BTreeSet<String> = needed
+        .iter()
+        .filter_map(|s| layout::wal_key_base(s))
+        .filter_map(|b| b.rsplit_once('/').map(|(dir, _)| format!("{dir}/")))
+        .collect();
+    for dir in dirs {
+        for o in repo.list(&dir).await? {
+            if let Some((name, _)) = layout::parse_wal_key(&o.key) {
+                present.insert(name);
+            }
+        }
+    }
+    Ok(needed
+        .iter()
+        .filter(|s| !present.contains(*s))
+        .cloned()
+        .collect())
+}
+
+/// `a` … `b` (or just `a`), for naming a run of missing segments.
+fn describe_missing(missing: &[String]) -> String {
+    match missing {
+        [] => String::new(),
+        [one] => one.clone(),
+        [first, .., last] => format!("{first} … {last} ({} segments)", missing.len()),
+    }
+}
+
+/// Wait until every segment from the backup's start segment to its stop segment is in
+/// the repository (not only the stop segment: wal-push stores files ahead in parallel,
+/// so a segment in between can still be missing when the last one has arrived). On
+/// timeout say which are missing and what the archiver reports.
 async fn wait_for_wal(
     repo: &Arc<dyn Repository>,
     client: &tokio_postgres::Client,
-    segment: &str,
+    needed: &[String],
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let base = layout::wal_key_base(segment).expect("segment name");
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        let found = repo
-            .list(&base)
-            .await?
-            .iter()
-            .any(|o| layout::parse_wal_key(&o.key).is_some_and(|(n, _)| n == segment));
-        if found {
+        let missing = missing_segments(repo, needed).await?;
+        if missing.is_empty() {
             return Ok(());
         }
         if started.elapsed() >= timeout {
@@ -319,8 +359,13 @@ async fn wait_for_wal(
                 })
                 .unwrap_or_default();
             anyhow::bail!(
-                "the backup's last WAL segment {segment} did not reach the repository within {timeout:?} \
-                 (backup.archive_timeout); {archiver}. Check archive_command with `backupctl check` and the PostgreSQL log"
+                "the backup's WAL is not all in the repository after {timeout:?} (backup.archive_timeout): \
+                 {} missing between its start segment {} and stop segment {}; {archiver}. \
+                 The backup is not complete (no manifest written). Check archive_command with \
+                 `backupctl check` and the PostgreSQL log",
+                describe_missing(&missing),
+                needed.first().map(String::as_str).unwrap_or("-"),
+                needed.last().map(String::as_str).unwrap_or("-"),
             );
         }
         tokio::time::sleep(delay).await;
@@ -352,6 +397,19 @@ pub async fn remove_partial(repo: &dyn Repository, id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_runs_are_named() {
+        let m: Vec<String> = ["000000010000000000000003", "000000010000000000000004"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            describe_missing(&m),
+            "000000010000000000000003 … 000000010000000000000004 (2 segments)"
+        );
+        assert_eq!(describe_missing(&m[..1]), "000000010000000000000003");
+    }
 
     #[test]
     fn timeline_from_label() {

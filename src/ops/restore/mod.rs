@@ -54,6 +54,9 @@ pub struct RestoreRequest {
     pub target_action: TargetAction,
     /// Start PostgreSQL and follow recovery to its end.
     pub start: bool,
+    /// The copy becomes the cluster's primary and archives into this repository;
+    /// otherwise it gets `archive_mode = off`.
+    pub new_primary: bool,
     pub port: Option<u16>,
     /// `OLD=NEW` tablespace relocations.
     pub tablespace_map: Vec<String>,
@@ -147,7 +150,26 @@ pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> 
         })?;
         ts_dest.insert(ts.oid, dest);
     }
-    let settings = recovery_settings(cfg, &target, args.target_action, target_timeline, &pgdata)?;
+    // The timeline the planner chose, never PostgreSQL's own "latest" (the highest
+    // history file in the repository, which may be a throwaway copy's).
+    let mut settings = recovery_settings(
+        cfg,
+        &target,
+        args.target_action,
+        Some(choice.timeline),
+        &pgdata,
+    )?;
+    if args.new_primary {
+        eprintln!(
+            "--new-primary: this copy keeps archive_command and archives its new timeline into {}",
+            repo.describe()
+        );
+    } else {
+        // A copy must never archive into the repository it came from: its new timeline
+        // would become what "latest" restores, and its WAL would be mistaken for
+        // production's.
+        settings.push(("archive_mode", "off".into()));
+    }
     let mut report = Report {
         backup: m.id.clone(),
         reason: choice.reason.clone(),
@@ -170,6 +192,13 @@ pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> 
 
     restore_files(cfg, &repo, m, &pgdata, &ts_dest, &settings, true).await?;
     eprintln!("restored {} into {}", m.id, pgdata.display());
+    if !args.new_primary {
+        eprintln!(
+            "archive_mode = off: this copy does not archive into {}; if it replaces the primary, \
+             restore again with --new-primary (or set archive_mode = on before promoting it)",
+            repo.describe()
+        );
+    }
 
     if args.start {
         let bin = PgBin::discover(
