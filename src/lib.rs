@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod host;
 pub mod lock;
 pub mod logging;
 pub mod manifest;

@@ -29,7 +29,7 @@ use crate::cli::DryRunArgs;
 use crate::commands::Ctx;
 use crate::config::{ArchiveMode, ArchivePolicy, OnForeignKeys};
 use crate::error::{Exit, UserError};
-use crate::manifest::local_hostname as hostname;
+use crate::host::local_hostname as hostname;
 use crate::partitions::catalog;
 use crate::pg::advisory::{self, Job};
 use crate::pg::conn::ConnParams;

@@ -25,9 +25,9 @@ use tracing::Instrument;
 
 use crate::codec::Codec;
 use crate::commands::Ctx;
+use crate::host::local_hostname;
 use crate::manifest::{
-    backup_id, local_hostname, BackupKind, DatabaseDump, LogicalInfo, Manifest, ObjectEntry,
-    TableRows, FORMAT,
+    backup_id, BackupKind, DatabaseDump, LogicalInfo, Manifest, ObjectEntry, TableRows, FORMAT,
 };
 use crate::pg::bin::PgBin;
 use crate::pg::conn::{ConnParams, ServerInfo};
