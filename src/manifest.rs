@@ -57,14 +57,6 @@ pub fn backup_id(start: DateTime<Utc>, kind: BackupKind) -> String {
     format!("{}-{kind}", start.format("%Y%m%dT%H%M%SZ"))
 }
 
-/// This host's name, for manifests (`/proc/sys/kernel/hostname`, else `HOSTNAME`).
-pub fn local_hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// The start time and kind encoded in a backup id.
 pub fn parse_backup_id(id: &str) -> Option<(DateTime<Utc>, BackupKind)> {
     let (ts, kind) = id.split_once('-')?;

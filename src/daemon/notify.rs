@@ -68,7 +68,7 @@ impl Alert {
             event,
             severity: "critical",
             time: Utc::now(),
-            host: crate::manifest::local_hostname(),
+            host: crate::host::local_hostname(),
             cluster: cfg.repository.cluster.clone(),
             summary,
             job: None,

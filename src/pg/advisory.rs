@@ -132,7 +132,7 @@ pub async fn tag_session(client: &Client, job: Job) -> anyhow::Result<()> {
     let app = format!(
         "backupctl {} (host {}, pid {})",
         job.name(),
-        crate::manifest::local_hostname(),
+        crate::host::local_hostname(),
         std::process::id()
     );
     client

@@ -25,13 +25,13 @@ use tracing::Instrument;
 
 use crate::codec::Codec;
 use crate::config::Config;
+use crate::host::local_hostname;
 use crate::manifest::{
-    backup_id, local_hostname, BackupKind, DatabaseDump, LogicalInfo, Manifest, ObjectEntry,
-    TableRows, FORMAT,
+    backup_id, BackupKind, DatabaseDump, LogicalInfo, Manifest, ObjectEntry, TableRows, FORMAT,
 };
 use crate::pg::bin::PgBin;
 use crate::pg::conn::{ConnParams, ServerInfo};
-use crate::pg::proc::{failure, KillOnDrop, StderrCapture};
+use crate::pg::proc::Proc;
 use crate::pg::sql::ident as quote_ident;
 use crate::pg::toc;
 use crate::repo::identity::RepoIdentity;
@@ -358,25 +358,13 @@ fn run_pg_dump(
     toc_tx: tokio::sync::oneshot::Sender<TocResult>,
     abort: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let mut dump = KillOnDrop::new(
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("start pg_dump")?,
-    );
-    let dump_err = StderrCapture::start(dump.get_mut().stderr.take());
-    let mut lister = KillOnDrop::new(
-        list_cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("start pg_restore --list")?,
-    );
-    let mut tee = lister.get_mut().stdin.take();
-    let list_err = StderrCapture::start(lister.get_mut().stderr.take());
-    let mut list_out = lister.get_mut().stdout.take().expect("piped");
+    let mut dump = Proc::spawn(cmd.stdin(Stdio::null()).stdout(Stdio::piped()), "pg_dump")?;
+    let mut lister = Proc::spawn(
+        list_cmd.stdin(Stdio::piped()).stdout(Stdio::piped()),
+        "pg_restore --list",
+    )?;
+    let mut tee = Some(lister.take_stdin());
+    let mut list_out = lister.take_stdout();
     // Read the listing on its own thread so pg_restore never blocks on a full pipe.
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -384,8 +372,8 @@ fn run_pg_dump(
         (s, r)
     });
     let mut toc_tx = Some(toc_tx);
-    let mut lister = Some((lister, reader, list_err));
-    let mut out = dump.get_mut().stdout.take().expect("piped");
+    let mut lister = Some((lister, reader));
+    let mut out = dump.take_stdout();
     let mut buf = vec![0u8; PIPE_CHUNK];
     loop {
         if abort.load(Ordering::SeqCst) {
@@ -410,12 +398,8 @@ fn run_pg_dump(
         }
     }
     drop(tee);
-    let status = dump.wait().context("wait for pg_dump")?;
-    let stderr = dump_err.finish();
-    if !status.success() {
-        // The TOC side learns nothing more; pg_dump's message is the error.
-        anyhow::bail!("{}", failure("pg_dump", status, &stderr));
-    }
+    // On failure the TOC side learns nothing more; pg_dump's message is the error.
+    let stderr = dump.finish()?;
     if !stderr.trim().is_empty() {
         tracing::warn!("pg_dump: {}", stderr.trim());
     }
@@ -424,9 +408,8 @@ fn run_pg_dump(
 }
 
 type Lister = (
-    KillOnDrop,
+    Proc,
     std::thread::JoinHandle<(String, std::io::Result<usize>)>,
-    StderrCapture,
 );
 
 /// Once pg_restore --list has its input closed (or closed it), collect its listing and
@@ -435,18 +418,16 @@ fn finish_listing(
     lister: &mut Option<Lister>,
     toc_tx: &mut Option<tokio::sync::oneshot::Sender<TocResult>>,
 ) {
-    let Some((child, reader, err)) = lister.take() else {
+    let Some((child, reader)) = lister.take() else {
         return;
     };
     let (listing, read) = reader.join().unwrap_or_else(|_| (String::new(), Ok(0)));
-    let status = child.wait();
-    let stderr = err.finish();
-    let result = match (status, read) {
+    let result = match (child.wait(), read) {
         (Err(e), _) | (_, Err(e)) => Err(format!("run pg_restore --list: {e}")),
-        (Ok(st), Ok(_)) if st.success() && listing.contains("; ") => Ok(listing),
-        (Ok(st), Ok(_)) => Err(format!(
+        (Ok(x), Ok(_)) if x.success() && listing.contains("; ") => Ok(listing),
+        (Ok(x), Ok(_)) => Err(format!(
             "{} (the dump's table of contents could not be read)",
-            failure("pg_restore --list", st, &stderr)
+            x.failure()
         )),
     };
     if let Some(tx) = toc_tx.take() {
@@ -528,23 +509,12 @@ async fn dump_globals(
         cmd.arg("--no-role-passwords");
     }
     let (stored, ()) = transfer::put_stream(repo, &key, codec, PutOptions::default(), move |w| {
-        let mut child = KillOnDrop::new(
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("start pg_dumpall")?,
-        );
-        let err = StderrCapture::start(child.get_mut().stderr.take());
-        let mut out = child.get_mut().stdout.take().expect("piped");
-        std::io::copy(&mut out, w).context("read pg_dumpall's output")?;
-        let status = child.wait()?;
-        let stderr = err.finish();
-        anyhow::ensure!(
-            status.success(),
-            "{}",
-            failure("pg_dumpall", status, &stderr)
-        );
+        let mut child = Proc::spawn(
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()),
+            "pg_dumpall",
+        )?;
+        std::io::copy(&mut child.take_stdout(), w).context("read pg_dumpall's output")?;
+        child.finish()?;
         Ok(())
     })
     .await?;

@@ -153,7 +153,7 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
             id: id.clone(),
             kind: BackupKind::Physical,
             label: label.map(str::to_string),
-            host: manifest::local_hostname(),
+            host: crate::host::local_hostname(),
             cluster: cfg.repository.cluster.clone(),
             pg_version: info.version.clone(),
             pg_version_num: info.version_num,

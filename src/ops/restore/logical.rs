@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::manifest::{BackupKind, DatabaseDump, LogicalInfo, Manifest, ObjectEntry};
 use crate::pg::bin::PgBin;
 use crate::pg::conn::{ConnParams, ServerInfo};
-use crate::pg::proc::{failure, KillOnDrop, StderrCapture};
+use crate::pg::proc::{self, Proc};
 use crate::pg::sql::{conninfo_dbname, ident as quote_ident, literal as quote_literal};
 use crate::pg::toc::{self, WantedTable};
 use crate::repo::{self, layout, Repository};
@@ -361,33 +361,29 @@ async fn restore_globals(
     cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=0", "-d"])
         .arg(conninfo_dbname(&params.dbname))
         .envs(params.libpq_env());
-    let (status, stderr) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let mut child = KillOnDrop::new(
-            cmd.stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("start psql")?,
-        );
-        let err = StderrCapture::start(child.get_mut().stderr.take());
-        let mut stdin = child.get_mut().stdin.take().expect("piped");
+    let psql = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut child = Proc::spawn(cmd.stdin(Stdio::piped()).stdout(Stdio::null()), "psql")?;
+        let mut stdin = child.take_stdin();
         let written = stdin.write_all(&sql);
         drop(stdin);
-        let status = child.wait()?;
-        let stderr = err.finish();
+        let exited = child.wait()?;
         written.context("send the script to psql")?;
-        Ok((status, stderr))
+        Ok(exited)
     })
     .await??;
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR:")).collect();
+    let errors: Vec<&str> = psql
+        .stderr
+        .lines()
+        .filter(|l| l.contains("ERROR:"))
+        .collect();
     let (existing, other): (Vec<&str>, Vec<&str>) =
         errors.iter().partition(|l| l.contains("already exists"));
-    if !status.success() || !other.is_empty() {
+    if !psql.success() || !other.is_empty() {
         anyhow::bail!(
             "{}",
-            failure(
+            proc::failure(
                 "psql (restoring roles and tablespaces)",
-                status,
+                psql.status,
                 &other.join("\n")
             )
         );
@@ -656,25 +652,13 @@ async fn feed_pg_restore(
             algorithm_of(&d.object),
             Some(digest(o)),
             move |r| {
-                let mut child = KillOnDrop::new(
-                    cmd.stdout(Stdio::null())
-                        .stderr(Stdio::piped())
-                        .spawn()
-                        .context("start pg_restore")?,
-                );
-                let err = StderrCapture::start(child.get_mut().stderr.take());
-                let mut stdin = child.get_mut().stdin.take().expect("piped");
+                let mut child = Proc::spawn(cmd.stdout(Stdio::null()), "pg_restore")?;
+                let mut stdin = child.take_stdin();
                 let copied = std::io::copy(r, &mut stdin);
                 drop(stdin);
-                let status = child.wait()?;
-                let stderr = err.finish();
                 // pg_restore's own error explains a broken pipe. With a -L list it may
                 // finish (successfully) before reading the whole archive.
-                anyhow::ensure!(
-                    status.success(),
-                    "{}",
-                    failure("pg_restore", status, &stderr)
-                );
+                child.finish()?;
                 match copied {
                     Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
                         Err(anyhow::Error::from(e).context("feed pg_restore"))
@@ -696,20 +680,7 @@ async fn feed_pg_restore(
     }
     cmd.arg(&file).stdin(Stdio::null());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut child = KillOnDrop::new(
-            cmd.stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("start pg_restore")?,
-        );
-        let err = StderrCapture::start(child.get_mut().stderr.take());
-        let status = child.wait()?;
-        let stderr = err.finish();
-        anyhow::ensure!(
-            status.success(),
-            "{}",
-            failure("pg_restore", status, &stderr)
-        );
+        proc::run_checked(cmd.stdout(Stdio::null()), "pg_restore")?;
         Ok(())
     })
     .await?
