@@ -4,106 +4,21 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
+use common::setup::Setup;
 use common::{
-    archive_command, as_pg, backupctl, check_output, pg_bin, pg_tempdir, stderr, stdout,
-    switch_wal_and_wait, Backend, Cluster, ClusterOptions, Restored, TestRepo,
+    as_pg, backupctl, check_output, pg_bin, pg_tempdir, stderr, switch_wal_and_wait, Backend,
+    Cluster, ClusterOptions, TestRepo,
 };
-
-/// A cluster archiving into a test repository, and the config that reaches both.
-struct Setup {
-    t: TestRepo,
-    cluster: Cluster,
-    config: PathBuf,
-}
-
-impl Setup {
-    fn new(backend: Backend) -> Setup {
-        Self::with(backend, ClusterOptions::default())
-    }
-
-    fn with(backend: Backend, mut opts: ClusterOptions) -> Setup {
-        let t = TestRepo::new(backend);
-        let config = t.write_config("backup.toml", "");
-        opts.archive_command = Some(archive_command(&config));
-        let cluster = Cluster::new(opts);
-        let config = t.write_config("backup.toml", &cluster.postgres_toml());
-        Setup { t, cluster, config }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        backupctl(&self.config, args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        check_output(&format!("backupctl {args:?}"), out.clone());
-        stdout(&out)
-    }
-
-    fn backup(&self) -> String {
-        self.ok(&["backup", "--kind", "physical"])
-            .trim()
-            .to_string()
-    }
-
-    fn sql(&self, sql: &str) -> String {
-        self.cluster.psql("postgres", sql)
-    }
-
-    /// Server time, as a restore target.
-    fn now(&self) -> String {
-        self.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
-    }
-
-    /// Restore with `--start` into a fresh directory; returns the running server.
-    fn restore_start(&self, extra: &[&str]) -> Restored {
-        let dir = pg_tempdir();
-        let pgdata = dir.path().join("restored");
-        let port = common::free_port();
-        let port_s = port.to_string();
-        let pg = pgdata.display().to_string();
-        let mut args = vec!["restore", "--pgdata", &pg, "--start", "--port", &port_s];
-        args.extend_from_slice(extra);
-        let out = self.run(&args);
-        let restored = Restored {
-            pgdata: pgdata.clone(),
-            socket_dir: self.cluster.socket_dir.clone(),
-            port,
-            dir: Some(dir),
-        };
-        check_output(&format!("restore {extra:?}"), out);
-        restored
-    }
-
-    /// Path of a stored object's bytes on disk (local repository or s3s-fs's files).
-    fn object_path(&self, key: &str) -> PathBuf {
-        match &self.t.s3 {
-            None => self.t.dir.path().join("repo/main").join(key),
-            Some(s3) => s3.bucket_dir().join("pg/main").join(key),
-        }
-    }
-}
 
 fn flip_byte(path: &Path, at_fraction: f64) {
     let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let i = ((bytes.len() as f64) * at_fraction) as usize;
     bytes[i] ^= 0x5a;
     std::fs::write(path, bytes).unwrap();
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod local {
-            $(#[test] fn $name() { super::$name(super::Backend::Local) })*
-        }
-        mod s3 {
-            $(#[test] fn $name() { super::$name(super::Backend::S3) })*
-        }
-    };
 }
 
 both_backends!(

@@ -15,6 +15,8 @@ use backupctl::config::Config;
 use backupctl::repo::Repository;
 use tempfile::TempDir;
 
+pub mod setup;
+
 // ---------------------------------------------------------------------------------------
 // Users and paths
 
