@@ -20,5 +20,7 @@ pub mod recovery;
 pub mod repo;
 pub mod retention;
 pub mod schedule;
+#[cfg(test)]
+pub(crate) mod test_fixtures;
 pub mod transfer;
 pub mod verify;
