@@ -35,12 +35,7 @@ impl Setup {
     fn keys(&self) -> BTreeSet<String> {
         rt().block_on(async {
             let repo = self.t.open().await;
-            repo.list("")
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|o| o.key)
-                .collect()
+            repo.list_keys("").await.unwrap().into_iter().collect()
         })
     }
 

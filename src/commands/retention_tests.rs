@@ -130,12 +130,7 @@ fn keep_last(n: u32) -> RetentionConfig {
 }
 
 async fn keys(repo: &dyn Repository) -> Vec<String> {
-    repo.list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect()
+    repo.list_keys("").await.unwrap()
 }
 
 #[tokio::test]

@@ -142,6 +142,16 @@ pub trait Repository: Send + Sync {
     /// Every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> RepoResult<Vec<ObjectMeta>>;
 
+    /// The keys of [`list`](Self::list).
+    async fn list_keys(&self, prefix: &str) -> RepoResult<Vec<String>> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect())
+    }
+
     /// Remove `key`; removing an absent key succeeds.
     async fn delete(&self, key: &str) -> RepoResult<()>;
 
