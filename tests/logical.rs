@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use backupctl::manifest::{Manifest, TableRows};
 use common::{
-    as_pg, backupctl, backupctl_bin, stderr, stdout, Backend, Cluster, ClusterOptions, TestRepo,
+    as_pg, backupctl, backupctl_bin, stderr, stdout, walk, Backend, Cluster, ClusterOptions,
+    TestRepo,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -36,12 +37,7 @@ fn manifest(t: &TestRepo, id: &str) -> Option<Manifest> {
 fn backup_objects(t: &TestRepo) -> Vec<String> {
     rt().block_on(async {
         let repo = t.open().await;
-        repo.list("backups/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect()
+        repo.list_keys("backups/").await.unwrap()
     })
 }
 
@@ -773,21 +769,6 @@ fn unwritable_repository_fails_cleanly() {
         .filter(|p| p.ends_with("manifest.json"))
         .collect();
     assert!(manifests.is_empty(), "{manifests:?}");
-}
-
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use backupctl::codec::{Algorithm, Codec};
 use backupctl::repo::{PutOptions, RepoError, Repository};
 use backupctl::transfer::{get_stream, put_stream, ChecksumMismatch};
-use common::{Backend, TestRepo};
+use common::{walk, Backend, TestRepo};
 
 fn zstd() -> Codec {
     Codec {
@@ -99,13 +99,7 @@ async fn metadata(repo: &Arc<dyn Repository>) {
     assert_eq!(repo.head("m/obj").await.unwrap().unwrap().metadata, md);
     assert_eq!(repo.get("m/obj").await.unwrap().meta.metadata, md);
     // Listings don't need metadata but must not show sidecars or temp files.
-    let keys: Vec<String> = repo
-        .list("m/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
+    let keys = repo.list_keys("m/").await.unwrap();
     assert_eq!(keys, vec!["m/obj"]);
 }
 
@@ -273,13 +267,7 @@ async fn metadata_after_the_body(repo: &Arc<dyn Repository>) {
         .unwrap_err();
     assert!(matches!(err, RepoError::AlreadyExists { .. }), "{err}");
     assert_eq!(repo.get_bytes("late/ok").await.unwrap(), body);
-    let keys: Vec<String> = repo
-        .list("late/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
+    let keys = repo.list_keys("late/").await.unwrap();
     assert_eq!(keys, vec!["late/ok"]);
 }
 
@@ -442,21 +430,6 @@ fn killed_upload_leaves_no_object(backend: Backend) {
             "visible after kill: {visible:?}"
         );
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -158,6 +158,42 @@ pub fn check_output(what: &str, out: Output) -> Output {
 // ---------------------------------------------------------------------------------------
 // PostgreSQL clusters
 
+/// Run SQL with psql against the server at `socket_dir`:`port` as `postgres`; returns
+/// unaligned, tuples-only output. `what` names the server in the failure message.
+pub fn psql_at(socket_dir: &Path, port: u16, db: &str, sql: &str, what: &str) -> String {
+    let out = Command::new(pg_bin("psql"))
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .arg("-h")
+        .arg(socket_dir)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    let out = check_output(&format!("{what} {sql:?}"), out);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `pg_ctl stop -m immediate` on `pgdata`, quietly, ignoring failure (for drops).
+fn pg_ctl_stop_immediate(pgdata: &Path) {
+    let _ = as_pg(Command::new(pg_bin("pg_ctl")).arg("-D").arg(pgdata).args([
+        "-m",
+        "immediate",
+        "-w",
+        "stop",
+    ]))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status();
+}
+
 #[derive(Default, Clone)]
 pub struct ClusterOptions {
     /// `archive_command`, with `archive_mode = on`.
@@ -290,24 +326,7 @@ impl Cluster {
 
     /// Run SQL with psql; returns unaligned, tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(pg_bin("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        let out = check_output(&format!("psql {sql:?}"), out);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql_at(&self.socket_dir, self.port, db, sql, "psql")
     }
 
     pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
@@ -331,15 +350,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running {
-            let _ = as_pg(
-                Command::new(pg_bin("pg_ctl"))
-                    .arg("-D")
-                    .arg(&self.pgdata)
-                    .args(["-m", "immediate", "-w", "stop"]),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+            pg_ctl_stop_immediate(&self.pgdata);
         }
     }
 }
@@ -519,6 +530,22 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// Every file below `dir`, recursively (nothing when it is absent).
+pub fn walk(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
 /// The `archive_command` that archives into the repository of `config`.
 pub fn archive_command(config: &Path) -> String {
     format!(
@@ -572,24 +599,7 @@ pub struct Restored {
 
 impl Restored {
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(pg_bin("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        let out = check_output(&format!("psql (restored) {sql:?}"), out);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql_at(&self.socket_dir, self.port, db, sql, "psql (restored)")
     }
 
     pub fn stop(&self) {
@@ -608,15 +618,7 @@ impl Restored {
 impl Drop for Restored {
     fn drop(&mut self) {
         if self.pgdata.join("postmaster.pid").exists() {
-            let _ = as_pg(
-                Command::new(pg_bin("pg_ctl"))
-                    .arg("-D")
-                    .arg(&self.pgdata)
-                    .args(["-m", "immediate", "-w", "stop"]),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+            pg_ctl_stop_immediate(&self.pgdata);
         }
     }
 }
