@@ -355,6 +355,40 @@ impl Drop for Cluster {
     }
 }
 
+/// A cluster (with `opts`) on which `sql` ran, a local repository, and a config with
+/// `extra` sections after the cluster's `[postgres]`.
+pub fn cluster_with_config(
+    opts: ClusterOptions,
+    sql: &str,
+    extra: &str,
+) -> (Cluster, TestRepo, PathBuf) {
+    let cluster = Cluster::new(opts);
+    cluster.psql("postgres", sql);
+    let t = TestRepo::new(Backend::Local);
+    let config = t.write_config(
+        "backup.toml",
+        &format!("{}\n{extra}", cluster.postgres_toml()),
+    );
+    (cluster, t, config)
+}
+
+/// A session on `c` that looks like a backupctl `job` run on another host (db2, pid 4242)
+/// holding the PostgreSQL advisory lock (`backupctl::pg::advisory::CLASS`, `key`).
+pub fn lock_held_on_another_host(
+    rt: &tokio::runtime::Runtime,
+    c: &Cluster,
+    job: &str,
+    key: i32,
+) -> tokio_postgres::Client {
+    let other = rt.block_on(c.connect("postgres"));
+    rt.block_on(other.execute(
+        &format!("SELECT set_config('application_name', 'backupctl {job} (host db2, pid 4242)', false), pg_advisory_lock($1, {key})"),
+        &[&backupctl::pg::advisory::CLASS],
+    ))
+    .unwrap();
+    other
+}
+
 // ---------------------------------------------------------------------------------------
 // S3 server
 
@@ -528,6 +562,12 @@ pub fn stdout(out: &Output) -> String {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// The command's stdout as JSON.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(out), stderr(out)))
 }
 
 /// Every file below `dir`, recursively (nothing when it is absent).
