@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,6 +13,26 @@ use common::{
     as_pg, backupctl, check_output, pg_bin, pg_tempdir, stderr, switch_wal_and_wait, Backend,
     Cluster, ClusterOptions, TestRepo,
 };
+use tempfile::TempDir;
+
+impl Setup {
+    /// Write a segment's worth of WAL, archive it, and fetch it back into a `pg_wal`
+    /// directory the postgres user owns: (that directory's temp dir, the segment's
+    /// name, the copy's path, its bytes).
+    fn archived_segment_copy(&self) -> (TempDir, String, PathBuf, Vec<u8>) {
+        self.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+        let seg = self.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        switch_wal_and_wait(&self.cluster);
+        let work = pg_tempdir();
+        let wal_dir = work.path().join("pg_wal");
+        std::fs::create_dir(&wal_dir).unwrap();
+        common::chown_to_pg(&wal_dir);
+        let copy = wal_dir.join(&seg);
+        self.ok(&["wal-fetch", &seg, copy.to_str().unwrap()]);
+        let original = std::fs::read(&copy).unwrap();
+        (work, seg, copy, original)
+    }
+}
 
 fn flip_byte(path: &Path, at_fraction: f64) {
     let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -239,18 +259,8 @@ fn missing_wal_segment_is_refused_naming_the_gap(backend: Backend) {
 
 fn wal_push_is_idempotent_and_never_overwrites(backend: Backend) {
     let s = Setup::new(backend);
-    s.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
-    let seg = s.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    switch_wal_and_wait(&s.cluster);
-
     // A copy of the archived segment, as PostgreSQL would hand it over again after a crash.
-    let work = pg_tempdir();
-    let wal_dir = work.path().join("pg_wal");
-    std::fs::create_dir(&wal_dir).unwrap();
-    common::chown_to_pg(&wal_dir);
-    let copy = wal_dir.join(&seg);
-    s.ok(&["wal-fetch", &seg, copy.to_str().unwrap()]);
-    let original = std::fs::read(&copy).unwrap();
+    let (work, seg, copy, original) = s.archived_segment_copy();
     s.ok(&["wal-push", copy.to_str().unwrap()]);
     s.ok(&["wal-push", copy.to_str().unwrap()]);
     // Compressed at another level the stored bytes differ, but the content is the same.
@@ -329,16 +339,7 @@ fn wal_push_is_idempotent_and_never_overwrites(backend: Backend) {
 fn wal_push_into_an_unwritable_repository_fails_and_leaves_nothing() {
     use std::os::unix::fs::PermissionsExt;
     let s = Setup::new(Backend::Local);
-    s.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
-    let seg = s.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    switch_wal_and_wait(&s.cluster);
-    let work = pg_tempdir();
-    let wal_dir = work.path().join("pg_wal");
-    std::fs::create_dir(&wal_dir).unwrap();
-    common::chown_to_pg(&wal_dir);
-    let copy = wal_dir.join(&seg);
-    s.ok(&["wal-fetch", &seg, copy.to_str().unwrap()]);
-    let original = std::fs::read(&copy).unwrap();
+    let (work, seg, copy, original) = s.archived_segment_copy();
 
     // Take the archived copy away and make its directory read-only.
     let object = s.object_path(&format!("wal/{}/{seg}.zst", &seg[..16]));
