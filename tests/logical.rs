@@ -489,6 +489,24 @@ fn make_big(c: &Cluster) {
     );
 }
 
+/// A logical backup of `app` without verification.
+const BACKUP_APP: [&str; 6] = [
+    "backup",
+    "--kind",
+    "logical",
+    "--database",
+    "app",
+    "--no-verify",
+];
+
+/// Start [`BACKUP_APP`] and stop it (SIGSTOP) once pg_dump is copying `public.big`.
+fn backup_stopped_in_big(src: &Cluster, config: &Path) -> Child {
+    let mut child = spawn_backupctl(config, &BACKUP_APP);
+    wait_for_copy(src, "public.big", &mut child);
+    signal(&child, "STOP");
+    child
+}
+
 fn concurrent_inserts(backend: Backend) {
     let t = TestRepo::new(backend);
     let src = Cluster::new(ClusterOptions::default());
@@ -496,19 +514,7 @@ fn concurrent_inserts(backend: Backend) {
     make_big(&src);
     let config = t.write_config("backup.toml", &src.postgres_toml());
 
-    let mut child = spawn_backupctl(
-        &config,
-        &[
-            "backup",
-            "--kind",
-            "logical",
-            "--database",
-            "app",
-            "--no-verify",
-        ],
-    );
-    wait_for_copy(&src, "public.big", &mut child);
-    signal(&child, "STOP");
+    let child = backup_stopped_in_big(&src, &config);
     // Committed while pg_dump is in the middle of the big table.
     src.psql(
         "app",
@@ -739,19 +745,7 @@ fn unwritable_repository_fails_cleanly() {
     src.psql("postgres", "CREATE DATABASE app");
     make_big(&src);
     let config = t.write_config("s3.toml", &src.postgres_toml());
-    let mut child = spawn_backupctl(
-        &config,
-        &[
-            "backup",
-            "--kind",
-            "logical",
-            "--database",
-            "app",
-            "--no-verify",
-        ],
-    );
-    wait_for_copy(&src, "public.big", &mut child);
-    signal(&child, "STOP");
+    let child = backup_stopped_in_big(&src, &config);
     let s3 = t.s3.take().unwrap();
     let bucket = s3.bucket_dir();
     drop(s3);
@@ -820,17 +814,8 @@ fn a_running_backup_blocks_or_queues_the_next() {
     src.psql("postgres", "CREATE DATABASE app");
     make_big(&src);
     let config = t.write_config("backup.toml", &src.postgres_toml());
-    let args = [
-        "backup",
-        "--kind",
-        "logical",
-        "--database",
-        "app",
-        "--no-verify",
-    ];
-    let mut first = spawn_backupctl(&config, &args);
-    wait_for_copy(&src, "public.big", &mut first);
-    signal(&first, "STOP");
+    let args = BACKUP_APP;
+    let first = backup_stopped_in_big(&src, &config);
 
     let mut no_wait = args.to_vec();
     no_wait.push("--no-wait");
