@@ -22,6 +22,8 @@ pub mod recovery;
 pub mod repo;
 pub mod retention;
 pub mod schedule;
+#[cfg(test)]
+pub(crate) mod test_fixtures;
 pub mod text;
 pub mod transfer;
 pub mod webhook;

@@ -12,30 +12,23 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    backupctl, backupctl_bin, stderr, stdout, Backend, Cluster, ClusterOptions, TestRepo,
+    backupctl, backupctl_bin, cluster_with_config, json, lock_held_on_another_host, stderr, stdout,
+    Cluster, ClusterOptions, TestRepo,
 };
 
 fn setup(sql: &str, policies: &str) -> (Cluster, TestRepo, PathBuf) {
-    let cluster = Cluster::new(ClusterOptions {
-        conf: vec!["shared_buffers = 128MB".into()],
-        ..Default::default()
-    });
-    cluster.psql("postgres", sql);
-    let t = TestRepo::new(Backend::Local);
-    let config = t.write_config(
-        "backup.toml",
-        &format!("{}\n{policies}", cluster.postgres_toml()),
-    );
-    (cluster, t, config)
+    cluster_with_config(
+        ClusterOptions {
+            conf: vec!["shared_buffers = 128MB".into()],
+            ..Default::default()
+        },
+        sql,
+        policies,
+    )
 }
 
 fn q(c: &Cluster, sql: &str) -> String {
     c.psql("postgres", sql)
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(out), stderr(out)))
 }
 
 fn spawn_archive(config: &std::path::Path, extra: &[&str]) -> std::process::Child {
@@ -516,12 +509,7 @@ fn a_run_holding_the_lock_elsewhere_is_reported() {
         "[[archive]]\ntable = \"x\"\nolder_than = \"1 year\"\n",
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let other = rt.block_on(c.connect("postgres"));
-    rt.block_on(other.execute(
-        "SELECT set_config('application_name', 'backupctl archive (host db2, pid 4242)', false), pg_advisory_lock($1, 2)",
-        &[&backupctl::pg::advisory::CLASS],
-    ))
-    .unwrap();
+    let other = lock_held_on_another_host(&rt, &c, "archive", 2);
     let out = backupctl(&config, &["archive"]);
     assert_eq!(
         out.status.code(),

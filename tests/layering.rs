@@ -519,7 +519,12 @@ fn the_tree_is_layered_and_acyclic() {
     let tree = real_tree();
     // The real tree is read at all: its files reference each other, across layers.
     let g = graph(&tree);
-    for edge in [("pg", "error"), ("cli", "ops"), ("daemon", "ops"), ("ops", "repo")] {
+    for edge in [
+        ("pg", "error"),
+        ("cli", "ops"),
+        ("daemon", "ops"),
+        ("ops", "repo"),
+    ] {
         assert!(
             g.contains_key(&(edge.0.into(), edge.1.into())),
             "{edge:?} not seen in {:?}",

@@ -14,8 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backupctl::manifest::{Manifest, TableRows};
+use backupctl::repo::RepositoryExt;
 use common::{
-    as_pg, backupctl, backupctl_bin, stderr, stdout, Backend, Cluster, ClusterOptions, TestRepo,
+    as_pg, backupctl, backupctl_bin, stderr, stdout, walk, Backend, Cluster, ClusterOptions,
+    TestRepo,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -36,12 +38,7 @@ fn manifest(t: &TestRepo, id: &str) -> Option<Manifest> {
 fn backup_objects(t: &TestRepo) -> Vec<String> {
     rt().block_on(async {
         let repo = t.open().await;
-        repo.list("backups/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect()
+        repo.list_keys("backups/").await.unwrap()
     })
 }
 
@@ -493,6 +490,24 @@ fn make_big(c: &Cluster) {
     );
 }
 
+/// A logical backup of `app` without verification.
+const BACKUP_APP: [&str; 6] = [
+    "backup",
+    "--kind",
+    "logical",
+    "--database",
+    "app",
+    "--no-verify",
+];
+
+/// Start [`BACKUP_APP`] and stop it (SIGSTOP) once pg_dump is copying `public.big`.
+fn backup_stopped_in_big(src: &Cluster, config: &Path) -> Child {
+    let mut child = spawn_backupctl(config, &BACKUP_APP);
+    wait_for_copy(src, "public.big", &mut child);
+    signal(&child, "STOP");
+    child
+}
+
 fn concurrent_inserts(backend: Backend) {
     let t = TestRepo::new(backend);
     let src = Cluster::new(ClusterOptions::default());
@@ -500,19 +515,7 @@ fn concurrent_inserts(backend: Backend) {
     make_big(&src);
     let config = t.write_config("backup.toml", &src.postgres_toml());
 
-    let mut child = spawn_backupctl(
-        &config,
-        &[
-            "backup",
-            "--kind",
-            "logical",
-            "--database",
-            "app",
-            "--no-verify",
-        ],
-    );
-    wait_for_copy(&src, "public.big", &mut child);
-    signal(&child, "STOP");
+    let child = backup_stopped_in_big(&src, &config);
     // Committed while pg_dump is in the middle of the big table.
     src.psql(
         "app",
@@ -743,19 +746,7 @@ fn unwritable_repository_fails_cleanly() {
     src.psql("postgres", "CREATE DATABASE app");
     make_big(&src);
     let config = t.write_config("s3.toml", &src.postgres_toml());
-    let mut child = spawn_backupctl(
-        &config,
-        &[
-            "backup",
-            "--kind",
-            "logical",
-            "--database",
-            "app",
-            "--no-verify",
-        ],
-    );
-    wait_for_copy(&src, "public.big", &mut child);
-    signal(&child, "STOP");
+    let child = backup_stopped_in_big(&src, &config);
     let s3 = t.s3.take().unwrap();
     let bucket = s3.bucket_dir();
     drop(s3);
@@ -773,21 +764,6 @@ fn unwritable_repository_fails_cleanly() {
         .filter(|p| p.ends_with("manifest.json"))
         .collect();
     assert!(manifests.is_empty(), "{manifests:?}");
-}
-
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -839,17 +815,8 @@ fn a_running_backup_blocks_or_queues_the_next() {
     src.psql("postgres", "CREATE DATABASE app");
     make_big(&src);
     let config = t.write_config("backup.toml", &src.postgres_toml());
-    let args = [
-        "backup",
-        "--kind",
-        "logical",
-        "--database",
-        "app",
-        "--no-verify",
-    ];
-    let mut first = spawn_backupctl(&config, &args);
-    wait_for_copy(&src, "public.big", &mut first);
-    signal(&first, "STOP");
+    let args = BACKUP_APP;
+    let first = backup_stopped_in_big(&src, &config);
 
     let mut no_wait = args.to_vec();
     no_wait.push("--no-wait");

@@ -12,17 +12,13 @@ use std::path::PathBuf;
 use backupctl::config::Config;
 use backupctl::ops::partitions::{run_at, PartitionsSummary};
 use chrono::{DateTime, Datelike, Utc};
-use common::{backupctl, stderr, stdout, Backend, Cluster, ClusterOptions, TestRepo};
+use common::{
+    backupctl, cluster_with_config, json, lock_held_on_another_host, stderr, stdout, Cluster,
+    ClusterOptions, TestRepo,
+};
 
 fn setup(sql: &str, policies: &str) -> (Cluster, TestRepo, PathBuf) {
-    let cluster = Cluster::new(ClusterOptions::default());
-    cluster.psql("postgres", sql);
-    let t = TestRepo::new(Backend::Local);
-    let config = t.write_config(
-        "backup.toml",
-        &format!("{}\n{policies}", cluster.postgres_toml()),
-    );
-    (cluster, t, config)
+    cluster_with_config(ClusterOptions::default(), sql, policies)
 }
 
 /// (name, bound) of every partition of `table`, bounds printed in UTC.
@@ -70,11 +66,6 @@ fn ym(k: i32) -> String {
 fn first_of(k: i32) -> String {
     let (y, m) = month_after(k);
     format!("{y:04}-{m:02}-01")
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(out), stderr(out)))
 }
 
 fn statuses(report: &serde_json::Value, table: usize) -> Vec<String> {
@@ -468,12 +459,7 @@ fn a_run_holding_the_lock_elsewhere_is_reported() {
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Another host's run: a session holding the partitions advisory lock.
-    let other = rt.block_on(c.connect("postgres"));
-    rt.block_on(other.execute(
-        "SELECT set_config('application_name', 'backupctl partitions (host db2, pid 4242)', false), pg_advisory_lock($1, 1)",
-        &[&backupctl::pg::advisory::CLASS],
-    ))
-    .unwrap();
+    let other = lock_held_on_another_host(&rt, &c, "partitions", 1);
     let out = backupctl(&config, &["partitions"]);
     assert_eq!(
         out.status.code(),

@@ -5,86 +5,32 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
+use common::setup::Setup;
 use common::{
-    archive_command, as_pg, backupctl, check_output, pg_bin, pg_tempdir, stderr, stdout,
-    switch_wal_and_wait, Backend, Cluster, ClusterOptions, Restored, TestRepo,
+    as_pg, backupctl, check_output, pg_bin, pg_tempdir, stderr, switch_wal_and_wait, Backend,
+    Cluster, ClusterOptions, TestRepo,
 };
-
-/// A cluster archiving into a test repository, and the config that reaches both.
-struct Setup {
-    t: TestRepo,
-    cluster: Cluster,
-    config: PathBuf,
-}
+use tempfile::TempDir;
 
 impl Setup {
-    fn new(backend: Backend) -> Setup {
-        Self::with(backend, ClusterOptions::default())
-    }
-
-    fn with(backend: Backend, mut opts: ClusterOptions) -> Setup {
-        let t = TestRepo::new(backend);
-        let config = t.write_config("backup.toml", "");
-        opts.archive_command = Some(archive_command(&config));
-        let cluster = Cluster::new(opts);
-        let config = t.write_config("backup.toml", &cluster.postgres_toml());
-        Setup { t, cluster, config }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        backupctl(&self.config, args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        check_output(&format!("backupctl {args:?}"), out.clone());
-        stdout(&out)
-    }
-
-    fn backup(&self) -> String {
-        self.ok(&["backup", "--kind", "physical"])
-            .trim()
-            .to_string()
-    }
-
-    fn sql(&self, sql: &str) -> String {
-        self.cluster.psql("postgres", sql)
-    }
-
-    /// Server time, as a restore target.
-    fn now(&self) -> String {
-        self.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
-    }
-
-    /// Restore with `--start` into a fresh directory; returns the running server.
-    fn restore_start(&self, extra: &[&str]) -> Restored {
-        let dir = pg_tempdir();
-        let pgdata = dir.path().join("restored");
-        let port = common::free_port();
-        let port_s = port.to_string();
-        let pg = pgdata.display().to_string();
-        let mut args = vec!["restore", "--pgdata", &pg, "--start", "--port", &port_s];
-        args.extend_from_slice(extra);
-        let out = self.run(&args);
-        let restored = Restored {
-            pgdata: pgdata.clone(),
-            socket_dir: self.cluster.socket_dir.clone(),
-            port,
-            dir: Some(dir),
-        };
-        check_output(&format!("restore {extra:?}"), out);
-        restored
-    }
-
-    /// Path of a stored object's bytes on disk (local repository or s3s-fs's files).
-    fn object_path(&self, key: &str) -> PathBuf {
-        match &self.t.s3 {
-            None => self.t.dir.path().join("repo/main").join(key),
-            Some(s3) => s3.bucket_dir().join("pg/main").join(key),
-        }
+    /// Write a segment's worth of WAL, archive it, and fetch it back into a `pg_wal`
+    /// directory the postgres user owns: (that directory's temp dir, the segment's
+    /// name, the copy's path, its bytes).
+    fn archived_segment_copy(&self) -> (TempDir, String, PathBuf, Vec<u8>) {
+        self.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+        let seg = self.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        switch_wal_and_wait(&self.cluster);
+        let work = pg_tempdir();
+        let wal_dir = work.path().join("pg_wal");
+        std::fs::create_dir(&wal_dir).unwrap();
+        common::chown_to_pg(&wal_dir);
+        let copy = wal_dir.join(&seg);
+        self.ok(&["wal-fetch", &seg, copy.to_str().unwrap()]);
+        let original = std::fs::read(&copy).unwrap();
+        (work, seg, copy, original)
     }
 }
 
@@ -93,17 +39,6 @@ fn flip_byte(path: &Path, at_fraction: f64) {
     let i = ((bytes.len() as f64) * at_fraction) as usize;
     bytes[i] ^= 0x5a;
     std::fs::write(path, bytes).unwrap();
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod local {
-            $(#[test] fn $name() { super::$name(super::Backend::Local) })*
-        }
-        mod s3 {
-            $(#[test] fn $name() { super::$name(super::Backend::S3) })*
-        }
-    };
 }
 
 both_backends!(
@@ -324,18 +259,8 @@ fn missing_wal_segment_is_refused_naming_the_gap(backend: Backend) {
 
 fn wal_push_is_idempotent_and_never_overwrites(backend: Backend) {
     let s = Setup::new(backend);
-    s.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
-    let seg = s.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    switch_wal_and_wait(&s.cluster);
-
     // A copy of the archived segment, as PostgreSQL would hand it over again after a crash.
-    let work = pg_tempdir();
-    let wal_dir = work.path().join("pg_wal");
-    std::fs::create_dir(&wal_dir).unwrap();
-    common::chown_to_pg(&wal_dir);
-    let copy = wal_dir.join(&seg);
-    s.ok(&["wal-fetch", &seg, copy.to_str().unwrap()]);
-    let original = std::fs::read(&copy).unwrap();
+    let (work, seg, copy, original) = s.archived_segment_copy();
     s.ok(&["wal-push", copy.to_str().unwrap()]);
     s.ok(&["wal-push", copy.to_str().unwrap()]);
     // Compressed at another level the stored bytes differ, but the content is the same.
@@ -414,16 +339,7 @@ fn wal_push_is_idempotent_and_never_overwrites(backend: Backend) {
 fn wal_push_into_an_unwritable_repository_fails_and_leaves_nothing() {
     use std::os::unix::fs::PermissionsExt;
     let s = Setup::new(Backend::Local);
-    s.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
-    let seg = s.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    switch_wal_and_wait(&s.cluster);
-    let work = pg_tempdir();
-    let wal_dir = work.path().join("pg_wal");
-    std::fs::create_dir(&wal_dir).unwrap();
-    common::chown_to_pg(&wal_dir);
-    let copy = wal_dir.join(&seg);
-    s.ok(&["wal-fetch", &seg, copy.to_str().unwrap()]);
-    let original = std::fs::read(&copy).unwrap();
+    let (work, seg, copy, original) = s.archived_segment_copy();
 
     // Take the archived copy away and make its directory read-only.
     let object = s.object_path(&format!("wal/{}/{seg}.zst", &seg[..16]));

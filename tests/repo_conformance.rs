@@ -19,7 +19,7 @@ use backupctl::repo::faulty::{Faulty, Op, ReadEnd, When};
 use backupctl::repo::local::LocalRepository;
 use backupctl::repo::{PutOptions, RepoError, Repository, RepositoryExt};
 use backupctl::transfer::{get_stream, put_stream, ChecksumMismatch};
-use common::{Backend, TestRepo};
+use common::{walk, Backend, TestRepo};
 
 fn zstd() -> Codec {
     Codec {
@@ -104,13 +104,7 @@ async fn metadata(repo: &Arc<dyn Repository>) {
     assert_eq!(repo.head("m/obj").await.unwrap().unwrap().metadata, md);
     assert_eq!(repo.get("m/obj").await.unwrap().meta.metadata, md);
     // Listings don't need metadata but must not show sidecars or temp files.
-    let keys: Vec<String> = repo
-        .list("m/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
+    let keys = repo.list_keys("m/").await.unwrap();
     assert_eq!(keys, vec!["m/obj"]);
 }
 
@@ -278,13 +272,7 @@ async fn metadata_after_the_body(repo: &Arc<dyn Repository>) {
         .unwrap_err();
     assert!(matches!(err, RepoError::AlreadyExists { .. }), "{err}");
     assert_eq!(repo.get_bytes("late/ok").await.unwrap(), body);
-    let keys: Vec<String> = repo
-        .list("late/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
+    let keys = repo.list_keys("late/").await.unwrap();
     assert_eq!(keys, vec!["late/ok"]);
 }
 
@@ -643,21 +631,6 @@ fn killed_upload_leaves_no_object(backend: Backend) {
             "visible after kill: {visible:?}"
         );
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -8,15 +8,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use backupctl::pg::wal::{classify, Segment, WalFileKind};
 use backupctl::repo::{layout, PutOptions, RepositoryExt};
+use common::setup::Setup;
 use common::{
-    archive_command, backupctl, check_output, pg_tempdir, stderr, stdout, switch_wal_and_wait,
-    Backend, Cluster, ClusterOptions, Restored, TestRepo,
+    backupctl, check_output, pg_tempdir, stderr, stdout, switch_wal_and_wait, Backend, TestRepo,
 };
 use serde_json::Value;
 
@@ -24,74 +24,18 @@ const SEG: u64 = 16 << 20;
 const KEEP_LAST_2: &str = "[retention]\nwal = \"backups\"\n\n[retention.physical]\nkeep_last = 2\n";
 const KEEP_LAST_1: &str = "[retention]\nwal = \"backups\"\n\n[retention.physical]\nkeep_last = 1\n";
 
-struct Setup {
-    t: TestRepo,
-    cluster: Cluster,
-    config: PathBuf,
-}
-
 impl Setup {
-    fn new(backend: Backend) -> Setup {
-        let t = TestRepo::new(backend);
-        let config = t.write_config("backup.toml", "");
-        let cluster = Cluster::new(ClusterOptions {
-            archive_command: Some(archive_command(&config)),
-            ..Default::default()
-        });
-        let config = t.write_config(
-            "backup.toml",
-            &format!("{}\n{KEEP_LAST_2}", cluster.postgres_toml()),
-        );
-        Setup { t, cluster, config }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        backupctl(&self.config, args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        check_output(&format!("backupctl {args:?}"), out.clone());
-        stdout(&out)
-    }
-
     fn json(&self, config: &Path, args: &[&str]) -> Value {
         let out = backupctl(config, args);
         let out = check_output(&format!("backupctl {args:?}"), out);
         serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)))
     }
 
-    fn backup(&self) -> String {
-        self.ok(&["backup", "--kind", "physical"])
-            .trim()
-            .to_string()
-    }
-
-    fn sql(&self, sql: &str) -> String {
-        self.cluster.psql("postgres", sql)
-    }
-
-    fn now(&self) -> String {
-        self.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
-    }
-
-    fn object_path(&self, key: &str) -> PathBuf {
-        match &self.t.s3 {
-            None => self.t.dir.path().join("repo/main").join(key),
-            Some(s3) => s3.bucket_dir().join("pg/main").join(key),
-        }
-    }
-
     /// Every key in the repository, listed in-process.
     fn keys(&self) -> BTreeSet<String> {
         rt().block_on(async {
             let repo = self.t.open().await;
-            repo.list("")
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|o| o.key)
-                .collect()
+            repo.list_keys("").await.unwrap().into_iter().collect()
         })
     }
 
@@ -116,25 +60,6 @@ impl Setup {
             // Written by this (root) process: give it to the user backupctl runs as.
             common::chown_to_pg(&self.t.dir.path().join("repo"));
         }
-    }
-
-    fn restore_start(&self, extra: &[&str]) -> Restored {
-        let dir = pg_tempdir();
-        let pgdata = dir.path().join("restored");
-        let port = common::free_port();
-        let port_s = port.to_string();
-        let pg = pgdata.display().to_string();
-        let mut args = vec!["restore", "--pgdata", &pg, "--start", "--port", &port_s];
-        args.extend_from_slice(extra);
-        let out = self.run(&args);
-        let restored = Restored {
-            pgdata: pgdata.clone(),
-            socket_dir: self.cluster.socket_dir.clone(),
-            port,
-            dir: Some(dir),
-        };
-        check_output(&format!("restore {extra:?}"), out);
-        restored
     }
 }
 
@@ -172,21 +97,10 @@ fn ids_with(report: &Value, action: &str) -> Vec<String> {
         .collect()
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod local {
-            $(#[test] fn $name() { super::$name(super::Backend::Local) })*
-        }
-        mod s3 {
-            $(#[test] fn $name() { super::$name(super::Backend::S3) })*
-        }
-    };
-}
-
 both_backends!(keep_last_2_deletes_exactly_four_backups_and_their_wal);
 
 fn keep_last_2_deletes_exactly_four_backups_and_their_wal(backend: Backend) {
-    let s = Setup::new(backend);
+    let s = Setup::with_config(backend, KEEP_LAST_2);
     s.sql("CREATE TABLE t (id int PRIMARY KEY)");
     let mut ids = vec![];
     let mut deleted_time = String::new();

@@ -6,59 +6,21 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    archive_command, as_pg, backupctl, check_output, stderr, stdout, switch_wal_and_wait, Backend,
-    Cluster, ClusterOptions, TestRepo,
-};
-
-struct Setup {
-    t: TestRepo,
-    cluster: Cluster,
-    config: PathBuf,
-}
+use common::setup::Setup;
+use common::{as_pg, stderr, stdout, switch_wal_and_wait, Backend};
 
 impl Setup {
-    fn new(backend: Backend, extra: &str) -> Setup {
-        let t = TestRepo::new(backend);
-        let config = t.write_config("backup.toml", "");
-        let cluster = Cluster::new(ClusterOptions {
-            archive_command: Some(archive_command(&config)),
-            ..Default::default()
-        });
-        let config = t.write_config(
-            "backup.toml",
-            &format!("{}\n{extra}", cluster.postgres_toml()),
-        );
-        Setup { t, cluster, config }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        backupctl(&self.config, args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        check_output(&format!("backupctl {args:?}"), out.clone());
-        stdout(&out)
-    }
-
-    fn backup(&self) -> String {
+    /// A physical backup without verification, its WAL archived; returns its id.
+    fn backup_no_verify(&self) -> String {
         let id = self
             .ok(&["backup", "--kind", "physical", "--no-verify"])
             .trim()
             .to_string();
         switch_wal_and_wait(&self.cluster);
         id
-    }
-
-    fn object_path(&self, key: &str) -> PathBuf {
-        match &self.t.s3 {
-            None => self.t.dir.path().join("repo/main").join(key),
-            Some(s3) => s3.bucket_dir().join("pg/main").join(key),
-        }
     }
 
     fn manifest(&self, id: &str) -> serde_json::Value {
@@ -70,17 +32,6 @@ impl Setup {
     }
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod local {
-            $(#[test] fn $name() { super::$name(super::Backend::Local) })*
-        }
-        mod s3 {
-            $(#[test] fn $name() { super::$name(super::Backend::S3) })*
-        }
-    };
-}
-
 both_backends!(
     good_logical_backup_verifies_and_tampered_counts_fail,
     good_physical_backup_verifies_with_rto_recorded,
@@ -90,14 +41,14 @@ both_backends!(
 );
 
 fn good_physical_backup_verifies_with_rto_recorded(backend: Backend) {
-    let s = Setup::new(backend, "[verify]\namcheck = true\n");
+    let s = Setup::with_config(backend, "[verify]\namcheck = true\n");
     s.cluster.psql("postgres", "CREATE DATABASE app");
     s.cluster.psql(
         "app",
         "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10000) g",
     );
     s.cluster.psql("app", "CREATE INDEX ON t (id)");
-    let id = s.backup();
+    let id = s.backup_no_verify();
     let out = s.ok(&["--json", "verify", &id]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let v = &report["backups"][0];
@@ -127,7 +78,7 @@ fn good_physical_backup_verifies_with_rto_recorded(backend: Backend) {
 /// Parts of several blocks (`FRAME_SIZE`), compressed by the shared pool as gzip members,
 /// restore (zstd parts go through the same pool in every other physical test).
 fn gzip_parts_of_many_frames_verify(backend: Backend) {
-    let s = Setup::new(backend, "[compression]\nalgorithm = \"gzip\"\n");
+    let s = Setup::with_config(backend, "[compression]\nalgorithm = \"gzip\"\n");
     // Small parts, two at a time.
     let text = std::fs::read_to_string(&s.config).unwrap();
     let text = text.replacen(
@@ -140,7 +91,7 @@ fn gzip_parts_of_many_frames_verify(backend: Backend) {
         "postgres",
         "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 200000) g",
     );
-    let id = s.backup();
+    let id = s.backup_no_verify();
     let m = s.manifest(&id);
     let parts: Vec<&serde_json::Value> = m["objects"]
         .as_array()
@@ -159,16 +110,16 @@ fn gzip_parts_of_many_frames_verify(backend: Backend) {
 }
 
 fn damaged_objects_fail_verification_naming_the_cause(backend: Backend) {
-    let s = Setup::new(backend, "");
+    let s = Setup::with_config(backend, "");
     s.cluster.psql(
         "postgres",
         "CREATE TABLE t AS SELECT g AS id, md5(g::text) FROM generate_series(1, 50000) g",
     );
-    let flipped = s.backup();
+    let flipped = s.backup_no_verify();
     std::thread::sleep(Duration::from_millis(1100));
-    let truncated = s.backup();
+    let truncated = s.backup_no_verify();
     std::thread::sleep(Duration::from_millis(1100));
-    let missing = s.backup();
+    let missing = s.backup_no_verify();
     let object_of = |id: &str| {
         s.manifest(id)["objects"][0]["name"]
             .as_str()
@@ -231,9 +182,9 @@ fn damaged_objects_fail_verification_naming_the_cause(backend: Backend) {
 }
 
 fn deleted_wal_segment_is_reported_as_a_gap(backend: Backend) {
-    let s = Setup::new(backend, "");
+    let s = Setup::with_config(backend, "");
     s.cluster.psql("postgres", "CREATE TABLE t (id int)");
-    s.backup();
+    s.backup_no_verify();
     let mut segs = vec![];
     for i in 0..3 {
         s.cluster
@@ -259,7 +210,7 @@ fn deleted_wal_segment_is_reported_as_a_gap(backend: Backend) {
 }
 
 fn good_logical_backup_verifies_and_tampered_counts_fail(backend: Backend) {
-    let s = Setup::new(backend, "");
+    let s = Setup::with_config(backend, "");
     s.cluster.psql("postgres", "CREATE DATABASE shop");
     s.cluster.psql(
         "shop",
@@ -337,12 +288,12 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn killed_verification_is_cleaned_up_by_the_next_run() {
-    let s = Setup::new(Backend::Local, "");
+    let s = Setup::with_config(Backend::Local, "");
     s.cluster.psql(
         "postgres",
         "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 200000) g",
     );
-    let id = s.backup();
+    let id = s.backup_no_verify();
     let mut child = as_pg(
         Command::new(common::backupctl_bin())
             .arg("--config")
@@ -400,7 +351,7 @@ fn killed_verification_is_cleaned_up_by_the_next_run() {
 /// backup and its test restore still work.
 #[test]
 fn a_deep_state_dir_works_end_to_end() {
-    let s = Setup::new(Backend::Local, "");
+    let s = Setup::with_config(Backend::Local, "");
     let deep =
         s.t.dir
             .path()
@@ -422,7 +373,7 @@ fn a_deep_state_dir_works_end_to_end() {
         "postgres",
         "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g",
     );
-    let id = s.backup();
+    let id = s.backup_no_verify();
     let out = s.ok(&["--json", "verify", &id]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["backups"][0]["outcome"], "ok", "{report}");

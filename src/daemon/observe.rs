@@ -227,7 +227,8 @@ async fn read_repo(cfg: &Config) -> anyhow::Result<RepoFacts> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Catalog, Manifest, Verification};
+    use crate::manifest::{Catalog, Manifest};
+    use crate::test_fixtures::{self as fixtures, verification};
     use chrono::TimeZone;
 
     fn t(h: u32) -> DateTime<Utc> {
@@ -268,36 +269,16 @@ mod tests {
         stop_h: u32,
         verified: Option<(u32, bool)>,
     ) -> Manifest {
-        Manifest {
-            format: crate::manifest::FORMAT,
-            id: id.into(),
-            kind,
-            label: None,
-            host: "h".into(),
-            cluster: "main".into(),
-            pg_version: "15".into(),
-            pg_version_num: 150000,
-            system_identifier: "1".into(),
-            start_time: t(stop_h),
-            stop_time: t(stop_h),
-            compression: crate::codec::Codec::NONE,
-            objects: vec![],
-            physical: None,
-            logical: None,
-            restore_point: None,
-            verification: verified.map(|(at, ok)| Verification {
-                time: t(at),
-                outcome: if ok {
-                    VerifyOutcome::Ok
-                } else {
-                    VerifyOutcome::Failed
-                },
-                duration_secs: 12.5,
-                checked: vec![],
-                failures: vec![],
-                scratch_bytes: 0,
-            }),
-        }
+        let mut m = fixtures::manifest(id, kind, t(stop_h), t(stop_h));
+        m.verification = verified.map(|(at, ok)| {
+            let outcome = if ok {
+                VerifyOutcome::Ok
+            } else {
+                VerifyOutcome::Failed
+            };
+            verification(t(at), outcome, 12.5)
+        });
+        m
     }
 
     #[test]

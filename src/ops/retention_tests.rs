@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::codec::{Algorithm, Codec};
+use crate::codec::Algorithm;
 use crate::config::RetentionRule;
-use crate::manifest::{backup_id, BackupKind, Manifest, ObjectEntry, PhysicalInfo, FORMAT};
+use crate::manifest::{backup_id, BackupKind, ObjectEntry, PhysicalInfo};
 use crate::pg::wal::{Lsn, Segment};
 use crate::repo::faulty::{Faulty, Op, When};
 use crate::repo::local::LocalRepository;
 use crate::repo::{PutOptions, RepositoryExt};
+use crate::test_fixtures::{manifest, physical_info};
 
 const SEG: u64 = 16 << 20;
 
@@ -39,49 +40,27 @@ async fn fill(repo: &dyn Repository) -> Vec<String> {
                 size: body.len() as u64,
             });
         }
-        Manifest {
-            format: FORMAT,
-            id: id.clone(),
-            kind: BackupKind::Physical,
-            label: None,
-            host: "h".into(),
-            cluster: "main".into(),
-            pg_version: "15".into(),
-            pg_version_num: 150000,
-            system_identifier: "1".into(),
-            start_time: t,
-            stop_time: t + chrono::Duration::seconds(10),
-            compression: Codec::NONE,
-            objects,
-            physical: Some(PhysicalInfo {
-                timeline: 1,
-                start_lsn: Lsn(start * SEG + 40),
-                stop_lsn: Lsn(start * SEG + 400),
-                start_wal: Segment {
-                    tli: 1,
-                    segno: start,
-                }
-                .name(SEG),
-                stop_wal: Segment {
-                    tli: 1,
-                    segno: start,
-                }
-                .name(SEG),
-                wal_segment_size: SEG,
-                pgdata: "/x".into(),
-                tablespaces: vec![],
-                backup_label: String::new(),
-                tablespace_map: None,
-                files: 2,
-                config_file: None,
-            }),
-            logical: None,
-            restore_point: None,
-            verification: None,
+        let mut m = manifest(
+            &id,
+            BackupKind::Physical,
+            t,
+            t + chrono::Duration::seconds(10),
+        );
+        m.objects = objects;
+        let wal = Segment {
+            tli: 1,
+            segno: start,
         }
-        .store(repo)
-        .await
-        .unwrap();
+        .name(SEG);
+        m.physical = Some(PhysicalInfo {
+            stop_lsn: Lsn(start * SEG + 400),
+            start_wal: wal.clone(),
+            stop_wal: wal,
+            pgdata: "/x".into(),
+            files: 2,
+            ..physical_info(1, start, start)
+        });
+        m.store(repo).await.unwrap();
         ids.push(id);
     }
     for segno in 1..=6 {
@@ -106,12 +85,7 @@ fn keep_last(n: u32) -> RetentionConfig {
 }
 
 async fn keys(repo: &dyn Repository) -> Vec<String> {
-    repo.list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect()
+    repo.list_keys("").await.unwrap()
 }
 
 #[tokio::test]

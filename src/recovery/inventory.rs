@@ -296,33 +296,15 @@ impl WalInventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_fixtures::wal_inventory;
     use chrono::TimeZone;
-
-    const SEG: u64 = 16 << 20;
 
     fn at(min: u32) -> Option<DateTime<Utc>> {
         Some(Utc.with_ymd_and_hms(2026, 11, 22, 10, min, 0).unwrap())
     }
 
     fn inv(segs: &[(u32, u64)], histories: &[(u32, &str)]) -> WalInventory {
-        let objects: Vec<ObjectMeta> = segs
-            .iter()
-            .map(|&(tli, segno)| ObjectMeta {
-                key: layout::wal_key(
-                    &Segment { tli, segno }.name(SEG),
-                    crate::codec::Algorithm::Zstd,
-                )
-                .unwrap(),
-                size: 100,
-                last_modified: at(segno as u32),
-                metadata: Default::default(),
-            })
-            .collect();
-        let h = histories
-            .iter()
-            .map(|(tli, text)| (*tli, parse_history(text).unwrap()))
-            .collect();
-        WalInventory::from_listing(&objects, SEG, h)
+        wal_inventory(segs, histories, |segno| at(segno as u32))
     }
 
     #[test]

@@ -378,13 +378,8 @@ pub fn restore_points(backups: &[Manifest]) -> HashMap<String, RestorePoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Codec;
-    use crate::manifest::{PhysicalInfo, FORMAT};
-    use crate::pg::wal::parse_history;
-    use crate::repo::{layout, ObjectMeta};
+    use crate::test_fixtures::{manifest, physical_info, wal_inventory, SEG};
     use chrono::TimeZone;
-
-    const SEG: u64 = 16 << 20;
 
     fn t(min: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 22, 10, min, 0).unwrap()
@@ -392,60 +387,15 @@ mod tests {
 
     /// A backup on `tli` from segment `start` to `stop`, ending at minute `stop_min`.
     fn backup(id: &str, tli: u32, start: u64, stop: u64, stop_min: u32) -> Manifest {
-        Manifest {
-            format: FORMAT,
-            id: id.into(),
-            kind: BackupKind::Physical,
-            label: None,
-            host: "h".into(),
-            cluster: "main".into(),
-            pg_version: "15".into(),
-            pg_version_num: 150000,
-            system_identifier: "1".into(),
-            start_time: t(stop_min.saturating_sub(1)),
-            stop_time: t(stop_min),
-            compression: Codec::NONE,
-            objects: vec![],
-            physical: Some(PhysicalInfo {
-                timeline: tli,
-                start_lsn: Lsn(start * SEG + 40),
-                stop_lsn: Lsn(stop * SEG + 100),
-                start_wal: String::new(),
-                stop_wal: String::new(),
-                wal_segment_size: SEG,
-                pgdata: String::new(),
-                tablespaces: vec![],
-                backup_label: String::new(),
-                tablespace_map: None,
-                files: 0,
-                config_file: None,
-            }),
-            logical: None,
-            restore_point: None,
-            verification: None,
-        }
+        let start_time = t(stop_min.saturating_sub(1));
+        let mut m = manifest(id, BackupKind::Physical, start_time, t(stop_min));
+        m.physical = Some(physical_info(tli, start, stop));
+        m
     }
 
     /// Segments archived at minute = segment number (so segment 7 holds WAL up to 10:07).
     fn inv(segs: &[(u32, u64)], histories: &[(u32, &str)]) -> WalInventory {
-        let objects: Vec<ObjectMeta> = segs
-            .iter()
-            .map(|&(tli, segno)| ObjectMeta {
-                key: layout::wal_key(
-                    &Segment { tli, segno }.name(SEG),
-                    crate::codec::Algorithm::Zstd,
-                )
-                .unwrap(),
-                size: 1,
-                last_modified: Some(t(segno as u32)),
-                metadata: Default::default(),
-            })
-            .collect();
-        let h = histories
-            .iter()
-            .map(|(tli, text)| (*tli, parse_history(text).unwrap()))
-            .collect();
-        WalInventory::from_listing(&objects, SEG, h)
+        wal_inventory(segs, histories, |segno| Some(t(segno as u32)))
     }
 
     fn segs(tli: u32, r: std::ops::RangeInclusive<u64>) -> Vec<(u32, u64)> {

@@ -201,6 +201,9 @@ pub trait Repository: Send + Sync {
 /// method of [`Repository`].
 #[async_trait]
 pub trait RepositoryExt: Repository {
+    /// The keys of [`Repository::list`].
+    async fn list_keys(&self, prefix: &str) -> RepoResult<Vec<String>>;
+
     /// Store a small in-memory object.
     async fn put_bytes(&self, key: &str, bytes: Vec<u8>, opts: PutOptions) -> RepoResult<u64>;
 
@@ -211,6 +214,15 @@ pub trait RepositoryExt: Repository {
 
 #[async_trait]
 impl<R: Repository + ?Sized> RepositoryExt for R {
+    async fn list_keys(&self, prefix: &str) -> RepoResult<Vec<String>> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect())
+    }
+
     async fn put_bytes(&self, key: &str, bytes: Vec<u8>, opts: PutOptions) -> RepoResult<u64> {
         self.put(key, Box::new(std::io::Cursor::new(bytes)), opts)
             .await

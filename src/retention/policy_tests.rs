@@ -1,12 +1,9 @@
 //! Table-driven tests of the backup retention policy.
 
 use super::*;
-use crate::codec::Codec;
-use crate::manifest::{LogicalInfo, PhysicalInfo, Verification, FORMAT};
-use crate::pg::wal::Lsn;
+use crate::manifest::LogicalInfo;
+use crate::test_fixtures::{self as fixtures, database_dump, physical_info, verification};
 use std::time::Duration;
-
-const SEG: u64 = 16 << 20;
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
@@ -58,50 +55,19 @@ impl B {
 /// A manifest for `b`; physical backups start at segment `start_seg` on `tli`.
 pub(crate) fn manifest_at(b: &B, tli: u32, start_seg: u64, stop_seg: u64) -> Manifest {
     let start = t(b.start);
-    Manifest {
-        format: FORMAT,
-        id: b.id.into(),
-        kind: b.kind,
-        label: b.label.map(str::to_string),
-        host: "h".into(),
-        cluster: "main".into(),
-        pg_version: "15".into(),
-        pg_version_num: 150000,
-        system_identifier: "1".into(),
-        start_time: start,
-        stop_time: start + chrono::Duration::seconds(30),
-        compression: Codec::NONE,
-        objects: vec![],
-        physical: (b.kind == BackupKind::Physical).then(|| PhysicalInfo {
-            timeline: tli,
-            start_lsn: Lsn(start_seg * SEG + 40),
-            stop_lsn: Lsn(stop_seg * SEG + 100),
-            start_wal: String::new(),
-            stop_wal: String::new(),
-            wal_segment_size: SEG,
-            pgdata: String::new(),
-            tablespaces: vec![],
-            backup_label: String::new(),
-            tablespace_map: None,
-            files: 0,
-            config_file: None,
-        }),
-        logical: (b.kind == BackupKind::Logical).then(|| LogicalInfo {
-            databases: vec![],
-            globals_object: "globals.sql.zst".into(),
-            globals_include_passwords: false,
-            pg_dump_version: None,
-        }),
-        restore_point: None,
-        verification: b.verified.map(|outcome| Verification {
-            time: start + chrono::Duration::hours(1),
-            outcome,
-            duration_secs: 1.0,
-            checked: vec![],
-            failures: vec![],
-            scratch_bytes: 0,
-        }),
-    }
+    let mut m = fixtures::manifest(b.id, b.kind, start, start + chrono::Duration::seconds(30));
+    m.label = b.label.map(str::to_string);
+    m.physical = (b.kind == BackupKind::Physical).then(|| physical_info(tli, start_seg, stop_seg));
+    m.logical = (b.kind == BackupKind::Logical).then(|| LogicalInfo {
+        databases: vec![],
+        globals_object: "globals.sql.zst".into(),
+        globals_include_passwords: false,
+        pg_dump_version: None,
+    });
+    m.verification = b
+        .verified
+        .map(|outcome| verification(start + chrono::Duration::hours(1), outcome, 1.0));
+    m
 }
 
 fn manifest(b: &B) -> Manifest {
@@ -451,24 +417,10 @@ fn describe_rule_and_ages() {
 
 #[test]
 fn the_newest_logical_backup_of_each_database_is_kept() {
-    use crate::manifest::DatabaseDump;
     let with_dbs = |b: B, dbs: &[&str]| {
         let mut m = manifest(&b);
-        m.logical.as_mut().unwrap().databases = dbs
-            .iter()
-            .map(|d| DatabaseDump {
-                name: d.to_string(),
-                object: format!("db-{d}.dump.zst"),
-                size_bytes: 1,
-                tables: vec![],
-                toc_counts: Default::default(),
-                toc_object: None,
-                large_objects: 0,
-                encoding: None,
-                collate: None,
-                ctype: None,
-            })
-            .collect();
+        m.logical.as_mut().unwrap().databases =
+            dbs.iter().map(|d| database_dump(d, 1, vec![])).collect();
         m
     };
     let ms = vec![

@@ -15,6 +15,8 @@ use backupctl::config::Config;
 use backupctl::repo::Repository;
 use tempfile::TempDir;
 
+pub mod setup;
+
 // ---------------------------------------------------------------------------------------
 // Users and paths
 
@@ -156,6 +158,42 @@ pub fn check_output(what: &str, out: Output) -> Output {
 // ---------------------------------------------------------------------------------------
 // PostgreSQL clusters
 
+/// Run SQL with psql against the server at `socket_dir`:`port` as `postgres`; returns
+/// unaligned, tuples-only output. `what` names the server in the failure message.
+pub fn psql_at(socket_dir: &Path, port: u16, db: &str, sql: &str, what: &str) -> String {
+    let out = Command::new(pg_bin("psql"))
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .arg("-h")
+        .arg(socket_dir)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    let out = check_output(&format!("{what} {sql:?}"), out);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `pg_ctl stop -m immediate` on `pgdata`, quietly, ignoring failure (for drops).
+fn pg_ctl_stop_immediate(pgdata: &Path) {
+    let _ = as_pg(Command::new(pg_bin("pg_ctl")).arg("-D").arg(pgdata).args([
+        "-m",
+        "immediate",
+        "-w",
+        "stop",
+    ]))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status();
+}
+
 #[derive(Default, Clone)]
 pub struct ClusterOptions {
     /// `archive_command`, with `archive_mode = on`.
@@ -288,24 +326,7 @@ impl Cluster {
 
     /// Run SQL with psql; returns unaligned, tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(pg_bin("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        let out = check_output(&format!("psql {sql:?}"), out);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql_at(&self.socket_dir, self.port, db, sql, "psql")
     }
 
     pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
@@ -329,17 +350,43 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running {
-            let _ = as_pg(
-                Command::new(pg_bin("pg_ctl"))
-                    .arg("-D")
-                    .arg(&self.pgdata)
-                    .args(["-m", "immediate", "-w", "stop"]),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+            pg_ctl_stop_immediate(&self.pgdata);
         }
     }
+}
+
+/// A cluster (with `opts`) on which `sql` ran, a local repository, and a config with
+/// `extra` sections after the cluster's `[postgres]`.
+pub fn cluster_with_config(
+    opts: ClusterOptions,
+    sql: &str,
+    extra: &str,
+) -> (Cluster, TestRepo, PathBuf) {
+    let cluster = Cluster::new(opts);
+    cluster.psql("postgres", sql);
+    let t = TestRepo::new(Backend::Local);
+    let config = t.write_config(
+        "backup.toml",
+        &format!("{}\n{extra}", cluster.postgres_toml()),
+    );
+    (cluster, t, config)
+}
+
+/// A session on `c` that looks like a backupctl `job` run on another host (db2, pid 4242)
+/// holding the PostgreSQL advisory lock (`backupctl::pg::advisory::CLASS`, `key`).
+pub fn lock_held_on_another_host(
+    rt: &tokio::runtime::Runtime,
+    c: &Cluster,
+    job: &str,
+    key: i32,
+) -> tokio_postgres::Client {
+    let other = rt.block_on(c.connect("postgres"));
+    rt.block_on(other.execute(
+        &format!("SELECT set_config('application_name', 'backupctl {job} (host db2, pid 4242)', false), pg_advisory_lock($1, {key})"),
+        &[&backupctl::pg::advisory::CLASS],
+    ))
+    .unwrap();
+    other
 }
 
 // ---------------------------------------------------------------------------------------
@@ -517,6 +564,28 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// The command's stdout as JSON.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(out), stderr(out)))
+}
+
+/// Every file below `dir`, recursively (nothing when it is absent).
+pub fn walk(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
 /// The `archive_command` that archives into the repository of `config`.
 pub fn archive_command(config: &Path) -> String {
     format!(
@@ -570,24 +639,7 @@ pub struct Restored {
 
 impl Restored {
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(pg_bin("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        let out = check_output(&format!("psql (restored) {sql:?}"), out);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql_at(&self.socket_dir, self.port, db, sql, "psql (restored)")
     }
 
     pub fn stop(&self) {
@@ -606,15 +658,7 @@ impl Restored {
 impl Drop for Restored {
     fn drop(&mut self) {
         if self.pgdata.join("postmaster.pid").exists() {
-            let _ = as_pg(
-                Command::new(pg_bin("pg_ctl"))
-                    .arg("-D")
-                    .arg(&self.pgdata)
-                    .args(["-m", "immediate", "-w", "stop"]),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+            pg_ctl_stop_immediate(&self.pgdata);
         }
     }
 }

@@ -690,6 +690,7 @@ async fn feed_pg_restore(
 mod tests {
     use super::*;
     use crate::manifest::TableRows;
+    use crate::test_fixtures::database_dump;
 
     fn dump() -> DatabaseDump {
         let t = |s: &str, n: &str, oid: u32, p: Option<&str>| TableRows {
@@ -699,11 +700,10 @@ mod tests {
             oid,
             partition_of: p.map(str::to_string),
         };
-        DatabaseDump {
-            name: "app".into(),
-            object: "db-app.dump.zst".into(),
-            size_bytes: 0,
-            tables: vec![
+        database_dump(
+            "app",
+            0,
+            vec![
                 t("public", "orders", 10, None),
                 t("sales", "orders", 11, None),
                 t("public", "users", 12, None),
@@ -711,13 +711,7 @@ mod tests {
                 t("public", "m_2025", 14, Some("public.m")),
                 t("a.b", "c", 15, None),
             ],
-            toc_counts: Default::default(),
-            toc_object: None,
-            large_objects: 0,
-            encoding: None,
-            collate: None,
-            ctype: None,
-        }
+        )
     }
 
     #[test]
