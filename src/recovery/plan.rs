@@ -507,7 +507,12 @@ mod tests {
         let h = "1\t0/6000100\tbefore 2026-11-22 10:06:00+00\n";
         let mut s = segs(1, 2..=9);
         s.extend(segs(2, 6..=8));
-        let i = inv(&s, &[(2, h)]);
+        let mut i = inv(&s, &[(2, h)]);
+        // Timeline 2 is the one archived last (production is on it); timeline 1's late
+        // segments came from the old primary before it stopped.
+        for (segno, at) in i.segments.get_mut(&2).unwrap().iter_mut() {
+            *at = Some(t(20 + *segno as u32));
+        }
         let backups = vec![
             backup("a", 1, 2, 2, 2),
             backup("late1", 1, 7, 7, 7),

@@ -245,7 +245,8 @@ fn every_timeline_keeps_what_a_kept_backup_may_need() {
     // (an abandoned branch), timeline 2 to 9. Backup c was taken on timeline 2.
     let h2 = "1\t0/6000100\tbranch\n";
     let mut wal = segs(1, 1..=12);
-    wal.extend(segs(2, 6..=9));
+    // Timeline 2 is the one archived last: production is on it.
+    wal.extend((6..=9).map(|n| wal_obj(&seg(2, n), 20 + n as i64)));
     let world = || {
         World::new(
             &[
