@@ -51,6 +51,8 @@ both_backends!(
     wal_fetch_missing_is_quiet_and_corruption_is_loud,
     wal_fetch_prefetches_the_following_segments,
     timelines_after_pitr,
+    a_restored_copy_never_archives_into_the_repository,
+    latest_follows_the_timeline_production_archives,
     bad_restore_requests_are_refused,
     tablespaces_are_backed_up_and_relocated,
 );
@@ -602,8 +604,9 @@ fn timelines_after_pitr(backend: Backend) {
     s.sql("INSERT INTO t VALUES (3, 'timeline 1 only')");
     switch_wal_and_wait(&s.cluster);
 
-    // PITR creates timeline 2; the promoted server archives into the same repository.
-    let r = s.restore_start(&["--target-time", &target]);
+    // PITR creates timeline 2; the promoted server, restored as the new primary,
+    // archives into the same repository.
+    let r = s.restore_start(&["--target-time", &target, "--new-primary"]);
     assert_eq!(
         r.psql(
             "postgres",
@@ -666,6 +669,126 @@ fn timelines_after_pitr(backend: Backend) {
             "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
         ),
         "1,2,3"
+    );
+}
+
+/// Wait until the restored server has archived `seg` (or a later segment).
+fn wait_restored_archived(r: &common::Restored, seg: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while r.psql(
+        "postgres",
+        &format!("SELECT coalesce(last_archived_wal, '') >= '{seg}' FROM pg_stat_archiver"),
+    ) != "t"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segment {seg} not archived by the restored server"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Regression: `restore --start` left archive_command on, so the throwaway copy promoted
+/// to timeline 2 and archived its history file and WAL into the production repository;
+/// "latest" then restored the copy's timeline instead of production's newer data.
+fn a_restored_copy_never_archives_into_the_repository(backend: Backend) {
+    let s = Setup::new(backend);
+    s.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    s.sql("INSERT INTO t VALUES (1)");
+    s.backup();
+    s.sql("INSERT INTO t VALUES (2)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = s.now();
+    std::thread::sleep(Duration::from_millis(1100));
+    s.sql("INSERT INTO t VALUES (3)");
+    switch_wal_and_wait(&s.cluster);
+
+    let r = s.restore_start(&["--target-time", &target]);
+    assert_eq!(r.psql("postgres", "SHOW archive_mode"), "off");
+    assert_eq!(
+        r.psql("postgres", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "1,2"
+    );
+    // The copy writes and switches WAL: nothing of it may reach the repository.
+    r.psql("postgres", "INSERT INTO t VALUES (100)");
+    r.psql("postgres", "SELECT pg_switch_wal()");
+    r.psql("postgres", "CHECKPOINT");
+    std::thread::sleep(Duration::from_secs(2));
+    r.stop();
+    let keys = s.t.list_keys("wal/");
+    assert!(
+        keys.iter()
+            .all(|k| !k.rsplit('/').next().unwrap().starts_with("00000002")),
+        "the copy archived into the repository: {keys:?}"
+    );
+    let info: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "info"])).unwrap();
+    assert_eq!(info["wal"]["timelines"], serde_json::json!([1]), "{info}");
+
+    // Production goes on; "latest" restores its newest row.
+    s.sql("INSERT INTO t VALUES (4)");
+    switch_wal_and_wait(&s.cluster);
+    let r = s.restore_start(&[]);
+    assert_eq!(
+        r.psql("postgres", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "1,2,3,4"
+    );
+}
+
+/// Regression: a timeline another server created in the repository (a copy restored
+/// with --new-primary and then abandoned) made "latest" follow it, although production
+/// kept archiving timeline 1 afterwards: restores lost production's newer data.
+fn latest_follows_the_timeline_production_archives(backend: Backend) {
+    let s = Setup::new(backend);
+    s.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    s.sql("INSERT INTO t VALUES (1)");
+    s.backup();
+    s.sql("INSERT INTO t VALUES (2)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = s.now();
+    std::thread::sleep(Duration::from_millis(1100));
+    s.sql("INSERT INTO t VALUES (3)");
+    switch_wal_and_wait(&s.cluster);
+
+    // A copy that archives timeline 2, then is abandoned.
+    let r = s.restore_start(&["--target-time", &target, "--new-primary"]);
+    r.psql("postgres", "INSERT INTO t VALUES (100)");
+    let seg = r.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(seg.starts_with("00000002"), "{seg}");
+    wait_restored_archived(&r, &seg);
+    r.stop();
+
+    // Production archives timeline 1 after that.
+    std::thread::sleep(Duration::from_millis(1100));
+    s.sql("INSERT INTO t VALUES (4)");
+    switch_wal_and_wait(&s.cluster);
+
+    let info: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "info"])).unwrap();
+    let tls = info["wal"]["timeline_history"].as_array().unwrap().clone();
+    let current: Vec<u64> = tls
+        .iter()
+        .filter(|t| t["current"] == true)
+        .map(|t| t["timeline"].as_u64().unwrap())
+        .collect();
+    assert_eq!(current, vec![1], "{info}");
+    let tl2 = tls.iter().find(|t| t["timeline"] == 2).expect("timeline 2 listed");
+    assert_eq!(tl2["parent"], 1, "{info}");
+    assert!(s.ok(&["info"]).contains("branched from 1 at"));
+
+    let r = s.restore_start(&[]);
+    assert_eq!(
+        r.psql("postgres", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "1,2,3,4"
+    );
+    r.stop();
+    // A time after the branch on timeline 1 restores too (it used to wait for timeline
+    // 2's WAL forever).
+    let after = s.now();
+    s.sql("INSERT INTO t VALUES (5)");
+    switch_wal_and_wait(&s.cluster);
+    let r = s.restore_start(&["--target-time", &after]);
+    assert_eq!(
+        r.psql("postgres", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "1,2,3,4"
     );
 }
 

@@ -532,6 +532,13 @@ impl TestRepo {
     }
 
     /// Open the repository in-process, as backupctl would with this config.
+    /// Every key under `prefix`, through the repository API (either backend).
+    pub fn list_keys(&self, prefix: &str) -> Vec<String> {
+        use backupctl::repo::RepositoryExt;
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async { self.open().await.list_keys(prefix).await.unwrap() })
+    }
+
     pub async fn open(&self) -> Arc<dyn Repository> {
         let path = self.write_config("open.toml", "");
         let cfg = Config::load(Some(&path)).unwrap();
