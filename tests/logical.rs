@@ -10,13 +10,13 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use backupctl::manifest::{Manifest, TableRows};
 use backupctl::repo::RepositoryExt;
 use common::{
-    as_pg, backupctl, backupctl_bin, stderr, stdout, walk, Backend, Cluster, ClusterOptions,
+    backupctl, signal, spawn_backupctl, stderr, stdout, walk, Backend, Cluster, ClusterOptions,
     TestRepo,
 };
 
@@ -64,25 +64,6 @@ fn ok(what: &str, out: std::process::Output) -> std::process::Output {
 }
 
 /// Start backupctl in the background (as the postgres user when root).
-fn spawn_backupctl(config: &Path, args: &[&str]) -> Child {
-    let mut cmd = Command::new(backupctl_bin());
-    cmd.arg("--config").arg(config).args(args);
-    as_pg(&mut cmd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn signal(child: &Child, sig: &str) {
-    let st = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
 /// Wait until pg_dump's backend is copying `table` (a safety deadline, not a timing
 /// assertion: the condition is what the test waits for).
 fn wait_for_copy(c: &Cluster, table: &str, child: &mut Child) -> i32 {

@@ -53,6 +53,7 @@ both_backends!(
     timelines_after_pitr,
     a_restored_copy_never_archives_into_the_repository,
     latest_follows_the_timeline_production_archives,
+    a_wal_gap_between_start_and_stop_leaves_the_backup_incomplete,
     bad_restore_requests_are_refused,
     tablespaces_are_backed_up_and_relocated,
 );
@@ -706,7 +707,10 @@ fn a_restored_copy_never_archives_into_the_repository(backend: Backend) {
     let r = s.restore_start(&["--target-time", &target]);
     assert_eq!(r.psql("postgres", "SHOW archive_mode"), "off");
     assert_eq!(
-        r.psql("postgres", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        r.psql(
+            "postgres",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        ),
         "1,2"
     );
     // The copy writes and switches WAL: nothing of it may reach the repository.
@@ -729,7 +733,10 @@ fn a_restored_copy_never_archives_into_the_repository(backend: Backend) {
     switch_wal_and_wait(&s.cluster);
     let r = s.restore_start(&[]);
     assert_eq!(
-        r.psql("postgres", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        r.psql(
+            "postgres",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        ),
         "1,2,3,4"
     );
 }
@@ -770,13 +777,19 @@ fn latest_follows_the_timeline_production_archives(backend: Backend) {
         .map(|t| t["timeline"].as_u64().unwrap())
         .collect();
     assert_eq!(current, vec![1], "{info}");
-    let tl2 = tls.iter().find(|t| t["timeline"] == 2).expect("timeline 2 listed");
+    let tl2 = tls
+        .iter()
+        .find(|t| t["timeline"] == 2)
+        .expect("timeline 2 listed");
     assert_eq!(tl2["parent"], 1, "{info}");
     assert!(s.ok(&["info"]).contains("branched from 1 at"));
 
     let r = s.restore_start(&[]);
     assert_eq!(
-        r.psql("postgres", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        r.psql(
+            "postgres",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        ),
         "1,2,3,4"
     );
     r.stop();
@@ -787,9 +800,94 @@ fn latest_follows_the_timeline_production_archives(backend: Backend) {
     switch_wal_and_wait(&s.cluster);
     let r = s.restore_start(&["--target-time", &after]);
     assert_eq!(
-        r.psql("postgres", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        r.psql(
+            "postgres",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        ),
         "1,2,3,4"
     );
+}
+
+/// Regression: a physical backup waited only for its stop segment, so a segment between
+/// its start and stop that never reached the repository (wal-push stores files ahead in
+/// parallel; one can fail after its retries while later ones succeed) still gave a
+/// manifest, and retention counted a backup that cannot be restored.
+///
+/// The backup is frozen (SIGSTOP) while it copies the data directory; meanwhile the
+/// segment it started in is "archived" by an archive_command that drops it, and the next
+/// one is archived normally. Then the backup goes on.
+fn a_wal_gap_between_start_and_stop_leaves_the_backup_incomplete(backend: Backend) {
+    let s = Setup::new(backend);
+    // Do not wait the default minutes for WAL that will never come.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replacen("[backup]\n", "[backup]\narchive_timeout = \"5s\"\n", 1),
+    )
+    .unwrap();
+    let skip = pg_tempdir();
+    let skip_file = skip.path().join("skip");
+    // Drops (exit 0 without storing) the file named in skip_file, archives the rest.
+    let wrapper = format!(
+        "if [ \"%f\" = \"$(cat {} 2>/dev/null)\" ]; then exit 0; fi; {}",
+        skip_file.display(),
+        common::archive_command(&s.config)
+    );
+    s.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        wrapper.replace('\'', "''")
+    ));
+    s.sql("SELECT pg_reload_conf()");
+    // Enough data that copying it takes a while.
+    s.sql(
+        "CREATE TABLE big AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 200000) g",
+    );
+    switch_wal_and_wait(&s.cluster);
+
+    let mut child =
+        common::spawn_backupctl(&s.config, &["backup", "--kind", "physical", "--no-verify"]);
+    // Wait until the backup has started (its session's last statement is
+    // pg_backup_start) and freeze it there, before pg_backup_stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let started = s.sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_backup_start%' AND state = 'idle'",
+        );
+        if started == "1" {
+            common::signal(&child, "STOP");
+            break;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("backup ended ({st}) before it could be frozen");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let frozen_before_stop = s.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_backup_start%' AND state = 'idle'",
+    );
+    assert_eq!(
+        frozen_before_stop, "1",
+        "the backup reached pg_backup_stop before it froze"
+    );
+    // The segment the backup started in is lost; the next one is archived.
+    let lost = s.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    std::fs::write(&skip_file, &lost).unwrap();
+    common::chown_to_pg(&skip_file);
+    switch_wal_and_wait(&s.cluster);
+    s.sql("INSERT INTO big VALUES (0, 'after the gap')");
+    switch_wal_and_wait(&s.cluster);
+    common::signal(&child, "CONT");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&lost) && err.contains("missing"), "{err}");
+    // No manifest: the backup is not listed as complete.
+    let listing: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "list"])).unwrap();
+    assert_eq!(listing["backups"], serde_json::json!([]), "{listing}");
 }
 
 fn bad_restore_requests_are_refused(backend: Backend) {

@@ -563,6 +563,27 @@ pub fn backupctl_env(config: &Path, args: &[&str], env: &[(&str, String)]) -> Ou
     as_pg(&mut cmd).output().unwrap()
 }
 
+/// Start backupctl (as the postgres user when root) without waiting for it.
+pub fn spawn_backupctl(config: &Path, args: &[&str]) -> Child {
+    let mut cmd = Command::new(backupctl_bin());
+    cmd.arg("--config").arg(config).args(args);
+    as_pg(&mut cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Send `sig` (`STOP`, `CONT`, `KILL`, …) to `child`.
+pub fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
