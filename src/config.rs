@@ -181,11 +181,25 @@ pub struct LogicalConfig {
     pub include_passwords: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreConfig {
     /// Parallel download/extract workers; default = `backup.workers`.
     pub workers: Option<usize>,
+    /// How long a restore's lease keeps retention from deleting the restored backup and
+    /// the WAL after it: long enough for the restored server to be started and to
+    /// finish recovery. `restore --start` gives the lease back once recovery has ended.
+    #[serde(default = "defaults::restore_lease", with = "humantime_serde_compat")]
+    pub lease: Duration,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        RestoreConfig {
+            workers: None,
+            lease: defaults::restore_lease(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -527,6 +541,9 @@ mod defaults {
     }
     pub fn archive_timeout() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn restore_lease() -> Duration {
+        Duration::from_secs(24 * 3600)
     }
     pub fn tar_part_mib() -> u64 {
         1024

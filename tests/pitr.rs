@@ -54,6 +54,7 @@ both_backends!(
     a_restored_copy_never_archives_into_the_repository,
     latest_follows_the_timeline_production_archives,
     a_wal_gap_between_start_and_stop_leaves_the_backup_incomplete,
+    a_restore_holds_a_lease_and_a_missing_planned_segment_stops_recovery,
     bad_restore_requests_are_refused,
     tablespaces_are_backed_up_and_relocated,
 );
@@ -888,6 +889,85 @@ fn a_wal_gap_between_start_and_stop_leaves_the_backup_incomplete(backend: Backen
     // No manifest: the backup is not listed as complete.
     let listing: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "list"])).unwrap();
     assert_eq!(listing["backups"], serde_json::json!([]), "{listing}");
+}
+
+/// Regressions: (1) a restore took no lease, so retention deleted the backup being
+/// restored and the WAL after it; (2) wal-fetch exited 1 ("not archived") for a segment
+/// the restore had planned recovery through, so PostgreSQL promoted part-way through
+/// history instead of stopping.
+fn a_restore_holds_a_lease_and_a_missing_planned_segment_stops_recovery(backend: Backend) {
+    let keep_last_1 = "[retention]\nwal = \"backups\"\n\n[retention.physical]\nkeep_last = 1\n";
+    let s = Setup::with_config(backend, keep_last_1);
+    s.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    s.sql("INSERT INTO t VALUES (1)");
+    let a = s.backup();
+    for id in 2..=3 {
+        s.sql(&format!("INSERT INTO t VALUES ({id})"));
+        switch_wal_and_wait(&s.cluster);
+    }
+    // Restore (not started: the restored server recovers later, when started).
+    let dir = pg_tempdir();
+    let pgdata = dir.path().join("restored");
+    s.ok(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
+
+    // A newer backup; retention with keep_last = 1 must still keep the leased one.
+    let b = s.backup();
+    let out = s.ok(&["--json", "retention"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let listing: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "list"])).unwrap();
+    let ids: Vec<&str> = listing["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![a.as_str(), b.as_str()], "{report}");
+    assert!(out.contains("leased by a restore"), "{out}");
+
+    // A segment the restore planned through disappears anyway (another tool, a hand).
+    let info: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "info", &a])).unwrap();
+    let stop = info["physical"]["stop_wal"].as_str().unwrap();
+    let seg = backupctl::pg::wal::Segment::parse(stop, 16 << 20).unwrap();
+    let next = backupctl::pg::wal::Segment {
+        tli: seg.tli,
+        segno: seg.segno + 1,
+    }
+    .name(16 << 20);
+    let key =
+        s.t.list_keys("wal/")
+            .into_iter()
+            .find(|k| k.rsplit('/').next().unwrap().starts_with(&next))
+            .unwrap_or_else(|| panic!("{next} not archived"));
+    s.t.delete(&key);
+
+    // Recovery stops (FATAL) instead of promoting without rows 2 and 3.
+    let port = common::free_port();
+    let log = dir.path().join("recovery.log");
+    let st = as_pg(
+        Command::new(pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(&pgdata)
+            .arg("-l")
+            .arg(&log)
+            .arg("-o")
+            .arg(format!("-p {port} -k {}", dir.path().display()))
+            .args(["-w", "-t", "120", "start"]),
+    )
+    .status()
+    .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = as_pg(Command::new(pg_bin("pg_ctl")).arg("-D").arg(&pgdata).args([
+        "-m",
+        "immediate",
+        "stop",
+    ]))
+    .status();
+    assert!(!st.success(), "the server started:\n{text}");
+    assert!(
+        text.contains(&format!("WAL segment {next} is not in the repository")),
+        "{text}"
+    );
+    assert!(!text.contains("database system is ready"), "{text}");
 }
 
 fn bad_restore_requests_are_refused(backend: Backend) {

@@ -200,6 +200,10 @@ pub struct WalPushArgs {
 
 #[derive(Debug, Args)]
 pub struct WalFetchArgs {
+    /// Segments recovery must find (written by `restore`): FIRST..LAST on one timeline;
+    /// a missing one stops recovery (exit 126) instead of ending it
+    #[arg(long = "expect", value_name = "FIRST..LAST")]
+    pub expect: Vec<String>,
     /// WAL file name (%f)
     pub name: String,
     /// Where to write it (%p)

@@ -135,7 +135,10 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::WalPush(args) => ops::wal::push::run(cfg, args.path).await,
-        Command::WalFetch(args) => ops::wal::fetch::run(cfg, args.name, &args.dest).await,
+        Command::WalFetch(args) => {
+            let expected = ops::wal::fetch::Expected::parse(&args.expect)?;
+            ops::wal::fetch::run(cfg, args.name, &args.dest, &expected).await
+        }
         Command::List => {
             let listing = ops::list::run(cfg).await?;
             if ctx.json {

@@ -24,6 +24,7 @@ use crate::lock::Wait;
 use crate::manifest::Catalog;
 use crate::pg::wal::DEFAULT_SEGMENT_SIZE;
 use crate::recovery::inventory::WalInventory;
+use crate::recovery::lease;
 use crate::repo::{self, identity::RepoIdentity, layout, Repository};
 use crate::retention::plan::{self, Inputs, Plan, Step};
 use crate::retention::policy::describe_rule;
@@ -105,12 +106,15 @@ pub async fn execute(
         .await
         .context("list archived WAL")?;
     let inventory = WalInventory::load_from(repo, &wal_objects, seg_size).await?;
+    let leases = lease::load_all(repo).await?;
+    let leased = lease::held(&leases, now);
     let inputs = Inputs {
         backups: &catalog.complete,
         incomplete: &catalog.incomplete,
         backup_objects: &backup_objects,
         wal_objects: &wal_objects,
         inventory: &inventory,
+        leased: &leased,
     };
     let plan = plan::plan(&inputs, policy, now).map_err(|e| anyhow::anyhow!(e))?;
     let mut report = RetentionReport {
@@ -150,6 +154,12 @@ pub async fn execute(
                 tracing::info!(files = keys.len(), "retention deleted WAL");
             }
         }
+    }
+    let expired = lease::expired(&leases, now);
+    if !expired.is_empty() {
+        repo.delete_many(&expired)
+            .await
+            .context("remove expired leases")?;
     }
     report.freed = Some(Freed {
         objects: report.plan.delete.objects,

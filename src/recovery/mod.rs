@@ -3,5 +3,6 @@
 //! `list`/`info` and verification.
 
 pub mod inventory;
+pub mod lease;
 pub mod plan;
 pub mod target;

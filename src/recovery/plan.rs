@@ -135,6 +135,31 @@ pub struct Choice<'a> {
     pub path: Vec<Span>,
     pub timeline: u32,
     pub reason: String,
+    /// The segments recovery must find, as `first..=last` runs on one timeline each
+    /// (names): from the backup's start segment to the segment the target lies in (or
+    /// the newest archived for "latest", the stop segment for "immediate"). wal-fetch
+    /// stops recovery when one of them is missing instead of letting it end early.
+    pub expected: Vec<(String, String)>,
+}
+
+/// `first..=last` of `path` as runs of segment names on one timeline each.
+pub fn expected_runs(
+    inv: &WalInventory,
+    path: &[Span],
+    first: u64,
+    last: u64,
+) -> Vec<(String, String)> {
+    let mut runs: Vec<(u32, u64, u64)> = vec![];
+    for segno in first..=last {
+        let tli = inv.timeline_for(path, segno);
+        match runs.last_mut() {
+            Some((t, _, end)) if *t == tli && *end + 1 == segno => *end = segno,
+            _ => runs.push((tli, segno, segno)),
+        }
+    }
+    runs.into_iter()
+        .map(|(tli, a, z)| (inv.name(tli, a), inv.name(tli, z)))
+        .collect()
 }
 
 struct Pos {
@@ -358,11 +383,13 @@ pub fn choose<'a>(
             "; the restore point was not created by backupctl, so PostgreSQL will search the WAL for it",
         );
     }
+    let expected = expected_runs(inv, &path, pos.start_seg, last);
     Ok(Choice {
         backup: chosen,
         path,
         timeline: tli,
         reason,
+        expected,
     })
 }
 
@@ -498,6 +525,39 @@ mod tests {
             choose(&backups, &i, &Target::Time(t(7)), Some("zz"), None, &none),
             Err(PlanError::UnknownBackup(_))
         ));
+    }
+
+    #[test]
+    fn expected_segments_follow_the_timeline_path() {
+        // Timeline 2 branched from 1 inside segment 6: segment 6 onwards comes from 2.
+        let h = "1\t0/6000100\tbefore 2026-11-22 10:06:00+00\n";
+        let mut s = segs(1, 2..=6);
+        s.extend(segs(2, 6..=9));
+        let i = inv(&s, &[(2, h)]);
+        let backups = vec![backup("a", 1, 2, 3, 3)];
+        let none = HashMap::new();
+        let c = choose(&backups, &i, &Target::Latest, None, Some(2), &none).unwrap();
+        assert_eq!(
+            c.expected,
+            vec![
+                (
+                    "000000010000000000000002".to_string(),
+                    "000000010000000000000005".to_string()
+                ),
+                (
+                    "000000020000000000000006".to_string(),
+                    "000000020000000000000009".to_string()
+                ),
+            ]
+        );
+        let c = choose(&backups, &i, &Target::Immediate, None, Some(2), &none).unwrap();
+        assert_eq!(
+            c.expected,
+            vec![(
+                "000000010000000000000002".to_string(),
+                "000000010000000000000003".to_string()
+            )]
+        );
     }
 
     #[test]

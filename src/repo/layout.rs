@@ -6,6 +6,8 @@
 //! wal/<TLI 8 hex>.history                     timeline history files (uncompressed)
 //! backups/<backup-id>/manifest.json           written last: present = backup complete
 //! backups/<backup-id>/<object>                data objects listed in the manifest
+//! leases/<backup-id>.<holder>.json            a running restore or verification of a
+//!                                             backup: retention keeps it and its WAL
 //! ```
 
 use crate::codec::{self, Algorithm};
@@ -15,6 +17,12 @@ pub const REPO_JSON: &str = "repo.json";
 pub const WAL_PREFIX: &str = "wal/";
 pub const BACKUPS_PREFIX: &str = "backups/";
 pub const MANIFEST: &str = "manifest.json";
+pub const LEASES_PREFIX: &str = "leases/";
+
+/// Key of a lease on backup `id` held by `holder` (host and pid, encoded).
+pub fn lease_key(id: &str, holder: &str) -> String {
+    format!("{LEASES_PREFIX}{id}.{}.json", encode_name(holder))
+}
 
 /// Metadata on WAL objects: digest of the stored bytes and the original size. Objects
 /// archived before 2026-11-29 also carry the original's SHA-256 (`source-sha256`); it

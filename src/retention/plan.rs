@@ -33,6 +33,9 @@ pub struct Inputs<'a> {
     /// Listing of `wal/`, and the inventory built from it.
     pub wal_objects: &'a [ObjectMeta],
     pub inventory: &'a WalInventory,
+    /// Backups a running restore or verification holds a lease on, with why
+    /// (`recovery::lease::held`): kept whatever the policy says, with their WAL.
+    pub leased: &'a [(String, String)],
 }
 
 /// A complete backup's verdict with what deleting it frees.
@@ -114,7 +117,13 @@ fn by_backup(objects: &[ObjectMeta]) -> HashMap<&str, Vec<&ObjectMeta>> {
 /// recoverable window.
 pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Result<Plan, String> {
     let wal_rule = policy.wal_rule()?;
-    let decisions = policy::decide(inputs.backups, policy, now);
+    let mut decisions = policy::decide(inputs.backups, policy, now);
+    for d in &mut decisions {
+        for (_, why) in inputs.leased.iter().filter(|(id, _)| *id == d.id) {
+            d.action = Action::Keep;
+            d.reasons.push(why.clone());
+        }
+    }
     let objects = by_backup(inputs.backup_objects);
     let objects_of = |id: &str| objects.get(id).cloned().unwrap_or_default();
     let mut steps = vec![];

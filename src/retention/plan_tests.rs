@@ -95,11 +95,21 @@ impl World {
     }
 
     fn plan(&self, policy: &RetentionConfig, now: DateTime<Utc>) -> Plan {
+        self.plan_leased(policy, now, &[])
+    }
+
+    fn plan_leased(
+        &self,
+        policy: &RetentionConfig,
+        now: DateTime<Utc>,
+        leased: &[(String, String)],
+    ) -> Plan {
         let inputs = Inputs {
             backups: &self.backups,
             incomplete: &self.incomplete,
             backup_objects: &self.backup_objects,
             wal_objects: &self.wal_objects,
+            leased,
             inventory: &self.inventory,
         };
         let p = plan(&inputs, policy, now).unwrap();
@@ -193,6 +203,36 @@ fn wal_deleted(p: &Plan) -> Vec<String> {
         .filter(|k| k.starts_with("wal/"))
         .map(|k| layout::parse_wal_key(k).unwrap().0)
         .collect()
+}
+
+/// Regression: retention deleted a backup, and the WAL after it, while a restore of it
+/// was running (or its restored server had not finished recovery).
+#[test]
+fn a_leased_backup_and_its_wal_are_kept() {
+    let w = World::new(
+        &[
+            (phys("b1", "2026-11-22T10:01:00Z"), 1, 1, 1),
+            (phys("b2", "2026-11-22T10:04:00Z"), 1, 4, 5),
+            (phys("b3", "2026-11-22T10:07:00Z"), 1, 7, 7),
+        ],
+        segs(1, 1..=9),
+        &[],
+    );
+    let b1 = w.backups[0].id.clone();
+    let leased = vec![(b1.clone(), "leased by a restore (db1 pid 7)".to_string())];
+    let p = w.plan_leased(&keep_last(2, "backups"), t(60), &leased);
+    assert!(p.delete.backups.is_empty(), "{:?}", p.delete.backups);
+    assert!(wal_deleted(&p).is_empty());
+    let d = p.backups.iter().find(|b| b.decision.id == b1).unwrap();
+    assert_eq!(d.decision.action, Action::Keep);
+    assert!(d
+        .decision
+        .reasons
+        .iter()
+        .any(|r| r.contains("leased by a restore")));
+    // Without the lease it goes, with the WAL before b2.
+    let p = w.plan(&keep_last(2, "backups"), t(60));
+    assert_eq!(p.delete.backups, vec![b1]);
 }
 
 #[test]
@@ -521,6 +561,7 @@ fn scale_2000_backups_200k_wal_segments() {
         incomplete: &[],
         backup_objects: &objects,
         wal_objects: &wal,
+        leased: &[],
         inventory: &inventory,
     };
     let policy = RetentionConfig {

@@ -532,6 +532,12 @@ impl TestRepo {
     }
 
     /// Open the repository in-process, as backupctl would with this config.
+    /// Delete `key` through the repository API (either backend).
+    pub fn delete(&self, key: &str) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async { self.open().await.delete(key).await.unwrap() })
+    }
+
     /// Every key under `prefix`, through the repository API (either backend).
     pub fn list_keys(&self, prefix: &str) -> Vec<String> {
         use backupctl::repo::RepositoryExt;

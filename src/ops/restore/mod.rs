@@ -30,6 +30,7 @@ use crate::pg::conn::ConnParams;
 use crate::pg::server::{self, RecoveryEnd, RecoveryReport, Server};
 use crate::physical::tarpart::{self, Destination};
 use crate::recovery::inventory::WalInventory;
+use crate::recovery::lease;
 use crate::recovery::plan;
 use crate::recovery::target::{parse_time, Target, TargetAction};
 use crate::repo::identity::RepoIdentity;
@@ -158,6 +159,7 @@ pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> 
         args.target_action,
         Some(choice.timeline),
         &pgdata,
+        &choice.expected,
     )?;
     if args.new_primary {
         eprintln!(
@@ -190,7 +192,24 @@ pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> 
         return Ok(report);
     }
 
-    restore_files(cfg, &repo, m, &pgdata, &ts_dest, &settings, true).await?;
+    // Retention (here or on another host) keeps this backup and the WAL after it while
+    // the lease is held: until recovery has ended, or the lease expires.
+    let held = lease::acquire(repo.as_ref(), &m.id, "restore", cfg.restore.lease).await?;
+    let result = async {
+        // Planned before the lease existed: the backup may have gone meanwhile.
+        if repo.head(&layout::manifest_key(&m.id)).await?.is_none() {
+            anyhow::bail!(
+                "backup {} was deleted while this restore was being planned (retention?); restore again",
+                m.id
+            );
+        }
+        restore_files(cfg, &repo, m, &pgdata, &ts_dest, &settings, true).await
+    }
+    .await;
+    if let Err(e) = result {
+        held.release(repo.as_ref()).await;
+        return Err(e);
+    }
     eprintln!("restored {} into {}", m.id, pgdata.display());
     if !args.new_primary {
         eprintln!(
@@ -230,15 +249,24 @@ pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> 
                 .unwrap_or_else(|| "none".into())
         );
         if rec.end != RecoveryEnd::Paused {
-            // Recovery will not ask for what wal-fetch prefetched.
+            // Recovery will not ask for what wal-fetch prefetched, nor for more WAL.
             fetch_ahead::remove_spool(&pgdata.join("pg_wal"));
+            held.release(repo.as_ref()).await;
+        } else {
+            eprintln!(
+                "recovery is paused: retention keeps backup {} and its WAL until {} (restore.lease)",
+                m.id, held.lease.expires
+            );
         }
         report.recovery = Some(rec);
     } else {
         eprintln!(
-            "start it with: pg_ctl -D {} start   (recovery runs to {})",
+            "start it with: pg_ctl -D {} start   (recovery runs to {}); retention keeps backup {} \
+             and its WAL until {} (restore.lease)",
             pgdata.display(),
-            target.describe()
+            target.describe(),
+            m.id,
+            held.lease.expires
         );
     }
     Ok(report)
@@ -459,23 +487,31 @@ async fn extract_all(
 }
 
 /// The recovery settings for postgresql.auto.conf.
+///
+/// `expected`: the segments recovery must find (`Choice::expected`), passed to
+/// wal-fetch so that a missing one stops recovery instead of ending it early.
 pub fn recovery_settings(
     cfg: &Config,
     target: &Target,
     action: TargetAction,
     timeline: Option<u32>,
     pgdata: &Path,
+    expected: &[(String, String)],
 ) -> anyhow::Result<Vec<(&'static str, String)>> {
     let exe = std::env::current_exe().context("find the backupctl executable")?;
+    let expect: String = expected
+        .iter()
+        .map(|(a, z)| format!(" --expect {a}..{z}"))
+        .collect();
     let restore_command = match cfg.config_arg() {
         Some(config) => format!(
-            "{} --config {} wal-fetch %f %p",
+            "{} --config {} wal-fetch{expect} %f %p",
             shell_quote(&exe.display().to_string()),
             shell_quote(&config.display().to_string())
         ),
         // The embedded default resolves paths against the current directory: run there.
         None => format!(
-            "cd {} && {} wal-fetch %f {}/%p",
+            "cd {} && {} wal-fetch{expect} %f {}/%p",
             shell_quote(&std::env::current_dir()?.display().to_string()),
             shell_quote(&exe.display().to_string()),
             shell_quote(&pgdata.display().to_string())

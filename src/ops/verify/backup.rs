@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::jobs::JobKind;
 use crate::lock::Wait;
 use crate::manifest::{BackupKind, Manifest, Outcome, Verification};
+use crate::recovery::lease;
 use crate::repo::{layout, Repository};
 
 /// What a verification found so far.
@@ -52,6 +53,14 @@ pub async fn verify_backup(
     let started = Instant::now();
     let dir = scratch::ScratchDir::create(&root, &m.id)?;
     let mut f = Findings::default();
+    // Retention keeps the backup and its WAL while the test restore reads them.
+    let held = lease::acquire(
+        repo.as_ref(),
+        &m.id,
+        "verify",
+        cfg.verify.timeout * 2 + Duration::from_secs(3600),
+    )
+    .await?;
     let span = tracing::info_span!("verify", id = %m.id, kind = %m.kind);
     let result = async {
         tracing::info!(scratch = %dir.path.display(), "test restore starting");
@@ -62,6 +71,7 @@ pub async fn verify_backup(
     }
     .instrument(span)
     .await;
+    held.release(repo.as_ref()).await;
     if let Err(e) = result {
         // Another run holding a lock is not a finding about this backup.
         if crate::error::is_lock_held(&e) {

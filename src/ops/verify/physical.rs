@@ -70,6 +70,8 @@ pub async fn verify(
         TargetAction::Promote,
         Some(phys.timeline),
         &pgdata,
+        // Replay to consistency needs every segment from start to stop.
+        &[(phys.start_wal.clone(), phys.stop_wal.clone())],
     )?;
     settings.extend([
         ("port", port.to_string()),

@@ -73,8 +73,64 @@ fn is_not_archived(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Segments a restore planned recovery through (`wal-fetch --expect FIRST..LAST`, one
+/// run of segment names on one timeline each): recovery must find every one of them, so
+/// a missing one stops recovery (exit 126) instead of ending it early as if the archive
+/// ended. Any other missing file is the normal end of the archive.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    pub runs: Vec<(String, String)>,
+}
+
+impl Expected {
+    /// Parse `FIRST..LAST` (two segment names on the same timeline, FIRST <= LAST).
+    pub fn parse(args: &[String]) -> anyhow::Result<Expected> {
+        let mut runs = vec![];
+        for a in args {
+            let (first, last) = a.split_once("..").unwrap_or((a.as_str(), a.as_str()));
+            let ok = |n: &str| wal::classify(n) == Some(WalFileKind::Segment);
+            if !ok(first) || !ok(last) || first[..8] != last[..8] || first > last {
+                return Err(crate::user_error!(
+                    "--expect {a:?} must be FIRST..LAST: two WAL segment names on one timeline, FIRST not after LAST \
+                     (restore writes it into restore_command; restore again rather than editing it)"
+                ));
+            }
+            runs.push((first.to_string(), last.to_string()));
+        }
+        Ok(Expected { runs })
+    }
+
+    /// Whether recovery must find `name`.
+    pub fn covers(&self, name: &str) -> bool {
+        wal::classify(name) == Some(WalFileKind::Segment)
+            && self
+                .runs
+                .iter()
+                .any(|(a, z)| a[..8] == name[..8] && a.as_str() <= name && name <= z.as_str())
+    }
+
+    /// The error for a missing segment recovery must find.
+    fn missing(&self, name: &str) -> anyhow::Error {
+        let through = self.runs.last().map(|(_, z)| z.as_str()).unwrap_or("-");
+        StopRecovery {
+            message: format!(
+                "WAL segment {name} is not in the repository, but the restore planned recovery through {through} \
+                 and needs it (deleted by retention, or never archived?); recovery stops here instead of \
+                 ending early and promoting a server that is missing the rest of history. Restore again \
+                 (`backupctl restore` plans from what the repository holds now)"
+            ),
+        }
+        .into()
+    }
+}
+
 /// Restore WAL file `name` to `dest` (`%f`, `%p`).
-pub async fn run(cfg: &Config, name: String, dest: &Path) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: &Config,
+    name: String,
+    dest: &Path,
+    expected: &Expected,
+) -> anyhow::Result<()> {
     let kind = wal::classify(&name).ok_or_else(|| {
         crate::user_error!(
             "{name} is not a WAL file name; use backupctl wal-fetch only as restore_command = '... wal-fetch %f %p'"
@@ -101,6 +157,9 @@ pub async fn run(cfg: &Config, name: String, dest: &Path) -> anyhow::Result<()> 
     let repo = repo::open(cfg).await?;
     let algorithm = cfg.compression.algorithm;
     let Some((key, obj)) = open(repo.as_ref(), algorithm, &name).await? else {
+        if expected.covers(&name) {
+            return Err(expected.missing(&name));
+        }
         tracing::debug!(wal = %name, "not in the archive");
         return Err(Reported::quiet().into());
     };
@@ -134,6 +193,7 @@ pub async fn run(cfg: &Config, name: String, dest: &Path) -> anyhow::Result<()> 
             fetch_ahead::remove_spool(&fetch_ahead::wal_dir_of(dest));
             written = match open(repo.as_ref(), algorithm, &name).await? {
                 Some((key, obj)) => write(obj, &key, &name, dest).await,
+                None if expected.covers(&name) => return Err(expected.missing(&name)),
                 None => return Err(Reported::quiet().into()),
             };
         }
@@ -247,4 +307,43 @@ async fn write(obj: GetObject, key: &str, name: &str, dest: &Path) -> anyhow::Re
     transfer::object_to_file(obj, key, algorithm, expected, dest, false)
         .await
         .map_err(|e| e.context(format!("restore {name} from the archive")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_runs_cover_exactly_their_segments() {
+        let e = Expected::parse(&[
+            "000000010000000000000003..000000010000000000000005".into(),
+            "000000020000000000000006..000000020000000000000009".into(),
+        ])
+        .unwrap();
+        assert!(e.covers("000000010000000000000003"));
+        assert!(e.covers("000000010000000000000005"));
+        assert!(
+            !e.covers("000000010000000000000006"),
+            "timeline 2 from 6 on"
+        );
+        assert!(e.covers("000000020000000000000007"));
+        assert!(
+            !e.covers("00000003000000000000000A"),
+            "a newer timeline is probed"
+        );
+        assert!(
+            !e.covers("00000002000000000000000A"),
+            "after the plan: the archive's end"
+        );
+        assert!(!e.covers("00000002.history"));
+        assert!(!e.covers("000000010000000000000004.partial"));
+        for bad in [
+            "000000010000000000000005..000000010000000000000003",
+            "000000010000000000000003..000000020000000000000005",
+            "00000002.history..00000002.history",
+            "nonsense",
+        ] {
+            assert!(Expected::parse(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
 }
