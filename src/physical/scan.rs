@@ -36,7 +36,8 @@ pub struct Entry {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
-    /// A regular file, copied up to the size seen here.
+    /// A regular file. The size seen here only balances the parts: the file is copied at
+    /// its size when its copy starts.
     File {
         size: u64,
     },

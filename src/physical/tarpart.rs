@@ -1,9 +1,13 @@
 //! One tar part of a physical backup: writing it from a list of entries while PostgreSQL
 //! keeps changing the files, and extracting it into a restore directory.
 //!
-//! Files are copied up to the size seen when PGDATA was scanned: a file that grew is cut
-//! there, one that shrank is padded with zeros, one that vanished is left out. All three
-//! are normal during an online backup; WAL replay from the backup's start repairs them.
+//! Writing: each file is copied at the size it has when it is opened for the copy
+//! (`fstat` on the open file, as pg_basebackup does), not the size seen when PGDATA was
+//! scanned, which may be long before: a configuration file that `ALTER SYSTEM` rewrote
+//! meanwhile comes back whole, where WAL replay would not repair it. One that shrinks
+//! during its own copy is padded with zeros to the size in its tar header, and one that
+//! vanished is left out; both are normal during an online backup and WAL replay repairs
+//! relation files.
 //!
 //! Extracting: the repository is untrusted input. Names must be relative without `..`,
 //! nothing is written through a symbolic link (see [`super::beneath`]), and the only
@@ -64,7 +68,7 @@ struct ReadAhead {
     file: File,
     pos: u64,
     advised: u64,
-    /// The size the file had when PGDATA was scanned: nothing beyond it is read.
+    /// The size the file had when it was opened: nothing beyond it is read.
     size: u64,
 }
 
@@ -120,7 +124,7 @@ pub fn write_part(entries: &[Entry], w: &mut dyn Write) -> io::Result<PartStats>
                 h.set_size(0);
                 b.append_link(&mut h, &e.name, target)?;
             }
-            EntryKind::File { size } => {
+            EntryKind::File { .. } => {
                 let f = match File::open(&e.source) {
                     Ok(f) => f,
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -135,15 +139,29 @@ pub fn write_part(entries: &[Entry], w: &mut dyn Write) -> io::Result<PartStats>
                     }
                 };
                 h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(*size);
-                let reader = ExactReader {
-                    inner: BufReader::with_capacity(256 << 10, ReadAhead::new(f, *size)),
-                    remaining: *size,
-                    padded: false,
+                let size = {
+                    // The size now: the header is written before the contents, so it
+                    // must be the size that is about to be copied.
+                    let size = f
+                        .metadata()
+                        .map_err(|err| {
+                            io::Error::new(
+                                err.kind(),
+                                format!("stat {}: {err}", e.source.display()),
+                            )
+                        })?
+                        .len();
+                    h.set_size(size);
+                    let reader = ExactReader {
+                        inner: BufReader::with_capacity(256 << 10, ReadAhead::new(f, size)),
+                        remaining: size,
+                        padded: false,
+                    };
+                    b.append_data(&mut h, &e.name, reader).map_err(|err| {
+                        io::Error::new(err.kind(), format!("copy {}: {err}", e.source.display()))
+                    })?;
+                    size
                 };
-                b.append_data(&mut h, &e.name, reader).map_err(|err| {
-                    io::Error::new(err.kind(), format!("copy {}: {err}", e.source.display()))
-                })?;
                 stats.files += 1;
                 stats.bytes += size;
             }
@@ -517,11 +535,9 @@ mod tests {
         let files = extract_part(&mut &tar[..], &Into(dst.path().to_path_buf())).unwrap();
         assert_eq!(files, 5);
         assert!(fs::read(dst.path().join(&long_name)).unwrap() == odd);
-        // Cut, or padded, at the scanned size.
-        assert!(fs::read(dst.path().join("base/1/grows")).unwrap() == vec![7u8; 10_000]);
-        let shrunk = fs::read(dst.path().join("base/1/shrinks")).unwrap();
-        assert_eq!(shrunk.len(), 10_000);
-        assert!(shrunk[..4_000].iter().all(|&b| b == 9) && shrunk[4_000..].iter().all(|&b| b == 0));
+        // Copied at their size when copied.
+        assert!(fs::read(dst.path().join("base/1/grows")).unwrap() == vec![7u8; 20_000]);
+        assert!(fs::read(dst.path().join("base/1/shrinks")).unwrap() == vec![9u8; 4_000]);
         assert!(!dst.path().join("base/1/vanishes").exists());
         assert!(fs::symlink_metadata(dst.path().join("link"))
             .unwrap()
@@ -696,5 +712,43 @@ mod tests {
         let (r, dst, _) = extract_crafted(&crafted(&[("base/../../escaped", Ok(b"evil"))]));
         assert!(r.unwrap_err().to_string().contains("unsafe path"));
         assert!(!dst.path().parent().unwrap().join("escaped").exists());
+    }
+
+    #[test]
+    fn a_file_that_grows_after_the_scan_is_copied_whole() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("grows"), vec![7u8; 10_000]).unwrap();
+        let entries = scan(src.path()).unwrap();
+        // Appended to between scan and copy, as ALTER SYSTEM or a growing relation does.
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(src.path().join("grows"))
+            .unwrap();
+        f.write_all(&[8u8; 5_000]).unwrap();
+        drop(f);
+        let mut tar = vec![];
+        let stats = write_part(&entries, &mut tar).unwrap();
+        assert_eq!(stats.bytes, 15_000);
+        let dst = tempfile::tempdir().unwrap();
+        extract_part(&mut &tar[..], &Into(dst.path().to_path_buf())).unwrap();
+        let got = fs::read(dst.path().join("grows")).unwrap();
+        assert_eq!(got.len(), 15_000);
+        assert!(got[..10_000].iter().all(|&b| b == 7) && got[10_000..].iter().all(|&b| b == 8));
+    }
+
+    #[test]
+    fn a_file_that_shrinks_after_the_scan_is_not_padded() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("postgresql.auto.conf"), "a = 1\nb = 2\n").unwrap();
+        let entries = scan(src.path()).unwrap();
+        fs::write(src.path().join("postgresql.auto.conf"), "a = 1\n").unwrap();
+        let mut tar = vec![];
+        write_part(&entries, &mut tar).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        extract_part(&mut &tar[..], &Into(dst.path().to_path_buf())).unwrap();
+        assert_eq!(
+            fs::read(dst.path().join("postgresql.auto.conf")).unwrap(),
+            b"a = 1\n"
+        );
     }
 }
