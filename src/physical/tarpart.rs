@@ -7,7 +7,8 @@
 //! meanwhile comes back whole, where WAL replay would not repair it. One that shrinks
 //! during its own copy is padded with zeros to the size in its tar header, and one that
 //! vanished is left out; both are normal during an online backup and WAL replay repairs
-//! relation files.
+//! relation files. `global/pg_control` is read whole and copied only once its CRC is
+//! valid: a read torn by a concurrent update would leave a backup that cannot start.
 //!
 //! Extracting: the repository is untrusted input. Names must be relative without `..`,
 //! nothing is written through a symbolic link (see [`super::beneath`]), and the only
@@ -139,7 +140,12 @@ pub fn write_part(entries: &[Entry], w: &mut dyn Write) -> io::Result<PartStats>
                     }
                 };
                 h.set_entry_type(tar::EntryType::Regular);
-                let size = {
+                let size = if e.name == PG_CONTROL {
+                    let data = read_pg_control(&f, &e.source)?;
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, &e.name, &data[..])?;
+                    data.len() as u64
+                } else {
                     // The size now: the header is written before the contents, so it
                     // must be the size that is about to be copied.
                     let size = f
@@ -169,6 +175,47 @@ pub fn write_part(entries: &[Entry], w: &mut dyn Write) -> io::Result<PartStats>
     }
     b.finish()?;
     Ok(stats)
+}
+
+/// The control file, copied only with a valid CRC.
+const PG_CONTROL: &str = "global/pg_control";
+/// Reads of pg_control before a backup gives up on a CRC that never validates.
+const PG_CONTROL_READS: u32 = 10;
+
+/// Read pg_control whole until its CRC is valid. PostgreSQL rewrites it in place (at
+/// every checkpoint, among others), so a read can see part of the old and part of the
+/// new contents; such a copy would not start. A read again after a short wait sees one
+/// or the other; a CRC that never validates is damage, and fails the backup.
+fn read_pg_control(f: &File, path: &Path) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut last = String::new();
+    for attempt in 0..PG_CONTROL_READS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20 << attempt.min(4)));
+        }
+        let len = f.metadata()?.len() as usize;
+        let mut data = vec![0u8; len];
+        let mut n = 0;
+        while n < len {
+            match f.read_at(&mut data[n..], n as u64)? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        data.truncate(n);
+        match crate::pg::wal::check_control_crc(&data) {
+            Ok(()) => return Ok(data),
+            Err(why) => last = why,
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{}: CRC check failed on {PG_CONTROL_READS} reads ({last}); a backup with this \
+             pg_control could not start",
+            path.display()
+        ),
+    ))
 }
 
 /// Where entries of a backup go when restored.
@@ -750,5 +797,46 @@ mod tests {
             fs::read(dst.path().join("postgresql.auto.conf")).unwrap(),
             b"a = 1\n"
         );
+    }
+
+    /// An 8192-byte pg_control of format 1300 (PostgreSQL 13 to 16) with a valid CRC.
+    fn pg_control_1300() -> Vec<u8> {
+        let mut b = vec![0u8; 8192];
+        b[..8].copy_from_slice(&7_300_000_000_000_000_001u64.to_le_bytes());
+        b[8..12].copy_from_slice(&1300u32.to_le_bytes());
+        for (i, x) in b[12..288].iter_mut().enumerate() {
+            *x = (i * 7 % 251) as u8;
+        }
+        let crc = crc32c(&b[..288]);
+        b[288..292].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn crc32c(data: &[u8]) -> u32 {
+        crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+    }
+
+    fn back_up_pg_control(contents: &[u8]) -> io::Result<Vec<u8>> {
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("global")).unwrap();
+        fs::write(src.path().join("global/pg_control"), contents).unwrap();
+        let mut tar = vec![];
+        write_part(&scan(src.path()).unwrap(), &mut tar)?;
+        let dst = tempfile::tempdir().unwrap();
+        extract_part(&mut &tar[..], &Into(dst.path().to_path_buf())).unwrap();
+        Ok(fs::read(dst.path().join("global/pg_control")).unwrap())
+    }
+
+    #[test]
+    fn pg_control_is_copied_only_with_a_valid_crc() {
+        let good = pg_control_1300();
+        assert_eq!(back_up_pg_control(&good).unwrap(), good);
+        let mut torn = good.clone();
+        torn[100] ^= 0x40;
+        let e = match back_up_pg_control(&torn) {
+            Ok(_) => panic!("a pg_control with a bad CRC was backed up"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("pg_control") && e.contains("CRC"), "{e}");
     }
 }
