@@ -57,6 +57,7 @@ both_backends!(
     a_restore_holds_a_lease_and_a_missing_planned_segment_stops_recovery,
     bad_restore_requests_are_refused,
     tablespaces_are_backed_up_and_relocated,
+    symlinked_config_is_restored_as_a_file_and_the_original_left_alone,
 );
 
 fn pitr_to_time_restore_point_and_lsn(backend: Backend) {
@@ -1096,5 +1097,48 @@ fn tablespaces_are_backed_up_and_relocated(backend: Backend) {
             "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"
         ),
         new_loc.display().to_string()
+    );
+}
+
+/// PGDATA's postgresql.conf is a link to a file outside it (as with a configuration kept
+/// under /etc): the backup holds the file's contents, and the restore writes a regular
+/// file — never through a link into the production server's configuration, which the
+/// restore edits (`data_directory` is commented out).
+fn symlinked_config_is_restored_as_a_file_and_the_original_left_alone(backend: Backend) {
+    let s = Setup::new(backend);
+    let etc = s.cluster.dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    common::chown_to_pg(&etc);
+    let outside = etc.join("postgresql.conf");
+    let conf = s.cluster.pgdata.join("postgresql.conf");
+    std::fs::rename(&conf, &outside).unwrap();
+    // A setting the restore comments out in its copy (it names the original's directory).
+    let mut text = std::fs::read_to_string(&outside).unwrap();
+    text.push_str(&format!(
+        "data_directory = '{}'\n",
+        s.cluster.pgdata.display()
+    ));
+    std::fs::write(&outside, &text).unwrap();
+    std::os::unix::fs::symlink(&outside, &conf).unwrap();
+    let before = std::fs::read(&outside).unwrap();
+
+    s.backup();
+    switch_wal_and_wait(&s.cluster);
+    let r = s.restore_start(&["--target", "immediate"]);
+    assert_eq!(r.psql("postgres", "SELECT 1"), "1");
+
+    assert!(
+        std::fs::read(&outside).unwrap() == before,
+        "the original configuration outside PGDATA was changed:\n{}",
+        std::fs::read_to_string(&outside).unwrap()
+    );
+    let restored = r.pgdata.join("postgresql.conf");
+    let md = std::fs::symlink_metadata(&restored).unwrap();
+    assert!(md.file_type().is_file(), "restored as {:?}", md.file_type());
+    let got = std::fs::read_to_string(&restored).unwrap();
+    assert!(got.starts_with(&text[..text.len() / 2]), "{got}");
+    assert!(
+        got.contains("# data_directory") && got.contains("disabled by backupctl restore"),
+        "{got}"
     );
 }

@@ -245,6 +245,41 @@ pub fn control_system_identifier(pgdata: &std::path::Path) -> std::io::Result<u6
     Ok(u64::from_le_bytes(buf))
 }
 
+/// Where the CRC of `ControlFileData` lies, by `pg_control_version` (the `u32` at byte
+/// 8): `offsetof(ControlFileData, crc)`, the CRC covering every byte before it.
+/// 1300 is PostgreSQL 13 to 16 (checked against a PostgreSQL 15 cluster's file).
+const CONTROL_CRC_OFFSETS: &[(u32, usize)] = &[(1300, 288)];
+
+/// `PG_CONTROL_MAX_SAFE_SIZE`: PostgreSQL keeps `ControlFileData` within this many bytes
+/// (written in one sector), so its CRC lies within them whatever the version.
+const CONTROL_MAX_SAFE_SIZE: usize = 512;
+
+/// Whether a `global/pg_control` read whole is intact: its CRC-32C (over the bytes of
+/// `ControlFileData` before the CRC field) matches. For a `pg_control_version` not in
+/// [`CONTROL_CRC_OFFSETS`] any 4-byte-aligned position within the first 512 bytes is
+/// accepted where the CRC of the bytes before it is stored (a torn read matches at none).
+/// The error says what was wrong.
+pub fn check_control_crc(data: &[u8]) -> Result<(), String> {
+    if data.len() < 16 {
+        return Err(format!("{} bytes, too short", data.len()));
+    }
+    let crc_at = |at: usize| {
+        at + 4 <= data.len()
+            && crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &data[..at]) as u32
+                == u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"))
+    };
+    let version = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
+    let ok = match CONTROL_CRC_OFFSETS.iter().find(|(v, _)| *v == version) {
+        Some(&(_, at)) => crc_at(at),
+        None => (16..=CONTROL_MAX_SAFE_SIZE - 4).step_by(4).any(crc_at),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("pg_control_version {version}: CRC mismatch"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,5 +367,47 @@ mod tests {
         assert_eq!(h.tli, 1);
         assert_eq!(h.segment_size, 16 << 20);
         assert!(segment_header(&vec![0u8; 8192]).is_none());
+    }
+
+    /// ControlFileData as PostgreSQL 13–16 lays it out, with `crc` at 288.
+    fn control(version: u32, crc_at: usize) -> Vec<u8> {
+        let mut b = vec![0u8; 8192];
+        b[..8].copy_from_slice(&7_300_000_000_000_000_001u64.to_le_bytes());
+        b[8..12].copy_from_slice(&version.to_le_bytes());
+        for (i, x) in b[12..crc_at].iter_mut().enumerate() {
+            *x = (i * 7 % 251) as u8;
+        }
+        let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &b[..crc_at]) as u32;
+        b[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn pg_control_crc() {
+        // CRC-32C check value (RFC 3720 B.4: 32 bytes of zeros).
+        assert_eq!(
+            crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &[0u8; 32]),
+            0x8A91_36AA
+        );
+        assert_eq!(
+            crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, b"123456789"),
+            0xE306_9283
+        );
+        let good = control(1300, 288);
+        assert_eq!(check_control_crc(&good), Ok(()));
+        for at in [0, 9, 100, 287, 289] {
+            let mut torn = good.clone();
+            torn[at] ^= 0x01;
+            assert!(check_control_crc(&torn).is_err(), "byte {at}");
+        }
+        // A format not in the table: the CRC is found where it is.
+        let other = control(1800, 304);
+        assert_eq!(check_control_crc(&other), Ok(()));
+        let mut torn = other.clone();
+        torn[200] ^= 0x80;
+        assert!(check_control_crc(&torn).is_err());
+        // Version 1300 with the CRC anywhere else is not accepted.
+        assert!(check_control_crc(&control(1300, 304)).is_err());
+        assert!(check_control_crc(&good[..10]).is_err());
     }
 }

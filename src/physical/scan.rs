@@ -8,6 +8,13 @@
 //! pgsql_tmp* anywhere; relcache init files; temporary relations; every fork of an
 //! unlogged relation except its `_init` fork. Tablespaces (symlinks in pg_tblspc) are
 //! followed and stored under `pg_tblspc/<oid>/`; restore recreates their links.
+//!
+//! Any other symbolic link is stored as what it points to at backup time, as pgBackRest
+//! does by default: a `postgresql.conf` linked from /etc is backed up (and restored) as a
+//! regular file, a linked directory as a directory with its contents; a symlinked pg_wal
+//! as an empty pg_wal. So a backup holds no link but tablespace links, and a restore makes
+//! no other (it refuses any other link it finds in a backup). A dangling link is left
+//! out, and a link to a directory that contains it is refused (it has no end).
 
 use std::collections::{BinaryHeap, HashSet};
 use std::fs;
@@ -29,7 +36,8 @@ pub struct Entry {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
-    /// A regular file, copied up to the size seen here.
+    /// A regular file. The size seen here only balances the parts: the file is copied at
+    /// its size when its copy starts.
     File {
         size: u64,
     },
@@ -93,9 +101,20 @@ fn is_database_dir(rel: &str) -> bool {
 /// Walk `pgdata` and return everything the backup must hold, directories before their
 /// contents. Files that vanish during the walk are skipped.
 pub fn scan(pgdata: &Path) -> io::Result<Vec<Entry>> {
-    let mut out = vec![];
-    walk(pgdata, "", &mut out, true)?;
-    Ok(out)
+    let mut walk = Walk::default();
+    if let Ok(md) = fs::metadata(pgdata) {
+        walk.inside.push((md.dev(), md.ino()));
+    }
+    walk.dir(pgdata, "", true)?;
+    Ok(walk.out)
+}
+
+/// The walk's state: what it found, and the directories it is inside of (device, inode),
+/// to refuse a link back into one of them.
+#[derive(Default)]
+struct Walk {
+    out: Vec<Entry>,
+    inside: Vec<(u64, u64)>,
 }
 
 fn meta_entry(name: String, source: PathBuf, md: &fs::Metadata, kind: EntryKind) -> Entry {
@@ -108,134 +127,162 @@ fn meta_entry(name: String, source: PathBuf, md: &fs::Metadata, kind: EntryKind)
     }
 }
 
-fn walk(dir: &Path, rel: &str, out: &mut Vec<Entry>, top: bool) -> io::Result<()> {
-    let mut names: Vec<String> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !top => return Ok(()),
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("read directory {}: {e}", dir.display()),
-            ))
-        }
-    };
-    names.sort();
-    let unlogged: HashSet<String> = if is_database_dir(rel) {
-        names
-            .iter()
-            .filter_map(|n| n.strip_suffix("_init"))
-            .filter(|n| relfilenode_of(n) == Some(*n))
-            .map(str::to_string)
-            .collect()
-    } else {
-        HashSet::new()
-    };
-    for name in names {
-        let child_rel = if rel.is_empty() {
-            name.clone()
-        } else {
-            format!("{rel}/{name}")
-        };
-        let path = dir.join(&name);
-        if name.starts_with("pgsql_tmp") || name.starts_with("pg_internal.init") {
-            continue;
-        }
-        if top && EXCLUDE_TOP_FILES.contains(&name.as_str()) {
-            continue;
-        }
-        if is_database_dir(rel) {
-            if is_temp_relation(&name) {
-                continue;
-            }
-            if let Some(node) = relfilenode_of(&name) {
-                if unlogged.contains(node) && !name.ends_with("_init") {
-                    continue;
-                }
-            }
-        }
-        let md = match fs::symlink_metadata(&path) {
-            Ok(md) => md,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+impl Walk {
+    fn dir(&mut self, dir: &Path, rel: &str, top: bool) -> io::Result<()> {
+        let mut names: Vec<String> = match fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !top => return Ok(()),
             Err(e) => {
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("stat {}: {e}", path.display()),
+                    format!("read directory {}: {e}", dir.display()),
                 ))
             }
         };
-        let ft = md.file_type();
-        let in_tblspc = rel == "pg_tblspc";
-        if ft.is_symlink() {
-            // Tablespace links and a symlinked pg_wal are followed: the backup holds
-            // the directory (or, for pg_wal, an empty one).
-            let follow = in_tblspc || (top && name == "pg_wal");
-            if follow {
+        names.sort();
+        let unlogged: HashSet<String> = if is_database_dir(rel) {
+            names
+                .iter()
+                .filter_map(|n| n.strip_suffix("_init"))
+                .filter(|n| relfilenode_of(n) == Some(*n))
+                .map(str::to_string)
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        for name in names {
+            let child_rel = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let path = dir.join(&name);
+            if name.starts_with("pgsql_tmp") || name.starts_with("pg_internal.init") {
+                continue;
+            }
+            if top && EXCLUDE_TOP_FILES.contains(&name.as_str()) {
+                continue;
+            }
+            if is_database_dir(rel) {
+                if is_temp_relation(&name) {
+                    continue;
+                }
+                if let Some(node) = relfilenode_of(&name) {
+                    if unlogged.contains(node) && !name.ends_with("_init") {
+                        continue;
+                    }
+                }
+            }
+            let md = match fs::symlink_metadata(&path) {
+                Ok(md) => md,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("stat {}: {e}", path.display()),
+                    ))
+                }
+            };
+            let ft = md.file_type();
+            let in_tblspc = rel == "pg_tblspc";
+            if ft.is_symlink() {
+                // What the link points to now: a tablespace, a symlinked pg_wal, or anything
+                // else, which the backup holds as the file or directory it is.
                 let target_md = match fs::metadata(&path) {
                     Ok(m) => m,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        if !in_tblspc {
+                            tracing::warn!(link = %path.display(), "dangling symbolic link in the data directory left out of the backup");
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("stat {} (a symbolic link): {e}", path.display()),
+                        ))
+                    }
                 };
-                out.push(meta_entry(
+                let as_dir = in_tblspc || (top && name == "pg_wal") || target_md.is_dir();
+                if as_dir {
+                    if self.inside.contains(&(target_md.dev(), target_md.ino())) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "{} is a symbolic link to a directory that contains it ({}); \
+                             it cannot be backed up",
+                                path.display(),
+                                fs::read_link(&path).unwrap_or_default().display()
+                            ),
+                        ));
+                    }
+                    self.out.push(meta_entry(
+                        child_rel.clone(),
+                        path.clone(),
+                        &target_md,
+                        EntryKind::Dir,
+                    ));
+                    self.descend(&path, &child_rel, &name, top)?;
+                } else if target_md.is_file() {
+                    self.out.push(meta_entry(
+                        child_rel,
+                        path,
+                        &target_md,
+                        EntryKind::File {
+                            size: target_md.len(),
+                        },
+                    ));
+                }
+            } else if ft.is_dir() {
+                self.out.push(meta_entry(
                     child_rel.clone(),
                     path.clone(),
-                    &target_md,
+                    &md,
                     EntryKind::Dir,
                 ));
-                descend(&path, &child_rel, &name, top, out)?;
-            } else {
-                let target = fs::read_link(&path)?;
-                out.push(meta_entry(
+                self.descend(&path, &child_rel, &name, top)?;
+            } else if ft.is_file() {
+                self.out.push(meta_entry(
                     child_rel,
                     path,
                     &md,
-                    EntryKind::Symlink { target },
+                    EntryKind::File { size: md.len() },
                 ));
             }
-        } else if ft.is_dir() {
-            out.push(meta_entry(
-                child_rel.clone(),
-                path.clone(),
-                &md,
-                EntryKind::Dir,
-            ));
-            descend(&path, &child_rel, &name, top, out)?;
-        } else if ft.is_file() {
-            out.push(meta_entry(
-                child_rel,
-                path,
-                &md,
-                EntryKind::File { size: md.len() },
-            ));
+            // Sockets, FIFOs and devices are never part of a data directory's state.
         }
-        // Sockets, FIFOs and devices are never part of a data directory's state.
+        Ok(())
     }
-    Ok(())
-}
 
-fn descend(
-    path: &Path,
-    rel: &str,
-    name: &str,
-    parent_is_top: bool,
-    out: &mut Vec<Entry>,
-) -> io::Result<()> {
-    if parent_is_top && EXCLUDE_DIR_CONTENTS.contains(&name) {
-        if name == "pg_wal" {
-            // Recovery needs pg_wal/archive_status to exist.
-            let md = fs::metadata(path)?;
-            out.push(meta_entry(
-                format!("{rel}/archive_status"),
-                path.join("archive_status"),
-                &md,
-                EntryKind::Dir,
-            ));
+    fn descend(
+        &mut self,
+        path: &Path,
+        rel: &str,
+        name: &str,
+        parent_is_top: bool,
+    ) -> io::Result<()> {
+        if parent_is_top && EXCLUDE_DIR_CONTENTS.contains(&name) {
+            if name == "pg_wal" {
+                // Recovery needs pg_wal/archive_status to exist.
+                let md = fs::metadata(path)?;
+                self.out.push(meta_entry(
+                    format!("{rel}/archive_status"),
+                    path.join("archive_status"),
+                    &md,
+                    EntryKind::Dir,
+                ));
+            }
+            return Ok(());
         }
-        return Ok(());
+        let md = fs::metadata(path)?;
+        self.inside.push((md.dev(), md.ino()));
+        let walked = self.dir(path, rel, false);
+        self.inside.pop();
+        walked
     }
-    walk(path, rel, out, false)
 }
 
 /// Split `entries` into `n` parts of balanced size (largest file first into the
@@ -425,5 +472,40 @@ mod tests {
             "3 by size, rounded up to 2 × 2"
         );
         assert_eq!(part_count(0, 0, 1 << 30), 1);
+    }
+
+    #[test]
+    fn links_other_than_tablespaces_and_pg_wal_are_stored_as_what_they_point_to() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = d.path();
+        touch(&root.join("PG_VERSION"), 3);
+        fs::write(outside.path().join("postgresql.conf"), "port = 5433\n").unwrap();
+        touch(&outside.path().join("conf.d/extra.conf"), 7);
+        std::os::unix::fs::symlink(
+            outside.path().join("postgresql.conf"),
+            root.join("postgresql.conf"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("conf.d"), root.join("conf.d")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/dangling", root.join("dangling")).unwrap();
+        let entries = scan(root).unwrap();
+        let kind = |n: &str| entries.iter().find(|e| e.name == n).map(|e| e.kind.clone());
+        assert_eq!(kind("postgresql.conf"), Some(EntryKind::File { size: 12 }));
+        assert_eq!(kind("conf.d"), Some(EntryKind::Dir));
+        assert_eq!(kind("conf.d/extra.conf"), Some(EntryKind::File { size: 7 }));
+        // Nothing to copy: left out.
+        assert_eq!(kind("dangling"), None);
+        assert!(
+            entries
+                .iter()
+                .all(|e| !matches!(e.kind, EntryKind::Symlink { .. })),
+            "{entries:?}"
+        );
+
+        // A link back into PGDATA would be walked forever: refused.
+        std::os::unix::fs::symlink(root, root.join("loop")).unwrap();
+        let e = scan(root).unwrap_err().to_string();
+        assert!(e.contains("loop"), "{e}");
     }
 }

@@ -1,15 +1,26 @@
 //! One tar part of a physical backup: writing it from a list of entries while PostgreSQL
 //! keeps changing the files, and extracting it into a restore directory.
 //!
-//! Files are copied up to the size seen when PGDATA was scanned: a file that grew is cut
-//! there, one that shrank is padded with zeros, one that vanished is left out. All three
-//! are normal during an online backup; WAL replay from the backup's start repairs them.
+//! Writing: each file is copied at the size it has when it is opened for the copy
+//! (`fstat` on the open file, as pg_basebackup does), not the size seen when PGDATA was
+//! scanned, which may be long before: a configuration file that `ALTER SYSTEM` rewrote
+//! meanwhile comes back whole, where WAL replay would not repair it. One that shrinks
+//! during its own copy is padded with zeros to the size in its tar header, and one that
+//! vanished is left out; both are normal during an online backup and WAL replay repairs
+//! relation files. `global/pg_control` is read whole and copied only once its CRC is
+//! valid: a read torn by a concurrent update would leave a backup that cannot start.
+//!
+//! Extracting: the repository is untrusted input. Names must be relative without `..`,
+//! nothing is written through a symbolic link (see [`super::beneath`]), and the only
+//! links made are tablespace links (`pg_tblspc/<oid>`); any other link in a part is
+//! refused. Backups do not store other links: `scan` stores what they point to.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use super::beneath;
 use super::scan::{Entry, EntryKind};
 
 /// What went into a part.
@@ -58,7 +69,7 @@ struct ReadAhead {
     file: File,
     pos: u64,
     advised: u64,
-    /// The size the file had when PGDATA was scanned: nothing beyond it is read.
+    /// The size the file had when it was opened: nothing beyond it is read.
     size: u64,
 }
 
@@ -114,7 +125,7 @@ pub fn write_part(entries: &[Entry], w: &mut dyn Write) -> io::Result<PartStats>
                 h.set_size(0);
                 b.append_link(&mut h, &e.name, target)?;
             }
-            EntryKind::File { size } => {
+            EntryKind::File { .. } => {
                 let f = match File::open(&e.source) {
                     Ok(f) => f,
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -129,15 +140,34 @@ pub fn write_part(entries: &[Entry], w: &mut dyn Write) -> io::Result<PartStats>
                     }
                 };
                 h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(*size);
-                let reader = ExactReader {
-                    inner: BufReader::with_capacity(256 << 10, ReadAhead::new(f, *size)),
-                    remaining: *size,
-                    padded: false,
+                let size = if e.name == PG_CONTROL {
+                    let data = read_pg_control(&f, &e.source)?;
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, &e.name, &data[..])?;
+                    data.len() as u64
+                } else {
+                    // The size now: the header is written before the contents, so it
+                    // must be the size that is about to be copied.
+                    let size = f
+                        .metadata()
+                        .map_err(|err| {
+                            io::Error::new(
+                                err.kind(),
+                                format!("stat {}: {err}", e.source.display()),
+                            )
+                        })?
+                        .len();
+                    h.set_size(size);
+                    let reader = ExactReader {
+                        inner: BufReader::with_capacity(256 << 10, ReadAhead::new(f, size)),
+                        remaining: size,
+                        padded: false,
+                    };
+                    b.append_data(&mut h, &e.name, reader).map_err(|err| {
+                        io::Error::new(err.kind(), format!("copy {}: {err}", e.source.display()))
+                    })?;
+                    size
                 };
-                b.append_data(&mut h, &e.name, reader).map_err(|err| {
-                    io::Error::new(err.kind(), format!("copy {}: {err}", e.source.display()))
-                })?;
                 stats.files += 1;
                 stats.bytes += size;
             }
@@ -147,11 +177,63 @@ pub fn write_part(entries: &[Entry], w: &mut dyn Write) -> io::Result<PartStats>
     Ok(stats)
 }
 
+/// The control file, copied only with a valid CRC.
+const PG_CONTROL: &str = "global/pg_control";
+/// Reads of pg_control before a backup gives up on a CRC that never validates.
+const PG_CONTROL_READS: u32 = 10;
+
+/// Read pg_control whole until its CRC is valid. PostgreSQL rewrites it in place (at
+/// every checkpoint, among others), so a read can see part of the old and part of the
+/// new contents; such a copy would not start. A read again after a short wait sees one
+/// or the other; a CRC that never validates is damage, and fails the backup.
+fn read_pg_control(f: &File, path: &Path) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut last = String::new();
+    for attempt in 0..PG_CONTROL_READS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20 << attempt.min(4)));
+        }
+        let len = f.metadata()?.len() as usize;
+        let mut data = vec![0u8; len];
+        let mut n = 0;
+        while n < len {
+            match f.read_at(&mut data[n..], n as u64)? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        data.truncate(n);
+        match crate::pg::wal::check_control_crc(&data) {
+            Ok(()) => return Ok(data),
+            Err(why) => last = why,
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{}: CRC check failed on {PG_CONTROL_READS} reads ({last}); a backup with this \
+             pg_control could not start",
+            path.display()
+        ),
+    ))
+}
+
 /// Where entries of a backup go when restored.
 pub trait Destination: Sync {
-    /// Absolute path for the entry `name` (relative, `/`-separated, already checked safe).
-    fn path_for(&self, name: &str) -> PathBuf;
-    /// Entries the restore handles itself (e.g. tablespace links) and must skip.
+    /// The restore directory: where entries go unless [`Destination::place`] says
+    /// otherwise, and where tablespace links are made.
+    fn root(&self) -> &Path;
+    /// The directory entry `name` (relative, `/`-separated, already checked safe) is
+    /// written beneath, and its path below that directory (empty: the directory itself).
+    /// The directory is the operator's; everything below it comes from the backup.
+    fn place<'a>(&'a self, name: &'a str) -> (&'a Path, &'a str) {
+        (self.root(), name)
+    }
+    /// Where the link of tablespace `oid` must point, when the restore relocates it.
+    fn tablespace(&self, _oid: u32) -> Option<&Path> {
+        None
+    }
+    /// Entries the restore handles itself and must skip.
     fn skip(&self, _name: &str) -> bool {
         false
     }
@@ -260,7 +342,8 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Write one file's contents from `r`, then its mode and modification time.
+/// Write one file's contents from `r` into `f` (just created at `target`), then its mode
+/// and modification time.
 ///
 /// `syncer` (a durable restore): the file is fsynced before the part's extraction
 /// returns, as pg_basebackup and pgBackRest do, so that a restore that reported success
@@ -271,19 +354,13 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 /// relation file at its end stalled extraction for up to 1.3 s.
 fn write_file(
     r: &mut dyn Read,
+    mut f: File,
     target: &Path,
     mode: u32,
     mtime: Option<u64>,
     syncer: Option<&std::sync::mpsc::SyncSender<SyncJob>>,
     buf: &mut [u8],
 ) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(target)?;
     let sync = |file: File, range: Option<(u64, u64)>| {
         let job = SyncJob {
             file,
@@ -340,6 +417,45 @@ pub fn extract_part(r: &mut dyn Read, dest: &dyn Destination) -> io::Result<u64>
     })
 }
 
+/// Directories opened beneath the restore roots during one part's extraction.
+#[derive(Default)]
+struct Dirs {
+    roots: std::collections::HashMap<PathBuf, std::os::fd::OwnedFd>,
+    /// The last directory opened below a root: a part's entries are in path order, so
+    /// most files go where the previous one went.
+    last: Option<(PathBuf, String, std::os::fd::OwnedFd)>,
+}
+
+impl Dirs {
+    /// Directory `rel` beneath `root`, made if missing; never through a link.
+    fn open(&mut self, root: &Path, rel: &str) -> io::Result<&std::os::fd::OwnedFd> {
+        let cached = matches!(&self.last, Some((r, d, _)) if r == root && d == rel);
+        if !cached {
+            if !self.roots.contains_key(root) {
+                // The restore directory or a tablespace destination: the operator's,
+                // empty or absent before the restore.
+                fs::create_dir_all(root).map_err(|e| {
+                    io::Error::new(e.kind(), format!("create {}: {e}", root.display()))
+                })?;
+                let fd = beneath::open_root(root)?;
+                self.roots.insert(root.to_path_buf(), fd);
+            }
+            let fd = beneath::open_dir(&self.roots[root], root, rel, true)?;
+            self.last = Some((root.to_path_buf(), rel.to_string(), fd));
+        }
+        Ok(&self.last.as_ref().expect("just set").2)
+    }
+}
+
+/// `pg_tblspc/<oid>`: the one kind of link a backup may hold.
+fn tablespace_link(name: &str) -> Option<u32> {
+    let oid = name.strip_prefix("pg_tblspc/")?;
+    oid.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| oid.parse().ok())
+        .flatten()
+}
+
 fn extract_entries(
     r: &mut dyn Read,
     dest: &dyn Destination,
@@ -348,41 +464,73 @@ fn extract_entries(
     let mut ar = tar::Archive::new(r);
     let mut files = 0;
     let mut buf = vec![0u8; COPY_BUFFER];
+    let mut dirs = Dirs::default();
     for entry in ar.entries()? {
         let mut entry = entry?;
         let name = safe_name(&entry.path()?)?;
         if dest.skip(&name) {
             continue;
         }
-        let target = dest.path_for(&name);
+        let (root, rel) = dest.place(&name);
+        let target = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
         let mode = entry.header().mode().unwrap_or(0o600);
         match entry.header().entry_type() {
             tar::EntryType::Directory => {
-                fs::create_dir_all(&target)?;
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+                let dir = dirs.open(root, rel)?;
+                rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(mode & 0o7777)).map_err(
+                    |e| io::Error::new(e.kind(), format!("chmod {}: {e}", target.display())),
+                )?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if let Some(parent) = target.parent() {
-                    fs::create_dir_all(parent)?;
+                let (parent, file) = rel.rsplit_once('/').unwrap_or(("", rel));
+                if file.is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("backup entry {name} is a file where a directory must be"),
+                    ));
                 }
+                let f = beneath::create_file(dirs.open(root, parent)?, file, &target)?;
                 let mtime = entry.header().mtime().ok();
-                write_file(&mut entry, &target, mode, mtime, syncer, &mut buf).map_err(|e| {
+                write_file(&mut entry, f, &target, mode, mtime, syncer, &mut buf).map_err(|e| {
                     io::Error::new(e.kind(), format!("write {}: {e}", target.display()))
                 })?;
                 files += 1;
             }
             tar::EntryType::Symlink => {
-                if let Some(parent) = target.parent() {
-                    fs::create_dir_all(parent)?;
-                }
                 let link = entry.link_name()?.ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("symlink {name} has no target"),
                     )
                 })?;
-                std::os::unix::fs::symlink(&*link, &target)?;
+                // Only a tablespace link is restored as a link (relocated if the
+                // restore moves the tablespace): any other could point anywhere, and
+                // what follows in the backup, or the restore's own edits, would write
+                // through it.
+                let Some(oid) = tablespace_link(&name) else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "backup entry {name} is a symbolic link (to {}): refused; only \
+                             tablespace links in pg_tblspc/ are restored as links",
+                            link.display()
+                        ),
+                    ));
+                };
+                let to = dest.tablespace(oid).unwrap_or(&link).to_path_buf();
+                let at = dest.root().join(&name);
+                beneath::symlink(
+                    &to,
+                    dirs.open(dest.root(), "pg_tblspc")?,
+                    &oid.to_string(),
+                    &at,
+                )?;
             }
+            // Hard links, devices, FIFOs: never part of a backup; nothing is made.
             _ => {}
         }
     }
@@ -396,8 +544,8 @@ mod tests {
 
     struct Into(PathBuf);
     impl Destination for Into {
-        fn path_for(&self, name: &str) -> PathBuf {
-            self.0.join(name)
+        fn root(&self) -> &Path {
+            &self.0
         }
     }
 
@@ -414,7 +562,11 @@ mod tests {
         let long_name = format!("base/1/{}", "n".repeat(150));
         let odd: Vec<u8> = (0..COPY_BUFFER + 700).map(|i| (i % 253) as u8).collect();
         fs::write(src.path().join(&long_name), &odd).unwrap();
-        std::os::unix::fs::symlink("/elsewhere", src.path().join("link")).unwrap();
+        // Links: one to a file outside, stored as that file; a dangling one, left out.
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("conf"), "linked\n").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("conf"), src.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("/elsewhere", src.path().join("dangling")).unwrap();
         let entries = scan(src.path()).unwrap();
         // Change the files between scan and copy, as a running server would.
         fs::write(src.path().join("base/1/grows"), vec![7u8; 20_000]).unwrap();
@@ -424,34 +576,54 @@ mod tests {
         let mut tar = vec![];
         let stats = write_part(&entries, &mut tar).unwrap();
         assert_eq!(stats.vanished, 1);
-        assert_eq!(stats.files, 4);
+        assert_eq!(stats.files, 5);
 
         let dst = tempfile::tempdir().unwrap();
         let files = extract_part(&mut &tar[..], &Into(dst.path().to_path_buf())).unwrap();
-        assert_eq!(files, 4);
-        assert_eq!(fs::read(dst.path().join(&long_name)).unwrap(), odd);
-        assert_eq!(
-            fs::read(dst.path().join("base/1/grows")).unwrap(),
-            vec![7u8; 10_000]
-        );
-        let shrunk = fs::read(dst.path().join("base/1/shrinks")).unwrap();
-        assert_eq!(shrunk.len(), 10_000);
-        assert!(shrunk[..4_000].iter().all(|&b| b == 9) && shrunk[4_000..].iter().all(|&b| b == 0));
+        assert_eq!(files, 5);
+        assert!(fs::read(dst.path().join(&long_name)).unwrap() == odd);
+        // Copied at their size when copied.
+        assert!(fs::read(dst.path().join("base/1/grows")).unwrap() == vec![7u8; 20_000]);
+        assert!(fs::read(dst.path().join("base/1/shrinks")).unwrap() == vec![9u8; 4_000]);
         assert!(!dst.path().join("base/1/vanishes").exists());
+        assert!(fs::symlink_metadata(dst.path().join("link"))
+            .unwrap()
+            .file_type()
+            .is_file());
         assert_eq!(
-            fs::read_link(dst.path().join("link")).unwrap(),
-            PathBuf::from("/elsewhere")
+            fs::read_to_string(dst.path().join("link")).unwrap(),
+            "linked\n"
         );
+        assert!(fs::symlink_metadata(dst.path().join("dangling")).is_err());
         assert_eq!(
             fs::read_to_string(dst.path().join("PG_VERSION")).unwrap(),
             "15\n"
         );
     }
 
+    #[test]
+    fn tablespace_links_are_the_only_links_restored() {
+        let ts = tempfile::tempdir().unwrap();
+        let target = ts.path().display().to_string();
+        let tar = crafted(&[("pg_tblspc/16500", Err(&target))]);
+        let (r, dst, _) = extract_crafted(&tar);
+        r.unwrap();
+        assert_eq!(
+            fs::read_link(dst.path().join("pg_tblspc/16500")).unwrap(),
+            ts.path()
+        );
+        // Anything else, even under pg_tblspc, is refused naming the entry.
+        for name in ["pg_tblspc/16500/x", "pg_tblspc/abc", "log"] {
+            let (r, _dst, _) = extract_crafted(&crafted(&[(name, Err("/tmp"))]));
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("refused"), "{e}");
+        }
+    }
+
     struct Durably(PathBuf);
     impl Destination for Durably {
-        fn path_for(&self, name: &str) -> PathBuf {
-            self.0.join(name)
+        fn root(&self) -> &Path {
+            &self.0
         }
         fn durable(&self) -> bool {
             true
@@ -498,5 +670,173 @@ mod tests {
         assert!(safe_name(Path::new("../etc/passwd")).is_err());
         assert!(safe_name(Path::new("/etc/passwd")).is_err());
         assert_eq!(safe_name(Path::new("./base/1")).unwrap(), "base/1");
+    }
+
+    /// A tar stream built by hand, as a hostile repository could hold it: `(name, kind)`
+    /// where kind is `Ok(contents)` for a file or `Err(target)` for a symbolic link. Names
+    /// are written into the header raw, so `..` and absolute paths get through.
+    fn crafted(entries: &[(&str, Result<&[u8], &str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(vec![]);
+        for (name, kind) in entries {
+            let mut h = tar::Header::new_old();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_mode(0o600);
+            match kind {
+                Ok(data) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                    h.set_cksum();
+                    b.append(&h, *data).unwrap();
+                }
+                Err(target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+                    h.set_size(0);
+                    h.set_cksum();
+                    b.append(&h, io::empty()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Extract `tar` into a fresh directory beside an `outside` one; returns the result,
+    /// the target directory and the outside one.
+    fn extract_crafted(tar: &[u8]) -> (io::Result<u64>, tempfile::TempDir, tempfile::TempDir) {
+        let dst = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let r = extract_part(&mut &tar[..], &Into(dst.path().to_path_buf()));
+        (r, dst, outside)
+    }
+
+    #[test]
+    fn a_symlink_then_a_file_through_it_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().display().to_string();
+        let tar = crafted(&[("a", Err(&target)), ("a/x", Ok(b"evil"))]);
+        let (r, dst, _) = extract_crafted(&tar);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("symbolic link") && e.contains("a"), "{e}");
+        assert!(
+            !outside.path().join("x").exists(),
+            "wrote outside the target"
+        );
+        assert!(fs::symlink_metadata(dst.path().join("a")).is_err());
+
+        // The same through a relative link that climbs out.
+        let tar = crafted(&[
+            ("b", Err("../../../../../../../../tmp")),
+            ("b/y", Ok(b"evil")),
+        ]);
+        let (r, _dst, _) = extract_crafted(&tar);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn a_file_over_a_symlink_does_not_write_through_it() {
+        let outside = tempfile::tempdir().unwrap();
+        let conf = outside.path().join("postgresql.conf");
+        fs::write(&conf, "production\n").unwrap();
+        let target = conf.display().to_string();
+        let tar = crafted(&[
+            ("postgresql.conf", Err(&target)),
+            ("postgresql.conf", Ok(b"evil\n")),
+        ]);
+        let (r, _dst, _) = extract_crafted(&tar);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("postgresql.conf"), "{e}");
+        assert_eq!(fs::read_to_string(&conf).unwrap(), "production\n");
+    }
+
+    #[test]
+    fn absolute_and_parent_names_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let abs = outside.path().join("abs");
+        let abs_name = abs.display().to_string();
+        let (r, _dst, _) = extract_crafted(&crafted(&[(&abs_name, Ok(b"evil"))]));
+        assert!(r.unwrap_err().to_string().contains("unsafe path"));
+        assert!(!abs.exists());
+        let (r, dst, _) = extract_crafted(&crafted(&[("base/../../escaped", Ok(b"evil"))]));
+        assert!(r.unwrap_err().to_string().contains("unsafe path"));
+        assert!(!dst.path().parent().unwrap().join("escaped").exists());
+    }
+
+    #[test]
+    fn a_file_that_grows_after_the_scan_is_copied_whole() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("grows"), vec![7u8; 10_000]).unwrap();
+        let entries = scan(src.path()).unwrap();
+        // Appended to between scan and copy, as ALTER SYSTEM or a growing relation does.
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(src.path().join("grows"))
+            .unwrap();
+        f.write_all(&[8u8; 5_000]).unwrap();
+        drop(f);
+        let mut tar = vec![];
+        let stats = write_part(&entries, &mut tar).unwrap();
+        assert_eq!(stats.bytes, 15_000);
+        let dst = tempfile::tempdir().unwrap();
+        extract_part(&mut &tar[..], &Into(dst.path().to_path_buf())).unwrap();
+        let got = fs::read(dst.path().join("grows")).unwrap();
+        assert_eq!(got.len(), 15_000);
+        assert!(got[..10_000].iter().all(|&b| b == 7) && got[10_000..].iter().all(|&b| b == 8));
+    }
+
+    #[test]
+    fn a_file_that_shrinks_after_the_scan_is_not_padded() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("postgresql.auto.conf"), "a = 1\nb = 2\n").unwrap();
+        let entries = scan(src.path()).unwrap();
+        fs::write(src.path().join("postgresql.auto.conf"), "a = 1\n").unwrap();
+        let mut tar = vec![];
+        write_part(&entries, &mut tar).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        extract_part(&mut &tar[..], &Into(dst.path().to_path_buf())).unwrap();
+        assert_eq!(
+            fs::read(dst.path().join("postgresql.auto.conf")).unwrap(),
+            b"a = 1\n"
+        );
+    }
+
+    /// An 8192-byte pg_control of format 1300 (PostgreSQL 13 to 16) with a valid CRC.
+    fn pg_control_1300() -> Vec<u8> {
+        let mut b = vec![0u8; 8192];
+        b[..8].copy_from_slice(&7_300_000_000_000_000_001u64.to_le_bytes());
+        b[8..12].copy_from_slice(&1300u32.to_le_bytes());
+        for (i, x) in b[12..288].iter_mut().enumerate() {
+            *x = (i * 7 % 251) as u8;
+        }
+        let crc = crc32c(&b[..288]);
+        b[288..292].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn crc32c(data: &[u8]) -> u32 {
+        crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+    }
+
+    fn back_up_pg_control(contents: &[u8]) -> io::Result<Vec<u8>> {
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("global")).unwrap();
+        fs::write(src.path().join("global/pg_control"), contents).unwrap();
+        let mut tar = vec![];
+        write_part(&scan(src.path()).unwrap(), &mut tar)?;
+        let dst = tempfile::tempdir().unwrap();
+        extract_part(&mut &tar[..], &Into(dst.path().to_path_buf())).unwrap();
+        Ok(fs::read(dst.path().join("global/pg_control")).unwrap())
+    }
+
+    #[test]
+    fn pg_control_is_copied_only_with_a_valid_crc() {
+        let good = pg_control_1300();
+        assert_eq!(back_up_pg_control(&good).unwrap(), good);
+        let mut torn = good.clone();
+        torn[100] ^= 0x40;
+        let e = match back_up_pg_control(&torn) {
+            Ok(_) => panic!("a pg_control with a bad CRC was backed up"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("pg_control") && e.contains("CRC"), "{e}");
     }
 }

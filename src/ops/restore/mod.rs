@@ -13,7 +13,6 @@
 pub mod logical;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,6 +27,7 @@ use crate::ops::wal::fetch_ahead;
 use crate::pg::bin::PgBin;
 use crate::pg::conn::ConnParams;
 use crate::pg::server::{self, RecoveryEnd, RecoveryReport, Server};
+use crate::physical::beneath;
 use crate::physical::tarpart::{self, Destination};
 use crate::recovery::inventory::WalInventory;
 use crate::recovery::lease;
@@ -310,10 +310,8 @@ pub async fn restore_files(
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 // The files written here rather than extracted.
                 for f in CONTROL_FILES {
-                    match std::fs::File::open(written.join(f)) {
-                        Ok(file) => file.sync_all().with_context(|| format!("fsync {f}"))?,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(anyhow::Error::from(e).context(format!("open {f}"))),
+                    if let Some(file) = beneath::open_existing(&written, f)? {
+                        file.sync_all().with_context(|| format!("fsync {f}"))?;
                     }
                 }
                 for d in &dirs {
@@ -407,18 +405,20 @@ impl Destination for RestoreDest {
     fn durable(&self) -> bool {
         self.durable
     }
-    fn path_for(&self, name: &str) -> PathBuf {
+    fn root(&self) -> &Path {
+        &self.pgdata
+    }
+    fn place<'a>(&'a self, name: &'a str) -> (&'a Path, &'a str) {
         if let Some(rest) = name.strip_prefix("pg_tblspc/") {
             let (oid, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            if let Some(dest) = oid.parse().ok().and_then(|o: u32| self.tablespaces.get(&o)) {
-                return if tail.is_empty() {
-                    dest.clone()
-                } else {
-                    dest.join(tail)
-                };
+            if let Some(dest) = self.tablespace(oid.parse().unwrap_or(0)) {
+                return (dest, tail);
             }
         }
-        self.pgdata.join(name)
+        (&self.pgdata, name)
+    }
+    fn tablespace(&self, oid: u32) -> Option<&Path> {
+        self.tablespaces.get(&oid).map(PathBuf::as_path)
     }
 }
 
@@ -455,6 +455,7 @@ async fn extract_all(
             };
             let (repo, dest, stop) = (repo.clone(), dest.clone(), stop.clone());
             running.spawn(async move {
+                // An error names the object ("read <key>") and the entry.
                 let files =
                     transfer::get_stream(&repo, &key, algorithm, Some(expected), move |r| {
                         Ok(tarpart::extract_part(&mut stop.reader(r), dest.as_ref())?)
@@ -531,6 +532,10 @@ pub fn recovery_settings(
     Ok(s)
 }
 
+/// Write the control files into the restored `pgdata`. None of them is ever written or
+/// read through a symbolic link (a restore never makes one there; one found there is
+/// refused): a link to the original server's configuration would have the restore
+/// rewrite it.
 fn write_control_files(
     m: &Manifest,
     pgdata: &Path,
@@ -538,43 +543,47 @@ fn write_control_files(
     settings: &[(&'static str, String)],
 ) -> anyhow::Result<()> {
     let phys = m.physical.as_ref().expect("physical");
-    std::fs::write(pgdata.join("backup_label"), &phys.backup_label)
+    beneath::write(pgdata, "backup_label", phys.backup_label.as_bytes())
         .context("write backup_label")?;
     if !tablespaces.is_empty() {
         let map: String = tablespaces
             .iter()
             .map(|(oid, path)| format!("{oid} {}\n", path.display()))
             .collect();
-        std::fs::write(pgdata.join("tablespace_map"), map).context("write tablespace_map")?;
+        beneath::write(pgdata, "tablespace_map", map.as_bytes()).context("write tablespace_map")?;
     }
-    if !pgdata.join("postgresql.conf").exists() {
+    if !beneath::exists(pgdata, "postgresql.conf")? {
         // Debian-style installs keep the configuration outside PGDATA.
         let origin = phys
             .config_file
             .as_deref()
             .unwrap_or("outside the data directory");
-        std::fs::write(
-            pgdata.join("postgresql.conf"),
+        beneath::write(
+            pgdata,
+            "postgresql.conf",
             format!(
                 "# Written by backupctl restore: the original configuration was {origin}.\n\
                  # Review and replace it before using this cluster in production.\n"
-            ),
+            )
+            .as_bytes(),
         )?;
         for f in ["pg_hba.conf", "pg_ident.conf"] {
-            if !pgdata.join(f).exists() {
+            if !beneath::exists(pgdata, f)? {
                 let text = if f == "pg_hba.conf" {
                     "# Written by backupctl restore: local connections for the OS user only.\nlocal all all peer\n"
                 } else {
                     ""
                 };
-                std::fs::write(pgdata.join(f), text)?;
+                beneath::write(pgdata, f, text.as_bytes())?;
             }
         }
     }
-    neutralise_foreign_paths(&pgdata.join("postgresql.conf"))?;
+    neutralise_foreign_paths(pgdata)?;
     // Settings a previous restore left behind would clash with ours (two targets).
-    let auto = pgdata.join("postgresql.auto.conf");
-    let old = std::fs::read_to_string(&auto).unwrap_or_default();
+    let old = beneath::read(pgdata, "postgresql.auto.conf")
+        .context("read postgresql.auto.conf")?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let mut text: String = old
         .lines()
         .filter(|l| {
@@ -590,19 +599,22 @@ fn write_control_files(
     for (k, v) in settings {
         text.push_str(&format!("{k} = {}\n", quote(v)));
     }
-    let mut f = std::fs::File::create(&auto).context("write postgresql.auto.conf")?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::File::create(pgdata.join("recovery.signal")).context("write recovery.signal")?;
+    beneath::write(pgdata, "postgresql.auto.conf", text.as_bytes())
+        .and_then(|f| f.sync_all())
+        .context("write postgresql.auto.conf")?;
+    beneath::write(pgdata, "recovery.signal", b"").context("write recovery.signal")?;
     Ok(())
 }
 
-/// A restored postgresql.conf must not point the new server at the original's data
-/// directory or pid file: comment those settings out.
-fn neutralise_foreign_paths(conf: &Path) -> anyhow::Result<()> {
-    let Ok(text) = std::fs::read_to_string(conf) else {
+/// A restored postgresql.conf (in `pgdata`) must not point the new server at the
+/// original's data directory or pid file: comment those settings out.
+fn neutralise_foreign_paths(pgdata: &Path) -> anyhow::Result<()> {
+    let Some(text) =
+        beneath::read(pgdata, "postgresql.conf").context("read the restored postgresql.conf")?
+    else {
         return Ok(());
     };
+    let text = String::from_utf8_lossy(&text);
     let mut changed = false;
     let out: String = text
         .lines()
@@ -619,7 +631,8 @@ fn neutralise_foreign_paths(conf: &Path) -> anyhow::Result<()> {
         })
         .collect();
     if changed {
-        std::fs::write(conf, out).with_context(|| format!("rewrite {}", conf.display()))?;
+        beneath::write(pgdata, "postgresql.conf", out.as_bytes())
+            .context("rewrite the restored postgresql.conf")?;
     }
     Ok(())
 }
@@ -669,14 +682,20 @@ mod tests {
             durable: true,
         };
         assert_eq!(
-            d.path_for("base/5/16384"),
-            PathBuf::from("/restore/base/5/16384")
+            d.place("base/5/16384"),
+            (Path::new("/restore"), "base/5/16384")
         );
-        assert_eq!(d.path_for("pg_tblspc/17000"), PathBuf::from("/new/ts"));
+        assert_eq!(d.place("pg_tblspc/17000"), (Path::new("/new/ts"), ""));
         assert_eq!(
-            d.path_for("pg_tblspc/17000/PG_15_202209061/5/1"),
-            PathBuf::from("/new/ts/PG_15_202209061/5/1")
+            d.place("pg_tblspc/17000/PG_15_202209061/5/1"),
+            (Path::new("/new/ts"), "PG_15_202209061/5/1")
         );
+        // An unknown tablespace stays beneath PGDATA.
+        assert_eq!(
+            d.place("pg_tblspc/17001/x"),
+            (Path::new("/restore"), "pg_tblspc/17001/x")
+        );
+        assert_eq!(d.tablespace(17000), Some(Path::new("/new/ts")));
         assert!(parse_tablespace_map(&["/old=/new".into()]).is_ok());
         assert!(parse_tablespace_map(&["/old".into()]).is_err());
         assert!(parse_tablespace_map(&["/old=relative".into()]).is_err());
