@@ -135,7 +135,9 @@ fn run_in_process(config: &std::path::Path, now: &str) -> PartitionsSummary {
         .unwrap()
         .with_timezone(&Utc);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let summary = rt.block_on(run_at(&cfg, false, now)).unwrap();
+    let summary = rt
+        .block_on(run_at(&cfg, false, now, backupctl::lock::Wait::No))
+        .unwrap();
     summary
         .outcome()
         .unwrap_or_else(|e| panic!("{e:#}: {summary:#?}"));

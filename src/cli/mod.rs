@@ -187,7 +187,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Partitions(args) => {
-            let summary = ops::partitions::run(cfg, args.dry_run).await?;
+            let summary = ops::partitions::run(cfg, args.dry_run, Wait::No).await?;
             if ctx.json {
                 ctx.print_json(&summary)?;
             } else {
@@ -196,7 +196,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             summary.outcome()
         }
         Command::Archive(args) => {
-            let summary = ops::archival::run(cfg, args.dry_run).await?;
+            let summary = ops::archival::run(cfg, args.dry_run, Wait::No).await?;
             if ctx.json {
                 ctx.print_json(&summary)?;
             } else {

@@ -83,7 +83,7 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
             })
         }
         JobKind::Partitions => {
-            let s = partitions::run(cfg, false).await?;
+            let s = partitions::run(cfg, false, Wait::No).await?;
             s.outcome()?;
             let created = s
                 .tables
@@ -100,7 +100,7 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
             })
         }
         JobKind::Archive => {
-            let s = archival::run(cfg, false).await?;
+            let s = archival::run(cfg, false, Wait::No).await?;
             s.outcome()?;
             let rows: i64 = s
                 .tables

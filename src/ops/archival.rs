@@ -30,6 +30,7 @@ use crate::config::{ArchiveMode, ArchivePolicy, OnForeignKeys};
 use crate::error::UserError;
 use crate::host::local_hostname as hostname;
 use crate::jobs::JobKind;
+use crate::lock::Wait;
 use crate::partitions::catalog;
 use crate::pg::advisory::{self, Job};
 use crate::pg::conn::ConnParams;
@@ -38,11 +39,11 @@ use crate::pg::sql;
 
 /// Run every `[[archive]]` policy now. Errors only for what stops the whole run (job
 /// lock held, config); per-table outcomes are in the report.
-pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<ArchiveSummary> {
+pub async fn run(cfg: &Config, dry_run: bool, wait: Wait) -> anyhow::Result<ArchiveSummary> {
     let _host_lock = if dry_run || cfg.archive.is_empty() {
         None
     } else {
-        Some(super::partitions::host_lock(&cfg.backup.state_dir, JobKind::Archive).await?)
+        Some(super::partitions::host_lock(&cfg.backup.state_dir, JobKind::Archive, wait).await?)
     };
     let run_id = format!(
         "{}-{:08x}",

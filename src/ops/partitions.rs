@@ -33,8 +33,8 @@ use crate::pg::sql;
 
 /// Run every `[[partitions]]` policy now. Errors only for what stops the whole run (job
 /// lock held, config); per-table problems are in the report.
-pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<PartitionsSummary> {
-    run_at(cfg, dry_run, Utc::now()).await
+pub async fn run(cfg: &Config, dry_run: bool, wait: Wait) -> anyhow::Result<PartitionsSummary> {
+    run_at(cfg, dry_run, Utc::now(), wait).await
 }
 
 /// [`run`] with the clock given: the months depend only on `now` and the policies.
@@ -42,11 +42,12 @@ pub async fn run_at(
     cfg: &Config,
     dry_run: bool,
     now: DateTime<Utc>,
+    wait: Wait,
 ) -> anyhow::Result<PartitionsSummary> {
     let _host_lock = if dry_run || cfg.partitions.is_empty() {
         None
     } else {
-        Some(host_lock(&cfg.backup.state_dir, JobKind::Partitions).await?)
+        Some(host_lock(&cfg.backup.state_dir, JobKind::Partitions, wait).await?)
     };
     let params = ConnParams::from_config(&cfg.postgres)?;
     let mut by_db: BTreeMap<String, Vec<&PartitionPolicy>> = BTreeMap::new();
@@ -308,14 +309,15 @@ fn is_check_violation(e: &anyhow::Error) -> bool {
     })
 }
 
-/// The host-wide job lock, failing at once when another run on this host holds it: a
-/// scheduled run must not queue behind a long one, and an operator is told who holds
-/// it. Shared with `archive`.
+/// The host-wide job lock. The CLI and the daemon pass [`Wait::No`]: a scheduled run
+/// must not queue behind a long one, and an operator is told who holds it. Shared with
+/// `archive`.
 pub(crate) async fn host_lock(
     state_dir: &std::path::Path,
     job: JobKind,
+    wait: Wait,
 ) -> anyhow::Result<lock::JobLock> {
-    job.lock(state_dir, Wait::No).await.map_err(|e| {
+    job.lock(state_dir, wait).await.map_err(|e| {
         match e.downcast_ref::<LockHeld>() {
             // lock.rs words its message for commands with --no-wait; these have none.
             Some(held) => LockHeld {
