@@ -1080,3 +1080,20 @@ fn hostile_globals_script_is_refused_and_never_run() {
         "0"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Connections are closed, not abandoned
+
+#[test]
+fn backups_leave_no_fatal_in_the_server_log() {
+    let s = common::setup::Setup::new(Backend::Local);
+    s.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    s.ok(&["backup", "--kind", "physical", "--no-verify"]);
+    s.ok(&["backup", "--kind", "logical", "--no-verify"]);
+    s.ok(&["list"]);
+    // The server logs an abandoned connection when it notices, not at once.
+    std::thread::sleep(Duration::from_millis(500));
+    let log = s.cluster.server_log();
+    let fatal: Vec<&str> = log.lines().filter(|l| l.contains("FATAL")).collect();
+    assert!(fatal.is_empty(), "{}", fatal.join("\n"));
+}
