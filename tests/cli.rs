@@ -376,3 +376,22 @@ fn systemd_unit_verifies() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_repository_created_by_wal_push_knows_its_postgresql_major() {
+    let t = TestRepo::new(Backend::Local);
+    let cluster = Cluster::new(ClusterOptions::default());
+    let config = t.write_config("backup.toml", &cluster.postgres_toml());
+    // A segment outside any data directory (no PG_VERSION next to it): the major comes
+    // from the WAL page header.
+    let name = cluster.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let dir = common::pg_tempdir();
+    let copy = dir.path().join(&name);
+    std::fs::copy(cluster.pgdata.join("pg_wal").join(&name), &copy).unwrap();
+    common::chown_to_pg(dir.path());
+    let out = backupctl(&config, &["wal-push", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = backupctl(&config, &["info"]);
+    let text = stdout(&out);
+    assert!(text.contains("PostgreSQL 15,"), "{text}\n{}", stderr(&out));
+}

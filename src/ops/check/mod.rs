@@ -118,7 +118,12 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
                     "repository identity",
                     format!(
                         "belongs to system identifier {} (PostgreSQL {})",
-                        id.system_identifier, id.pg_major
+                        id.system_identifier,
+                        if id.pg_major == 0 {
+                            "unknown".to_string()
+                        } else {
+                            id.pg_major.to_string()
+                        }
                     ),
                 );
                 identity = Some(id);
