@@ -1,7 +1,6 @@
 //! PostgreSQL: connections, server binaries and the child processes run from them
-//! (pg_dump, pg_restore, psql), dump tables of contents, SQL quoting, SQL scripts from the
-//! repository split without psql, cross-host advisory
-//! locks, and WAL/LSN arithmetic.
+//! (pg_dump, pg_restore, psql), dump tables of contents, SQL quoting, SQL scripts from
+//! the repository split without psql, cross-host advisory locks, and WAL/LSN arithmetic.
 
 pub mod advisory;
 pub mod bin;

@@ -59,7 +59,7 @@ fn ident_char(c: char) -> bool {
 /// The meta-command lines pg_dumpall writes, exactly: the command, one argument without
 /// quotes, backquotes or backslashes (psql would expand backquotes by running them).
 fn allowed_meta(line: &str) -> bool {
-    let mut words = line.trim().split_whitespace();
+    let mut words = line.split_whitespace();
     let (Some(cmd), Some(arg), None) = (words.next(), words.next(), words.next()) else {
         return false;
     };
