@@ -102,6 +102,11 @@ pub struct RepositoryConfig {
     pub kind: RepositoryType,
     /// Local repository root (local only; default /var/lib/backupctl/repo).
     pub path: Option<PathBuf>,
+    /// `path` was not configured: it is [`DEFAULT_LOCAL_REPOSITORY`]. Reading commands
+    /// refuse a default path that does not exist (see `repo::require_existing`) instead
+    /// of reporting an empty repository.
+    #[serde(skip)]
+    pub path_defaulted: bool,
     /// Name of this cluster inside the repository.
     #[serde(default = "defaults::cluster")]
     pub cluster: String,
@@ -704,6 +709,7 @@ impl Config {
     fn resolve_paths(&mut self) {
         if self.repository.kind == RepositoryType::Local && self.repository.path.is_none() {
             self.repository.path = Some(PathBuf::from(DEFAULT_LOCAL_REPOSITORY));
+            self.repository.path_defaulted = true;
         }
         let base = self.base_dir();
         let fix = |p: &mut PathBuf| {

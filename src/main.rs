@@ -28,6 +28,8 @@ fn main() -> ExitCode {
         let result = backupctl::cli::run(cli).await;
         // Let clean-ups of abandoned uploads (S3 multipart aborts) finish.
         backupctl::repo::wait_background(std::time::Duration::from_secs(10)).await;
+        // Close PostgreSQL connections with Terminate instead of cutting them.
+        backupctl::pg::conn::wait_closed(std::time::Duration::from_secs(5)).await;
         result
     });
     // Don't wait for stray blocking tasks (e.g. a stalled upload abandoned on error).

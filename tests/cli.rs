@@ -241,6 +241,110 @@ fn check_reports_what_it_cannot_reach() {
     assert!(text.contains("fix:"), "{text}");
     // The secret never appears.
     assert!(!text.contains(common::S3_SECRET_KEY) && !stderr(&out).contains(common::S3_SECRET_KEY));
+    // repo.json could not be read (network): removing it would drop the guard against
+    // mixing clusters, so that is never the advice.
+    assert!(!text.contains("remove repo.json"), "{text}");
+}
+
+/// The line of `check`'s text report for `name`, with its fix.
+fn check_line(text: &str, name: &str) -> String {
+    let mut lines = text.lines().skip_while(|l| !l.contains(name));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {name} line:\n{text}"));
+    let rest: Vec<&str> = lines.take_while(|l| l.starts_with(' ')).collect();
+    format!("{first}\n{}", rest.join("\n"))
+}
+
+#[test]
+fn check_diagnoses_the_cause_not_a_guess() {
+    let t = TestRepo::new(Backend::Local);
+    let cluster = Cluster::new(ClusterOptions::default());
+
+    // No [repository] and nothing at the default path: not "no backups".
+    assert!(!std::path::Path::new(backupctl::config::DEFAULT_LOCAL_REPOSITORY).exists());
+    let bare = t.dir.path().join("bare.toml");
+    std::fs::write(
+        &bare,
+        format!(
+            "{}\n[backup]\nstate_dir = \"{}\"\n",
+            cluster.postgres_toml(),
+            t.dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    common::chown_to_pg(&bare);
+    let out = backupctl(&bare, &["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let line = check_line(&stdout(&out), "FAIL repository");
+    assert!(
+        line.contains("[repository]") && line.contains("repository.path"),
+        "{line}"
+    );
+    for args in [&["list"][..], &["info"][..]] {
+        let out = backupctl(&bare, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stdout(&out));
+        assert!(stderr(&out).contains("repository.path"), "{}", stderr(&out));
+    }
+
+    // repo.json that does not parse may be repaired; one that cannot be read must stay.
+    let config = t.write_config("backup.toml", &cluster.postgres_toml());
+    let repo_json = t.dir.path().join("repo/main/repo.json");
+    std::fs::create_dir_all(repo_json.parent().unwrap()).unwrap();
+    std::fs::write(&repo_json, "{ not json").unwrap();
+    common::chown_to_pg(&t.dir.path().join("repo"));
+    let line = check_line(
+        &stdout(&backupctl(&config, &["check"])),
+        "FAIL repository identity",
+    );
+    assert!(
+        line.contains(&format!("repair {}", repo_json.display())),
+        "{line}"
+    );
+    if common::pg_user().is_some() {
+        // Root reads anything: only as the postgres user is the file unreadable.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&repo_json, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let line = check_line(
+            &stdout(&backupctl(&config, &["check"])),
+            "FAIL repository identity",
+        );
+        assert!(
+            line.contains(&repo_json.display().to_string())
+                && line.contains("do not remove")
+                && !line.contains("repair"),
+            "{line}"
+        );
+    }
+    std::fs::remove_file(&repo_json).unwrap();
+
+    // A wrong password: the fix is about the password, not about where the server is.
+    cluster.psql("postgres", "ALTER ROLE postgres PASSWORD 'right-password'");
+    std::fs::write(
+        cluster.pgdata.join("pg_hba.conf"),
+        "local all all scram-sha-256\n",
+    )
+    .unwrap();
+    cluster.psql_reload();
+    let wrong = t.dir.path().join("pgpassword");
+    std::fs::write(&wrong, "wrong-password\n").unwrap();
+    common::chown_to_pg(&wrong);
+    let config = t.write_config(
+        "backup.toml",
+        &format!(
+            "{}password_file = \"{}\"\n",
+            cluster.postgres_toml(),
+            wrong.display()
+        ),
+    );
+    let out = backupctl(&config, &["check"]);
+    let text = stdout(&out);
+    let line = check_line(&text, "FAIL postgres");
+    assert!(
+        line.contains("password_file") && line.contains("PGPASSWORD"),
+        "{line}"
+    );
+    assert!(!text.contains("wrong-password") && !stderr(&out).contains("wrong-password"));
 }
 
 #[test]
@@ -271,4 +375,23 @@ fn systemd_unit_verifies() {
         "systemd-analyze verify: {}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_repository_created_by_wal_push_knows_its_postgresql_major() {
+    let t = TestRepo::new(Backend::Local);
+    let cluster = Cluster::new(ClusterOptions::default());
+    let config = t.write_config("backup.toml", &cluster.postgres_toml());
+    // A segment outside any data directory (no PG_VERSION next to it): the major comes
+    // from the WAL page header.
+    let name = cluster.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let dir = common::pg_tempdir();
+    let copy = dir.path().join(&name);
+    std::fs::copy(cluster.pgdata.join("pg_wal").join(&name), &copy).unwrap();
+    common::chown_to_pg(dir.path());
+    let out = backupctl(&config, &["wal-push", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = backupctl(&config, &["info"]);
+    let text = stdout(&out);
+    assert!(text.contains("PostgreSQL 15,"), "{text}\n{}", stderr(&out));
 }

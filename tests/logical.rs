@@ -925,3 +925,156 @@ fn pre_migration_hook_both_kinds_verified_then_pitr_to_its_restore_point() {
         "t"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The globals script is data, not a program: psql meta-commands in it are refused
+
+/// Replace the globals script of backup `id` with `edit(script)`, re-encoded with the
+/// backup's codec and with the manifest's checksums updated: only the content is hostile.
+fn rewrite_globals(t: &TestRepo, id: &str, edit: impl FnOnce(&str) -> String) {
+    use backupctl::codec::{algorithm_of, Codec, Decoder, Digest};
+    use backupctl::repo::PutOptions;
+    use std::io::{Read, Write};
+    rt().block_on(async {
+        let repo = t.open().await;
+        let mut m = Manifest::load(repo.as_ref(), id).await.unwrap().unwrap();
+        let name = m.logical.as_ref().unwrap().globals_object.clone();
+        let key = format!("backups/{id}/{name}");
+        let stored = repo.get_bytes(&key).await.unwrap();
+        let algorithm = algorithm_of(&name);
+        let mut script = String::new();
+        Decoder::new(algorithm, &stored[..])
+            .unwrap()
+            .read_to_string(&mut script)
+            .unwrap();
+        let script = edit(&script);
+        let codec = Codec {
+            algorithm,
+            level: 3,
+            threads: 0,
+        };
+        let mut enc = codec.encoder(Vec::new()).unwrap();
+        enc.write_all(script.as_bytes()).unwrap();
+        let bytes = enc.finish().unwrap();
+        let digest = Digest::of(&bytes);
+        let entry = m.objects.iter_mut().find(|o| o.name == name).unwrap();
+        entry.sha256 = digest.sha256;
+        entry.stored_size = digest.size;
+        entry.size = script.len() as u64;
+        repo.put_bytes(&key, bytes, PutOptions::default())
+            .await
+            .unwrap();
+        m.store(repo.as_ref()).await.unwrap();
+    });
+    // Written as this (root) process: give it back to the user backupctl runs as.
+    common::chown_to_pg(&t.dir.path().join("repo"));
+}
+
+#[test]
+fn hostile_globals_script_is_refused_and_never_run() {
+    let t = TestRepo::new(Backend::Local);
+    let src = Cluster::new(ClusterOptions::default());
+    // Backslashes and quotes in role names, comments and settings are data, not
+    // meta-commands: pg_dumpall writes them inside identifiers and E'' literals.
+    src.psql(
+        "postgres",
+        "CREATE ROLE \"odd\\role'x\" LOGIN PASSWORD 'se\\cr''et'; \
+         COMMENT ON ROLE \"odd\\role'x\" IS 'not a \\! command, ''quoted'''; \
+         ALTER ROLE \"odd\\role'x\" SET search_path = 'a\\b'; \
+         CREATE ROLE \"multi\nline\"",
+    );
+    let config = t.write_config("backup.toml", &src.postgres_toml());
+    let id = stdout(&ok(
+        "backup",
+        backupctl(&config, &["backup", "--kind", "logical", "--no-verify"]),
+    ))
+    .trim()
+    .to_string();
+
+    // A normal globals restore still works (and recreates the odd roles).
+    src.psql(
+        "postgres",
+        "DROP ROLE \"odd\\role'x\"; DROP ROLE \"multi\nline\"",
+    );
+    ok(
+        "restore --globals",
+        backupctl(&config, &["restore", "--logical", &id, "--globals"]),
+    );
+    assert_eq!(
+        src.psql(
+            "postgres",
+            "SELECT shobj_description(oid, 'pg_authid') || ' ' || array_to_string(rolconfig, ',') \
+             FROM pg_roles WHERE rolname = 'odd\\role''x'"
+        ),
+        "not a \\! command, 'quoted' search_path=\"a\\b\""
+    );
+    assert_eq!(
+        src.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = E'multi\\nline'"
+        ),
+        "1"
+    );
+
+    // The repository is writable by an attacker: a meta-command in the script.
+    let marker = std::env::temp_dir().join(format!(
+        "backupctl-globals-pwned-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let mut hostile_line = 0;
+    rewrite_globals(&t, &id, |script| {
+        // Before pg_dumpall's `\\restrict` line (psql 15.14+ refuses meta-commands
+        // after it), as an attacker who can rewrite the object would put it.
+        let mut lines: Vec<String> = script.lines().map(str::to_string).collect();
+        lines.insert(0, "CREATE ROLE hostile_first;".into());
+        lines.insert(1, format!("SELECT 1; \\! touch {}", marker.display()));
+        hostile_line = 2;
+        lines.join("\n") + "\n"
+    });
+    let want = format!("line {hostile_line}");
+    let out = backupctl(&config, &["restore", "--logical", &id, "--globals"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("globals.sql") && err.contains(&want) && err.contains("\\!"),
+        "{err}"
+    );
+    let out = backupctl(&config, &["verify", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("globals.sql") && text.contains(&want),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(!marker.exists(), "the \\! command ran");
+    // Nothing at all was executed: the statement before the hostile line neither.
+    assert_eq!(
+        src.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'hostile_first'"
+        ),
+        "0"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Connections are closed, not abandoned
+
+#[test]
+fn backups_leave_no_fatal_in_the_server_log() {
+    let s = common::setup::Setup::new(Backend::Local);
+    s.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    s.ok(&["backup", "--kind", "physical", "--no-verify"]);
+    s.ok(&["backup", "--kind", "logical", "--no-verify"]);
+    s.ok(&["list"]);
+    // The server logs an abandoned connection when it notices, not at once.
+    std::thread::sleep(Duration::from_millis(500));
+    let log = s.cluster.server_log();
+    let fatal: Vec<&str> = log.lines().filter(|l| l.contains("FATAL")).collect();
+    assert!(fatal.is_empty(), "{}", fatal.join("\n"));
+}

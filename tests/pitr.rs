@@ -642,7 +642,16 @@ fn timelines_after_pitr(backend: Backend) {
         serde_json::json!([1, 2]),
         "{info}"
     );
-    assert!(s.object_path("wal/00000002.history").exists() || backend == Backend::S3);
+    assert!(
+        s.run(&[
+            "wal-fetch",
+            "00000002.history",
+            pg_tempdir().path().join("h").to_str().unwrap()
+        ])
+        .status
+        .success(),
+        "00000002.history is not in the {backend:?} repository"
+    );
 
     // Latest follows timeline 2 and sees its write.
     let r = s.restore_start(&[]);

@@ -89,13 +89,22 @@ pub fn windows(windows: &[Window], gaps: &[String]) {
     }
 }
 
+/// repo.json's major version; 0 means it was not known when the repository was created.
+fn major_or_unknown(major: u32) -> String {
+    if major == 0 {
+        "unknown".into()
+    } else {
+        major.to_string()
+    }
+}
+
 pub fn info_summary(s: &Summary) {
     println!("repository:        {}", s.repository);
     match &s.identity {
         Some(i) => println!(
             "cluster:           system identifier {}, PostgreSQL {}, WAL segments of {}",
             i.system_identifier,
-            i.pg_major,
+            major_or_unknown(i.pg_major),
             human_bytes(i.wal_segment_size)
         ),
         None => println!("cluster:           not initialised (no repo.json)"),

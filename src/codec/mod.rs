@@ -620,17 +620,30 @@ mod tests {
             .into_iter()
             .filter(|c| c.algorithm != Algorithm::None)
         {
-            let (mut stored, _) = compress_to_vec(&codec, &data[..]).unwrap();
-            let mid = stored.len() / 2;
-            stored[mid] ^= 0x40;
-            let mut out = Vec::new();
-            let res = Decoder::new(codec.algorithm, &stored[..])
-                .unwrap()
-                .read_to_end(&mut out);
-            assert!(
-                res.is_err() || out != data,
-                "{codec:?} missed a flipped byte"
-            );
+            let (good, _) = compress_to_vec(&codec, &data[..]).unwrap();
+            // A byte in the middle of the data, and one in the trailing checksum (zstd's
+            // 4-byte content checksum; gzip's CRC-32 before the 4-byte length): wrong
+            // output is not enough, the decoder must fail (with checksums off a flip in
+            // the data can decode without an error).
+            let checksum_at = match codec.algorithm {
+                Algorithm::Gzip => good.len() - 8,
+                _ => good.len() - 4,
+            };
+            for at in [good.len() / 2, checksum_at] {
+                let mut stored = good.clone();
+                stored[at] ^= 0x40;
+                let mut out = Vec::new();
+                let res = Decoder::new(codec.algorithm, &stored[..])
+                    .unwrap()
+                    .read_to_end(&mut out);
+                let err = res.expect_err(&format!(
+                    "{codec:?}: a flipped byte at {at} of {} decoded without an error",
+                    good.len()
+                ));
+                if at == checksum_at {
+                    assert!(err.to_string().contains("checksum"), "{codec:?}: {err}");
+                }
+            }
         }
     }
 

@@ -102,6 +102,7 @@ pub enum Info {
 
 /// Backup `id`'s manifest, or (without an id) the repository summary.
 pub async fn run(cfg: &Config, id: Option<&str>) -> anyhow::Result<Info> {
+    repo::require_existing(cfg)?;
     let repo = repo::open(cfg).await?;
     if let Some(id) = id {
         let m = Manifest::load(repo.as_ref(), id).await?.ok_or_else(|| {

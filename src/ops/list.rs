@@ -81,6 +81,7 @@ pub struct Listing {
 }
 
 pub async fn run(cfg: &Config) -> anyhow::Result<Listing> {
+    repo::require_existing(cfg)?;
     let repo = repo::open(cfg).await?;
     let st = RepoStatus::load(repo.as_ref()).await?;
     Ok(Listing {

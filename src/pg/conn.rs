@@ -156,13 +156,32 @@ impl ConnParams {
             .connect(NoTls)
             .await
             .with_context(|| format!("connect to PostgreSQL ({})", self.describe()))?;
-        tokio::spawn(async move {
+        // Tracked so the process can wait for it before exiting: once the `Client` is
+        // dropped the connection sends Terminate and ends. A runtime shut down before
+        // that cuts the socket, and the server logs `FATAL: connection to client lost`.
+        connections().spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection closed");
             }
         });
         Ok(client)
     }
+}
+
+fn connections() -> &'static tokio_util::task::TaskTracker {
+    static TRACKER: std::sync::OnceLock<tokio_util::task::TaskTracker> = std::sync::OnceLock::new();
+    TRACKER.get_or_init(tokio_util::task::TaskTracker::new)
+}
+
+/// Wait up to `limit` for the connections whose `Client` was dropped to close cleanly
+/// (Terminate sent, socket closed); `false` if some are still open (a `Client` is still
+/// held). Called before the process exits.
+pub async fn wait_closed(limit: std::time::Duration) -> bool {
+    let t = connections();
+    t.close();
+    let done = tokio::time::timeout(limit, t.wait()).await.is_ok();
+    t.reopen();
+    done
 }
 
 /// Connect with the `[postgres]` settings.

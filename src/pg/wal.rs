@@ -200,6 +200,8 @@ pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, String> {
 /// Identity fields of a WAL segment's first page (XLogLongPageHeaderData).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// `XLOG_PAGE_MAGIC`: changes with every major version's WAL format.
+    pub magic: u16,
     pub tli: u32,
     pub page_addr: Lsn,
     pub system_identifier: u64,
@@ -228,11 +230,27 @@ pub fn segment_header(bytes: &[u8]) -> Option<SegmentHeader> {
         return None;
     }
     Some(SegmentHeader {
+        magic,
         tli: u32_at(4),
         page_addr: Lsn(u64_at(8)),
         system_identifier: u64_at(24),
         segment_size: seg_size,
         block_size: u32_at(36),
+    })
+}
+
+/// The PostgreSQL major version whose WAL carries page magic `magic`
+/// (`XLOG_PAGE_MAGIC` in `access/xlog_internal.h`), if known.
+pub fn major_of_page_magic(magic: u16) -> Option<u32> {
+    Some(match magic {
+        0xD101 => 12,
+        0xD106 => 13,
+        0xD10D => 14,
+        0xD110 => 15,
+        0xD113 => 16,
+        0xD116 => 17,
+        0xD118 => 18,
+        _ => return None,
     })
 }
 
@@ -283,6 +301,19 @@ pub fn check_control_crc(data: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_magic_names_the_major_version() {
+        assert_eq!(major_of_page_magic(0xD110), Some(15));
+        assert_eq!(major_of_page_magic(0xD10D), Some(14));
+        assert_eq!(major_of_page_magic(0xD1FF), None);
+        let mut page = vec![0u8; 64];
+        page[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        page[2..4].copy_from_slice(&XLP_LONG_HEADER.to_le_bytes());
+        page[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+        let h = segment_header(&page).unwrap();
+        assert_eq!(major_of_page_magic(h.magic), Some(15));
+    }
 
     const SEG: u64 = DEFAULT_SEGMENT_SIZE;
 

@@ -35,12 +35,14 @@ impl RepoIdentity {
     pub async fn load(repo: &dyn Repository) -> anyhow::Result<Option<RepoIdentity>> {
         match repo.get_bytes(layout::REPO_JSON).await {
             Ok(bytes) => {
+                // The serde error stays in the chain: `check` tells a damaged file (which
+                // may be repaired) from one it could not read (which must stay).
                 let id: RepoIdentity = serde_json::from_slice(&bytes).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}/{} is not valid: {e}",
+                    anyhow::Error::new(e).context(format!(
+                        "{}/{} is not valid",
                         repo.describe(),
                         layout::REPO_JSON
-                    )
+                    ))
                 })?;
                 if id.format > FORMAT {
                     return Err(crate::user_error!(

@@ -306,6 +306,24 @@ pub async fn wait_background(limit: Duration) -> bool {
     done
 }
 
+/// Fail when the config names no repository (no `repository.path`, so the default
+/// [`crate::config::DEFAULT_LOCAL_REPOSITORY`]) and nothing is there: an empty listing
+/// would read as "no backups" when the backups are simply elsewhere.
+pub fn require_existing(cfg: &Config) -> anyhow::Result<()> {
+    let r = &cfg.repository;
+    match &r.path {
+        Some(path) if r.path_defaulted && r.kind == RepositoryType::Local && !path.exists() => {
+            Err(crate::user_error!(
+                "{} sets no repository: repository.path defaults to {}, which does not exist; \
+                 add a [repository] section with path = \"/your/repository\" (or type = \"s3\" and bucket)",
+                cfg.origin(),
+                path.display()
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Open the repository the config describes.
 pub async fn open(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
     let r = &cfg.repository;

@@ -303,6 +303,21 @@ impl Cluster {
         }
     }
 
+    /// Reload the configuration (pg_hba.conf, postgresql.conf) with `pg_ctl reload`,
+    /// which needs no connection (authentication may just have changed).
+    pub fn psql_reload(&self) {
+        let out = as_pg(
+            Command::new(pg_bin("pg_ctl"))
+                .arg("-D")
+                .arg(&self.pgdata)
+                .arg("reload"),
+        )
+        .output()
+        .unwrap();
+        check_output("pg_ctl reload", out);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
     /// libpq environment that reaches this cluster.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![

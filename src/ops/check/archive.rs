@@ -27,18 +27,49 @@ pub struct ArchiveCommand {
 }
 
 /// Split like `/bin/sh` would for simple commands (quotes and backslashes), and find the
-/// backupctl invocation. `None` when no word names a program called `backupctl`.
-pub fn parse_archive_command(cmd: &str) -> Option<ArchiveCommand> {
+/// backupctl invocation: the program word of a simple command (after `VAR=value`
+/// assignments) that is named `backupctl` or for which `is_backupctl` says yes (this
+/// binary under another name: a versioned copy, a symlink). Of several, the one running
+/// `wal-push %p` is taken. `None` when no simple command runs backupctl.
+pub fn parse_archive_command(
+    cmd: &str,
+    is_backupctl: &dyn Fn(&str) -> bool,
+) -> Option<ArchiveCommand> {
     let words = shell_words(cmd);
-    let compound = words
+    let is_op = |w: &String| matches!(w.as_str(), "&&" | "||" | ";" | "|" | "&");
+    let compound = words.iter().any(is_op) || cmd.contains("$(") || cmd.contains('`');
+    let candidates: Vec<ArchiveCommand> = words
+        .split(is_op)
+        .filter_map(|simple| {
+            let pos = simple.iter().position(|w| !is_assignment(w))?;
+            let program = &simple[pos];
+            let named = Path::new(program)
+                .file_name()
+                .is_some_and(|n| n == "backupctl");
+            (named || is_backupctl(program)).then(|| invocation(program, &simple[pos + 1..]))
+        })
+        .map(|mut c| {
+            c.compound = compound;
+            c
+        })
+        .collect();
+    let best = candidates
         .iter()
-        .any(|w| matches!(w.as_str(), "&&" | "||" | ";" | "|"))
-        || cmd.contains("$(")
-        || cmd.contains('`');
-    let pos = words
-        .iter()
-        .position(|w| Path::new(w).file_name().is_some_and(|n| n == "backupctl"))?;
-    let rest = &words[pos + 1..];
+        .position(|c| c.wal_push && c.percent_p)
+        .unwrap_or(0);
+    candidates.into_iter().nth(best)
+}
+
+/// `NAME=value` before a program: an environment assignment, not the program.
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+fn invocation(program: &str, rest: &[String]) -> ArchiveCommand {
     let mut config = None;
     let mut i = 0;
     while i < rest.len() {
@@ -50,13 +81,31 @@ pub fn parse_archive_command(cmd: &str) -> Option<ArchiveCommand> {
         }
         i += 1;
     }
-    Some(ArchiveCommand {
-        program: words[pos].clone(),
+    ArchiveCommand {
+        program: program.to_string(),
         config,
         wal_push: rest.iter().any(|w| w == "wal-push"),
         percent_p: rest.iter().any(|w| w == "%p"),
-        compound,
-    })
+        compound: false,
+    }
+}
+
+/// Whether `program` (absolute, or looked up in this process's PATH) is the file `exe`,
+/// comparing canonical paths (symlinks resolved) and, for hard links, the inode.
+fn is_this_binary(program: &str, exe: Option<&Path>) -> bool {
+    let Some(exe) = exe else { return false };
+    let path = if Path::new(program).is_absolute() {
+        Some(PathBuf::from(program))
+    } else if program.contains('/') {
+        None // relative to PostgreSQL's data directory: not knowable here
+    } else {
+        find_in_path(program)
+    };
+    let Some(path) = path else { return false };
+    match (path.canonicalize(), exe.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b || same_file(&a, &b),
+        _ => false,
+    }
 }
 
 fn shell_words(s: &str) -> Vec<String> {
@@ -208,10 +257,22 @@ pub fn judge_settings(
             "ALTER SYSTEM RESET archive_library; SELECT pg_reload_conf();",
         );
     }
-    let Some(cmd) = parse_archive_command(archive_command) else {
+    // A fix that sets the value already set helps nobody: say what to look at instead.
+    let already_set = want == archive_command.trim();
+    let set_command = if already_set {
+        format!(
+            "archive_command already runs {exe_shown}; fix the problem named here (the file, the config, or the other commands in it)"
+        )
+    } else {
+        set_command
+    };
+    let is_ours = |program: &str| is_this_binary(program, exe.as_deref());
+    let Some(cmd) = parse_archive_command(archive_command, &is_ours) else {
         r.fail(
             "archive_command",
-            format!("{archive_command:?} does not archive with backupctl"),
+            format!(
+                "{archive_command:?} does not run backupctl (neither a program named backupctl nor this binary, {exe_shown})"
+            ),
             set_command,
         );
         return;
@@ -296,10 +357,14 @@ pub fn judge_settings(
         )),
         _ => {}
     }
+    let compound_only = cmd.compound && problems.is_empty();
     if cmd.compound {
         problems.push((
             false,
-            "is a compound shell command; only its backupctl part was checked".into(),
+            "is a compound shell command: its backupctl wal-push part was checked; PostgreSQL \
+             retries the whole command when any part fails, so the other parts must not fail \
+             (and must succeed when run again for the same file)"
+                .into(),
         ));
     }
     if problems.is_empty() {
@@ -316,6 +381,13 @@ pub fn judge_settings(
         );
         if failed {
             r.fail("archive_command", detail, set_command);
+        } else if compound_only {
+            // The backupctl part is right: replacing the command would drop the rest.
+            r.warn(
+                "archive_command",
+                detail,
+                "make sure the other commands succeed, also when repeated for a file they already handled",
+            );
         } else {
             r.warn("archive_command", detail, set_command);
         }
@@ -452,7 +524,7 @@ mod tests {
             ("/usr/bin/backupctl-old wal-push %p", None),
         ];
         for (cmd, want) in cases {
-            let got = parse_archive_command(cmd);
+            let got = parse_archive_command(cmd, &|_| false);
             match (want, got) {
                 (None, None) => {}
                 (Some((program, config, push, compound)), Some(got)) => {
@@ -526,5 +598,57 @@ mod tests {
         );
         let not_ours = status(&lines(&cfg, "cp %p /mnt/%f", ""));
         assert!(not_ours.starts_with("Fail"), "{not_ours}");
+
+        // This binary under another name: a versioned copy, or a symlink to it.
+        let versioned = d.path().join("backupctl-1.2");
+        std::fs::hard_link(&me, &versioned).unwrap();
+        let link = d.path().join("bk");
+        std::os::unix::fs::symlink(&me, &link).unwrap();
+        for program in [&versioned, &link] {
+            let c = format!(
+                "{} --config {} wal-push %p",
+                program.display(),
+                mine.display()
+            );
+            let got = status(&lines(&cfg, &c, ""));
+            assert!(got.starts_with("Ok"), "{got}");
+        }
+        // A compound command with a correct wal-push works: a warning about the rest.
+        let compound = format!("{} && pgbackrest --stanza=x archive-push %p", cmd(&mine));
+        let got = status(&lines(&cfg, &compound, ""));
+        assert!(
+            got.starts_with("Warn") && got.contains("must not fail"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn the_fix_is_never_the_current_value() {
+        let d = tempfile::tempdir().unwrap();
+        let mine = d.path().join("mine.toml");
+        std::fs::write(&mine, "[repository]\npath = \"/r\"\n").unwrap();
+        let cfg = Config::load(Some(&mine)).unwrap();
+        let me = std::env::current_exe().unwrap();
+        for current in [
+            format!("{} --config {} wal-push %p", me.display(), mine.display()),
+            format!(
+                "{} --config {} wal-push %p && false",
+                me.display(),
+                mine.display()
+            ),
+            "cp %p /mnt/%f".to_string(),
+            format!("{} wal-push %p", me.display()),
+        ] {
+            let mut r = Report::default();
+            judge_settings(&mut r, &cfg, "replica", "on", "", &current);
+            for l in &r.lines {
+                if let Some(fix) = &l.fix {
+                    assert!(
+                        !fix.contains(&format!("'{}'", current.replace('\'', "''"))),
+                        "{current}: {fix}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -73,7 +73,11 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
     r.ok("config", format!("valid ({})", cfg.origin()));
 
     // Repository: write, read back, delete a probe object.
-    let repo = match repo::open(cfg).await {
+    let opened = match repo::require_existing(cfg) {
+        Ok(()) => repo::open(cfg).await,
+        Err(e) => Err(e),
+    };
+    let repo = match opened {
         Ok(repo) => Some(repo),
         Err(e) => {
             r.fail(
@@ -114,7 +118,12 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
                     "repository identity",
                     format!(
                         "belongs to system identifier {} (PostgreSQL {})",
-                        id.system_identifier, id.pg_major
+                        id.system_identifier,
+                        if id.pg_major == 0 {
+                            "unknown".to_string()
+                        } else {
+                            id.pg_major.to_string()
+                        }
                     ),
                 );
                 identity = Some(id);
@@ -125,11 +134,25 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
                 "run `backupctl check --init` (or the first wal-push/backup creates it)",
             ),
             Ok(None) => {}
-            Err(e) => r.fail(
-                "repository identity",
-                format!("{e:#}"),
-                "repair or remove repo.json",
-            ),
+            Err(e) => {
+                let at = format!("{}/{}", repo.describe(), crate::repo::layout::REPO_JSON);
+                // Only a file that does not parse may be removed: removing one that could
+                // not be read (network, permissions) drops the guard against mixing
+                // clusters in one repository.
+                if is_parse_error(&e) {
+                    r.fail(
+                        "repository identity",
+                        format!("{e:#}"),
+                        format!("repair {at} (or remove it and run `backupctl check --init` on the cluster it belongs to)"),
+                    )
+                } else {
+                    r.fail(
+                        "repository identity",
+                        format!("cannot read {at}: {e:#}"),
+                        format!("make {at} readable by this user (local: permissions; S3: endpoint, credentials, bucket policy); do not remove it: it keeps other clusters' WAL out of this repository"),
+                    )
+                }
+            }
         }
     }
 
@@ -142,11 +165,7 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
         }
         Ok(p) => match p.connect().await {
             Err(e) => {
-                r.fail(
-                    "postgres",
-                    format!("{e:#}"),
-                    "start PostgreSQL or set [postgres] host/port/user (or PGHOST/PGPORT/PGUSER)",
-                );
+                r.fail("postgres", format!("{e:#}"), connect_fix(&e));
                 None
             }
             Ok(client) => match ServerInfo::query(&client).await {
@@ -289,6 +308,33 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
     }
 
     Ok(r)
+}
+
+/// Whether a `repo.json` error is about its content (JSON), not about reaching it.
+fn is_parse_error(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<serde_json::Error>().is_some())
+}
+
+/// The fix for a failed connection: authentication failures are about the password
+/// (or pg_hba.conf), not about where the server is.
+fn connect_fix(e: &anyhow::Error) -> &'static str {
+    use tokio_postgres::error::SqlState;
+    let pg = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<tokio_postgres::Error>());
+    let code = pg.and_then(|p| p.as_db_error()).map(|d| d.code().clone());
+    let text = format!("{e:#}");
+    if code == Some(SqlState::INVALID_PASSWORD)
+        || text.contains("password missing")
+        || text.contains("password authentication failed")
+    {
+        "set the right password for postgres.user: postgres.password_file (a file holding only the password) or PGPASSWORD in the environment; or allow this user in pg_hba.conf"
+    } else if code == Some(SqlState::INVALID_AUTHORIZATION_SPECIFICATION) {
+        "allow this user and host in pg_hba.conf, or connect as another user (postgres.user / PGUSER)"
+    } else {
+        "start PostgreSQL or set [postgres] host/port/user (or PGHOST/PGPORT/PGUSER)"
+    }
 }
 
 /// Superuser, or exactly the grants the jobs need (each missing one named with its GRANT).

@@ -1,5 +1,8 @@
 //! `backupctl restore --logical ID`: restore a database (or some of its tables) and/or
-//! the roles of a logical backup with pg_restore / psql.
+//! the roles of a logical backup: databases with pg_restore, roles and tablespaces by
+//! running the stored `pg_dumpall --globals-only` script statement by statement over the
+//! protocol — never through psql, whose meta-commands would let whoever can write the
+//! repository run shell commands on this host (see [`crate::pg::script`]).
 //!
 //! Safety rules: every downloaded byte is checked against the manifest's checksum
 //! before anything is committed into a database that already existed (the archive is
@@ -9,12 +12,12 @@
 //! refused unless `--clean`. pg_restore runs with `--exit-on-error`: a restore that
 //! reports success restored everything it was asked to.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::codec::{algorithm_of, Digest};
@@ -23,6 +26,7 @@ use crate::manifest::{BackupKind, DatabaseDump, LogicalInfo, Manifest, ObjectEnt
 use crate::pg::bin::PgBin;
 use crate::pg::conn::{ConnParams, ServerInfo};
 use crate::pg::proc::{self, Proc};
+use crate::pg::script;
 use crate::pg::sql::{conninfo_dbname, ident as quote_ident, literal as quote_literal};
 use crate::pg::toc::{self, WantedTable};
 use crate::repo::{self, layout, Repository};
@@ -127,7 +131,7 @@ pub async fn run(cfg: &Config, args: &LogicalRestoreRequest) -> anyhow::Result<V
     }
 
     if args.globals {
-        lines.extend(restore_globals(&repo, &manifest, logical, &bin, &params, false).await?);
+        lines.extend(restore_globals(&repo, &manifest, logical, &params, false).await?);
     }
     if let (Some(d), Some(target)) = (dump, &args.dbname) {
         let opts = Target {
@@ -164,7 +168,7 @@ pub async fn restore_all_into(
     // The fresh scratch cluster has its own empty `postgres` database: replace it.
     let control = params.with_dbname("template1");
     let client = control.connect().await?;
-    restore_globals(repo, m, l, bin, &control, true).await?;
+    restore_globals(repo, m, l, &control, true).await?;
     for d in &l.databases {
         client
             .batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&d.name)))
@@ -330,74 +334,88 @@ async fn fetch_small(
     .await
 }
 
-/// Roles and tablespaces through psql. Those that already exist are kept (their
+/// Roles and tablespaces: the backup's `pg_dumpall --globals-only` script, one
+/// statement at a time over the protocol. Those that already exist are kept (their
 /// `CREATE` fails and is reported as such; the `ALTER` that follows still applies the
-/// backup's attributes); any other error fails the restore.
+/// backup's attributes); any other error fails the restore once every statement ran.
+///
+/// The script comes from the repository, which whoever can write the bucket controls:
+/// it is never given to psql (whose meta-commands run shell commands). A script with a
+/// meta-command is refused before anything runs (see [`crate::pg::script`]).
 async fn restore_globals(
     repo: &Arc<dyn Repository>,
     m: &Manifest,
     l: &LogicalInfo,
-    bin: &PgBin,
     params: &ConnParams,
     scratch: bool,
 ) -> anyhow::Result<Option<String>> {
-    let mut sql = fetch_small(repo, m, &l.globals_object)
+    let object = &l.globals_object;
+    let sql = fetch_small(repo, m, object)
         .await
         .context("download the roles and tablespaces script")?;
-    if scratch {
+    let refused = |why: String| {
+        anyhow::anyhow!(
+            "backup {}: {object} {why}; refusing to run it (nothing was executed). \
+             backupctl never writes this: the object was altered by someone who can write the repository; \
+             restore the roles from another backup and find out who has write access",
+            m.id
+        )
+    };
+    let text = String::from_utf8(sql).map_err(|e| {
+        refused(format!(
+            "is not UTF-8 (byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let statements = script::split(&text).map_err(|r| refused(r.to_string()))?;
+    let statements: Vec<_> = statements
+        .into_iter()
         // Tablespace locations belong to the production server.
-        sql = String::from_utf8_lossy(&sql)
-            .lines()
-            .filter(|l| !l.contains(" TABLESPACE "))
-            .flat_map(|l| [l, "\n"])
-            .collect::<String>()
-            .into_bytes();
-    }
-    let creates = String::from_utf8_lossy(&sql)
-        .lines()
-        .filter(|l| l.starts_with("CREATE ROLE ") || l.starts_with("CREATE TABLESPACE "))
-        .count();
-    let mut cmd = bin.std_command("psql");
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=0", "-d"])
-        .arg(conninfo_dbname(&params.dbname))
-        .envs(params.libpq_env());
-    let psql = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let mut child = Proc::spawn(cmd.stdin(Stdio::piped()).stdout(Stdio::null()), "psql")?;
-        let mut stdin = child.take_stdin();
-        let written = stdin.write_all(&sql);
-        drop(stdin);
-        let exited = child.wait()?;
-        written.context("send the script to psql")?;
-        Ok(exited)
-    })
-    .await??;
-    let errors: Vec<&str> = psql
-        .stderr
-        .lines()
-        .filter(|l| l.contains("ERROR:"))
+        .filter(|s| !(scratch && s.sql.contains(" TABLESPACE ")))
+        // The connection speaks UTF-8, which the script (checked above) is in.
+        .filter(|s| {
+            !s.sql
+                .to_ascii_uppercase()
+                .starts_with("SET CLIENT_ENCODING")
+        })
         .collect();
-    let (existing, other): (Vec<&str>, Vec<&str>) =
-        errors.iter().partition(|l| l.contains("already exists"));
-    if !psql.success() || !other.is_empty() {
+    let creates = statements
+        .iter()
+        .filter(|s| s.sql.starts_with("CREATE ROLE ") || s.sql.starts_with("CREATE TABLESPACE "))
+        .count();
+    let client = params.connect().await?;
+    let mut existing = 0usize;
+    let mut other = Vec::new();
+    for s in &statements {
+        if let Err(e) = client.batch_execute(&s.sql).await {
+            match e.as_db_error() {
+                Some(db) if *db.code() == SqlState::DUPLICATE_OBJECT => existing += 1,
+                Some(db) => other.push(format!("line {}: ERROR: {}", s.line, db.message())),
+                // The connection is gone: nothing more can run.
+                None => {
+                    return Err(anyhow::Error::from(e)).with_context(|| {
+                        format!("restore roles and tablespaces ({object} line {})", s.line)
+                    })
+                }
+            }
+        }
+    }
+    drop(client);
+    if !other.is_empty() {
         anyhow::bail!(
-            "{}",
-            proc::failure(
-                "psql (restoring roles and tablespaces)",
-                psql.status,
-                &other.join("\n")
-            )
+            "restoring roles and tablespaces from {object} of backup {}: {}",
+            m.id,
+            other.join("; ")
         );
     }
     tracing::info!(
-        "restored roles and tablespaces: {} created, {} already existed (kept; attributes updated from the backup)",
-        creates.saturating_sub(existing.len()),
-        existing.len()
+        "restored roles and tablespaces: {} created, {existing} already existed (kept; attributes updated from the backup)",
+        creates.saturating_sub(existing),
     );
     Ok((!scratch).then(|| {
         format!(
-            "roles and tablespaces: {} created, {} already existed",
-            creates.saturating_sub(existing.len()),
-            existing.len()
+            "roles and tablespaces: {} created, {existing} already existed",
+            creates.saturating_sub(existing),
         )
     }))
 }

@@ -102,6 +102,8 @@ struct WalFile {
     data: Arc<FileSource>,
     system_identifier: Option<u64>,
     seg_size: Option<u64>,
+    /// The major version from the page header (segments only).
+    pg_major: Option<u32>,
 }
 
 fn read_wal_file(path: &Path) -> anyhow::Result<WalFile> {
@@ -122,6 +124,7 @@ fn read_wal_file(path: &Path) -> anyhow::Result<WalFile> {
         .block(0, data.size().min(FIRST_PAGE) as usize, &mut first_page)
         .with_context(|| format!("read {}", path.display()))?;
     // Whose WAL is this? Segments say so in their first page; other files ask pg_control.
+    let mut pg_major = None;
     let (system_identifier, seg_size) = match kind {
         WalFileKind::Segment | WalFileKind::Partial => {
             let h = wal::segment_header(first_page).ok_or_else(|| {
@@ -150,6 +153,7 @@ fn read_wal_file(path: &Path) -> anyhow::Result<WalFile> {
                     h.segment_size
                 );
             }
+            pg_major = wal::major_of_page_magic(h.magic);
             (Some(h.system_identifier), Some(h.segment_size as u64))
         }
         _ => (wal::control_system_identifier(&pgdata_of(path)).ok(), None),
@@ -161,6 +165,7 @@ fn read_wal_file(path: &Path) -> anyhow::Result<WalFile> {
         data: Arc::new(data),
         system_identifier,
         seg_size,
+        pg_major,
     })
 }
 
@@ -187,9 +192,12 @@ async fn check_identity(
         }
         None => match file.system_identifier {
             Some(s) => {
+                // PG_VERSION when run from the data directory (as archive_command), else
+                // the WAL page header's magic; 0 (shown as unknown) only if neither says.
                 let major = std::fs::read_to_string(pgdata_of(&file.path).join("PG_VERSION"))
                     .ok()
                     .and_then(|v| v.trim().parse().ok())
+                    .or(file.pg_major)
                     .unwrap_or(0);
                 RepoIdentity::ensure(repo, s, major, file.seg_size.unwrap_or(wal::DEFAULT_SEGMENT_SIZE))
                     .await?
