@@ -98,6 +98,7 @@ impl World {
         let inputs = Inputs {
             backups: &self.backups,
             incomplete: &self.incomplete,
+            unreadable: &[],
             backup_objects: &self.backup_objects,
             wal_objects: &self.wal_objects,
             inventory: &self.inventory,
@@ -519,6 +520,7 @@ fn scale_2000_backups_200k_wal_segments() {
     let inputs = Inputs {
         backups: &manifests,
         incomplete: &[],
+        unreadable: &[],
         backup_objects: &objects,
         wal_objects: &wal,
         inventory: &inventory,

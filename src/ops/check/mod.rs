@@ -131,6 +131,7 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
                 "repair or remove repo.json",
             ),
         }
+        check_manifests(repo.as_ref(), &mut r).await;
     }
 
     // PostgreSQL.
@@ -292,6 +293,30 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
 }
 
 /// Superuser, or exactly the grants the jobs need (each missing one named with its GRANT).
+/// Every manifest must be usable: one that is not is skipped by restores and kept by
+/// retention, and someone has to repair or remove it.
+async fn check_manifests(repo: &dyn crate::repo::Repository, r: &mut Report) {
+    match crate::manifest::Catalog::load(repo).await {
+        Ok(cat) if cat.unreadable.is_empty() => r.ok(
+            "backup manifests",
+            format!(
+                "{} complete backup(s), every manifest readable",
+                cat.complete.len()
+            ),
+        ),
+        Ok(cat) => {
+            for u in &cat.unreadable {
+                r.fail("backup manifests", u.reason.clone(), u.fix.clone());
+            }
+        }
+        Err(e) => r.fail(
+            "backup manifests",
+            format!("{e:#}"),
+            "make the repository readable by this user",
+        ),
+    }
+}
+
 async fn check_privileges(client: &tokio_postgres::Client, r: &mut Report) {
     // (what, SQL test, GRANT that fixes it)
     const NEEDS: &[(&str, &str, &str)] = &[
