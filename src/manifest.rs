@@ -4,6 +4,12 @@
 //! first, the manifest last. The manifest is self-describing: with the repository alone
 //! (no local catalog) a restore knows every object, its checksum, the WAL range it needs
 //! and the logical row counts it must reproduce.
+//!
+//! A manifest checks itself: `manifest_sha256` is the SHA-256 of the rest of it in
+//! canonical form, so a changed value is reported as an altered manifest instead of as
+//! corrupt data. A manifest that fails to parse or to check is *unreadable*: the
+//! [`Catalog`] reports it and leaves it out, so one bad manifest blocks nothing else, and
+//! retention keeps it (nothing proves what it is).
 
 use std::collections::BTreeMap;
 use std::fmt;
