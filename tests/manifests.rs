@@ -9,7 +9,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::setup::Setup;
-use common::{pg_tempdir, stderr, stdout, switch_wal_and_wait, Backend, ClusterOptions};
+use common::{
+    backupctl, check_output, chown_to_pg, pg_tempdir, stderr, stdout, switch_wal_and_wait, Backend,
+    Cluster, ClusterOptions, TestRepo,
+};
 use serde_json::Value;
 
 const KEEP_LAST_1: &str = "[retention]\nwal = \"backups\"\n\n[retention.physical]\nkeep_last = 1\n";
@@ -56,6 +59,7 @@ both_backends!(
     unreadable_manifest_of_an_old_backup_blocks_nothing,
     altered_manifest_is_named_not_the_data,
     restore_prefers_a_backup_whose_verification_did_not_fail,
+    repo_json_records_the_size_of_the_first_segment_not_a_guess,
 );
 
 fn unreadable_manifest_of_an_old_backup_blocks_nothing(backend: Backend) {
@@ -218,4 +222,34 @@ fn segment_size_comes_from_the_manifests_without_repo_json() {
     let (code, out, err) = restore_dry_run(&s, &[]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains(&new), "{out}{err}");
+}
+
+/// A history file pushed into a new repository says nothing about the segment size, so
+/// it must not create repo.json with a guess: the first segment does, with its own size.
+fn repo_json_records_the_size_of_the_first_segment_not_a_guess(backend: Backend) {
+    let t = TestRepo::new(backend);
+    let cluster = Cluster::new(ClusterOptions {
+        initdb_args: vec!["--wal-segsize=64".into()],
+        ..Default::default()
+    });
+    let config = t.write_config("backup.toml", &cluster.postgres_toml());
+    let pg_wal = cluster.pgdata.join("pg_wal");
+    let history = pg_wal.join("00000002.history");
+    std::fs::write(&history, "1\t0/4000000\tno recovery target specified\n").unwrap();
+    chown_to_pg(&history);
+    let out = backupctl(&config, &["wal-push", history.to_str().unwrap()]);
+    check_output("wal-push of a history file", out);
+    let segment = pg_wal.join("000000010000000000000001");
+    let out = backupctl(&config, &["wal-push", segment.to_str().unwrap()]);
+    check_output("wal-push of the first segment", out);
+    let info = stdout(&check_output(
+        "info",
+        backupctl(&config, &["--json", "info"]),
+    ));
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        info["identity"]["wal_segment_size"],
+        64u64 << 20,
+        "repo.json must record the cluster's segment size: {info}"
+    );
 }
