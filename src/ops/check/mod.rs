@@ -1,7 +1,7 @@
 //! `backupctl check`: report, line by line, what works and what does not — config,
-//! repository access, PostgreSQL connection, binaries, archiving settings — each failure
-//! with the fix. The command fails if anything failed. `--init` creates `repo.json` for
-//! this cluster.
+//! repository access, backup manifests (one that cannot be used is named), PostgreSQL
+//! connection, binaries, archiving settings — each failure with the fix. The command
+//! fails if anything failed. `--init` creates `repo.json` for this cluster.
 
 pub mod archive;
 
@@ -292,7 +292,6 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
     Ok(r)
 }
 
-/// Superuser, or exactly the grants the jobs need (each missing one named with its GRANT).
 /// Every manifest must be usable: one that is not is skipped by restores and kept by
 /// retention, and someone has to repair or remove it.
 async fn check_manifests(repo: &dyn crate::repo::Repository, r: &mut Report) {
@@ -317,6 +316,7 @@ async fn check_manifests(repo: &dyn crate::repo::Repository, r: &mut Report) {
     }
 }
 
+/// Superuser, or exactly the grants the jobs need (each missing one named with its GRANT).
 async fn check_privileges(client: &tokio_postgres::Client, r: &mut Report) {
     // (what, SQL test, GRANT that fixes it)
     const NEEDS: &[(&str, &str, &str)] = &[
