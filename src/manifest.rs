@@ -4,6 +4,12 @@
 //! first, the manifest last. The manifest is self-describing: with the repository alone
 //! (no local catalog) a restore knows every object, its checksum, the WAL range it needs
 //! and the logical row counts it must reproduce.
+//!
+//! A manifest checks itself: `manifest_sha256` is the SHA-256 of the rest of it in
+//! canonical form, so a changed value is reported as an altered manifest instead of as
+//! corrupt data. A manifest that fails to parse or to check is *unreadable*: the
+//! [`Catalog`] reports it and leaves it out, so one bad manifest blocks nothing else, and
+//! retention keeps it (nothing proves what it is).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -253,32 +259,211 @@ impl Manifest {
             .is_some_and(|v| v.outcome == Outcome::Ok)
     }
 
-    /// Write the manifest (last step of a backup; also after verification).
+    /// Write the manifest (last step of a backup; also after verification), with its
+    /// own checksum (`manifest_sha256`).
     pub async fn store(&self, repo: &dyn Repository) -> anyhow::Result<()> {
-        let body = serde_json::to_vec_pretty(self)?;
+        let body = self.to_stored_bytes()?;
         repo.put_bytes(&layout::manifest_key(&self.id), body, PutOptions::default())
             .await
             .with_context(|| format!("write manifest of backup {}", self.id))?;
         Ok(())
     }
 
-    /// Read the manifest of backup `id`; `Ok(None)` when it has none (incomplete or absent).
+    /// The bytes [`Manifest::store`] writes: the manifest as pretty JSON with
+    /// `manifest_sha256` last.
+    pub fn to_stored_bytes(&self) -> anyhow::Result<Vec<u8>> {
+        #[derive(Serialize)]
+        struct Stored<'a> {
+            #[serde(flatten)]
+            manifest: &'a Manifest,
+            manifest_sha256: &'a str,
+        }
+        // The checksum is over what a reader parses back, not over the values in memory:
+        // serde_json's default float parsing is not always exact, and the reader can only
+        // hash what it parsed.
+        let written: serde_json::Value = serde_json::from_slice(&serde_json::to_vec(self)?)?;
+        let sum = canonical_sha256(&written);
+        Ok(serde_json::to_vec_pretty(&Stored {
+            manifest: self,
+            manifest_sha256: &sum,
+        })?)
+    }
+
+    /// Parse the stored manifest of backup `id`, checking its own checksum, its format
+    /// and that it is backup `id`'s. Manifests written before manifests carried a
+    /// checksum (no `manifest_sha256`) are accepted as they are.
+    pub fn parse(id: &str, bytes: &[u8]) -> Result<Manifest, ManifestProblem> {
+        let mut v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| ManifestProblem::Invalid(format!("not JSON: {e}")))?;
+        let recorded = v.as_object_mut().and_then(|o| o.remove(CHECKSUM_FIELD));
+        match recorded {
+            Some(serde_json::Value::String(recorded)) => {
+                let computed = canonical_sha256(&v);
+                if recorded != computed {
+                    return Err(ManifestProblem::Altered { recorded, computed });
+                }
+            }
+            Some(other) => {
+                return Err(ManifestProblem::Invalid(format!(
+                    "{CHECKSUM_FIELD} is {other}, not a string"
+                )))
+            }
+            None => tracing::debug!(
+                backup = %id,
+                "manifest has no {CHECKSUM_FIELD} (written before manifests carried one): not checked"
+            ),
+        }
+        // The format first: a newer manifest may not parse as this version's.
+        if let Some(format) = v.get("format").and_then(|f| f.as_u64()) {
+            if format > u64::from(FORMAT) {
+                return Err(ManifestProblem::NewerFormat(format));
+            }
+        }
+        let m: Manifest = serde_path_to_error::deserialize(v)
+            .map_err(|e| ManifestProblem::Invalid(e.to_string()))?;
+        if m.id != id {
+            return Err(ManifestProblem::Invalid(format!(
+                "it describes backup {}, not {id}",
+                m.id
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Read the manifest of backup `id`; `Ok(None)` when it has none (incomplete or
+    /// absent). A manifest that cannot be trusted is an error naming it and the fix.
     pub async fn load(repo: &dyn Repository, id: &str) -> anyhow::Result<Option<Manifest>> {
         match repo.get_bytes(&layout::manifest_key(id)).await {
-            Ok(bytes) => {
-                let m: Manifest = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("parse manifest of backup {id}"))?;
-                if m.format > FORMAT {
-                    return Err(crate::user_error!(
-                        "backup {id} has manifest format {}, this backupctl understands up to {FORMAT}; upgrade backupctl",
-                        m.format
-                    ));
+            Ok(bytes) => match Manifest::parse(id, &bytes) {
+                Ok(m) => Ok(Some(m)),
+                Err(p @ ManifestProblem::NewerFormat(_)) => {
+                    Err(crate::user_error!("{}", p.message(id)))
                 }
-                Ok(Some(m))
-            }
+                Err(p) => Err(anyhow::anyhow!("{}", p.message(id))),
+            },
             Err(RepoError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// The field of a stored manifest holding the SHA-256 of the rest of it.
+pub const CHECKSUM_FIELD: &str = "manifest_sha256";
+
+/// SHA-256 (hex) of the canonical form of a manifest without its checksum field: compact
+/// JSON, object keys sorted, numbers as serde_json prints them. Canonical rather than the
+/// bytes, so the check survives reformatting but not a changed value.
+fn canonical_sha256(v: &serde_json::Value) -> String {
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(o) => {
+                let mut entries: Vec<(&String, &serde_json::Value)> = o.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                serde_json::Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.clone(), sorted(v)))
+                        .collect(),
+                )
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    let bytes = serde_json::to_vec(&sorted(v)).expect("a JSON value serializes");
+    crate::codec::Digest::of(&bytes).sha256
+}
+
+/// Why a stored manifest cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestProblem {
+    /// Not JSON, or not a manifest.
+    #[error("unreadable: {0}")]
+    Invalid(String),
+    /// Valid, but its content is not what was written.
+    #[error(
+        "altered: its checksum does not match (recorded {recorded}, content hashes to {computed})"
+    )]
+    Altered { recorded: String, computed: String },
+    /// Written by a newer backupctl.
+    #[error("unreadable: manifest format {0}, this backupctl understands up to {FORMAT}")]
+    NewerFormat(u64),
+}
+
+impl ManifestProblem {
+    /// What is wrong with backup `id`'s manifest.
+    pub fn describe(&self, id: &str) -> String {
+        match self {
+            ManifestProblem::Invalid(e) => {
+                format!(
+                    "manifest of backup {id} is unreadable (parse manifest of backup {id}: {e})"
+                )
+            }
+            ManifestProblem::Altered { .. } => format!("manifest of backup {id} was {self}"),
+            ManifestProblem::NewerFormat(_) => format!("manifest of backup {id} is {self}"),
+        }
+    }
+
+    /// What to do about it.
+    pub fn fix(&self, id: &str) -> String {
+        match self {
+            ManifestProblem::NewerFormat(_) => "upgrade backupctl".to_string(),
+            _ => unusable_fix(id),
+        }
+    }
+
+    /// The whole message: what is wrong and what to do.
+    pub fn message(&self, id: &str) -> String {
+        format!("{}; {}", self.describe(id), self.fix(id))
+    }
+}
+
+/// What to do about a manifest that cannot be trusted.
+pub fn unusable_fix(id: &str) -> String {
+    format!(
+        "backup {id} is not used for restores and retention never deletes it; put back an intact copy of backups/{id}/manifest.json, or, if the backup is not needed, delete backups/{id}/ by hand"
+    )
+}
+
+/// A backup whose manifest exists but cannot be used (see [`ManifestProblem`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub id: String,
+    /// From the id, when it parses.
+    pub kind: Option<BackupKind>,
+    pub start_time: Option<DateTime<Utc>>,
+    /// What is wrong with it.
+    pub reason: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+/// The WAL segment size recorded for a repository: `repo.json`'s, else the one every
+/// physical manifest records (an error naming them when they disagree), else
+/// PostgreSQL's default. The default is safe only there: every WAL-dependent decision
+/// (retention's floor, a restore's WAL range, windows and gaps) is relative to a
+/// physical backup, and without one nothing is decided from segment numbers.
+pub fn wal_segment_size(repo_json: Option<u64>, backups: &[Manifest]) -> Result<u64, String> {
+    if let Some(size) = repo_json {
+        return Ok(size);
+    }
+    let mut sizes: BTreeMap<u64, &str> = BTreeMap::new();
+    for m in backups {
+        if let Some(p) = &m.physical {
+            sizes.entry(p.wal_segment_size).or_insert(&m.id);
+        }
+    }
+    match sizes.len() {
+        0 => Ok(crate::pg::wal::DEFAULT_SEGMENT_SIZE),
+        1 => Ok(*sizes.keys().next().expect("one size")),
+        _ => Err(format!(
+            "the repository has no repo.json and its physical backups record different WAL segment sizes ({}); a repository holds one cluster's backups: move the other cluster's backups out, then run `backupctl check --init` on the cluster's host to recreate repo.json",
+            sizes
+                .iter()
+                .map(|(size, id)| format!("{id}: {} MiB", size >> 20))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 
@@ -289,6 +474,9 @@ pub struct Catalog {
     pub complete: Vec<Manifest>,
     /// Backup ids with objects but no manifest, with their newest object time.
     pub incomplete: Vec<(String, Option<DateTime<Utc>>)>,
+    /// Backups whose manifest exists but cannot be used (not JSON, altered, newer
+    /// format): left out of `complete`, so nothing plans with them, and never deleted.
+    pub unreadable: Vec<Unreadable>,
 }
 
 impl Catalog {
@@ -323,9 +511,32 @@ impl Catalog {
                 cat.incomplete.push((id, newest));
                 continue;
             }
-            match Manifest::load(repo, &id).await? {
-                Some(m) => cat.complete.push(m),
-                None => cat.incomplete.push((id, newest)),
+            // One bad manifest must not hide every other backup: it is reported and
+            // skipped. Repository errors (network, permissions) still fail the load.
+            let bytes = match repo.get_bytes(&layout::manifest_key(&id)).await {
+                Ok(bytes) => bytes,
+                Err(RepoError::NotFound { .. }) => {
+                    cat.incomplete.push((id, newest));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::from(e))
+                        .with_context(|| format!("read manifest of backup {id}"))
+                }
+            };
+            match Manifest::parse(&id, &bytes) {
+                Ok(m) => cat.complete.push(m),
+                Err(p) => {
+                    tracing::warn!(backup = %id, "{}", p.message(&id));
+                    let parsed = parse_backup_id(&id);
+                    cat.unreadable.push(Unreadable {
+                        kind: parsed.map(|(_, k)| k),
+                        start_time: parsed.map(|(t, _)| t),
+                        reason: p.describe(&id),
+                        fix: p.fix(&id),
+                        id,
+                    });
+                }
             }
         }
         cat.complete
@@ -335,6 +546,25 @@ impl Catalog {
 
     pub fn find(&self, id: &str) -> Option<&Manifest> {
         self.complete.iter().find(|m| m.id == id)
+    }
+
+    /// The complete backup `id`, or an error saying why it cannot be used.
+    pub fn require(&self, id: &str) -> anyhow::Result<&Manifest> {
+        if let Some(m) = self.find(id) {
+            return Ok(m);
+        }
+        if let Some(u) = self.unreadable.iter().find(|u| u.id == id) {
+            return Err(anyhow::anyhow!("{}; {}", u.reason, u.fix));
+        }
+        Err(crate::user_error!(
+            "backup {id} does not exist or is incomplete; `backupctl list` shows the backups"
+        ))
+    }
+
+    /// The WAL segment size to read the repository's WAL with; `repo_json` is what
+    /// `repo.json` records (absent when the file is missing). See [`wal_segment_size`].
+    pub fn wal_segment_size(&self, repo_json: Option<u64>) -> anyhow::Result<u64> {
+        wal_segment_size(repo_json, &self.complete).map_err(|e| crate::user_error!("{e}"))
     }
 
     pub fn of_kind(&self, kind: BackupKind) -> impl Iterator<Item = &Manifest> {
@@ -401,5 +631,154 @@ mod tests {
         assert!(json.contains("\"start_lsn\":\"0/2000028\""));
         let back: Manifest = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
+    }
+
+    fn sample() -> Manifest {
+        let t = Utc.with_ymd_and_hms(2026, 11, 22, 10, 15, 0).unwrap();
+        let mut m =
+            crate::test_fixtures::manifest("20261122T101500Z-physical", BackupKind::Physical, t, t);
+        m.objects = vec![ObjectEntry {
+            name: "base.0.tar".into(),
+            sha256: "ab".repeat(32),
+            stored_size: 10,
+            size: 10,
+        }];
+        // Floats that do not parse back exactly with serde_json's default parser.
+        m.verification = Some(crate::test_fixtures::verification(
+            t,
+            Outcome::Ok,
+            0.1 + 0.2,
+        ));
+        m.physical = Some(crate::test_fixtures::physical_info(1, 2, 2));
+        m
+    }
+
+    #[test]
+    fn stored_manifests_check_their_own_checksum() {
+        let m = sample();
+        let id = m.id.clone();
+        let stored = String::from_utf8(m.to_stored_bytes().unwrap()).unwrap();
+        assert!(stored.contains("\"manifest_sha256\": \""), "{stored}");
+        let legacy = serde_json::to_string_pretty(&m).unwrap();
+        let reformatted = {
+            let v: serde_json::Value = serde_json::from_str(&stored).unwrap();
+            serde_json::to_string(&v).unwrap()
+        };
+        let altered_digit = stored.replacen(&"ab".repeat(32), &format!("bb{}", "ab".repeat(31)), 1);
+        let altered_size = stored.replacen("\"stored_size\": 10", "\"stored_size\": 11", 1);
+        let newer = legacy.replacen("\"format\": 1", "\"format\": 99", 1);
+        let other_id = stored.replace(&id, "20261122T101501Z-physical");
+        let bad_sum = format!(
+            "{}, \"manifest_sha256\": 7}}",
+            legacy.trim_end().trim_end_matches('}')
+        );
+        // (case, bytes, expected: Ok or the start of the problem's description)
+        let cases: Vec<(&str, String, Result<(), &str>)> = vec![
+            ("as stored", stored.clone(), Ok(())),
+            ("written before checksums", legacy.clone(), Ok(())),
+            ("reformatted, same values", reformatted, Ok(())),
+            (
+                "one hex digit of an object's sha256",
+                altered_digit,
+                Err("was altered: its checksum does not match"),
+            ),
+            ("an object's size", altered_size, Err("was altered")),
+            (
+                "one flipped byte",
+                {
+                    let mut b = stored.clone().into_bytes();
+                    b[0] ^= 1;
+                    String::from_utf8(b).unwrap()
+                },
+                Err("is unreadable (parse manifest of backup"),
+            ),
+            (
+                "truncated",
+                stored[..stored.len() / 2].to_string(),
+                Err("is unreadable"),
+            ),
+            (
+                "newer format",
+                newer,
+                Err("is unreadable: manifest format 99"),
+            ),
+            ("another backup's manifest", other_id, Err("was altered")),
+            ("checksum not a string", bad_sum, Err("is unreadable")),
+        ];
+        for (case, bytes, want) in cases {
+            let got = Manifest::parse(&id, bytes.as_bytes());
+            match (want, got) {
+                (Ok(()), Ok(back)) => assert_eq!(back.id, m.id, "{case}"),
+                (Err(start), Err(p)) => {
+                    let msg = p.message(&id);
+                    assert!(
+                        msg.starts_with(&format!("manifest of backup {id} "))
+                            && msg.contains(start),
+                        "{case}: {msg}"
+                    );
+                    assert!(
+                        msg.contains("; "),
+                        "{case}: the message says what to do: {msg}"
+                    );
+                }
+                (want, got) => panic!("{case}: wanted {want:?}, got {got:?}"),
+            }
+        }
+        // Only the id check catches a manifest copied under another id with its checksum.
+        let moved = m.clone();
+        let e = Manifest::parse(
+            "20261122T101501Z-physical",
+            &moved.to_stored_bytes().unwrap(),
+        )
+        .unwrap_err();
+        assert!(e.message("x").contains("describes backup"), "{e:?}");
+    }
+
+    #[test]
+    fn wal_segment_size_comes_from_the_record() {
+        const MB16: u64 = 16 << 20;
+        const MB64: u64 = 64 << 20;
+        let t = Utc.with_ymd_and_hms(2026, 11, 22, 10, 15, 0).unwrap();
+        let phys = |id: &str, seg: u64| {
+            let mut m = crate::test_fixtures::manifest(id, BackupKind::Physical, t, t);
+            let mut p = crate::test_fixtures::physical_info(1, 2, 2);
+            p.wal_segment_size = seg;
+            m.physical = Some(p);
+            m
+        };
+        let logical = crate::test_fixtures::manifest("l", BackupKind::Logical, t, t);
+        // (case, repo.json, manifests, expected size or a piece of the error)
+        type Case<'a> = (&'a str, Option<u64>, Vec<Manifest>, Result<u64, &'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                "repo.json wins",
+                Some(MB64),
+                vec![phys("a", MB16)],
+                Ok(MB64),
+            ),
+            (
+                "manifests without repo.json",
+                None,
+                vec![phys("a", MB64), phys("b", MB64), logical.clone()],
+                Ok(MB64),
+            ),
+            ("nothing records it", None, vec![logical.clone()], Ok(MB16)),
+            ("empty repository", None, vec![], Ok(MB16)),
+            (
+                "manifests disagree",
+                None,
+                vec![phys("a", MB16), phys("b", MB64)],
+                Err("a: 16 MiB, b: 64 MiB"),
+            ),
+        ];
+        for (case, recorded, backups, want) in cases {
+            match (want, wal_segment_size(recorded, &backups)) {
+                (Ok(w), Ok(got)) => assert_eq!(got, w, "{case}"),
+                (Err(piece), Err(e)) => {
+                    assert!(e.contains(piece) && e.contains("repo.json"), "{case}: {e}")
+                }
+                (want, got) => panic!("{case}: wanted {want:?}, got {got:?}"),
+            }
+        }
     }
 }

@@ -232,8 +232,9 @@ fn keep_last_2_deletes_exactly_four_backups_and_their_wal(backend: Backend) {
     );
     assert!(!pgdata.exists());
 
-    // A time inside the remaining window restores, from backup 5.
-    let r = s.restore_start(&["--target-time", &inside_time]);
+    // A time inside the remaining window restores, from backup 5 (as the new primary:
+    // a copy would get archive_mode = off and never archive timeline 2).
+    let r = s.restore_start(&["--target-time", &inside_time, "--new-primary"]);
     assert_eq!(
         r.psql(
             "postgres",

@@ -256,6 +256,10 @@ fn good_logical_backup_verifies_and_tampered_counts_fail(backend: Backend) {
         .find(|t| t["table"] == "orders")
         .unwrap();
     t["rows"] = serde_json::json!(4999);
+    // Without its own checksum the manifest reads as one written before manifests had
+    // one, so the count reaches the restore check (with it, the manifest is refused as
+    // altered before anything is restored).
+    m.as_object_mut().unwrap().remove("manifest_sha256");
     std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
     let out = s.run(&["verify", &id]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));

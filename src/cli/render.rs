@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use crate::archival::plan::Cursor;
 use crate::archival::report::{ArchiveSummary, TableStatus};
-use crate::manifest::{Manifest, Outcome};
+use crate::manifest::{Manifest, Outcome, Unreadable};
 use crate::ops::check::{Report as CheckReport, Status as CheckStatus};
 use crate::ops::info::{DaemonView, Summary};
 use crate::ops::list::Listing;
@@ -68,6 +68,14 @@ pub fn list(listing: &Listing) {
             "incomplete backups (no manifest; in progress or failed): {}",
             listing.incomplete_backups.join(", ")
         );
+    }
+    unreadable(&listing.unreadable_manifests);
+}
+
+/// One line per backup whose manifest cannot be used.
+fn unreadable(list: &[Unreadable]) {
+    for u in list {
+        println!("UNREADABLE {}: {}; fix: {}", u.id, u.reason, u.fix);
     }
 }
 
@@ -157,6 +165,7 @@ pub fn info_summary(s: &Summary) {
         );
     }
     windows(&s.recoverable_windows, &s.wal_gaps);
+    unreadable(&s.unreadable_manifests);
     daemon(&s.daemon);
 }
 

@@ -371,6 +371,11 @@ fn observation(o: &mut Out, obs: &Observation, now: DateTime<Utc>) {
         "Backups without a manifest (unfinished or abandoned).",
         Some(r.incomplete as f64),
     );
+    o.gauge(
+        "backupctl_unreadable_manifests",
+        "Backups whose manifest exists but cannot be used (not JSON, altered, or a newer format); they are not restored from and never deleted by retention. `backupctl list` names them.",
+        Some(r.unreadable_manifests as f64),
+    );
     o.gauge_per(
         "backupctl_newest_backup_timestamp_seconds",
         "Stop time of the newest complete backup (Unix time).",
@@ -502,7 +507,10 @@ mod tests {
                 last_archived_time: Some(t(40)),
                 last_failed_time: Some(t(50)),
             }),
-            repo: Ok(RepoFacts::default()),
+            repo: Ok(RepoFacts {
+                unreadable_manifests: 2,
+                ..Default::default()
+            }),
         });
         let text = render(&s, t(100));
         let lines = samples(&text);
@@ -521,6 +529,7 @@ mod tests {
             "backupctl_wal_archive_failing 1",
             "backupctl_postgres_up 1",
             "backupctl_repository_up 1",
+            "backupctl_unreadable_manifests 2",
         ] {
             assert!(lines.contains(&want), "missing {want:?} in\n{text}");
         }

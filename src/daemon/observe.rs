@@ -75,6 +75,8 @@ pub struct LastVerification {
 pub struct RepoFacts {
     pub kinds: BTreeMap<BackupKind, KindFacts>,
     pub incomplete: usize,
+    /// Backups whose manifest exists but cannot be used (not JSON, altered, newer format).
+    pub unreadable_manifests: usize,
     /// The newest recoverable window, and how many there are (more than one = a gap).
     pub window: Option<Window>,
     pub windows: usize,
@@ -119,6 +121,7 @@ impl RepoFacts {
         RepoFacts {
             kinds,
             incomplete: st.catalog.incomplete.len(),
+            unreadable_manifests: st.catalog.unreadable.len(),
             window: st.windows.iter().max_by_key(|w| (w.to, w.from)).cloned(),
             windows: st.windows.len(),
             gaps: st.gaps.len(),
@@ -293,6 +296,13 @@ mod tests {
                     manifest("l1", BackupKind::Logical, 4, Some((6, true))),
                 ],
                 incomplete: vec![("x".into(), None)],
+                unreadable: vec![crate::manifest::Unreadable {
+                    id: "u".into(),
+                    kind: None,
+                    start_time: None,
+                    reason: "manifest of backup u is unreadable".into(),
+                    fix: "repair it".into(),
+                }],
             },
             inventory: Default::default(),
             timeline: None,
@@ -309,6 +319,7 @@ mod tests {
         let last = p.last_verification.as_ref().unwrap();
         assert_eq!((last.backup_id.as_str(), last.ok), ("p2", false));
         assert_eq!(f.incomplete, 1);
+        assert_eq!(f.unreadable_manifests, 1);
         assert_eq!(f.newest_verified(), Some(("l1", t(4))));
         // No backups of a kind: present, empty (metrics show a count of 0).
         let empty = RepoFacts::from_status(&RepoStatus {

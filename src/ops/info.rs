@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::jobs::history::{self, JobHistory};
 use crate::jobs::JobKind;
-use crate::manifest::{BackupKind, Manifest};
+use crate::manifest::{BackupKind, Manifest, Unreadable};
 use crate::ops::list::BackupLine;
 use crate::ops::status::{RepoStatus, WalSummary};
 use crate::recovery::inventory::Gap;
@@ -25,6 +25,8 @@ pub struct Summary {
     pub wal_gaps: Vec<String>,
     pub wal: WalSummary,
     pub incomplete_backups: Vec<String>,
+    /// Backups whose manifest exists but cannot be used, with the reason and the fix.
+    pub unreadable_manifests: Vec<Unreadable>,
     pub daemon: DaemonView,
 }
 
@@ -129,6 +131,7 @@ pub async fn run(cfg: &Config, id: Option<&str>) -> anyhow::Result<Info> {
             .iter()
             .map(|(id, _)| id.clone())
             .collect(),
+        unreadable_manifests: st.catalog.unreadable.clone(),
         daemon: daemon_view(cfg),
     })))
 }

@@ -1,9 +1,10 @@
-//! `backupctl list`: every backup, the recoverable window(s) and WAL gaps.
+//! `backupctl list`: every backup, the recoverable window(s), WAL gaps, and the backups
+//! whose manifest cannot be used.
 
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Unreadable};
 use crate::ops::status::RepoStatus;
 use crate::recovery::inventory::Gap;
 use crate::recovery::plan::Window;
@@ -75,6 +76,8 @@ pub struct Listing {
     pub recoverable_windows: Vec<Window>,
     pub wal_gaps: Vec<String>,
     pub incomplete_backups: Vec<String>,
+    /// Backups whose manifest exists but cannot be used, with the reason and the fix.
+    pub unreadable_manifests: Vec<Unreadable>,
     /// The complete backups' manifests, in the order of `backups`.
     #[serde(skip)]
     pub manifests: Vec<Manifest>,
@@ -95,6 +98,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Listing> {
             .iter()
             .map(|(id, _)| id.clone())
             .collect(),
+        unreadable_manifests: st.catalog.unreadable.clone(),
         manifests: st.catalog.complete.clone(),
     })
 }

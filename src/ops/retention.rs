@@ -22,7 +22,6 @@ use crate::config::RetentionConfig;
 use crate::jobs::JobKind;
 use crate::lock::Wait;
 use crate::manifest::Catalog;
-use crate::pg::wal::DEFAULT_SEGMENT_SIZE;
 use crate::recovery::inventory::WalInventory;
 use crate::recovery::lease;
 use crate::repo::{self, identity::RepoIdentity, layout, Repository};
@@ -92,15 +91,13 @@ pub async fn execute(
     dry_run: bool,
     now: DateTime<Utc>,
 ) -> anyhow::Result<RetentionReport> {
-    let seg_size = RepoIdentity::load(repo)
-        .await?
-        .map(|i| i.wal_segment_size)
-        .unwrap_or(DEFAULT_SEGMENT_SIZE);
+    let recorded = RepoIdentity::load(repo).await?.map(|i| i.wal_segment_size);
     let backup_objects = repo
         .list(layout::BACKUPS_PREFIX)
         .await
         .context("list backups")?;
     let catalog = Catalog::load_from(repo, &backup_objects).await?;
+    let seg_size = catalog.wal_segment_size(recorded)?;
     let wal_objects = repo
         .list(layout::WAL_PREFIX)
         .await
@@ -111,6 +108,7 @@ pub async fn execute(
     let inputs = Inputs {
         backups: &catalog.complete,
         incomplete: &catalog.incomplete,
+        unreadable: &catalog.unreadable,
         backup_objects: &backup_objects,
         wal_objects: &wal_objects,
         inventory: &inventory,

@@ -18,6 +18,11 @@ const SEG: u64 = 16 << 20;
 
 /// Three physical backups starting in segments 1, 3, 5 (one minute apart) and WAL 1..=6.
 async fn fill(repo: &dyn Repository) -> Vec<String> {
+    fill_seg(repo, SEG).await
+}
+
+/// [`fill`] with WAL segments of `seg` bytes (and no repo.json).
+async fn fill_seg(repo: &dyn Repository, seg: u64) -> Vec<String> {
     let base = Utc::now() - chrono::Duration::hours(1);
     let mut ids = vec![];
     for (i, start) in [1u64, 3, 5].into_iter().enumerate() {
@@ -51,9 +56,11 @@ async fn fill(repo: &dyn Repository) -> Vec<String> {
             tli: 1,
             segno: start,
         }
-        .name(SEG);
+        .name(seg);
         m.physical = Some(PhysicalInfo {
-            stop_lsn: Lsn(start * SEG + 400),
+            start_lsn: Lsn(start * seg + 40),
+            stop_lsn: Lsn(start * seg + 400),
+            wal_segment_size: seg,
             start_wal: wal.clone(),
             stop_wal: wal,
             pgdata: "/x".into(),
@@ -64,7 +71,7 @@ async fn fill(repo: &dyn Repository) -> Vec<String> {
         ids.push(id);
     }
     for segno in 1..=6 {
-        let name = Segment { tli: 1, segno }.name(SEG);
+        let name = Segment { tli: 1, segno }.name(seg);
         let key = layout::wal_key(&name, Algorithm::Zstd).unwrap();
         repo.put_bytes(&key, vec![0u8; 100], PutOptions::default())
             .await
@@ -172,4 +179,95 @@ async fn a_crash_mid_deletion_never_leaves_a_manifest_without_its_data() {
         "{left:?}"
     );
     assert_eq!(left.iter().filter(|k| k.starts_with("wal/")).count(), 2);
+}
+
+/// Without repo.json the manifests' segment size is used: with 64 MiB segments the floor
+/// is the kept backup's own start segment (16 MiB would put it four times too high and
+/// delete the WAL it needs); manifests that disagree are refused.
+#[tokio::test]
+async fn segment_size_comes_from_the_manifests_without_repo_json() {
+    const SEG64: u64 = 64 << 20;
+    let d = tempfile::tempdir().unwrap();
+    let repo = LocalRepository::new(d.path().to_path_buf());
+    let ids = fill_seg(&repo, SEG64).await;
+    let r = execute(&repo, &keep_last(1), true, Utc::now())
+        .await
+        .unwrap();
+    let from = r.plan.wal.keep_from.as_ref().unwrap();
+    assert_eq!(
+        (from.segment.as_str(), from.backup.as_str()),
+        (
+            Segment { tli: 1, segno: 5 }.name(SEG64).as_str(),
+            ids[2].as_str()
+        )
+    );
+    assert_eq!(r.plan.delete.wal_files, 4, "{:?}", r.plan.wal);
+
+    // One backup of another segment size: no way to tell which is right.
+    let mut m = crate::manifest::Manifest::load(&repo, &ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    m.physical.as_mut().unwrap().wal_segment_size = SEG;
+    m.store(&repo).await.unwrap();
+    let err = execute(&repo, &keep_last(1), true, Utc::now())
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("different WAL segment sizes")
+            && msg.contains(&format!("{}: 16 MiB", ids[0]))
+            && msg.contains("64 MiB")
+            && msg.contains("check --init"),
+        "{msg}"
+    );
+}
+
+/// A backup whose manifest is unreadable or altered is kept, with the reason, and holds
+/// all WAL; the others are planned as usual.
+#[tokio::test]
+async fn unreadable_manifests_are_kept_and_hold_the_wal() {
+    for damage in ["not json", "altered"] {
+        let d = tempfile::tempdir().unwrap();
+        let repo = LocalRepository::new(d.path().to_path_buf());
+        let ids = fill(&repo).await;
+        let key = layout::manifest_key(&ids[0]);
+        let mut bytes = repo.get_bytes(&key).await.unwrap();
+        match damage {
+            "not json" => bytes[0] ^= 1,
+            _ => {
+                let text = String::from_utf8(bytes.clone()).unwrap();
+                let at = text.find("\"stored_size\": ").unwrap() + 15;
+                bytes[at] = if bytes[at] == b'9' { b'8' } else { b'9' };
+            }
+        }
+        repo.put_bytes(&key, bytes, PutOptions::default())
+            .await
+            .unwrap();
+        let before = keys(&repo).await;
+        let r = execute(&repo, &keep_last(1), false, Utc::now())
+            .await
+            .unwrap();
+        let e = r
+            .plan
+            .backups
+            .iter()
+            .find(|b| b.decision.id == ids[0])
+            .unwrap();
+        assert_eq!(e.decision.action, crate::retention::policy::Action::Keep);
+        assert!(
+            e.decision.reasons[0].starts_with("manifest unreadable"),
+            "{damage}: {:?}",
+            e.decision.reasons
+        );
+        assert_eq!(r.plan.delete.backups, vec![ids[1].clone()], "{damage}");
+        assert_eq!(r.plan.delete.wal_files, 0, "{damage}: {:?}", r.plan.wal);
+        let after = keys(&repo).await;
+        for k in before
+            .iter()
+            .filter(|k| k.contains(&ids[0]) || k.starts_with("wal/"))
+        {
+            assert!(after.contains(k), "{damage}: {k} was deleted");
+        }
+    }
 }

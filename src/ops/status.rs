@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::manifest::{BackupKind, Catalog};
-use crate::pg::wal::{Segment, DEFAULT_SEGMENT_SIZE};
+use crate::pg::wal::Segment;
 use crate::recovery::inventory::{Gap, WalInventory};
 use crate::recovery::plan::{self, Window};
 use crate::repo::identity::RepoIdentity;
@@ -52,11 +52,8 @@ pub struct TimelineLine {
 impl RepoStatus {
     pub async fn load(repo: &dyn Repository) -> anyhow::Result<RepoStatus> {
         let identity = RepoIdentity::load(repo).await?;
-        let seg = identity
-            .as_ref()
-            .map(|i| i.wal_segment_size)
-            .unwrap_or(DEFAULT_SEGMENT_SIZE);
         let catalog = Catalog::load(repo).await?;
+        let seg = catalog.wal_segment_size(identity.as_ref().map(|i| i.wal_segment_size))?;
         let inventory = WalInventory::load(repo, seg).await?;
         let timeline = inventory.current_timeline().or_else(|| {
             catalog

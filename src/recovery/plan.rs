@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::inventory::{Gap, Span, WalInventory};
 use super::target::{format_pg_time, Target};
-use crate::manifest::{BackupKind, Manifest, RestorePoint};
+use crate::manifest::{BackupKind, Manifest, Outcome, RestorePoint};
 use crate::pg::wal::{Lsn, Segment};
 
 /// A stretch of time any instant of which can be recovered.
@@ -231,7 +231,9 @@ pub fn windows(backups: &[Manifest], inv: &WalInventory, tli: u32) -> Vec<Window
 }
 
 /// Choose the backup for `target`: `requested` if given, else the newest physical
-/// backup ending before the target whose WAL from its start to the target is continuous.
+/// backup ending before the target whose WAL from its start to the target is continuous
+/// and whose verification did not fail (a failed one only when no other can serve, and
+/// the reason says so; the reason also names failed ones skipped).
 pub fn choose<'a>(
     backups: &'a [Manifest],
     inv: &WalInventory,
@@ -271,7 +273,57 @@ pub fn choose<'a>(
         }
     };
 
-    let chosen: &Manifest = if let Some(id) = requested {
+    // Whether `m` can serve the target: its own WAL and the WAL on to the target are
+    // archived without gaps. Gives where its WAL begins and where replay ends.
+    let serve = |m: &Manifest| -> Result<(Pos, Option<u64>), PlanError> {
+        let pos = on_path(m, inv, &path).expect("checked on path");
+        let gap_err = |gap: Gap| PlanError::Gap {
+            backup: m.id.clone(),
+            gap,
+            windows: windows.clone(),
+        };
+        if let Some(g) = inv
+            .gaps(&path, pos.start_seg, pos.stop_seg)
+            .into_iter()
+            .next()
+        {
+            return Err(gap_err(g));
+        }
+        let end_seg: Option<u64> = match target {
+            Target::Time(t) => match inv.first_archived_after(&path, pos.stop_seg, *t) {
+                Some(e) => Some(e),
+                None => {
+                    return Err(PlanError::AfterWindow {
+                        target: target.describe(),
+                        windows: windows.clone(),
+                    })
+                }
+            },
+            Target::Lsn(_) | Target::Name(_) => match target_lsn {
+                Some(l) => {
+                    let e = l.0 / seg;
+                    if inv.newest_on_path(&path).is_none_or(|(_, n)| n < e) {
+                        return Err(PlanError::AfterWindow {
+                            target: target.describe(),
+                            windows: windows.clone(),
+                        });
+                    }
+                    Some(e)
+                }
+                None => None,
+            },
+            Target::Immediate => None,
+            Target::Latest => inv.newest_on_path(&path).map(|(_, n)| n),
+        };
+        if let Some(e) = end_seg {
+            if let Some(g) = inv.gaps(&path, pos.stop_seg, e).into_iter().next() {
+                return Err(gap_err(g));
+            }
+        }
+        Ok((pos, end_seg))
+    };
+
+    let (chosen, pos, end_seg, verification_note) = if let Some(id) = requested {
         let m = backups
             .iter()
             .find(|m| m.id == id)
@@ -291,7 +343,11 @@ pub fn choose<'a>(
                 target: target.describe(),
             });
         }
-        m
+        let (pos, end) = serve(m)?;
+        let note = failed_verification(m)
+            .map(|f| format!("; WARNING: it FAILED verification ({f})"))
+            .unwrap_or_default();
+        (m, pos, end, note)
     } else {
         let mut candidates: Vec<&Manifest> = physical(backups)
             .filter(|m| on_path(m, inv, &path).is_some())
@@ -300,74 +356,86 @@ pub fn choose<'a>(
             return Err(PlanError::NoBackups);
         }
         candidates.sort_by_key(|m| std::cmp::Reverse(m.stop_time));
-        match candidates.into_iter().find(|m| ends_before(m)) {
-            Some(m) => m,
-            None => {
-                return Err(PlanError::BeforeWindow {
-                    target: target.describe(),
-                    windows,
-                })
-            }
+        candidates.retain(|m| ends_before(m));
+        if candidates.is_empty() {
+            return Err(PlanError::BeforeWindow {
+                target: target.describe(),
+                windows: windows.clone(),
+            });
         }
-    };
-
-    let pos = on_path(chosen, inv, &path).expect("checked on path");
-    let gap_err = |gap: Gap| PlanError::Gap {
-        backup: chosen.id.clone(),
-        gap,
-        windows: windows.clone(),
-    };
-    if let Some(g) = inv
-        .gaps(&path, pos.start_seg, pos.stop_seg)
-        .into_iter()
-        .next()
-    {
-        return Err(gap_err(g));
-    }
-    let end_seg: Option<u64> = match target {
-        Target::Time(t) => match inv.first_archived_after(&path, pos.stop_seg, *t) {
-            Some(e) => Some(e),
-            None => {
-                return Err(PlanError::AfterWindow {
-                    target: target.describe(),
-                    windows,
-                })
-            }
-        },
-        Target::Lsn(_) | Target::Name(_) => match target_lsn {
-            Some(l) => {
-                let e = l.0 / seg;
-                if inv.newest_on_path(&path).is_none_or(|(_, n)| n < e) {
-                    return Err(PlanError::AfterWindow {
-                        target: target.describe(),
-                        windows,
-                    });
+        // A backup whose test restore failed is not chosen while one that did not fail
+        // (verified or never verified) can serve the target; the newest failed one is
+        // used only when nothing else can, and the reason says so loudly.
+        let mut first_err = None;
+        let mut skipped: Vec<String> = vec![];
+        let mut fallback = None;
+        let mut picked = None;
+        for m in &candidates {
+            match serve(m) {
+                Ok((pos, end)) => match failed_verification(m) {
+                    None => {
+                        picked = Some((*m, pos, end));
+                        break;
+                    }
+                    Some(f) => {
+                        skipped.push(format!("backup {} ({f})", m.id));
+                        if fallback.is_none() {
+                            fallback = Some((*m, pos, end, f));
+                        }
+                    }
+                },
+                Err(e) => {
+                    first_err.get_or_insert(e);
                 }
-                Some(e)
             }
-            None => None,
-        },
-        Target::Immediate => None,
-        Target::Latest => inv.newest_on_path(&path).map(|(_, n)| n),
-    };
-    if let Some(e) = end_seg {
-        if let Some(g) = inv.gaps(&path, pos.stop_seg, e).into_iter().next() {
-            return Err(gap_err(g));
         }
-    }
+        match (picked, fallback) {
+            (Some((m, pos, end)), _) => {
+                let note = if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; skipped newer {} because {} failed verification: {}",
+                        if skipped.len() == 1 { "backup" } else { "backups" },
+                        if skipped.len() == 1 { "it" } else { "they" },
+                        skipped.join(", ")
+                    )
+                };
+                (m, pos, end, note)
+            }
+            (None, Some((m, pos, end, f))) => (
+                m,
+                pos,
+                end,
+                format!(
+                    "; WARNING: it FAILED verification ({f}) and no backup that did not fail verification can serve {}: check the restored data before using it",
+                    target.describe()
+                ),
+            ),
+            (None, None) => return Err(first_err.expect("a candidate failed to serve")),
+        }
+    };
 
     let p = chosen.physical.as_ref().expect("physical");
     let mut reason = if requested.is_some() {
         format!("backup {} was requested", chosen.id)
     } else {
         format!(
-            "backup {} is the newest physical backup that ends before {} (stop time {}, stop LSN {})",
+            "backup {} is the newest physical backup that ends before {}{} (stop time {}, stop LSN {})",
             chosen.id,
             target.describe(),
+            if verification_note.is_empty() {
+                ""
+            } else if failed_verification(chosen).is_some() {
+                " (of those that can serve it)"
+            } else {
+                " and did not fail verification"
+            },
             format_pg_time(&chosen.stop_time),
             p.stop_lsn
         )
     };
+    reason.push_str(&verification_note);
     let last = end_seg.unwrap_or(pos.stop_seg);
     reason.push_str(&format!(
         "; WAL is continuous from {} to {}",
@@ -391,6 +459,21 @@ pub fn choose<'a>(
         reason,
         expected,
     })
+}
+
+/// When `m`'s last test restore failed: when, and its first failure.
+fn failed_verification(m: &Manifest) -> Option<String> {
+    let v = m
+        .verification
+        .as_ref()
+        .filter(|v| v.outcome == Outcome::Failed)?;
+    Some(format!(
+        "verification at {} failed: {}",
+        format_pg_time(&v.time),
+        v.failures
+            .first()
+            .map_or("no failure recorded", String::as_str)
+    ))
 }
 
 /// Restore points recorded in manifests (the pre-migration hook), by name.
@@ -632,5 +715,141 @@ mod tests {
         )
         .unwrap();
         assert!(c.reason.contains("search the WAL"), "{}", c.reason);
+    }
+
+    /// A backup (as [`backup`]) whose verification had `outcome`.
+    fn verified(id: &str, start: u64, stop_min: u32, outcome: Option<Outcome>) -> Manifest {
+        let mut m = backup(id, 1, start, start, stop_min);
+        m.verification = outcome.map(|o| {
+            let mut v = crate::test_fixtures::verification(t(30), o, 1.0);
+            if o == Outcome::Failed {
+                v.failures = vec!["object base.0.tar failed its checksum".into()];
+            }
+            v
+        });
+        m
+    }
+
+    #[test]
+    fn backups_that_failed_verification_are_skipped_while_others_can_serve() {
+        use Outcome::{Failed, Ok as Good};
+        let i = inv(&segs(1, 2..=12), &[]);
+        let none = HashMap::new();
+        // (case, backups (id, start segment = stop minute, verification), target,
+        //  --backup, expected choice, pieces of the reason, pieces it must not have)
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, u64, Option<Outcome>)>,
+            Target,
+            Option<&'a str>,
+            &'a str,
+            Vec<&'a str>,
+            Vec<&'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "no verification failed: the newest",
+                vec![("a", 2, Some(Good)), ("b", 5, None)],
+                Target::Latest,
+                None,
+                "b",
+                vec!["newest physical backup that ends before"],
+                vec!["skipped", "FAILED", "failed verification"],
+            ),
+            (
+                "the newest failed: the older unverified one, naming the skipped",
+                vec![("a", 2, None), ("b", 5, Some(Failed))],
+                Target::Latest,
+                None,
+                "a",
+                vec![
+                    "and did not fail verification",
+                    "skipped newer backup because it failed verification: backup b (verification at 2026-11-22 10:30:00",
+                    "failed its checksum",
+                ],
+                vec!["WARNING"],
+            ),
+            (
+                "two newer failed: both named",
+                vec![("a", 2, Some(Good)), ("b", 5, Some(Failed)), ("c", 8, Some(Failed))],
+                Target::Time(t(10)),
+                None,
+                "a",
+                vec!["skipped newer backups because they failed verification: backup c", ", backup b ("],
+                vec!["WARNING"],
+            ),
+            (
+                "a failed one after the target does not matter",
+                vec![("a", 2, None), ("b", 5, None), ("c", 8, Some(Failed))],
+                Target::Time(t(6)),
+                None,
+                "b",
+                vec!["newest physical backup"],
+                vec!["skipped", "FAILED"],
+            ),
+            (
+                "only failed ones can serve: the newest, loudly",
+                vec![("a", 2, Some(Failed)), ("b", 5, Some(Failed))],
+                Target::Latest,
+                None,
+                "b",
+                vec!["WARNING: it FAILED verification", "no backup that did not fail verification can serve"],
+                vec!["skipped"],
+            ),
+            (
+                "the only good one ends after the target: the failed one, loudly",
+                vec![("a", 2, Some(Failed)), ("b", 5, Some(Good))],
+                Target::Time(t(3)),
+                None,
+                "a",
+                vec!["WARNING: it FAILED verification"],
+                vec![],
+            ),
+            (
+                "--backup forces a failed one, and says so",
+                vec![("a", 2, None), ("b", 5, Some(Failed))],
+                Target::Latest,
+                Some("b"),
+                "b",
+                vec!["backup b was requested", "WARNING: it FAILED verification"],
+                vec![],
+            ),
+        ];
+        for (case, specs, target, requested, want, has, lacks) in cases {
+            let backups: Vec<Manifest> = specs
+                .iter()
+                .map(|(id, start, o)| verified(id, *start, *start as u32, *o))
+                .collect();
+            let c = choose(&backups, &i, &target, requested, None, &none)
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(c.backup.id, want, "{case}: {}", c.reason);
+            for piece in has {
+                assert!(
+                    c.reason.contains(piece),
+                    "{case}: {piece:?} missing in {}",
+                    c.reason
+                );
+            }
+            for piece in lacks {
+                assert!(
+                    !c.reason.contains(piece),
+                    "{case}: {piece:?} in {}",
+                    c.reason
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_gap_is_reported_even_when_a_failed_backup_is_skipped() {
+        let mut s = segs(1, 2..=9);
+        s.retain(|&(_, n)| n != 7);
+        let i = inv(&s, &[]);
+        let backups = vec![
+            verified("a", 2, 2, None),
+            verified("b", 5, 5, Some(Outcome::Failed)),
+        ];
+        let e = choose(&backups, &i, &Target::Latest, None, None, &HashMap::new()).unwrap_err();
+        assert!(matches!(e, PlanError::Gap { .. }), "{e}");
     }
 }

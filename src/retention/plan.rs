@@ -1,5 +1,5 @@
-//! The whole retention plan: backups, backups without a manifest, WAL, the exact keys a
-//! run deletes in the order it deletes them, and a proof that no kept backup loses a
+//! The whole retention plan: backups, backups without a manifest, backups with an
+//! unreadable manifest (always kept), WAL, the exact keys a run deletes in the order it deletes them, and a proof that no kept backup loses a
 //! restorable point. Pure: (repository listings, manifests, WAL inventory, policy, now).
 //!
 //! The proof: the recoverable windows of the kept backups (the same
@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::policy::{self, fmt_age, Action, BackupDecision};
 use super::wal::{self, WalPlan};
 use crate::config::RetentionConfig;
-use crate::manifest::{BackupKind, Manifest};
+use crate::manifest::{BackupKind, Manifest, Unreadable};
 use crate::recovery::inventory::WalInventory;
 use crate::recovery::plan::{windows, Window};
 use crate::repo::{layout, ObjectMeta};
@@ -28,6 +28,8 @@ pub struct Inputs<'a> {
     pub backups: &'a [Manifest],
     /// Backup ids without a manifest, with their newest object's time.
     pub incomplete: &'a [(String, Option<DateTime<Utc>>)],
+    /// Backups whose manifest exists but cannot be used: always kept.
+    pub unreadable: &'a [Unreadable],
     /// Listing of `backups/`.
     pub backup_objects: &'a [ObjectMeta],
     /// Listing of `wal/`, and the inventory built from it.
@@ -155,6 +157,37 @@ pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Re
         });
     }
 
+    // A backup whose manifest cannot be used is never deleted automatically: nothing
+    // proves what it is or that anything else replaces it (see `Unreadable`).
+    for u in inputs.unreadable {
+        let objs = objects_of(&u.id);
+        let newest = objs.iter().filter_map(|o| o.last_modified).max();
+        let time = u.start_time.or(newest).unwrap_or(DateTime::UNIX_EPOCH);
+        entries.push(BackupEntry {
+            objects: objs.len(),
+            bytes: objs.iter().map(|o| o.size).sum(),
+            decision: BackupDecision {
+                id: u.id.clone(),
+                // Unknown kind: treated as physical, the kind whose WAL is held.
+                kind: u.kind.unwrap_or(BackupKind::Physical),
+                label: None,
+                start_time: time,
+                stop_time: time,
+                verified: None,
+                rule: None,
+                action: Action::Keep,
+                reasons: vec![format!(
+                    "manifest unreadable: never deleted automatically ({})",
+                    u.reason
+                )],
+            },
+        });
+    }
+    entries.sort_by(|a, b| {
+        let (a, b) = (&a.decision, &b.decision);
+        (a.start_time, a.stop_time, &a.id).cmp(&(b.start_time, b.stop_time, &b.id))
+    });
+
     let mut incomplete = vec![];
     let mut sorted_incomplete: Vec<_> = inputs.incomplete.iter().collect();
     sorted_incomplete.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
@@ -219,7 +252,20 @@ pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Re
         .filter(|m| m.kind == BackupKind::Physical)
         .collect();
     let seg_size = inputs.inventory.seg_size;
-    let wal = wal::decide(inputs.wal_objects, seg_size, &kept_physical, wal_rule, now);
+    let unreadable_physical: Vec<&str> = inputs
+        .unreadable
+        .iter()
+        .filter(|u| u.kind != Some(BackupKind::Logical))
+        .map(|u| u.id.as_str())
+        .collect();
+    let wal = wal::decide(
+        inputs.wal_objects,
+        seg_size,
+        &kept_physical,
+        &unreadable_physical,
+        wal_rule,
+        now,
+    );
     let doomed: BTreeSet<&str> = wal.delete.iter().map(String::as_str).collect();
     for o in inputs.wal_objects {
         if doomed.contains(o.key.as_str()) {

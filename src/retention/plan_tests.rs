@@ -107,6 +107,7 @@ impl World {
         let inputs = Inputs {
             backups: &self.backups,
             incomplete: &self.incomplete,
+            unreadable: &[],
             backup_objects: &self.backup_objects,
             wal_objects: &self.wal_objects,
             leased,
@@ -559,6 +560,7 @@ fn scale_2000_backups_200k_wal_segments() {
     let inputs = Inputs {
         backups: &manifests,
         incomplete: &[],
+        unreadable: &[],
         backup_objects: &objects,
         wal_objects: &wal,
         leased: &[],

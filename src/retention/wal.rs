@@ -16,7 +16,9 @@
 //! path), nor is anything under `wal/` that is not a WAL file name. With no complete
 //! physical backup at all, nothing is deleted: the first backup, perhaps in flight, needs
 //! the WAL from its start on. An in-flight backup later on never starts before the newest
-//! complete one (physical backups hold one host-wide lock), which is always kept.
+//! complete one (physical backups hold one host-wide lock), which is always kept. Nor is
+//! anything deleted while a backup that may be physical has an unreadable manifest: where
+//! its WAL begins is unknown, and the backup is kept (it may be repaired and restored).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -67,10 +69,16 @@ enum Floor {
     NoBackup,
     /// A kept backup's manifest lacks its WAL position: keep everything.
     Unknown(String),
+    /// A backup that may be physical has an unreadable manifest, so where its WAL
+    /// begins is unknown: keep everything.
+    Unreadable(String),
     Segment(KeepFrom),
 }
 
-fn floor(kept_physical: &[&Manifest], seg_size: u64) -> Floor {
+fn floor(kept_physical: &[&Manifest], unreadable: &[&str], seg_size: u64) -> Floor {
+    if let Some(id) = unreadable.first() {
+        return Floor::Unreadable(id.to_string());
+    }
     let mut best: Option<KeepFrom> = None;
     for m in kept_physical {
         let Some(p) = &m.physical else {
@@ -123,10 +131,11 @@ pub fn decide(
     objects: &[ObjectMeta],
     seg_size: u64,
     kept_physical: &[&Manifest],
+    unreadable: &[&str],
     rule: WalRetention,
     now: DateTime<Utc>,
 ) -> WalPlan {
-    let floor = floor(kept_physical, seg_size);
+    let floor = floor(kept_physical, unreadable, seg_size);
     let mut items: Vec<(Pos, &ObjectMeta, WalFile)> = objects
         .iter()
         .map(|o| {
@@ -161,6 +170,10 @@ pub fn decide(
                 Floor::Unknown(id) => (
                     Action::Keep,
                     format!("kept backup {id} records no WAL position: all WAL is kept"),
+                ),
+                Floor::Unreadable(id) => (
+                    Action::Keep,
+                    format!("the manifest of backup {id} is unreadable, so the WAL it needs is unknown: all WAL is kept until it is repaired or the backup is deleted by hand"),
                 ),
                 Floor::Segment(k) if pos.2 >= k.segno => (
                     Action::Keep,

@@ -200,6 +200,8 @@ pub struct ClusterOptions {
     pub archive_command: Option<String>,
     /// Extra postgresql.conf lines.
     pub conf: Vec<String>,
+    /// Extra initdb arguments (`--wal-segsize=64`).
+    pub initdb_args: Vec<String>,
 }
 
 /// A throwaway cluster: initdb'd into a temp dir, own Unix socket, no TCP listener.
@@ -219,15 +221,21 @@ impl Cluster {
         let socket_dir = dir.path().join("sock");
         std::fs::create_dir(&socket_dir).unwrap();
         chown_to_pg(&socket_dir);
-        let out = as_pg(Command::new(pg_bin("initdb")).arg("-D").arg(&pgdata).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-            "--locale=C",
-        ]))
+        let out = as_pg(
+            Command::new(pg_bin("initdb"))
+                .arg("-D")
+                .arg(&pgdata)
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "--locale=C",
+                ])
+                .args(&opts.initdb_args),
+        )
         .output()
         .unwrap();
         check_output("initdb", out);

@@ -1,7 +1,7 @@
 //! `backupctl check`: report, line by line, what works and what does not — config,
-//! repository access, PostgreSQL connection, binaries, archiving settings — each failure
-//! with the fix. The command fails if anything failed. `--init` creates `repo.json` for
-//! this cluster.
+//! repository access, backup manifests (one that cannot be used is named), PostgreSQL
+//! connection, binaries, archiving settings — each failure with the fix. The command
+//! fails if anything failed. `--init` creates `repo.json` for this cluster.
 
 pub mod archive;
 
@@ -154,6 +154,7 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
                 }
             }
         }
+        check_manifests(repo.as_ref(), &mut r).await;
     }
 
     // PostgreSQL.
@@ -334,6 +335,28 @@ fn connect_fix(e: &anyhow::Error) -> &'static str {
         "allow this user and host in pg_hba.conf, or connect as another user (postgres.user / PGUSER)"
     } else {
         "start PostgreSQL or set [postgres] host/port/user (or PGHOST/PGPORT/PGUSER)"
+
+/// Every manifest must be usable: one that is not is skipped by restores and kept by
+/// retention, and someone has to repair or remove it.
+async fn check_manifests(repo: &dyn crate::repo::Repository, r: &mut Report) {
+    match crate::manifest::Catalog::load(repo).await {
+        Ok(cat) if cat.unreadable.is_empty() => r.ok(
+            "backup manifests",
+            format!(
+                "{} complete backup(s), every manifest readable",
+                cat.complete.len()
+            ),
+        ),
+        Ok(cat) => {
+            for u in &cat.unreadable {
+                r.fail("backup manifests", u.reason.clone(), u.fix.clone());
+            }
+        }
+        Err(e) => r.fail(
+            "backup manifests",
+            format!("{e:#}"),
+            "make the repository readable by this user",
+        ),
     }
 }
 

@@ -113,11 +113,14 @@ pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> 
 
     let repo = repo::open(cfg).await?;
     let catalog = Catalog::load(repo.as_ref()).await?;
+    if let Some(id) = &args.backup {
+        catalog.require(id)?; // an unreadable manifest is named, not "does not exist"
+    }
     // An uninitialised repository simply has no backups: the planner says so.
-    let seg_size = RepoIdentity::load(repo.as_ref())
+    let recorded = RepoIdentity::load(repo.as_ref())
         .await?
-        .map(|id| id.wal_segment_size)
-        .unwrap_or(crate::pg::wal::DEFAULT_SEGMENT_SIZE);
+        .map(|id| id.wal_segment_size);
+    let seg_size = catalog.wal_segment_size(recorded)?;
     let inventory = WalInventory::load(repo.as_ref(), seg_size).await?;
     let points = plan::restore_points(&catalog.complete);
     let choice = plan::choose(

@@ -102,11 +102,7 @@ pub fn outcome(report: &VerifyReport) -> anyhow::Result<()> {
 fn select(catalog: &Catalog, args: &VerifyRequest) -> anyhow::Result<Vec<Manifest>> {
     let all = &catalog.complete;
     let picked: Vec<Manifest> = if let Some(id) = &args.id {
-        vec![catalog.find(id).cloned().ok_or_else(|| {
-            crate::user_error!(
-                "backup {id} does not exist or is incomplete; `backupctl list` shows the backups"
-            )
-        })?]
+        vec![catalog.require(id)?.clone()]
     } else if args.latest {
         [BackupKind::Physical, BackupKind::Logical]
             .iter()

@@ -169,8 +169,8 @@ fn read_wal_file(path: &Path) -> anyhow::Result<WalFile> {
     })
 }
 
-/// The repository's cluster (system identifier), checked against `file`'s; creates
-/// repo.json for a new repository. The answer is cached in `state_dir` for an hour.
+/// The repository's cluster (system identifier), checked against `file`'s; a segment
+/// creates repo.json for a new repository (other files leave that to the first segment). The answer is cached in `state_dir` for an hour.
 async fn check_identity(
     cfg: &Config,
     repo_tag: &str,
@@ -191,6 +191,13 @@ async fn check_identity(
             id
         }
         None => match file.system_identifier {
+            // Only a segment's header says the WAL segment size; repo.json must not
+            // record a guess (every later decision reads WAL with it). The first
+            // segment pushed creates it.
+            Some(s) if file.seg_size.is_none() => {
+                tracing::debug!(file = %file.name, "repository not initialised yet: repo.json is created by the first segment, which records the segment size");
+                return Ok(s);
+            }
             Some(s) => {
                 // PG_VERSION when run from the data directory (as archive_command), else
                 // the WAL page header's magic; 0 (shown as unknown) only if neither says.
@@ -199,8 +206,8 @@ async fn check_identity(
                     .and_then(|v| v.trim().parse().ok())
                     .or(file.pg_major)
                     .unwrap_or(0);
-                RepoIdentity::ensure(repo, s, major, file.seg_size.unwrap_or(wal::DEFAULT_SEGMENT_SIZE))
-                    .await?
+                let seg_size = file.seg_size.expect("a segment says its size");
+                RepoIdentity::ensure(repo, s, major, seg_size).await?
             }
             None => {
                 return Err(crate::user_error!(
