@@ -10,24 +10,14 @@ use std::path::{Path, PathBuf};
 
 use common::setup::Setup;
 use common::{
-    backupctl, check_output, chown_to_pg, pg_tempdir, stderr, stdout, switch_wal_and_wait, Backend,
-    Cluster, ClusterOptions, TestRepo,
+    backupctl, check_output, chown_to_pg, pg_tempdir, stderr, stdout, Backend, Cluster,
+    ClusterOptions, TestRepo,
 };
 use serde_json::Value;
 
-const KEEP_LAST_1: &str = "[retention]\nwal = \"backups\"\n\n[retention.physical]\nkeep_last = 1\n";
+use common::setup::KEEP_LAST_1;
 
 impl Setup {
-    /// A physical backup without verification, its WAL archived; returns its id.
-    fn backup_no_verify(&self) -> String {
-        let id = self
-            .ok(&["backup", "--kind", "physical", "--no-verify"])
-            .trim()
-            .to_string();
-        switch_wal_and_wait(&self.cluster);
-        id
-    }
-
     fn manifest_path(&self, id: &str) -> PathBuf {
         self.object_path(&format!("backups/{id}/manifest.json"))
     }

@@ -34,6 +34,23 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// Table `t`: row 1 before a physical backup, row 2 before the returned target time,
+    /// row 3 after it; all archived.
+    fn rows_around_a_target(&self) -> String {
+        self.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+        self.sql("INSERT INTO t VALUES (1, 'before backup')");
+        self.backup();
+        self.sql("INSERT INTO t VALUES (2, 'timeline 1, before target')");
+        std::thread::sleep(Duration::from_millis(1100));
+        let target = self.now();
+        std::thread::sleep(Duration::from_millis(1100));
+        self.sql("INSERT INTO t VALUES (3, 'timeline 1 only')");
+        switch_wal_and_wait(&self.cluster);
+        target
+    }
+}
+
 fn flip_byte(path: &Path, at_fraction: f64) {
     let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let i = ((bytes.len() as f64) * at_fraction) as usize;
@@ -597,15 +614,7 @@ fn wal_fetch_prefetches_the_following_segments(backend: Backend) {
 
 fn timelines_after_pitr(backend: Backend) {
     let s = Setup::new(backend);
-    s.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
-    s.sql("INSERT INTO t VALUES (1, 'before backup')");
-    s.backup();
-    s.sql("INSERT INTO t VALUES (2, 'timeline 1, before target')");
-    std::thread::sleep(Duration::from_millis(1100));
-    let target = s.now();
-    std::thread::sleep(Duration::from_millis(1100));
-    s.sql("INSERT INTO t VALUES (3, 'timeline 1 only')");
-    switch_wal_and_wait(&s.cluster);
+    let target = s.rows_around_a_target();
 
     // PITR creates timeline 2; the promoted server, restored as the new primary,
     // archives into the same repository.
@@ -705,15 +714,7 @@ fn wait_restored_archived(r: &common::Restored, seg: &str) {
 /// "latest" then restored the copy's timeline instead of production's newer data.
 fn a_restored_copy_never_archives_into_the_repository(backend: Backend) {
     let s = Setup::new(backend);
-    s.sql("CREATE TABLE t (id int PRIMARY KEY)");
-    s.sql("INSERT INTO t VALUES (1)");
-    s.backup();
-    s.sql("INSERT INTO t VALUES (2)");
-    std::thread::sleep(Duration::from_millis(1100));
-    let target = s.now();
-    std::thread::sleep(Duration::from_millis(1100));
-    s.sql("INSERT INTO t VALUES (3)");
-    switch_wal_and_wait(&s.cluster);
+    let target = s.rows_around_a_target();
 
     let r = s.restore_start(&["--target-time", &target]);
     assert_eq!(r.psql("postgres", "SHOW archive_mode"), "off");
@@ -757,15 +758,7 @@ fn a_restored_copy_never_archives_into_the_repository(backend: Backend) {
 /// kept archiving timeline 1 afterwards: restores lost production's newer data.
 fn latest_follows_the_timeline_production_archives(backend: Backend) {
     let s = Setup::new(backend);
-    s.sql("CREATE TABLE t (id int PRIMARY KEY)");
-    s.sql("INSERT INTO t VALUES (1)");
-    s.backup();
-    s.sql("INSERT INTO t VALUES (2)");
-    std::thread::sleep(Duration::from_millis(1100));
-    let target = s.now();
-    std::thread::sleep(Duration::from_millis(1100));
-    s.sql("INSERT INTO t VALUES (3)");
-    switch_wal_and_wait(&s.cluster);
+    let target = s.rows_around_a_target();
 
     // A copy that archives timeline 2, then is abandoned.
     let r = s.restore_start(&["--target-time", &target, "--new-primary"]);
@@ -906,8 +899,7 @@ fn a_wal_gap_between_start_and_stop_leaves_the_backup_incomplete(backend: Backen
 /// the restore had planned recovery through, so PostgreSQL promoted part-way through
 /// history instead of stopping.
 fn a_restore_holds_a_lease_and_a_missing_planned_segment_stops_recovery(backend: Backend) {
-    let keep_last_1 = "[retention]\nwal = \"backups\"\n\n[retention.physical]\nkeep_last = 1\n";
-    let s = Setup::with_config(backend, keep_last_1);
+    let s = Setup::with_config(backend, common::setup::KEEP_LAST_1);
     s.sql("CREATE TABLE t (id int PRIMARY KEY)");
     s.sql("INSERT INTO t VALUES (1)");
     let a = s.backup();

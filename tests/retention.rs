@@ -22,7 +22,7 @@ use serde_json::Value;
 
 const SEG: u64 = 16 << 20;
 const KEEP_LAST_2: &str = "[retention]\nwal = \"backups\"\n\n[retention.physical]\nkeep_last = 2\n";
-const KEEP_LAST_1: &str = "[retention]\nwal = \"backups\"\n\n[retention.physical]\nkeep_last = 1\n";
+use common::setup::KEEP_LAST_1;
 
 impl Setup {
     fn json(&self, config: &Path, args: &[&str]) -> Value {

@@ -13,16 +13,6 @@ use common::setup::Setup;
 use common::{as_pg, stderr, stdout, switch_wal_and_wait, Backend};
 
 impl Setup {
-    /// A physical backup without verification, its WAL archived; returns its id.
-    fn backup_no_verify(&self) -> String {
-        let id = self
-            .ok(&["backup", "--kind", "physical", "--no-verify"])
-            .trim()
-            .to_string();
-        switch_wal_and_wait(&self.cluster);
-        id
-    }
-
     fn manifest(&self, id: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["--json", "info", id])).unwrap()
     }

@@ -206,11 +206,9 @@ fn wal_deleted(p: &Plan) -> Vec<String> {
         .collect()
 }
 
-/// Regression: retention deleted a backup, and the WAL after it, while a restore of it
-/// was running (or its restored server had not finished recovery).
-#[test]
-fn a_leased_backup_and_its_wal_are_kept() {
-    let w = World::new(
+/// b1 (segment 1), b2 (4..5), b3 (7) on timeline 1, with segments 1..9 archived.
+fn three_backups_on_one_timeline() -> World {
+    World::new(
         &[
             (phys("b1", "2026-11-22T10:01:00Z"), 1, 1, 1),
             (phys("b2", "2026-11-22T10:04:00Z"), 1, 4, 5),
@@ -218,7 +216,14 @@ fn a_leased_backup_and_its_wal_are_kept() {
         ],
         segs(1, 1..=9),
         &[],
-    );
+    )
+}
+
+/// Regression: retention deleted a backup, and the WAL after it, while a restore of it
+/// was running (or its restored server had not finished recovery).
+#[test]
+fn a_leased_backup_and_its_wal_are_kept() {
+    let w = three_backups_on_one_timeline();
     let b1 = w.backups[0].id.clone();
     let leased = vec![(b1.clone(), "leased by a restore (db1 pid 7)".to_string())];
     let p = w.plan_leased(&keep_last(2, "backups"), t(60), &leased);
@@ -238,15 +243,7 @@ fn a_leased_backup_and_its_wal_are_kept() {
 
 #[test]
 fn wal_before_the_oldest_kept_start_goes_and_nothing_after() {
-    let w = World::new(
-        &[
-            (phys("b1", "2026-11-22T10:01:00Z"), 1, 1, 1),
-            (phys("b2", "2026-11-22T10:04:00Z"), 1, 4, 5),
-            (phys("b3", "2026-11-22T10:07:00Z"), 1, 7, 7),
-        ],
-        segs(1, 1..=9),
-        &[],
-    );
+    let w = three_backups_on_one_timeline();
     let p = w.plan(&keep_last(2, "backups"), t(60));
     assert_eq!(p.delete.backups, vec!["b1"]);
     assert_eq!(wal_deleted(&p), vec![seg(1, 1), seg(1, 2), seg(1, 3)]);

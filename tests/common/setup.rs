@@ -5,9 +5,13 @@ use std::path::PathBuf;
 use std::process::Output;
 
 use super::{
-    archive_command, backupctl, check_output, free_port, pg_tempdir, stdout, Backend, Cluster,
-    ClusterOptions, Restored, TestRepo,
+    archive_command, backupctl, check_output, free_port, pg_tempdir, stdout, switch_wal_and_wait,
+    Backend, Cluster, ClusterOptions, Restored, TestRepo,
 };
+
+/// `[retention]` keeping the newest physical backup and the WAL it needs.
+pub const KEEP_LAST_1: &str =
+    "[retention]\nwal = \"backups\"\n\n[retention.physical]\nkeep_last = 1\n";
 
 /// A cluster archiving into a test repository, and the config that reaches both.
 pub struct Setup {
@@ -48,6 +52,16 @@ impl Setup {
         let out = self.run(args);
         check_output(&format!("backupctl {args:?}"), out.clone());
         stdout(&out)
+    }
+
+    /// A physical backup without verification, its WAL archived; returns its id.
+    pub fn backup_no_verify(&self) -> String {
+        let id = self
+            .ok(&["backup", "--kind", "physical", "--no-verify"])
+            .trim()
+            .to_string();
+        switch_wal_and_wait(&self.cluster);
+        id
     }
 
     /// A physical backup (verified as configured); returns its id.

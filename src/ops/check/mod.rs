@@ -335,6 +335,8 @@ fn connect_fix(e: &anyhow::Error) -> &'static str {
         "allow this user and host in pg_hba.conf, or connect as another user (postgres.user / PGUSER)"
     } else {
         "start PostgreSQL or set [postgres] host/port/user (or PGHOST/PGPORT/PGUSER)"
+    }
+}
 
 /// Every manifest must be usable: one that is not is skipped by restores and kept by
 /// retention, and someone has to repair or remove it.
