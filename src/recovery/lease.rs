@@ -68,7 +68,11 @@ pub async fn acquire(
         purpose: purpose.to_string(),
         holder: holder.clone(),
         created,
-        expires: created + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
+        // A configured lifetime beyond chrono's range means "practically forever".
+        expires: chrono::Duration::from_std(ttl)
+            .ok()
+            .and_then(|d| created.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
     };
     let key = layout::lease_key(backup, &holder);
     let body = serde_json::to_vec_pretty(&lease)?;
@@ -180,6 +184,16 @@ mod tests {
             expired(&all, t(3)),
             vec!["leases/20261121T010000Z-physical.b.json".to_string()]
         );
+    }
+
+    #[tokio::test]
+    async fn a_lifetime_beyond_the_calendar_does_not_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = crate::repo::local::LocalRepository::new(d.path().to_path_buf());
+        let h = acquire(&repo, "20261122T010000Z-physical", "restore", Duration::MAX)
+            .await
+            .unwrap();
+        assert_eq!(h.lease.expires, DateTime::<Utc>::MAX_UTC);
     }
 
     #[tokio::test]

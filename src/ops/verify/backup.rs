@@ -58,7 +58,10 @@ pub async fn verify_backup(
         repo.as_ref(),
         &m.id,
         "verify",
-        cfg.verify.timeout * 2 + Duration::from_secs(3600),
+        cfg.verify
+            .timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(3600)),
     )
     .await?;
     let span = tracing::info_span!("verify", id = %m.id, kind = %m.kind);
