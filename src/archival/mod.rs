@@ -2,7 +2,7 @@
 //!
 //! `plan` is pure (SQL text, column and partition decisions); `inspect` reads the
 //! catalog; `rows` and `partmode` move data; `log` keeps `archive_log`. The command glue
-//! is `commands/archival.rs`.
+//! is `ops/archival.rs`.
 
 pub mod inspect;
 pub mod log;

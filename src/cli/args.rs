@@ -1,5 +1,5 @@
-//! Command-line definitions (clap derive). No logic here: `main.rs` dispatches to
-//! `commands::*`.
+//! Command-line definitions (clap derive). No logic here: `cli/mod.rs` turns them into
+//! the operations' requests.
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
 //! Retention: which backups and WAL to delete, and proof that nothing a restore of a kept
-//! backup needs goes with them. Pure policy code; `commands::retention` does the I/O.
+//! backup needs goes with them. Pure policy code; `ops::retention` does the I/O.
 //!
 //! - [`policy`]: which complete backups the rules keep (per kind and label, tiers, the
 //!   newest and newest-verified invariants);
