@@ -163,7 +163,11 @@ fn populate(c: &Cluster) {
 
 fn backup_and_restore(backend: Backend) {
     let t = TestRepo::new(backend);
-    let src = Cluster::new(ClusterOptions::default());
+    // A slow WAL writer: WAL that nothing flushed stays unflushed (see the restore point).
+    let src = Cluster::new(ClusterOptions {
+        conf: vec!["wal_writer_delay = 10s".into()],
+        ..Default::default()
+    });
     populate(&src);
     let config = t.write_config("backup.toml", &src.postgres_toml());
 
@@ -232,9 +236,21 @@ fn backup_and_restore(backend: Backend) {
         .find(|t| t.table == "events_2025")
         .unwrap();
     assert_eq!(leaf.partition_of.as_deref(), Some("sales.events"));
-    // The restore point is a real WAL record named after the backup. (This cluster does
-    // not archive, so nothing switched WAL after it: a commit with an xid flushes it.)
-    src.psql("postgres", "SELECT txid_current()");
+    // The restore point is a real WAL record named after the backup. This cluster does
+    // not archive, so nothing switched WAL after it, and neither the record nor a commit
+    // that wrote no WAL of its own (`SELECT txid_current()`) flushes it: the WAL writer
+    // does, up to `wal_writer_delay` later, and reading the live pg_wal before then ends
+    // before the record (the flaky "invalid record length … wanted 24, got 0"). A
+    // checkpoint flushes the WAL; the WAL writer is slowed down above so that a test that
+    // forgot it would fail every time.
+    src.psql("postgres", "CHECKPOINT");
+    assert_eq!(
+        src.psql(
+            "postgres",
+            &format!("SELECT pg_current_wal_flush_lsn() >= '{}'::pg_lsn", rp.lsn)
+        ),
+        "t"
+    );
     let segment = src.psql("postgres", &format!("SELECT pg_walfile_name('{}')", rp.lsn));
     let waldump = Command::new(common::pg_bin("pg_waldump"))
         .arg("-p")
@@ -1078,3 +1094,4 @@ fn backups_leave_no_fatal_in_the_server_log() {
     let fatal: Vec<&str> = log.lines().filter(|l| l.contains("FATAL")).collect();
     assert!(fatal.is_empty(), "{}", fatal.join("\n"));
 }
+
