@@ -303,7 +303,16 @@ pub async fn restore_files(
     let result = async {
         std::fs::create_dir_all(pgdata).with_context(|| format!("create {}", pgdata.display()))?;
         set_mode(pgdata, 0o700)?;
+        // Says "interrupted restore" to the next one if this one never finishes.
+        beneath::write(
+            pgdata,
+            RESTORING,
+            format!("restore of backup {} by pid {}\n", m.id, std::process::id()).as_bytes(),
+        )
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("write {RESTORING}"))?;
         extract_all(cfg, repo, m, pgdata, tablespaces, durable).await?;
+        crate::failpoint::point("restore.before-recovery-config");
         write_control_files(m, pgdata, tablespaces, settings)?;
         if durable {
             let dirs: Vec<PathBuf> = std::iter::once(pgdata.to_path_buf())
@@ -324,6 +333,11 @@ pub async fn restore_files(
             })
             .await??;
         }
+        // Last: until now a PostgreSQL started on the directory finds no pg_control and
+        // refuses, instead of running crash recovery on a half-restored copy.
+        release_pg_control(pgdata)?;
+        std::fs::remove_file(pgdata.join(RESTORING))
+            .with_context(|| format!("remove {RESTORING}"))?;
         anyhow::Ok(())
     }
     .await;
@@ -357,13 +371,28 @@ fn target_of(args: &RestoreRequest) -> anyhow::Result<Target> {
     })
 }
 
-/// Refuse a directory with a live postmaster or any content (exit 2).
+/// Refuse a directory with a live postmaster or any content (exit 2). A directory that
+/// holds an interrupted restore (pg_control still held back: PostgreSQL cannot start on
+/// it, and nothing in it is anyone's data) is emptied first, saying so.
 pub fn check_target_dir(dir: &Path) -> anyhow::Result<()> {
     if let Some(pid) = server::running_postmaster(dir) {
         return Err(crate::user_error!(
             "a PostgreSQL server (pid {pid}) is running on {}; stop it or restore elsewhere",
             dir.display()
         ));
+    }
+    if interrupted_restore(dir) {
+        tracing::warn!(
+            dir = %dir.display(),
+            "{} holds an interrupted restore ({RESTORING} present, no {PG_CONTROL}); removing it",
+            dir.display()
+        );
+        eprintln!(
+            "{} holds an interrupted restore (it has {RESTORING} and no {PG_CONTROL}, so \
+             PostgreSQL could not start on it); emptying it before restoring",
+            dir.display()
+        );
+        empty_dir(dir);
     }
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
@@ -412,6 +441,9 @@ impl Destination for RestoreDest {
         &self.pgdata
     }
     fn place<'a>(&'a self, name: &'a str) -> (&'a Path, &'a str) {
+        if name == PG_CONTROL {
+            return (&self.pgdata, PG_CONTROL_HELD);
+        }
         if let Some(rest) = name.strip_prefix("pg_tblspc/") {
             let (oid, tail) = rest.split_once('/').unwrap_or((rest, ""));
             if let Some(dest) = self.tablespace(oid.parse().unwrap_or(0)) {
@@ -465,6 +497,7 @@ async fn extract_all(
                     })
                     .await?;
                 tracing::debug!(object = %key, files, "part extracted");
+                crate::failpoint::point("restore.mid-copy");
                 Ok(files)
             });
         }
@@ -649,6 +682,31 @@ fn set_mode(dir: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("set permissions of {}", dir.display()))
+}
+
+/// Where a backup's pg_control is restored.
+const PG_CONTROL: &str = "global/pg_control";
+/// Where it is held until everything else is restored, written and synced.
+const PG_CONTROL_HELD: &str = "global/pg_control.backupctl-restoring";
+
+/// In the restore directory while a restore runs: written first, removed last.
+const RESTORING: &str = "backupctl.restore-in-progress";
+
+/// Whether `dir` is what a restore killed before its end leaves behind: its marker, and
+/// no pg_control (which a finished restore moves into place just before removing the
+/// marker).
+fn interrupted_restore(dir: &Path) -> bool {
+    dir.join(RESTORING).is_file() && !dir.join(PG_CONTROL).exists()
+}
+
+/// Move the held pg_control into place and make the rename durable.
+fn release_pg_control(pgdata: &Path) -> anyhow::Result<()> {
+    let global = pgdata.join("global");
+    std::fs::rename(pgdata.join(PG_CONTROL_HELD), pgdata.join(PG_CONTROL))
+        .with_context(|| format!("move {PG_CONTROL} into place in {}", pgdata.display()))?;
+    std::fs::File::open(&global)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync {}", global.display()))
 }
 
 /// Remove everything inside `dir` (which was empty or absent before the restore).
