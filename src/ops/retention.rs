@@ -24,7 +24,7 @@ use crate::lock::Wait;
 use crate::manifest::Catalog;
 use crate::recovery::inventory::WalInventory;
 use crate::recovery::lease;
-use crate::repo::{self, identity::RepoIdentity, layout, Repository};
+use crate::repo::{self, identity::RepoIdentity, layout, PutOptions, Repository, RepositoryExt};
 use crate::retention::plan::{self, Inputs, Plan, Step};
 use crate::retention::policy::describe_rule;
 
@@ -129,14 +129,34 @@ pub async fn execute(
     for step in &report.plan.steps {
         match step {
             Step::Backup { id, manifest, data } => {
+                // Marked first, so that a run killed once the manifest is gone leaves
+                // something the next run deletes at once (see `layout::DELETING`).
+                let marker = layout::backup_object_key(id, layout::DELETING);
+                if manifest.is_some() {
+                    let note = format!(
+                        "retention run of pid {} on {} at {}\n",
+                        std::process::id(),
+                        crate::host::local_hostname(),
+                        chrono::Utc::now().to_rfc3339()
+                    );
+                    repo.put_bytes(&marker, note.into_bytes(), PutOptions::default())
+                        .await
+                        .with_context(|| format!("mark backup {id} for deletion"))?;
+                }
                 if let Some(m) = manifest {
                     repo.delete(m)
                         .await
                         .with_context(|| format!("delete the manifest of backup {id}"))?;
                 }
+                crate::failpoint::point("retention.mid-delete");
                 repo.delete_many(data)
                     .await
                     .with_context(|| format!("delete the data of backup {id} (its manifest is already gone; the next run finishes it)"))?;
+                if manifest.is_some() {
+                    repo.delete(&marker)
+                        .await
+                        .with_context(|| format!("delete the deletion mark of backup {id}"))?;
+                }
                 tracing::info!(backup = %id, objects = data.len() + manifest.iter().count(), "retention deleted backup");
             }
             Step::Incomplete { id, keys } => {

@@ -17,6 +17,11 @@ pub const REPO_JSON: &str = "repo.json";
 pub const WAL_PREFIX: &str = "wal/";
 pub const BACKUPS_PREFIX: &str = "backups/";
 pub const MANIFEST: &str = "manifest.json";
+/// Written by retention into a backup it is about to delete, before the manifest goes:
+/// a run killed after that leaves a backup without a manifest that the next run may
+/// delete at once, instead of waiting `incomplete_after` as for a backup that may still
+/// be running.
+pub const DELETING: &str = "deleting";
 pub const LEASES_PREFIX: &str = "leases/";
 
 /// Key of a lease on backup `id` held by `holder` (host and pid, encoded).

@@ -195,7 +195,14 @@ pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Re
     let limit_s = humantime::format_duration(limit);
     for (id, newest) in sorted_incomplete {
         let objs = objects_of(id);
+        let deleting = layout::backup_object_key(id, layout::DELETING);
         let (action, reason) = match newest {
+            _ if objs.iter().any(|o| o.key == deleting) => (
+                Action::Delete,
+                "no manifest, marked for deletion by a retention run that did not finish: \
+                 deleting the rest"
+                    .to_string(),
+            ),
             None => (
                 Action::Keep,
                 "no manifest and no object time: left alone".to_string(),

@@ -474,6 +474,28 @@ fn incomplete_backups_go_only_after_incomplete_after() {
 }
 
 #[test]
+fn a_backup_marked_for_deletion_goes_at_once() {
+    let mut w = World::new(
+        &[(phys("p", "2026-11-22T10:05:00Z"), 1, 5, 5)],
+        segs(1, 5..=6),
+        &[],
+    );
+    // A retention run deleted its manifest and was killed: however young, it goes.
+    w.backup_objects.extend(backup_objs("half", -5, false));
+    w.backup_objects.push(ObjectMeta {
+        key: "backups/half/deleting".into(),
+        size: 10,
+        last_modified: Some(t(-5)),
+        metadata: Default::default(),
+    });
+    w.incomplete.push(("half".to_string(), Some(t(-5))));
+    let p = w.plan(&RetentionConfig::default(), t(0));
+    assert_eq!(p.delete.incomplete, vec!["half"]);
+    assert_eq!(p.delete.keys.len(), 3);
+    assert!(p.incomplete[0].reason.contains("did not finish"));
+}
+
+#[test]
 fn the_window_proof_refuses_a_plan_that_loses_a_restore() {
     let w = World::new(
         &[(phys("b", "2026-11-22T10:03:00Z"), 1, 3, 4)],
