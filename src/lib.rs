@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod failpoint;
 pub mod host;
 pub mod jobs;
 pub mod lock;

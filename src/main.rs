@@ -8,6 +8,14 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "failpoints")]
+    let _failpoints = match backupctl::failpoint::setup() {
+        Ok(scenario) => scenario,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     // wal-push/wal-fetch run once per WAL segment: a single-threaded runtime starts faster.
     let rt = match cli.command {
         Command::WalPush(_) | Command::WalFetch(_) => tokio::runtime::Builder::new_current_thread()

@@ -110,6 +110,7 @@ async fn walk(
                             leaf.table,
                             job.archive
                         );
+                        crate::failpoint::point("archive.mid-transaction");
                         Ok((deleted, row.get::<_, Option<String>>(2)))
                     })
                     .await?;

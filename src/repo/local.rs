@@ -259,6 +259,10 @@ async fn write_synced(
         .await
         .map_err(io::Error::other)??;
         written += filled as u64;
+        if written == filled as u64 && filled == buf.len() {
+            // The first full stretch is in the temporary file; more is coming.
+            crate::failpoint::point("repo.put.mid-object");
+        }
         if written - synced >= stride.sync {
             if let Some(previous) = syncing.take() {
                 previous.await.map_err(io::Error::other)??;

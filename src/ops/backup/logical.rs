@@ -75,6 +75,7 @@ pub async fn run(
     let mut written: Vec<String> = Vec::new();
     let span = tracing::info_span!("backup", id = %id);
     let result = async {
+        crate::failpoint::point("backup.started");
         let mut objects = Vec::new();
         let mut dumps = Vec::new();
         for db in &dbs {
@@ -119,7 +120,9 @@ pub async fn run(
             restore_point: None,
             verification: None,
         };
+        crate::failpoint::point("backup.before-manifest");
         manifest.store(repo.as_ref()).await?;
+        crate::failpoint::point("backup.after-manifest");
         anyhow::Ok(manifest)
     }
     .instrument(span)

@@ -117,6 +117,7 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
             .parse()
             .map_err(|e: String| anyhow::anyhow!(e))?;
         tracing::info!(start_lsn = %start_lsn, "backup started");
+        crate::failpoint::point("backup.started");
 
         let codec = Codec::from_config(&cfg.compression);
         let (objects, files) = copy_data(&repo, &id, &pgdata, codec, cfg).await?;
@@ -180,7 +181,9 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
             restore_point: None,
             verification: None,
         };
+        crate::failpoint::point("backup.before-manifest");
         m.store(repo.as_ref()).await?;
+        crate::failpoint::point("backup.after-manifest");
         anyhow::Ok(m)
     }
     .instrument(span.clone())

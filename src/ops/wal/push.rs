@@ -83,8 +83,12 @@ pub async fn run(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
             }
         });
     }
+    crate::failpoint::point("wal-push.before-upload");
     let result = store(repo.as_ref(), codec, file, mine).await.map(|_| ());
     while others.join_next().await.is_some() {}
+    if result.is_ok() {
+        crate::failpoint::point("wal-push.after-upload");
+    }
     markers.clean_old();
     result
 }

@@ -1,0 +1,430 @@
+//! The fault matrix: every command that writes is killed with SIGKILL at points the test
+//! chooses (failpoints, `src/failpoint.rs`: the binary stops there and says so, and the
+//! test kills it), and the repository is made to fail through `repo/faulty.rs`, runs out
+//! of space, or goes away for a minute under load. Each case asserts what
+//! docs/reliability.md promises: nothing that looks complete is broken, no data is lost,
+//! the next run succeeds, and what the user sees names the cause.
+//!
+//! Needs the `failpoints` feature (`scripts/test` enables it).
+#![cfg(feature = "failpoints")]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::setup::{Setup, KEEP_LAST_1};
+use common::{
+    as_pg, backupctl, backupctl_bin, json, pg_bin, pg_tempdir, stderr, stdout, switch_wal_and_wait,
+    Backend, Cluster, ClusterOptions, TestRepo,
+};
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// Run `backupctl args…` with the failpoint `point` armed, wait until the binary says it
+/// stopped there, and kill it with SIGKILL. Returns what it printed on stderr.
+fn kill_at(config: &Path, point: &str, args: &[&str], env: &[(&str, String)]) -> String {
+    let mut cmd = Command::new(backupctl_bin());
+    cmd.arg("--config").arg(config).args(args);
+    cmd.env("BACKUPCTL_STOP_AT", point);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = as_pg(&mut cmd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wanted = format!("stopped at failpoint {point}");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains(&wanted) {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                panic!(
+                    "backupctl {args:?} never reached failpoint {point} ({e:?}, {status}):\n{seen}"
+                );
+            }
+        }
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status}"
+    );
+    seen
+}
+
+fn must(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// The ids of complete backups (`list --json`), and of incomplete ones.
+fn listing(config: &Path) -> (Vec<String>, Vec<String>) {
+    let v = json(&backupctl(config, &["--json", "list"]));
+    let ids = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.get("id").unwrap_or(b).as_str().unwrap().to_string())
+            .collect()
+    };
+    (ids("backups"), ids("incomplete_backups"))
+}
+
+/// `verify --all` passes and test-restored `n` backups.
+fn verify_all(s: &Setup, n: usize) {
+    let out = must("verify --all", s.run(&["--json", "verify", "--all"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let backups = v["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), n, "{v}");
+    assert!(backups.iter().all(|b| b["outcome"] == "ok"), "{v}");
+}
+
+/// Data worth more than one stretch of a stored object once compressed (so that
+/// `repo.put.mid-object` is reached), in table `filler` of `db`.
+fn add_filler(c: &Cluster, db: &str, rows: u32) {
+    c.psql(
+        db,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS filler (id serial PRIMARY KEY, v text);
+             INSERT INTO filler (v) SELECT md5(random()::text) || md5(random()::text)
+               FROM generate_series(1, {rows})"
+        ),
+    );
+}
+
+/// The points a backup passes, for `backend` (a local object is written in stretches; an
+/// S3 object appears whole or not at all).
+fn backup_points(backend: Backend) -> Vec<&'static str> {
+    let mut p = vec!["backup.started"];
+    if backend == Backend::Local {
+        p.push("repo.put.mid-object");
+    }
+    p.extend(["backup.before-manifest", "backup.after-manifest"]);
+    p
+}
+
+both_backends!(
+    killed_physical_backups_leave_nothing_that_looks_complete,
+    killed_logical_backups_leave_nothing_that_looks_complete,
+    killed_wal_push_never_stores_a_wrong_segment,
+    killed_restore_leaves_a_directory_postgres_refuses,
+    killed_retention_strands_no_backup,
+);
+
+// ---------------------------------------------------------------------------------------
+// SIGKILL at chosen points
+
+fn killed_physical_backups_leave_nothing_that_looks_complete(backend: Backend) {
+    let s = Setup::new(backend);
+    add_filler(&s.cluster, "postgres", 60_000);
+    let args = ["backup", "--kind", "physical", "--no-verify"];
+    let mut complete = vec![];
+    for point in backup_points(backend) {
+        kill_at(&s.config, point, &args, &[]);
+        let (ids, incomplete) = listing(&s.config);
+        if point == "backup.after-manifest" {
+            // Everything was stored, the manifest last: the backup is complete.
+            assert_eq!(ids.len(), complete.len() + 1, "{point}: {ids:?}");
+            complete = ids;
+        } else {
+            assert_eq!(
+                ids, complete,
+                "{point}: a killed backup is listed as complete"
+            );
+        }
+        if point == "backup.before-manifest" {
+            // Its parts are there without a manifest: shown as incomplete, by id.
+            assert_eq!(incomplete.len(), 1, "{point}: {incomplete:?}");
+        }
+    }
+    // The next backup runs (the killed one's lock and server-side backup are gone), and
+    // every backup listed as complete restores.
+    s.sql("CREATE TABLE after_kills AS SELECT 42 AS answer");
+    let last = s.backup_no_verify();
+    let (ids, _) = listing(&s.config);
+    assert_eq!(ids.len(), complete.len() + 1);
+    assert!(ids.contains(&last));
+    verify_all(&s, ids.len());
+    let r = s.restore_start(&[]);
+    assert_eq!(r.psql("postgres", "SELECT answer FROM after_kills"), "42");
+    assert_eq!(
+        r.psql("postgres", "SELECT count(*) FROM filler"),
+        s.sql("SELECT count(*) FROM filler")
+    );
+}
+
+fn killed_logical_backups_leave_nothing_that_looks_complete(backend: Backend) {
+    let s = Setup::new(backend);
+    s.sql("CREATE DATABASE app");
+    add_filler(&s.cluster, "app", 60_000);
+    let args = ["backup", "--kind", "logical", "--no-verify"];
+    let mut complete = vec![];
+    for point in backup_points(backend) {
+        kill_at(&s.config, point, &args, &[]);
+        let (ids, _) = listing(&s.config);
+        if point == "backup.after-manifest" {
+            assert_eq!(ids.len(), complete.len() + 1, "{point}: {ids:?}");
+            complete = ids;
+        } else {
+            assert_eq!(
+                ids, complete,
+                "{point}: a killed backup is listed as complete"
+            );
+        }
+    }
+    let out = must("logical backup after the kills", s.run(&args));
+    let id = out.trim().to_string();
+    verify_all(&s, complete.len() + 1);
+    // The dump restores with every row.
+    must(
+        "restore the logical backup",
+        s.run(&[
+            "restore",
+            "--logical",
+            &id,
+            "--database",
+            "app",
+            "--dbname",
+            "app_copy",
+            "--create",
+        ]),
+    );
+    assert_eq!(
+        s.cluster.psql(
+            "app_copy",
+            "SELECT count(*), md5(string_agg(v, '' ORDER BY id)) FROM filler"
+        ),
+        s.cluster.psql(
+            "app",
+            "SELECT count(*), md5(string_agg(v, '' ORDER BY id)) FROM filler"
+        )
+    );
+}
+
+fn killed_wal_push_never_stores_a_wrong_segment(backend: Backend) {
+    // A cluster that does not archive: the test plays the archiver.
+    let t = TestRepo::new(backend);
+    let c = Cluster::new(ClusterOptions::default());
+    let config = t.write_config("backup.toml", &c.postgres_toml());
+    // More than a segment of hard-to-compress WAL; the segment before the current one is
+    // complete and full of it.
+    add_filler(&c, "postgres", 150_000);
+    let segment = c.psql(
+        "postgres",
+        "SELECT pg_walfile_name(pg_current_wal_lsn() - 16 * 1024 * 1024)",
+    );
+    let path = c.pgdata.join("pg_wal").join(&segment);
+    let original = std::fs::read(&path).unwrap();
+    let fetched = pg_tempdir();
+    let fetch = |n: u32| -> Option<Vec<u8>> {
+        let dest = fetched.path().join(format!("fetched-{n}"));
+        let out = backupctl(
+            &config,
+            &["wal-fetch", &segment, &dest.display().to_string()],
+        );
+        if out.status.success() {
+            Some(std::fs::read(&dest).unwrap())
+        } else {
+            // Not archived (yet): wal-fetch says so with exit 1, never with other bytes.
+            assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+            None
+        }
+    };
+    let mut points = vec!["wal-push.before-upload"];
+    if backend == Backend::Local {
+        points.push("repo.put.mid-object");
+    }
+    points.push("wal-push.after-upload");
+    for (n, point) in points.into_iter().enumerate() {
+        kill_at(
+            &config,
+            point,
+            &["wal-push", &path.display().to_string()],
+            &[],
+        );
+        match fetch(n as u32) {
+            Some(bytes) => {
+                assert!(bytes == original, "{point}: wal-fetch returned other bytes");
+                assert_eq!(
+                    point, "wal-push.after-upload",
+                    "stored before it was complete"
+                );
+            }
+            None => assert_ne!(point, "wal-push.after-upload", "stored, then lost"),
+        }
+        // PostgreSQL calls wal-push again: it succeeds, and the segment is the original.
+        must(
+            "wal-push again",
+            backupctl(&config, &["wal-push", &path.display().to_string()]),
+        );
+        assert!(
+            fetch(100 + n as u32).as_deref() == Some(&original[..]),
+            "{point}"
+        );
+        // Start the next point from an empty WAL directory again.
+        t.delete(&stored_key(&t, &segment));
+    }
+}
+
+/// The repository key of archived `segment`, whatever its compression suffix.
+fn stored_key(t: &TestRepo, segment: &str) -> String {
+    t.list_keys("wal/")
+        .into_iter()
+        .find(|k| k.rsplit('/').next().unwrap().starts_with(segment))
+        .unwrap_or_else(|| panic!("{segment} not stored"))
+}
+
+fn killed_restore_leaves_a_directory_postgres_refuses(backend: Backend) {
+    let s = Setup::new(backend);
+    add_filler(&s.cluster, "postgres", 20_000);
+    s.backup_no_verify();
+    s.sql("CREATE TABLE after_backup AS SELECT 7 AS n");
+    switch_wal_and_wait(&s.cluster);
+    let dir = pg_tempdir();
+    let pgdata = dir.path().join("restored");
+    let pg = pgdata.display().to_string();
+    for point in ["restore.mid-copy", "restore.before-recovery-config"] {
+        kill_at(&s.config, point, &["restore", "--pgdata", &pg], &[]);
+        // Files are there, but not pg_control: PostgreSQL refuses to start on it instead
+        // of running crash recovery over a half-restored copy.
+        assert!(pgdata.join("PG_VERSION").exists(), "{point}");
+        assert!(!pgdata.join("global/pg_control").exists(), "{point}");
+        let out = as_pg(
+            Command::new(pg_bin("postgres"))
+                .arg("-D")
+                .arg(&pgdata)
+                .args(["-c", "config_file=/dev/null", "-c", "listen_addresses="]),
+        )
+        .output()
+        .unwrap();
+        assert!(!out.status.success(), "{point}: postgres started");
+        assert!(
+            stderr(&out).contains("pg_control"),
+            "{point}: {}",
+            stderr(&out)
+        );
+    }
+    // The next restore into the same directory says what it found and succeeds.
+    let port = common::free_port().to_string();
+    let out = s.run(&["restore", "--pgdata", &pg, "--start", "--port", &port]);
+    let restored = common::Restored {
+        pgdata: pgdata.clone(),
+        socket_dir: s.cluster.socket_dir.clone(),
+        port: port.parse().unwrap(),
+        dir: None,
+    };
+    let text = must("restore after the kills", out.clone());
+    assert!(
+        stderr(&out).contains("interrupted restore"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert_eq!(restored.psql("postgres", "SELECT n FROM after_backup"), "7");
+    restored.stop();
+}
+
+fn killed_retention_strands_no_backup(backend: Backend) {
+    let s = Setup::with_config(backend, KEEP_LAST_1);
+    s.sql("CREATE TABLE t AS SELECT 1 AS v");
+    let first = s.backup_no_verify();
+    s.sql("INSERT INTO t VALUES (2)");
+    let second = s.backup_no_verify();
+    kill_at(&s.config, "retention.mid-delete", &["retention"], &[]);
+    // The first backup's manifest is gone: it is no longer offered for restores, and
+    // it is shown as incomplete; the second is untouched.
+    let (ids, incomplete) = listing(&s.config);
+    assert_eq!(ids, vec![second.clone()]);
+    assert_eq!(incomplete, vec![first.clone()], "{ids:?}");
+    // The next run finishes the job.
+    must("retention after the kill", s.run(&["retention"]));
+    let (ids, incomplete) = listing(&s.config);
+    assert_eq!(ids, vec![second.clone()]);
+    assert!(incomplete.is_empty(), "{incomplete:?}");
+    assert!(s.t.list_keys(&format!("backups/{first}")).is_empty());
+    let r = s.restore_start(&[]);
+    assert_eq!(r.psql("postgres", "SELECT count(*) FROM t"), "2");
+}
+
+// ---------------------------------------------------------------------------------------
+// Jobs on the database
+
+#[test]
+fn killed_archival_loses_no_row() {
+    let s = Setup::with_config(
+        Backend::Local,
+        "[[archive]]\ntable = \"public.events\"\ncolumn = \"at\"\nolder_than = \"1 year\"\nbatch_size = 1000\n",
+    );
+    s.sql(
+        "CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz NOT NULL, v text);
+         INSERT INTO events SELECT g, now() - interval '3 years' + g * interval '1 minute', md5(g::text)
+           FROM generate_series(1, 5000) g;
+         INSERT INTO events SELECT 100000 + g, now() - interval '1 day', 'recent'
+           FROM generate_series(1, 100) g;",
+    );
+    let fingerprint = "SELECT count(*) || ':' || md5(string_agg(id || v, ',' ORDER BY id)) FROM \
+                       (SELECT id, v FROM public.events UNION ALL SELECT id, v FROM archive.events) x";
+    let all = s.sql(
+        "SELECT count(*) || ':' || md5(string_agg(id || v, ',' ORDER BY id)) FROM public.events",
+    );
+    kill_at(&s.config, "archive.mid-transaction", &["archive"], &[]);
+    // The killed batch rolled back with its session: every row is exactly once somewhere.
+    assert_eq!(s.sql(fingerprint), all);
+    assert_eq!(s.sql("SELECT count(*) FROM archive.events"), "0");
+    must("archive after the kill", s.run(&["archive"]));
+    assert_eq!(s.sql(fingerprint), all);
+    assert_eq!(s.sql("SELECT count(*) FROM public.events"), "100");
+    assert_eq!(s.sql("SELECT count(*) FROM archive.events"), "5000");
+}
+
+#[test]
+fn killed_daemon_job_is_rerun_by_the_next_daemon() {
+    let s = Setup::with_config(
+        Backend::Local,
+        "[schedule]\nphysical = \"0 3 * * *\"\n[daemon]\nretry_attempts = 1\nretry_delay = \"1s\"\n",
+    );
+    s.sql("CREATE TABLE t AS SELECT 5 AS v");
+    kill_at(&s.config, "backup.started", &["daemon", "--run-once"], &[]);
+    assert!(listing(&s.config).0.is_empty());
+    // The history does not claim the killed run is still going.
+    let info = json(&s.run(&["--json", "info"]));
+    let job = &info["daemon"]["jobs"][0];
+    assert!(job["running"].is_null(), "{info}");
+    let out = must("daemon after the kill", s.run(&["daemon", "--run-once"]));
+    assert!(out.starts_with("physical   success"), "{out}");
+    assert_eq!(listing(&s.config).0.len(), 1);
+}
