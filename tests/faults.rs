@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::setup::{Setup, KEEP_LAST_1};
 use common::{
-    as_pg, backupctl, backupctl_bin, json, pg_bin, pg_tempdir, stderr, stdout, switch_wal_and_wait,
-    Backend, Cluster, ClusterOptions, TestRepo,
+    as_pg, backupctl, backupctl_bin, backupctl_env, json, pg_bin, pg_tempdir, stderr, stdout,
+    switch_wal_and_wait, Backend, Cluster, ClusterOptions, TestRepo,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -139,6 +139,9 @@ fn backup_points(backend: Backend) -> Vec<&'static str> {
 }
 
 both_backends!(
+    repository_faults_during_wal_push_and_fetch,
+    repository_faults_during_backup_and_restore,
+    a_lagging_listing_never_lets_retention_delete_the_newest_backup,
     killed_physical_backups_leave_nothing_that_looks_complete,
     killed_logical_backups_leave_nothing_that_looks_complete,
     killed_wal_push_never_stores_a_wrong_segment,
@@ -427,4 +430,148 @@ fn killed_daemon_job_is_rerun_by_the_next_daemon() {
     let out = must("daemon after the kill", s.run(&["daemon", "--run-once"]));
     assert!(out.starts_with("physical   success"), "{out}");
     assert_eq!(listing(&s.config).0.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// The repository failing (repo/faulty.rs, through BACKUPCTL_REPO_FAULTS)
+
+fn faults(spec: &str) -> Vec<(&'static str, String)> {
+    vec![("BACKUPCTL_REPO_FAULTS", spec.to_string())]
+}
+
+fn repository_faults_during_wal_push_and_fetch(backend: Backend) {
+    let t = TestRepo::new(backend);
+    let c = Cluster::new(ClusterOptions::default());
+    let config = t.write_config("backup.toml", &c.postgres_toml());
+    add_filler(&c, "postgres", 20_000);
+    let segment = c.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    let path = c.pgdata.join("pg_wal").join(&segment).display().to_string();
+    let original = std::fs::read(&path).unwrap();
+    let out_dir = pg_tempdir();
+    let dest = out_dir.path().join("fetched").display().to_string();
+    let push = |spec: &str| backupctl_env(&config, &["wal-push", &path], &faults(spec));
+    let fetch = |spec: &str| backupctl_env(&config, &["wal-fetch", &segment, &dest], &faults(spec));
+
+    // Every upload refused: wal-push fails (PostgreSQL keeps the file and calls it
+    // again), naming the segment and the request; nothing is stored.
+    let out = push("fail:put:1+:permanent");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("upload") && err.contains(&segment), "{err}");
+    assert_eq!(
+        fetch("").status.code(),
+        Some(1),
+        "stored after a failed push"
+    );
+    must("wal-push", push(""));
+    t.delete(&stored_key(&t, &segment));
+
+    // The repository's own retries are spent (a transient failure reaching the
+    // command), or the response to a write that succeeded is lost: the call fails, and
+    // PostgreSQL's next call stores the segment, or recognises the stored copy as
+    // identical. Either way exit 0 then, with the original bytes stored.
+    for spec in ["fail:put:1", "timeout-after-write:put:1"] {
+        let out = push(spec);
+        assert_eq!(out.status.code(), Some(1), "{spec}: {}", stderr(&out));
+        assert!(stderr(&out).contains(&segment), "{spec}: {}", stderr(&out));
+        must("wal-push after a failed one", push(""));
+        must("wal-fetch", fetch(""));
+        assert!(std::fs::read(&dest).unwrap() == original, "{spec}");
+        std::fs::remove_file(&dest).unwrap();
+        if spec.starts_with("fail") {
+            t.delete(&stored_key(&t, &segment));
+        }
+    }
+
+    // Slow but working: fine.
+    must("wal-fetch with latency", fetch("latency:200"));
+    assert!(std::fs::read(&dest).unwrap() == original);
+    std::fs::remove_file(&dest).unwrap();
+
+    // A body cut short is never handed to PostgreSQL as the segment; a repository that
+    // fails is not "not archived" (exit 1 would end recovery early as if the archive
+    // ended): exit 126 stops recovery, naming the cause.
+    for spec in ["truncate:get:1+:1000:eof", "fail:any:1+:permanent"] {
+        let out = fetch(spec);
+        assert_eq!(out.status.code(), Some(126), "{spec}: {}", stderr(&out));
+        assert!(stderr(&out).contains(&segment), "{spec}: {}", stderr(&out));
+        assert!(
+            !Path::new(&dest).exists(),
+            "{spec}: a partial file was left"
+        );
+    }
+}
+
+fn repository_faults_during_backup_and_restore(backend: Backend) {
+    let s = Setup::new(backend);
+    add_filler(&s.cluster, "postgres", 20_000);
+    // The repository refuses the second upload on: the backup fails naming it, and
+    // leaves neither a manifest nor its other objects.
+    let out = backupctl_env(
+        &s.config,
+        &["backup", "--kind", "physical", "--no-verify"],
+        &faults("fail:put:2+:permanent"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("injected failure"),
+        "{}",
+        stderr(&out)
+    );
+    let (ids, incomplete) = listing(&s.config);
+    assert!(
+        ids.is_empty() && incomplete.is_empty(),
+        "{ids:?} {incomplete:?}"
+    );
+    // Slow requests: still a complete, restorable backup.
+    let out = backupctl_env(
+        &s.config,
+        &["backup", "--kind", "physical", "--no-verify"],
+        &faults("latency:20"),
+    );
+    must("backup with latency", out);
+    switch_wal_and_wait(&s.cluster);
+    // A restore whose download is cut short fails naming the object, and empties what
+    // it wrote; the same restore without the fault succeeds.
+    let dir = pg_tempdir();
+    let pgdata = dir.path().join("restored");
+    let pg = pgdata.display().to_string();
+    let out = backupctl_env(
+        &s.config,
+        &["restore", "--pgdata", &pg],
+        &faults("truncate:get:1+:5000:eof"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("base."), "{}", stderr(&out));
+    assert!(
+        common::walk(&pgdata).is_empty(),
+        "{:?}",
+        common::walk(&pgdata)
+    );
+    let r = s.restore_start(&[]);
+    assert_eq!(r.psql("postgres", "SELECT count(*) FROM filler"), "20000");
+}
+
+fn a_lagging_listing_never_lets_retention_delete_the_newest_backup(backend: Backend) {
+    let s = Setup::with_config(backend, KEEP_LAST_1);
+    s.sql("CREATE TABLE t AS SELECT 1 AS v");
+    let first = s.backup_no_verify();
+    s.sql("INSERT INTO t VALUES (2)");
+    let second = s.backup_no_verify();
+    // Every listing leaves out the newest object (the newest backup's manifest, or a
+    // WAL segment): the newest backup looks incomplete and recent, so it is kept.
+    let out = backupctl_env(
+        &s.config,
+        &["--json", "retention"],
+        &faults("list-omits-newest:list:1+"),
+    );
+    let text = must("retention with a lagging listing", out);
+    let (ids, _) = listing(&s.config);
+    assert!(ids.contains(&second), "{ids:?}\n{text}");
+    // With the listing caught up, the policy applies.
+    must("retention", s.run(&["retention"]));
+    assert_eq!(listing(&s.config).0, vec![second.clone()]);
+    assert!(s.t.list_keys(&format!("backups/{first}")).is_empty());
+    let r = s.restore_start(&[]);
+    assert_eq!(r.psql("postgres", "SELECT count(*) FROM t"), "2");
 }

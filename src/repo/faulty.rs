@@ -409,6 +409,92 @@ impl AsyncRead for Truncated {
     }
 }
 
+/// The environment variable that wraps the configured repository in a [`Faulty`] (only
+/// in builds with the `failpoints` feature; see [`Faulty::from_spec`] for its syntax).
+pub const SPEC_ENV: &str = "BACKUPCTL_REPO_FAULTS";
+
+impl Faulty {
+    /// A wrapper configured by `spec`, so that the fault-injection tests can break the
+    /// repository of a `backupctl` process: rules separated by `;`, each one of
+    /// - `fail:OP:N[+][:permanent]`: the N-th request of kind OP (`+`: and every later
+    ///   one) fails, transiently unless `permanent`;
+    /// - `timeout-after-write:put:N[+]`: the put is stored, then reported as timed out;
+    /// - `latency:MS`: every request waits MS milliseconds first;
+    /// - `truncate:get:N[+]:BYTES[:eof|error]`: the body ends after BYTES bytes;
+    /// - `list-omits-newest:list:N[+]`: the listing leaves out its newest object.
+    ///
+    /// OP is `put`, `get`, `head`, `list`, `delete`, `sync`, `cleanup`, or `any`.
+    pub fn from_spec(inner: Arc<dyn Repository>, spec: &str) -> Result<Faulty, String> {
+        let mut f = Faulty::new(inner);
+        for rule in spec.split(';').map(str::trim).filter(|r| !r.is_empty()) {
+            let parts: Vec<&str> = rule.split(':').collect();
+            let bad = |why: &str| format!("{SPEC_ENV}: rule {rule:?}: {why}");
+            let when = |i: usize| -> Result<When, String> {
+                let op = match *parts.get(i).ok_or_else(|| bad("no request kind"))? {
+                    "any" => None,
+                    "put" => Some(Op::Put),
+                    "get" => Some(Op::Get),
+                    "head" => Some(Op::Head),
+                    "list" => Some(Op::List),
+                    "delete" => Some(Op::Delete),
+                    "sync" => Some(Op::Sync),
+                    "cleanup" => Some(Op::Cleanup),
+                    other => return Err(bad(&format!("unknown request kind {other:?}"))),
+                };
+                let n = parts.get(i + 1).ok_or_else(|| bad("no request number"))?;
+                let (n, onwards) = match n.strip_suffix('+') {
+                    Some(n) => (n, true),
+                    None => (*n, false),
+                };
+                let n: u64 = n
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("the request number counts from 1"))?;
+                let w = When {
+                    op,
+                    from: n,
+                    count: Some(1),
+                };
+                Ok(if onwards { w.onwards() } else { w })
+            };
+            f = match parts[0] {
+                "fail" => {
+                    let permanent = match parts.get(3) {
+                        None => false,
+                        Some(&"permanent") => true,
+                        Some(other) => return Err(bad(&format!("unknown flag {other:?}"))),
+                    };
+                    f.fail(when(1)?, !permanent)
+                }
+                "timeout-after-write" => f.timeout_after_write(when(1)?),
+                "latency" => {
+                    let ms: u64 = parts
+                        .get(1)
+                        .and_then(|m| m.parse().ok())
+                        .ok_or_else(|| bad("latency takes milliseconds"))?;
+                    f.latency(Duration::from_millis(ms))
+                }
+                "truncate" => {
+                    let keep: u64 = parts
+                        .get(3)
+                        .and_then(|k| k.parse().ok())
+                        .ok_or_else(|| bad("truncate takes the bytes to keep"))?;
+                    let end = match parts.get(4) {
+                        None | Some(&"eof") => ReadEnd::Eof,
+                        Some(&"error") => ReadEnd::Error,
+                        Some(other) => return Err(bad(&format!("unknown end {other:?}"))),
+                    };
+                    f.truncate_reads(when(1)?, keep, end)
+                }
+                "list-omits-newest" => f.list_omits_newest(when(1)?),
+                other => return Err(bad(&format!("unknown fault {other:?}"))),
+            };
+        }
+        Ok(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,5 +524,38 @@ mod tests {
         let w = When::every(Op::Get);
         assert!(w.matches(Op::Get, seq(7, 1)));
         assert!(!w.matches(Op::List, seq(8, 1)));
+    }
+
+    #[test]
+    fn specs_parse_into_rules_and_bad_ones_are_named() {
+        let inner: Arc<dyn Repository> = Arc::new(crate::repo::local::LocalRepository::new(
+            std::env::temp_dir().join("unused"),
+        ));
+        let f = Faulty::from_spec(
+            inner.clone(),
+            "fail:put:3; fail:get:2+:permanent; latency:5; truncate:get:1:100:error; \
+             list-omits-newest:list:1; timeout-after-write:put:1",
+        )
+        .unwrap();
+        assert_eq!(f.failures.len(), 2);
+        assert_eq!(f.failures[0], (When::nth_of(Op::Put, 3), true));
+        assert_eq!(f.failures[1], (When::nth_of(Op::Get, 2).onwards(), false));
+        assert_eq!(f.latency, Duration::from_millis(5));
+        assert_eq!(
+            f.truncations[0],
+            (When::nth_of(Op::Get, 1), 100, ReadEnd::Error)
+        );
+        assert_eq!(f.omit_newest, vec![When::nth_of(Op::List, 1)]);
+        assert_eq!(f.timeouts_after_write, vec![When::nth_of(Op::Put, 1)]);
+        for bad in [
+            "fail:post:1",
+            "fail:put:0",
+            "fail:put",
+            "latency:x",
+            "melt:put:1",
+        ] {
+            let e = Faulty::from_spec(inner.clone(), bad).err().unwrap();
+            assert!(e.contains(bad), "{e}");
+        }
     }
 }

@@ -327,7 +327,7 @@ pub fn require_existing(cfg: &Config) -> anyhow::Result<()> {
 /// Open the repository the config describes.
 pub async fn open(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
     let r = &cfg.repository;
-    Ok(match r.kind {
+    let repo: Arc<dyn Repository> = match r.kind {
         RepositoryType::Local => {
             let path = r
                 .path
@@ -336,7 +336,20 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
             Arc::new(local::LocalRepository::new(path.join(&r.cluster)))
         }
         RepositoryType::S3 => Arc::new(s3::S3Repository::from_config(r).await?),
-    })
+    };
+    with_injected_faults(repo)
+}
+
+/// In builds with the `failpoints` feature, the repository wrapped as
+/// [`faulty::SPEC_ENV`] says (for the fault-injection tests); otherwise unchanged.
+fn with_injected_faults(repo: Arc<dyn Repository>) -> anyhow::Result<Arc<dyn Repository>> {
+    #[cfg(feature = "failpoints")]
+    if let Ok(spec) = std::env::var(faulty::SPEC_ENV) {
+        return Ok(Arc::new(
+            faulty::Faulty::from_spec(repo, &spec).map_err(|e| anyhow::anyhow!(e))?,
+        ));
+    }
+    Ok(repo)
 }
 
 /// Run `op` until it succeeds, fails permanently, or `attempts` are used up, sleeping

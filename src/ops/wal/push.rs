@@ -45,7 +45,9 @@ pub async fn run(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
     }
     let file = read_wal_file(&path)?;
     let repo = repo::open(cfg).await?;
-    let cluster = check_identity(cfg, &tag, repo.as_ref(), &file).await?;
+    let cluster = check_identity(cfg, &tag, repo.as_ref(), &file)
+        .await
+        .with_context(|| format!("archive {}", file.name))?;
     // Push the files PostgreSQL will ask for next alongside this one: up to
     // `AHEAD_BATCHES` × `push_concurrency` files in all, `push_concurrency` at a time, so
     // that the cost of each call (and of waiting for the slowest file of a round) is
