@@ -11,7 +11,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -574,4 +574,196 @@ fn a_lagging_listing_never_lets_retention_delete_the_newest_backup(backend: Back
     assert!(s.t.list_keys(&format!("backups/{first}")).is_empty());
     let r = s.restore_start(&[]);
     assert_eq!(r.psql("postgres", "SELECT count(*) FROM t"), "2");
+}
+
+// ---------------------------------------------------------------------------------------
+// Out of space, and the S3 server gone for a minute
+
+/// A small tmpfs mounted at `path` for the test's lifetime (root only).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` (and a note on stderr) when the tests do not run as root.
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        if common::pg_user().is_none() {
+            eprintln!("skipped: mounting a small tmpfs (a full disk) needs root");
+            return None;
+        }
+        std::fs::create_dir_all(path).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", path.display());
+        common::chown_to_pg(path);
+        Some(Tmpfs(path.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_repository_fails_loudly_and_archiving_resumes_when_there_is_room() {
+    let t = TestRepo::new(Backend::Local);
+    let Some(disk) = Tmpfs::mount(&t.dir.path().join("repo"), "3m") else {
+        return;
+    };
+    let config = t.write_config("backup.toml", "");
+    let c = Cluster::new(ClusterOptions {
+        archive_command: Some(common::archive_command(&config)),
+        ..Default::default()
+    });
+    let config = t.write_config("backup.toml", &c.postgres_toml());
+    add_filler(&c, "postgres", 60_000);
+    let out = backupctl(&config, &["backup", "--kind", "physical", "--no-verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("No space left on device"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing complete, and what the failed backup wrote is gone again.
+    let (ids, incomplete) = listing(&config);
+    assert!(
+        ids.is_empty() && incomplete.is_empty(),
+        "{ids:?} {incomplete:?}"
+    );
+    let leftovers: Vec<String> = common::walk(&t.dir.path().join("repo"))
+        .into_iter()
+        .filter(|p| p.contains("/backups/"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Archiving fails meanwhile; PostgreSQL keeps the WAL. With room again, it resumes
+    // by itself and the next backup succeeds.
+    disk.resize("200m");
+    let id = must(
+        "backup with room",
+        backupctl(&config, &["backup", "--kind", "physical", "--no-verify"]),
+    );
+    switch_wal_and_wait(&c);
+    let (ids, _) = listing(&config);
+    assert_eq!(ids, vec![id.trim().to_string()]);
+    let v = json(&backupctl(&config, &["--json", "list"]));
+    assert!(v["wal_gaps"].as_array().unwrap().is_empty(), "{v}");
+}
+
+#[test]
+fn a_full_restore_target_fails_naming_it_and_is_emptied() {
+    let s = Setup::new(Backend::Local);
+    add_filler(&s.cluster, "postgres", 20_000);
+    s.backup_no_verify();
+    let dir = pg_tempdir();
+    let target = dir.path().join("small");
+    let Some(disk) = Tmpfs::mount(&target, "10m") else {
+        return;
+    };
+    let pgdata = target.join("restored");
+    let pg = pgdata.display().to_string();
+    let out = s.run(&["restore", "--pgdata", &pg]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("was emptied again"), "{err}");
+    assert!(
+        common::walk(&pgdata).is_empty(),
+        "{:?}",
+        common::walk(&pgdata)
+    );
+    disk.resize("300m");
+    must("restore with room", s.run(&["restore", "--pgdata", &pg]));
+    assert!(pgdata.join("global/pg_control").exists());
+}
+
+#[test]
+fn an_s3_outage_under_load_loses_no_wal_and_pitr_inside_it_is_exact() {
+    let mut s = Setup::new(Backend::S3);
+    s.sql("CREATE TABLE marks (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    let conn = |cmd: &mut Command| {
+        cmd.arg("-h").arg(&s.cluster.socket_dir).args([
+            "-p",
+            &s.cluster.port.to_string(),
+            "-U",
+            "postgres",
+        ]);
+    };
+    let mut init = Command::new(pg_bin("pgbench"));
+    conn(&mut init);
+    must(
+        "pgbench -i",
+        init.args(["-i", "-s", "2", "-q", "postgres"])
+            .output()
+            .unwrap(),
+    );
+    s.backup_no_verify();
+    let mut bench = Command::new(pg_bin("pgbench"));
+    conn(&mut bench);
+    let bench = bench
+        .args([
+            "-c", "2", "-j", "1", "-T", "75", "-R", "300", "-n", "postgres",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut mark = 0;
+    let mut add_mark = |s: &Setup| {
+        mark += 1;
+        s.sql(&format!("INSERT INTO marks (id) VALUES ({mark})"));
+        mark
+    };
+    add_mark(&s);
+    s.t.s3.as_mut().unwrap().stop();
+    let outage = Instant::now();
+    // Marks every ~2 s through the outage; the target is the server's clock between
+    // two of them, half-way through.
+    let mut target = None;
+    while outage.elapsed() < Duration::from_secs(60) {
+        let m = add_mark(&s);
+        if target.is_none() && outage.elapsed() >= Duration::from_secs(30) {
+            target = Some((m, s.now()));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let failed: i64 = s
+        .sql("SELECT failed_count FROM pg_stat_archiver")
+        .parse()
+        .unwrap();
+    assert!(
+        failed > 0,
+        "archiving never failed: the outage did not happen"
+    );
+    s.t.s3.as_mut().unwrap().resume();
+    add_mark(&s);
+    let out = bench.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Archiving resumes by itself: everything up to now arrives, with no gap.
+    switch_wal_and_wait(&s.cluster);
+    let v = json(&s.run(&["--json", "list"]));
+    assert!(v["wal_gaps"].as_array().unwrap().is_empty(), "{v}");
+    // A PITR to a moment inside the outage has exactly the marks committed before it.
+    let (before, at) = target.unwrap();
+    let r = s.restore_start(&["--target-time", &at]);
+    assert_eq!(
+        r.psql("postgres", "SELECT count(*), max(id) FROM marks"),
+        format!("{before}|{before}")
+    );
 }

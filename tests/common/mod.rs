@@ -456,10 +456,20 @@ impl S3Server {
         let bucket = "backups".to_string();
         std::fs::create_dir(root.path().join(&bucket)).unwrap();
         let port = free_port();
+        let child = Self::spawn(root.path(), port);
+        S3Server {
+            child,
+            root,
+            port,
+            bucket,
+        }
+    }
+
+    fn spawn(root: &Path, port: u16) -> Child {
         let child = Command::new(s3s_fs_bin())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
-            .arg(root.path())
+            .arg(root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -469,12 +479,18 @@ impl S3Server {
             assert!(Instant::now() < deadline, "s3s-fs did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
-        S3Server {
-            child,
-            root,
-            port,
-            bucket,
-        }
+        child
+    }
+
+    /// Stop the server (an outage): connections are refused until [`S3Server::resume`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the server again on the same port, serving the same files.
+    pub fn resume(&mut self) {
+        self.child = Self::spawn(self.root.path(), self.port);
     }
 
     pub fn endpoint(&self) -> String {
