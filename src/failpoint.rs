@@ -7,9 +7,10 @@
 //! `scripts/test` enables; release builds never do): without it [`point`] is an empty
 //! inline function. With it, two environment variables drive the points:
 //! - `FAILPOINTS` (the `fail` crate's own syntax, e.g. `backup.before-manifest=panic`);
-//! - `BACKUPCTL_STOP_AT=NAME[,NAME…]`: at the first of these points reached, the process
-//!   prints `backupctl: stopped at failpoint NAME` on stderr and then waits forever, so
-//!   that the test, having read that line, kills it with SIGKILL exactly there.
+//! - `BACKUPCTL_STOP_AT=NAME[@N][,…]`: when one of these points is reached (for the N-th
+//!   time), the process prints `backupctl: stopped at failpoint NAME` on stderr and then
+//!   waits forever, so that the test, having read that line, kills it with SIGKILL
+//!   exactly there.
 //!
 //! Every point is listed in [`POINTS`] so that the tests and docs/reliability.md can
 //! name them and a misspelt point is refused instead of never firing.
@@ -79,7 +80,17 @@ pub fn point(name: &'static str) {
 pub fn setup() -> anyhow::Result<fail::FailScenario<'static>> {
     let scenario = fail::FailScenario::setup();
     if let Ok(list) = std::env::var("BACKUPCTL_STOP_AT") {
-        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        for item in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let (name, nth) = match item.split_once('@') {
+                Some((name, n)) => match n.parse::<u64>() {
+                    Ok(n) if n > 0 => (name, n),
+                    _ => anyhow::bail!(
+                        "BACKUPCTL_STOP_AT: {item:?}: after '@' comes how many times the point \
+                         is passed before stopping, counted from 1"
+                    ),
+                },
+                None => (item, 1),
+            };
             let Some(&(name, _)) = POINTS.iter().find(|(p, _)| *p == name) else {
                 anyhow::bail!(
                     "BACKUPCTL_STOP_AT names an unknown failpoint {name:?}; known: {}",
@@ -90,8 +101,13 @@ pub fn setup() -> anyhow::Result<fail::FailScenario<'static>> {
                         .join(", ")
                 );
             };
-            fail::cfg_callback(name, move || stop_here(name))
-                .map_err(|e| anyhow::anyhow!("arm failpoint {name}: {e}"))?;
+            let passes = std::sync::atomic::AtomicU64::new(0);
+            fail::cfg_callback(name, move || {
+                if passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= nth {
+                    stop_here(name)
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("arm failpoint {name}: {e}"))?;
         }
     }
     Ok(scenario)

@@ -49,7 +49,8 @@ fn kill_at(config: &Path, point: &str, args: &[&str], env: &[(&str, String)]) ->
             }
         }
     });
-    let wanted = format!("stopped at failpoint {point}");
+    let name = point.split('@').next().unwrap();
+    let wanted = format!("stopped at failpoint {name}");
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut seen = String::new();
     loop {
@@ -408,6 +409,10 @@ fn killed_archival_loses_no_row() {
     // The killed batch rolled back with its session: every row is exactly once somewhere.
     assert_eq!(s.sql(fingerprint), all);
     assert_eq!(s.sql("SELECT count(*) FROM archive.events"), "0");
+    // Killed in its third batch: the first two are committed, whole.
+    kill_at(&s.config, "archive.mid-transaction@3", &["archive"], &[]);
+    assert_eq!(s.sql(fingerprint), all);
+    assert_eq!(s.sql("SELECT count(*) FROM archive.events"), "2000");
     must("archive after the kill", s.run(&["archive"]));
     assert_eq!(s.sql(fingerprint), all);
     assert_eq!(s.sql("SELECT count(*) FROM public.events"), "100");
