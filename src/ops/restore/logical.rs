@@ -188,6 +188,26 @@ pub async fn restore_all_into(
     Ok(())
 }
 
+/// The `pg_restore -l` listing stored with database `database` of logical backup `id`
+/// (checksum verified).
+pub async fn toc_listing(cfg: &Config, id: &str, database: &str) -> anyhow::Result<String> {
+    let repo = repo::open(cfg).await?;
+    let m = Manifest::load(repo.as_ref(), id)
+        .await?
+        .with_context(|| format!("no complete backup {id}"))?;
+    let l = m
+        .logical
+        .as_ref()
+        .with_context(|| format!("backup {id} is not a logical backup"))?;
+    let d = pick_database(l, Some(database), id)?;
+    let name = d
+        .toc_object
+        .as_deref()
+        .with_context(|| format!("backup {id} has no table of contents for database {database}"))?;
+    let bytes = fetch_small(&repo, &m, name).await?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 fn pick_database<'a>(
     l: &'a LogicalInfo,
     name: Option<&str>,
