@@ -529,3 +529,44 @@ fn documented_wrapper_keeps_the_migration_exit_status() {
     let out = run("exit 0");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// Sessions on the failed database not ended within `--terminate-timeout`: nothing is
+/// renamed, the database accepts connections again, the copy is left under its own
+/// name, exit 4.
+#[test]
+fn sessions_not_ended_in_time_rename_nothing() {
+    let e = env_with(Backend::Local, "");
+    let rt = rt();
+    let _app_session = rt.block_on(e.c.connect("app"));
+    let out = e.migrate(
+        // 0 s: the first look at the sessions is already too late.
+        &["--no-verify", "--terminate-timeout", "0"],
+        r#"psql -c "DELETE FROM orders"
+exit 9"#,
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("could not be ended") && err.contains("nothing was renamed"),
+        "{err}"
+    );
+    assert_eq!(e.c.psql("app", "SELECT count(*) FROM orders"), "0");
+    assert_eq!(
+        e.c.psql(
+            "postgres",
+            "SELECT datallowconn FROM pg_database WHERE datname = 'app'"
+        ),
+        "t"
+    );
+    assert!(e.failed_databases().is_empty());
+    let restored: Vec<_> = e
+        .databases()
+        .into_iter()
+        .filter(|d| d.starts_with("app_restored_"))
+        .collect();
+    assert_eq!(restored.len(), 1, "{:?}", e.databases());
+    assert_eq!(
+        e.c.psql(&restored[0], "SELECT count(*) FROM orders"),
+        "3000"
+    );
+}
