@@ -222,6 +222,11 @@ pub struct RestoreArgs {
     /// Logical restore: drop existing objects before restoring them
     #[arg(long, requires = "logical")]
     pub clean: bool,
+    /// Logical restore with --table: replace the rows of the existing tables in one
+    /// transaction (definition untouched, owned sequences set from the backup); refused,
+    /// unchanged, when foreign keys would break
+    #[arg(long, requires = "tables", conflicts_with_all = ["create", "clean", "jobs"])]
+    pub data_only: bool,
     /// Logical restore: restore roles and tablespaces (pg_dumpall --globals-only)
     #[arg(long, requires = "logical")]
     pub globals: bool,

@@ -102,6 +102,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 tables: args.tables,
                 create: args.create,
                 clean: args.clean,
+                data_only: args.data_only,
                 globals: args.globals,
                 jobs: args.jobs,
                 dry_run: args.dry_run,

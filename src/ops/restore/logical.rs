@@ -45,6 +45,8 @@ pub struct LogicalRestoreRequest {
     pub tables: Vec<String>,
     pub create: bool,
     pub clean: bool,
+    /// With `tables`: replace the rows of existing tables, definitions untouched.
+    pub data_only: bool,
     /// Restore roles and tablespaces.
     pub globals: bool,
     pub jobs: Option<u32>,
@@ -66,6 +68,13 @@ pub async fn run(cfg: &Config, args: &LogicalRestoreRequest) -> anyhow::Result<V
                 "--create, --clean, --table and --jobs need --dbname NAME"
             ));
         }
+    }
+    if args.data_only
+        && (args.tables.is_empty() || args.create || args.clean || args.jobs.is_some())
+    {
+        return Err(crate::user_error!(
+            "--data-only replaces the rows of existing tables: it needs --table and --dbname, and goes without --create, --clean and --jobs"
+        ));
     }
     if args.jobs == Some(0) {
         return Err(crate::user_error!("--jobs must be at least 1"));
@@ -132,6 +141,27 @@ pub async fn run(cfg: &Config, args: &LogicalRestoreRequest) -> anyhow::Result<V
 
     if args.globals {
         lines.extend(restore_globals(&repo, &manifest, logical, &params, false).await?);
+    }
+    if let (Some(d), Some(target), true) = (dump, &args.dbname, args.data_only) {
+        let work = tempfile::Builder::new()
+            .prefix("backupctl-restore-")
+            .tempdir_in(scratch_parent(cfg)?)
+            .context("create a work directory for the restore")?;
+        lines.extend(
+            super::data_only::run(
+                &repo,
+                &manifest,
+                d,
+                &wanted,
+                &bin,
+                &params.with_dbname(target),
+                target,
+                work.path(),
+            )
+            .await
+            .with_context(|| format!("replace rows from backup {id} in database {target}"))?,
+        );
+        return Ok(lines);
     }
     if let (Some(d), Some(target)) = (dump, &args.dbname) {
         let opts = Target {
@@ -317,14 +347,14 @@ pub fn resolve_tables(d: &DatabaseDump, names: &[String]) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-fn digest(o: &ObjectEntry) -> Digest {
+pub(super) fn digest(o: &ObjectEntry) -> Digest {
     Digest {
         sha256: o.sha256.clone(),
         size: o.stored_size,
     }
 }
 
-fn object<'a>(m: &'a Manifest, name: &str) -> anyhow::Result<&'a ObjectEntry> {
+pub(super) fn object<'a>(m: &'a Manifest, name: &str) -> anyhow::Result<&'a ObjectEntry> {
     m.object(name).ok_or_else(|| {
         anyhow::anyhow!(
             "the manifest of backup {} does not list object {name}",
@@ -334,7 +364,7 @@ fn object<'a>(m: &'a Manifest, name: &str) -> anyhow::Result<&'a ObjectEntry> {
 }
 
 /// Download a small object whole, verified against the manifest.
-async fn fetch_small(
+pub(super) async fn fetch_small(
     repo: &Arc<dyn Repository>,
     m: &Manifest,
     name: &str,

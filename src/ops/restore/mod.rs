@@ -10,6 +10,7 @@
 //!    (restore_command = this binary's wal-fetch with the same config).
 //! 5. With `--start`, start PostgreSQL and follow recovery to its end.
 
+pub mod data_only;
 pub mod logical;
 
 use std::collections::HashMap;

@@ -1,0 +1,157 @@
+//! Single-table logical restores into a database that is in use, against real
+//! PostgreSQL 15: `--data-only` replaces the rows (sequences set from the backup, the
+//! application's next insert using the default works) and is refused, unchanged, when a
+//! foreign key would break.
+
+mod common;
+
+use common::{backupctl, stderr, stdout, Backend, Cluster, ClusterOptions, TestRepo};
+
+fn populate(c: &Cluster) {
+    c.psql("postgres", "CREATE DATABASE app");
+    c.psql(
+        "app",
+        "CREATE TABLE users (id bigserial PRIMARY KEY, email text UNIQUE NOT NULL);
+         CREATE TABLE orders (id serial PRIMARY KEY, user_id bigint NOT NULL REFERENCES users (id),
+                              amount numeric(10,2), at timestamptz NOT NULL DEFAULT now());
+         CREATE INDEX orders_user ON orders (user_id);
+         INSERT INTO users (email) SELECT 'user' || g || '@example.com' FROM generate_series(1, 1000) g;
+         INSERT INTO orders (user_id, amount, at)
+           SELECT 1 + g % 1000, g * 0.5, timestamptz '2026-01-01 00:00+00' + g * interval '1 minute'
+           FROM generate_series(1, 3000) g;",
+    );
+}
+
+fn md5(c: &Cluster, table: &str) -> String {
+    c.psql(
+        "app",
+        &format!(
+            "SELECT count(*) || ' ' || md5(string_agg(x::text, '|' ORDER BY x.id)) FROM {table} x"
+        ),
+    )
+}
+
+struct Env {
+    c: Cluster,
+    _t: TestRepo,
+    config: std::path::PathBuf,
+    id: String,
+}
+
+fn backed_up() -> Env {
+    let t = TestRepo::new(Backend::Local);
+    let c = Cluster::new(ClusterOptions::default());
+    populate(&c);
+    let config = t.write_config("backup.toml", &c.postgres_toml());
+    let out = backupctl(
+        &config,
+        &[
+            "backup",
+            "--kind",
+            "logical",
+            "--database",
+            "app",
+            "--no-verify",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    Env {
+        c,
+        _t: t,
+        config,
+        id,
+    }
+}
+
+impl Env {
+    fn restore(&self, extra: &[&str]) -> std::process::Output {
+        let mut a = vec!["restore", "--logical", &self.id, "--dbname", "app"];
+        a.extend_from_slice(extra);
+        backupctl(&self.config, &a)
+    }
+}
+
+#[test]
+fn data_only_replaces_rows_in_use_or_refuses_unchanged() {
+    let e = backed_up();
+    let c = &e.c;
+    let orders_then = md5(c, "orders");
+    let users_then = md5(c, "users");
+    // The application keeps a session and changes rows after the backup.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(c.connect("app"));
+    c.psql(
+        "app",
+        "DELETE FROM orders WHERE id % 3 = 0; UPDATE orders SET amount = 0 WHERE id < 100;
+         INSERT INTO orders (user_id, amount) SELECT 1, 1 FROM generate_series(1, 50);",
+    );
+
+    let out = e.restore(&["--table", "public.orders", "--data-only"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("3000 rows") && stdout(&out).contains("orders_id_seq set to 3000"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(md5(c, "orders"), orders_then);
+    // The definition is untouched and the default works: the next id follows the backup's.
+    assert_eq!(
+        c.psql(
+            "app",
+            "INSERT INTO orders (user_id, amount) VALUES (1, 1) RETURNING id"
+        ),
+        "3001"
+    );
+    assert_eq!(
+        c.psql(
+            "app",
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'orders'"
+        ),
+        "2"
+    );
+    // The application's session was not disturbed.
+    let n: i64 = rt
+        .block_on(app.query_one("SELECT count(*) FROM users", &[]))
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1000);
+
+    // A user added after the backup, with an order: replacing users would orphan it.
+    c.psql(
+        "app",
+        "INSERT INTO users (email) VALUES ('late@example.com');
+         INSERT INTO orders (user_id, amount) VALUES (1001, 9);
+         UPDATE users SET email = 'changed' || id WHERE id <= 10;",
+    );
+    let users_now = md5(c, "users");
+    let out = e.restore(&["--table", "public.users", "--data-only"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("orders_user_id_fkey") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(md5(c, "users"), users_now);
+
+    // Without that order it goes through, and the sequence follows the backup.
+    c.psql("app", "DELETE FROM orders WHERE user_id = 1001");
+    let out = e.restore(&["--table", "public.users", "--data-only"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(md5(c, "users"), users_then);
+    assert_eq!(
+        c.psql(
+            "app",
+            "INSERT INTO users (email) VALUES ('next@example.com') RETURNING id"
+        ),
+        "1001"
+    );
+
+    // A table whose columns changed since the backup is refused, unchanged.
+    c.psql("app", "ALTER TABLE orders ADD COLUMN note text");
+    let before = md5(c, "orders");
+    let out = e.restore(&["--table", "public.orders", "--data-only"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("columns"), "{}", stderr(&out));
+    assert_eq!(md5(c, "orders"), before);
+}
