@@ -1,7 +1,8 @@
 //! Single-table logical restores into a database that is in use, against real
 //! PostgreSQL 15: `--data-only` replaces the rows (sequences set from the backup, the
 //! application's next insert using the default works) and is refused, unchanged, when a
-//! foreign key would break.
+//! foreign key would break. A whole-database restore counts the restored rows and
+//! fails naming the tables that differ from the manifest.
 
 mod common;
 
@@ -33,7 +34,7 @@ fn md5(c: &Cluster, table: &str) -> String {
 
 struct Env {
     c: Cluster,
-    _t: TestRepo,
+    t: TestRepo,
     config: std::path::PathBuf,
     id: String,
 }
@@ -56,12 +57,7 @@ fn backed_up() -> Env {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let id = stdout(&out).trim().to_string();
-    Env {
-        c,
-        _t: t,
-        config,
-        id,
-    }
+    Env { c, t, config, id }
 }
 
 impl Env {
@@ -154,4 +150,68 @@ fn data_only_replaces_rows_in_use_or_refuses_unchanged() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("columns"), "{}", stderr(&out));
     assert_eq!(md5(c, "orders"), before);
+}
+
+/// The manifest says one thing, the dump holds another (here: a manifest rewritten
+/// with a wrong count): the restore counts what it restored and fails, naming the table.
+#[test]
+fn whole_database_restore_counts_rows() {
+    let e = backed_up();
+    let out = backupctl(
+        &e.config,
+        &[
+            "restore",
+            "--logical",
+            &e.id,
+            "--dbname",
+            "copy",
+            "--create",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("2 tables, 4000 rows counted"),
+        "{}",
+        stdout(&out)
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let repo = e.t.open().await;
+        let mut m = backupctl::manifest::Manifest::load(repo.as_ref(), &e.id)
+            .await
+            .unwrap()
+            .unwrap();
+        let d = m
+            .logical
+            .as_mut()
+            .unwrap()
+            .databases
+            .iter_mut()
+            .find(|d| d.name == "app")
+            .unwrap();
+        d.tables
+            .iter_mut()
+            .find(|t| t.table == "orders")
+            .unwrap()
+            .rows = 2999;
+        m.store(repo.as_ref()).await.unwrap();
+    });
+    common::chown_to_pg(e.t.dir.path());
+    let out = backupctl(
+        &e.config,
+        &[
+            "restore",
+            "--logical",
+            &e.id,
+            "--dbname",
+            "copy2",
+            "--create",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("public.orders has 3000 rows, the backup recorded 2999"),
+        "{}",
+        stderr(&out)
+    );
 }
