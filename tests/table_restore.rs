@@ -1,7 +1,9 @@
 //! Single-table logical restores into a database that is in use, against real
 //! PostgreSQL 15: `--data-only` replaces the rows (sequences set from the backup, the
 //! application's next insert using the default works) and is refused, unchanged, when a
-//! foreign key would break. A whole-database restore counts the restored rows and
+//! foreign key would break; `--clean` brings the table back complete (sequence, default,
+//! indexes, constraints, foreign keys both ways, trigger, grant, comment) or is refused,
+//! unchanged, naming what depends on it. A whole-database restore counts the restored rows and
 //! fails naming the tables that differ from the manifest.
 
 mod common;
@@ -211,6 +213,123 @@ fn whole_database_restore_counts_rows() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("public.orders has 3000 rows, the backup recorded 2999"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Everything about `orders` and `users` a `--clean` must bring back.
+fn definition(c: &Cluster) -> String {
+    c.psql(
+        "app",
+        "SELECT concat_ws(E'\\n',
+           (SELECT string_agg(indexname || ': ' || indexdef, '; ' ORDER BY indexname) FROM pg_indexes
+             WHERE tablename IN ('orders', 'users')),
+           (SELECT string_agg(conname || ': ' || pg_get_constraintdef(oid), '; ' ORDER BY conname) FROM pg_constraint
+             WHERE conrelid IN ('orders'::regclass, 'users'::regclass)),
+           (SELECT string_agg(tgname, '; ' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal),
+           (SELECT string_agg(a.attname || ' default ' || pg_get_expr(d.adbin, d.adrelid), '; ' ORDER BY d.adrelid::regclass::text, a.attname) FROM pg_attrdef d
+             JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid IN ('orders'::regclass, 'users'::regclass)),
+           (SELECT relacl::text FROM pg_class WHERE oid = 'orders'::regclass),
+           obj_description('orders'::regclass, 'pg_class'),
+           (SELECT string_agg(format('%s owned by %s', s.relname, d.refobjid::regclass), '; ' ORDER BY s.relname) FROM pg_depend d
+             JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' WHERE d.deptype = 'a'))",
+    )
+}
+
+#[test]
+fn clean_restores_the_table_complete_or_refuses_unchanged() {
+    let t = TestRepo::new(Backend::Local);
+    let c = Cluster::new(ClusterOptions::default());
+    populate(&c);
+    c.psql("postgres", "CREATE ROLE app_reader");
+    c.psql(
+        "app",
+        "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.at := now(); RETURN NEW; END $$;
+         CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION touch();
+         GRANT SELECT ON orders TO app_reader;
+         COMMENT ON TABLE orders IS 'what users bought';",
+    );
+    let config = t.write_config("backup.toml", &c.postgres_toml());
+    let out = backupctl(
+        &config,
+        &[
+            "backup",
+            "--kind",
+            "logical",
+            "--database",
+            "app",
+            "--no-verify",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let e = Env {
+        c,
+        t,
+        config,
+        id: stdout(&out).trim().to_string(),
+    };
+    let c = &e.c;
+    let def_then = definition(c);
+    let orders_then = md5(c, "orders");
+    let users_then = md5(c, "users");
+
+    // What a migration does to a table: rows, an index, a default, the trigger, a grant.
+    c.psql(
+        "app",
+        "DELETE FROM orders WHERE id > 2000; DROP INDEX orders_user;
+         ALTER TABLE orders ALTER COLUMN id DROP DEFAULT; DROP TRIGGER orders_touch ON orders;
+         REVOKE SELECT ON orders FROM app_reader;",
+    );
+    let out = e.restore(&["--table", "public.orders", "--clean"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(md5(c, "orders"), orders_then);
+    assert_eq!(definition(c), def_then);
+    assert_eq!(
+        c.psql(
+            "app",
+            "INSERT INTO orders (user_id, amount) VALUES (1, 1) RETURNING id"
+        ),
+        "3001"
+    );
+
+    // users is referenced by orders: the foreign key is dropped and added back.
+    c.psql(
+        "app",
+        "DELETE FROM orders WHERE id = 3001; UPDATE users SET email = 'x' || email WHERE id < 10",
+    );
+    let out = e.restore(&["--table", "public.users", "--clean"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(md5(c, "users"), users_then);
+    assert_eq!(definition(c), def_then);
+    assert_eq!(
+        c.psql(
+            "app",
+            "INSERT INTO users (email) VALUES ('next@example.com') RETURNING id"
+        ),
+        "1001"
+    );
+
+    // Added since the backup and depending on the tables: refused, nothing changed.
+    c.psql(
+        "app",
+        "CREATE VIEW big_orders AS SELECT * FROM orders WHERE amount > 100;
+         CREATE TABLE user_settings (id serial PRIMARY KEY, user_id bigint REFERENCES users (id));
+         DELETE FROM orders WHERE id > 2500;",
+    );
+    let orders_now = md5(c, "orders");
+    let out = e.restore(&["--table", "public.orders", "--clean"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("view big_orders") && stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(md5(c, "orders"), orders_now);
+    let out = e.restore(&["--table", "public.users", "--clean"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("user_settings_user_id_fkey"),
         "{}",
         stderr(&out)
     );

@@ -105,7 +105,7 @@ pub fn table_data_oids(listing: &str) -> Vec<u32> {
 }
 
 /// pg_restore prints names with newlines replaced by spaces and empty ones as `-`.
-fn sanitize(name: &str) -> String {
+pub fn sanitize(name: &str) -> String {
     if name.is_empty() {
         return "-".into();
     }

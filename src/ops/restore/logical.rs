@@ -694,6 +694,27 @@ async fn refuse_non_empty(
     Ok(())
 }
 
+/// Download the database's archive, checksum verified, to `work/archive.dump`.
+async fn download(
+    repo: &Arc<dyn Repository>,
+    m: &Manifest,
+    d: &DatabaseDump,
+    work: &Path,
+) -> anyhow::Result<()> {
+    let o = object(m, &d.object)?;
+    let key = layout::backup_object_key(&m.id, &d.object);
+    transfer::get_to_file(
+        repo,
+        &key,
+        algorithm_of(&d.object),
+        Some(digest(o)),
+        &work.join("archive.dump"),
+    )
+    .await
+    .context("download the database archive")?;
+    Ok(())
+}
+
 /// Run pg_restore. A database this restore created is fed while downloading (a bad
 /// checksum fails the restore and the database is dropped); an existing one gets the
 /// archive only after it was downloaded and verified, in one transaction (unless
@@ -731,13 +752,23 @@ async fn feed_pg_restore(
             )
         })?;
         let listing = fetch_small(repo, m, toc_name).await?;
-        let (list, missing) = toc::select_tables(&String::from_utf8_lossy(&listing), wanted);
+        let listing = String::from_utf8_lossy(&listing);
+        let (list, missing) = toc::select_tables(&listing, wanted);
         anyhow::ensure!(
             missing.is_empty(),
             "the dump of database {} has no definition of {}",
             d.name,
             missing.join(", ")
         );
+        let list = if t.clean && !created {
+            // Into a live database: the table with everything that belongs to it, or
+            // a refusal naming what blocks it, before any change.
+            download(repo, m, d, work).await?;
+            super::table_clean::select(bin, &work.join("archive.dump"), &listing, wanted, target)
+                .await?
+        } else {
+            list
+        };
         let list_path = work.join("restore.list");
         std::fs::write(&list_path, list)?;
         cmd.arg("-L").arg(&list_path);
@@ -769,9 +800,9 @@ async fn feed_pg_restore(
         .await;
     }
     let file = work.join("archive.dump");
-    transfer::get_to_file(repo, &key, algorithm_of(&d.object), Some(digest(o)), &file)
-        .await
-        .context("download the database archive")?;
+    if !file.exists() {
+        download(repo, m, d, work).await?;
+    }
     if t.jobs > 1 {
         cmd.arg(format!("--jobs={}", t.jobs));
     } else {

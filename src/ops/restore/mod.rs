@@ -12,6 +12,7 @@
 
 pub mod data_only;
 pub mod logical;
+pub mod table_clean;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
