@@ -4,7 +4,8 @@
 //! foreign key would break; `--clean` brings the table back complete (sequence, default,
 //! indexes, constraints, foreign keys both ways, trigger, grant, comment) or is refused,
 //! unchanged, naming what depends on it. A whole-database restore counts the restored rows and
-//! fails naming the tables that differ from the manifest.
+//! fails naming the tables (and, into a new database, the schema object kinds) that
+//! differ from the manifest.
 
 mod common;
 
@@ -155,7 +156,8 @@ fn data_only_replaces_rows_in_use_or_refuses_unchanged() {
 }
 
 /// The manifest says one thing, the dump holds another (here: a manifest rewritten
-/// with a wrong count): the restore counts what it restored and fails, naming the table.
+/// with a wrong row count and index count): the restore counts what it restored, dumps
+/// its schema again, and fails naming both differences.
 #[test]
 fn whole_database_restore_counts_rows() {
     let e = backed_up();
@@ -196,6 +198,7 @@ fn whole_database_restore_counts_rows() {
             .find(|t| t.table == "orders")
             .unwrap()
             .rows = 2999;
+        *d.toc_counts.get_mut("INDEX").unwrap() += 1;
         m.store(repo.as_ref()).await.unwrap();
     });
     common::chown_to_pg(e.t.dir.path());
@@ -212,7 +215,8 @@ fn whole_database_restore_counts_rows() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("public.orders has 3000 rows, the backup recorded 2999"),
+        stderr(&out).contains("public.orders has 3000 rows, the backup recorded 2999")
+            && stderr(&out).contains("the dump lists 2 INDEX entries, the restored database has 1"),
         "{}",
         stderr(&out)
     );

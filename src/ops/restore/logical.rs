@@ -599,6 +599,13 @@ async fn restore_database(
             )),
         }
     }
+    // A whole database restored into one of its own: its schema, counted by kind,
+    // must be the dump's.
+    if wanted.is_empty() && !exists {
+        if let Some((_, mismatches)) = schema_mismatches(bin, &target, d, work.path()).await? {
+            differences.extend(mismatches);
+        }
+    }
     if !differences.is_empty() {
         anyhow::bail!(
             "the restored database {} does not match backup {}: {}",
@@ -636,6 +643,52 @@ async fn restore_database(
         }
     }
     Ok(lines)
+}
+
+/// The restored database (`target`), dumped again schema-only: its TOC counted by kind
+/// against the backup's (`None` when the backup recorded no counts). Returns what
+/// matched and every difference.
+pub async fn schema_mismatches(
+    bin: &PgBin,
+    target: &ConnParams,
+    d: &DatabaseDump,
+    work: &Path,
+) -> anyhow::Result<Option<(String, Vec<String>)>> {
+    if d.toc_counts.is_empty() {
+        return Ok(None);
+    }
+    let file = work.join("schema.dump");
+    let dbname = target.dbname.clone();
+    let out = bin
+        .command("pg_dump")
+        .args(["--schema-only", "-Fc", "-f"])
+        .arg(&file)
+        .arg("-d")
+        .arg(conninfo_dbname(&dbname))
+        .envs(target.libpq_env())
+        .output()
+        .await
+        .context("run pg_dump --schema-only on the restored database")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pg_dump of the restored database {dbname} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let out = bin
+        .command("pg_restore")
+        .arg("-l")
+        .arg(&file)
+        .output()
+        .await
+        .context("run pg_restore -l")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pg_restore -l failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let _ = std::fs::remove_file(&file);
+    let restored = toc::counts(&String::from_utf8_lossy(&out.stdout));
+    Ok(Some(toc::compare_counts(&d.toc_counts, &restored)))
 }
 
 /// Where restore work files go: `backup.state_dir/tmp`.
