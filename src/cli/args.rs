@@ -14,7 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         Runs as a daemon (scheduled backups, verification, retention, partitions, archival), \
         as PostgreSQL's archive_command/restore_command (wal-push, wal-fetch), and as an \
         operator CLI. Exit codes: 0 success, 1 failure, 2 bad input or refused request, \
-        3 another run of the same job holds the lock (with --no-wait)."
+        3 another run of the same job holds the lock (with --no-wait); `migrate` also \
+        exits with its command's code, or 4 (see `backupctl migrate --help`)."
 )]
 pub struct Cli {
     /// Configuration file [default: /etc/backupctl/backup.toml, or the embedded default
