@@ -3,7 +3,9 @@
 //! Exit codes: 0 success; 1 the operation failed (I/O, PostgreSQL, repository, corruption);
 //! 2 the request itself is wrong or refused (bad config or flags, unsafe target directory,
 //! target outside the recoverable window); 3 another run of the same job holds its lock; wal-fetch also uses 126
-//! ([`STOP_RECOVERY_EXIT`]). Operations return `anyhow` errors; wrapping one of these
+//! ([`STOP_RECOVERY_EXIT`]); `migrate` exits with its COMMAND's own code when that failed
+//! and the database was restored, and [`MIGRATION_RESTORE_FAILED_EXIT`] when the restore
+//! after it failed too ([`MigrationFailed`]). Operations return `anyhow` errors; wrapping one of these
 //! types anywhere in the chain selects the code. This is the only place that maps errors
 //! to exit codes: no operation or domain module names a number.
 
@@ -95,6 +97,27 @@ impl fmt::Display for StopRecovery {
 
 impl std::error::Error for StopRecovery {}
 
+/// `migrate`: the migration COMMAND failed (`code` is its own exit code, or 128 + the
+/// signal that killed it, when the database was restored; or
+/// [`MIGRATION_RESTORE_FAILED_EXIT`] when restoring failed too).
+#[derive(Debug)]
+pub struct MigrationFailed {
+    pub code: i32,
+    pub message: String,
+}
+
+/// `migrate`'s exit code when the migration failed and the database could not be
+/// restored (it is as the migration left it).
+pub const MIGRATION_RESTORE_FAILED_EXIT: i32 = 4;
+
+impl fmt::Display for MigrationFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for MigrationFailed {}
+
 /// Whether another run holds the job's lock somewhere in `err`'s chain.
 pub fn is_lock_held(err: &anyhow::Error) -> bool {
     err.chain().any(|c| c.is::<LockHeld>())
@@ -124,6 +147,13 @@ pub fn classify(err: &anyhow::Error) -> (i32, Option<String>) {
         }
         if let Some(e) = cause.downcast_ref::<Reported>() {
             return (1, e.summary.clone());
+        }
+        if let Some(e) = cause.downcast_ref::<MigrationFailed>() {
+            // A COMMAND that "failed" with 0 must still fail the process.
+            return (
+                if e.code == 0 { 1 } else { e.code },
+                Some(e.message.clone()),
+            );
         }
     }
     let code = if err.chain().any(|c| c.is::<UserError>()) {
@@ -197,5 +227,19 @@ mod tests {
             message: "corrupt".into(),
         });
         assert_eq!(classify(&e), (126, Some("corrupt".into())));
+    }
+
+    #[test]
+    fn failed_migration_exits_with_its_code() {
+        let e = anyhow::Error::from(MigrationFailed {
+            code: 7,
+            message: "migration failed".into(),
+        });
+        assert_eq!(classify(&e), (7, Some("migration failed".into())));
+        let e = anyhow::Error::from(MigrationFailed {
+            code: MIGRATION_RESTORE_FAILED_EXIT,
+            message: "restore failed".into(),
+        });
+        assert_eq!(classify(&e).0, 4);
     }
 }

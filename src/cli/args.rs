@@ -14,7 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         Runs as a daemon (scheduled backups, verification, retention, partitions, archival), \
         as PostgreSQL's archive_command/restore_command (wal-push, wal-fetch), and as an \
         operator CLI. Exit codes: 0 success, 1 failure, 2 bad input or refused request, \
-        3 another run of the same job holds the lock (with --no-wait)."
+        3 another run of the same job holds the lock (with --no-wait); `migrate` also \
+        exits with its command's code, or 4 (see `backupctl migrate --help`)."
 )]
 pub struct Cli {
     /// Configuration file [default: /etc/backupctl/backup.toml, or the embedded default
@@ -48,6 +49,8 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a physical backup with point-in-time recovery, or a logical backup
     Restore(RestoreArgs),
+    /// Run a schema migration behind a pre-migration backup; restore if it fails
+    Migrate(MigrateArgs),
     /// Archive one WAL file (PostgreSQL archive_command: wal-push %p)
     WalPush(WalPushArgs),
     /// Fetch one WAL file (PostgreSQL restore_command: wal-fetch %f %p)
@@ -97,6 +100,45 @@ pub struct BackupArgs {
     /// Fail at once (exit 3) if a backup of the same kind is running instead of waiting
     #[arg(long)]
     pub no_wait: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnFailureArg {
+    /// Restore into a new database, then swap the names (the failed one is kept)
+    Swap,
+    /// Drop and recreate the backup's objects in the database, in one transaction
+    InPlace,
+    /// Restore nothing; print the commands that would
+    Keep,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit codes: 0 the migration succeeded; its own exit code (128 + \
+    signal if killed) when it failed and the database was restored; 4 when it failed and \
+    the restore failed too (the database is as the migration left it); 1, 2 or 3 when the \
+    backup failed (the migration did not run)."
+)]
+pub struct MigrateArgs {
+    /// The database the migration changes
+    #[arg(long, value_name = "NAME")]
+    pub database: String,
+    /// What to do when the migration fails
+    #[arg(long, value_enum, default_value = "swap")]
+    pub on_failure: OnFailureArg,
+    /// Do not test-restore the pre-migration backup before migrating
+    #[arg(long)]
+    pub no_verify: bool,
+    /// swap: how long to try ending the sessions on the failed database before giving
+    /// up (nothing renamed)
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub terminate_timeout: u64,
+    /// Fail at once (exit 3) if a logical backup is running instead of waiting
+    #[arg(long)]
+    pub no_wait: bool,
+    /// The migration command and its arguments (after `--`); BACKUPCTL_BACKUP_ID is set
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -181,6 +223,11 @@ pub struct RestoreArgs {
     /// Logical restore: drop existing objects before restoring them
     #[arg(long, requires = "logical")]
     pub clean: bool,
+    /// Logical restore with --table: replace the rows of the existing tables in one
+    /// transaction (definition untouched, owned sequences set from the backup); refused,
+    /// unchanged, when foreign keys would break
+    #[arg(long, requires = "tables", conflicts_with_all = ["create", "clean", "jobs"])]
+    pub data_only: bool,
     /// Logical restore: restore roles and tablespaces (pg_dumpall --globals-only)
     #[arg(long, requires = "logical")]
     pub globals: bool,
@@ -284,6 +331,7 @@ mod tests {
             "retention",
             "partitions",
             "archive",
+            "migrate",
         ] {
             assert!(names.contains(&want), "missing subcommand {want}");
         }

@@ -40,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn run_command(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
+    let config_path = cli.config.as_ref().map(|p| p.display().to_string());
     let wal_command = matches!(cli.command, Command::WalPush(_) | Command::WalFetch(_));
     crate::logging::init(&cfg.log, cli.verbose, cli.quiet, wal_command);
     let ctx = Ctx {
@@ -101,6 +102,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 tables: args.tables,
                 create: args.create,
                 clean: args.clean,
+                data_only: args.data_only,
                 globals: args.globals,
                 jobs: args.jobs,
                 dry_run: args.dry_run,
@@ -134,6 +136,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Migrate(args) => migrate(&ctx, args, config_path).await,
         Command::WalPush(args) => ops::wal::push::run(cfg, args.path).await,
         Command::WalFetch(args) => {
             let expected = ops::wal::fetch::Expected::parse(&args.expect)?;
@@ -204,5 +207,110 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             }
             summary.outcome()
         }
+    }
+}
+
+/// `backupctl migrate`: the operation, its report on stderr (stdout carries COMMAND's
+/// output) or as JSON, an alert when anything failed, and the exit code the report
+/// calls for.
+async fn migrate(ctx: &Ctx, args: MigrateArgs, config_path: Option<String>) -> anyhow::Result<()> {
+    use ops::migrate::{MigrateRequest, OnFailure};
+    let cfg = &ctx.cfg;
+    let req = MigrateRequest {
+        database: args.database,
+        on_failure: match args.on_failure {
+            OnFailureArg::Swap => OnFailure::Swap,
+            OnFailureArg::InPlace => OnFailure::InPlace,
+            OnFailureArg::Keep => OnFailure::Keep,
+        },
+        verify: !args.no_verify,
+        command: args.command,
+        terminate_timeout: std::time::Duration::from_secs(args.terminate_timeout),
+        wait: if args.no_wait {
+            Wait::No
+        } else {
+            Wait::Up(ops::backup::LOCK_WAIT)
+        },
+        config_path,
+    };
+    let report = match ops::migrate::run(cfg, &req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut alert = crate::daemon::notify::Alert::new(
+                cfg,
+                crate::daemon::notify::Event::MigrationFailed,
+                format!(
+                    "pre-migration backup of database {} failed; the migration did not run",
+                    req.database
+                ),
+            );
+            alert.error = Some(format!("{e:#}"));
+            notify(cfg, alert).await;
+            return Err(e);
+        }
+    };
+    if ctx.json {
+        ctx.print_json(&report)?;
+    } else {
+        render::migrate(&report);
+    }
+    if report.command.success() {
+        return Ok(());
+    }
+    let (code, summary) = if report.restore_failed() {
+        (
+            crate::error::MIGRATION_RESTORE_FAILED_EXIT,
+            format!(
+                "the migration of database {} failed ({}) and restoring backup {} FAILED: the database is as the migration left it",
+                report.database,
+                report.command.describe(),
+                report.backup_id
+            ),
+        )
+    } else if report.on_failure == OnFailure::Keep {
+        (
+            report.command.shell_code(),
+            format!(
+                "the migration of database {} failed ({}); nothing was restored (--on-failure keep): backup {} holds the state before it",
+                report.database,
+                report.command.describe(),
+                report.backup_id
+            ),
+        )
+    } else {
+        (
+            report.command.shell_code(),
+            format!(
+                "the migration of database {} failed ({}); the database was restored from backup {}",
+                report.database,
+                report.command.describe(),
+                report.backup_id
+            ),
+        )
+    };
+    let mut alert = crate::daemon::notify::Alert::new(
+        cfg,
+        crate::daemon::notify::Event::MigrationFailed,
+        summary.clone(),
+    );
+    alert.backup_ids = vec![report.backup_id.clone()];
+    alert.error = report.recovery.as_ref().and_then(|r| r.error.clone());
+    notify(cfg, alert).await;
+    Err(crate::error::MigrationFailed {
+        code,
+        message: summary,
+    }
+    .into())
+}
+
+/// Send one alert through the configured webhook and wait (a bounded time) for its
+/// delivery: the process ends right after.
+async fn notify(cfg: &Config, alert: crate::daemon::notify::Alert) {
+    match crate::daemon::notify::Notifier::start(cfg) {
+        Ok(n) => {
+            n.send(alert);
+            n.drain(std::time::Duration::from_secs(30)).await;
+        }
+        Err(e) => tracing::error!("cannot send the alert: {e:#}"),
     }
 }

@@ -606,3 +606,36 @@ pub fn restore_dry_run(r: &RestoreReport) {
         }
     }
 }
+
+/// `migrate`'s report, on stderr: stdout carries the migration's own output.
+pub fn migrate(r: &crate::ops::migrate::MigrateReport) {
+    eprintln!(
+        "pre-migration backup of database {}: {}",
+        r.database, r.backup_id
+    );
+    if r.command.success() {
+        eprintln!("migration succeeded");
+        return;
+    }
+    eprintln!("migration FAILED ({})", r.command.describe());
+    let Some(rec) = &r.recovery else { return };
+    let keep = r.on_failure == crate::ops::migrate::OnFailure::Keep;
+    if keep {
+        eprintln!("nothing was restored (--on-failure keep); to restore side by side, then swap:");
+    }
+    for s in &rec.steps {
+        eprintln!("  {s}");
+    }
+    if let Some(f) = &rec.failed_database {
+        eprintln!(
+            "database {} is back as it was before the migration; the failed one is kept as {f}",
+            r.database
+        );
+    }
+    if let Some(e) = &rec.error {
+        eprintln!(
+            "RESTORE FAILED: {e}\nthe database {} is as the migration left it; backup {} holds the state before it",
+            r.database, r.backup_id
+        );
+    }
+}

@@ -33,6 +33,8 @@ pub enum Event {
     JobFailed,
     VerificationFailed,
     BackupTooOld,
+    /// `backupctl migrate`: the migration failed (the database was restored or not).
+    MigrationFailed,
 }
 
 /// The JSON body of one POST.

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod check;
 pub mod info;
 pub mod list;
+pub mod migrate;
 pub mod partitions;
 pub mod restore;
 pub mod retention;

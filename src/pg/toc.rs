@@ -105,7 +105,7 @@ pub fn table_data_oids(listing: &str) -> Vec<u32> {
 }
 
 /// pg_restore prints names with newlines replaced by spaces and empty ones as `-`.
-fn sanitize(name: &str) -> String {
+pub fn sanitize(name: &str) -> String {
     if name.is_empty() {
         return "-".into();
     }
@@ -162,9 +162,64 @@ pub fn select_tables(listing: &str, wanted: &[WantedTable]) -> (String, Vec<Stri
     (out, missing)
 }
 
+/// TOC kinds compared between the dump and the restored database.
+pub const COMPARED_KINDS: &[&str] = &[
+    "TABLE",
+    "INDEX",
+    "CONSTRAINT",
+    "FK CONSTRAINT",
+    "SEQUENCE",
+    "FUNCTION",
+    "PROCEDURE",
+    "VIEW",
+    "MATERIALIZED VIEW",
+    "TRIGGER",
+];
+
+/// Compare per-kind counts; returns a summary of what matched and every mismatch.
+pub fn compare_counts(
+    dumped: &BTreeMap<String, u64>,
+    restored: &BTreeMap<String, u64>,
+) -> (String, Vec<String>) {
+    let mut summary = vec![];
+    let mut mismatches = vec![];
+    for kind in COMPARED_KINDS {
+        let want = dumped.get(*kind).copied().unwrap_or(0);
+        let got = restored.get(*kind).copied().unwrap_or(0);
+        if want != got {
+            mismatches.push(format!(
+                "the dump lists {want} {kind} entries, the restored database has {got}"
+            ));
+        } else if want > 0 {
+            summary.push(format!("{want} {kind}"));
+        }
+    }
+    (summary.join(", "), mismatches)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn toc_counts_compare_kind_by_kind() {
+        let dumped: BTreeMap<String, u64> = [("TABLE", 3), ("INDEX", 2), ("TABLE DATA", 3)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        let mut restored = dumped.clone();
+        restored.remove("TABLE DATA");
+        let (ok, m) = compare_counts(&dumped, &restored);
+        assert!(
+            m.is_empty() && ok.contains("3 TABLE") && ok.contains("2 INDEX"),
+            "{ok} {m:?}"
+        );
+        restored.insert("INDEX".into(), 1);
+        let (_, m) = compare_counts(&dumped, &restored);
+        assert_eq!(
+            m,
+            vec!["the dump lists 2 INDEX entries, the restored database has 1".to_string()]
+        );
+    }
 
     const LISTING: &str = "\
 ;

@@ -45,6 +45,8 @@ pub struct LogicalRestoreRequest {
     pub tables: Vec<String>,
     pub create: bool,
     pub clean: bool,
+    /// With `tables`: replace the rows of existing tables, definitions untouched.
+    pub data_only: bool,
     /// Restore roles and tablespaces.
     pub globals: bool,
     pub jobs: Option<u32>,
@@ -66,6 +68,13 @@ pub async fn run(cfg: &Config, args: &LogicalRestoreRequest) -> anyhow::Result<V
                 "--create, --clean, --table and --jobs need --dbname NAME"
             ));
         }
+    }
+    if args.data_only
+        && (args.tables.is_empty() || args.create || args.clean || args.jobs.is_some())
+    {
+        return Err(crate::user_error!(
+            "--data-only replaces the rows of existing tables: it needs --table and --dbname, and goes without --create, --clean and --jobs"
+        ));
     }
     if args.jobs == Some(0) {
         return Err(crate::user_error!("--jobs must be at least 1"));
@@ -133,6 +142,27 @@ pub async fn run(cfg: &Config, args: &LogicalRestoreRequest) -> anyhow::Result<V
     if args.globals {
         lines.extend(restore_globals(&repo, &manifest, logical, &params, false).await?);
     }
+    if let (Some(d), Some(target), true) = (dump, &args.dbname, args.data_only) {
+        let work = tempfile::Builder::new()
+            .prefix("backupctl-restore-")
+            .tempdir_in(scratch_parent(cfg)?)
+            .context("create a work directory for the restore")?;
+        lines.extend(
+            super::data_only::run(
+                &repo,
+                &manifest,
+                d,
+                &wanted,
+                &bin,
+                &params.with_dbname(target),
+                target,
+                work.path(),
+            )
+            .await
+            .with_context(|| format!("replace rows from backup {id} in database {target}"))?,
+        );
+        return Ok(lines);
+    }
     if let (Some(d), Some(target)) = (dump, &args.dbname) {
         let opts = Target {
             name: target,
@@ -186,6 +216,26 @@ pub async fn restore_all_into(
             .with_context(|| format!("restore database {}", d.name))?;
     }
     Ok(())
+}
+
+/// The `pg_restore -l` listing stored with database `database` of logical backup `id`
+/// (checksum verified).
+pub async fn toc_listing(cfg: &Config, id: &str, database: &str) -> anyhow::Result<String> {
+    let repo = repo::open(cfg).await?;
+    let m = Manifest::load(repo.as_ref(), id)
+        .await?
+        .with_context(|| format!("no complete backup {id}"))?;
+    let l = m
+        .logical
+        .as_ref()
+        .with_context(|| format!("backup {id} is not a logical backup"))?;
+    let d = pick_database(l, Some(database), id)?;
+    let name = d
+        .toc_object
+        .as_deref()
+        .with_context(|| format!("backup {id} has no table of contents for database {database}"))?;
+    let bytes = fetch_small(&repo, &m, name).await?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn pick_database<'a>(
@@ -297,14 +347,14 @@ pub fn resolve_tables(d: &DatabaseDump, names: &[String]) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-fn digest(o: &ObjectEntry) -> Digest {
+pub(super) fn digest(o: &ObjectEntry) -> Digest {
     Digest {
         sha256: o.sha256.clone(),
         size: o.stored_size,
     }
 }
 
-fn object<'a>(m: &'a Manifest, name: &str) -> anyhow::Result<&'a ObjectEntry> {
+pub(super) fn object<'a>(m: &'a Manifest, name: &str) -> anyhow::Result<&'a ObjectEntry> {
     m.object(name).ok_or_else(|| {
         anyhow::anyhow!(
             "the manifest of backup {} does not list object {name}",
@@ -314,7 +364,7 @@ fn object<'a>(m: &'a Manifest, name: &str) -> anyhow::Result<&'a ObjectEntry> {
 }
 
 /// Download a small object whole, verified against the manifest.
-async fn fetch_small(
+pub(super) async fn fetch_small(
     repo: &Arc<dyn Repository>,
     m: &Manifest,
     name: &str,
@@ -511,50 +561,134 @@ async fn restore_database(
     if t.scratch {
         return Ok(vec![]);
     }
+    // Prove the rows: every restored table's count against the manifest.
+    let tables: Vec<_> = if wanted.is_empty() {
+        d.tables.iter().collect()
+    } else {
+        d.tables
+            .iter()
+            .filter(|x| {
+                wanted
+                    .iter()
+                    .any(|w| x.schema == w.schema && x.table == w.table)
+            })
+            .collect()
+    };
+    let mut counted = Vec::new();
+    let mut differences = Vec::new();
+    for x in &tables {
+        let sql = format!(
+            "SELECT count(*) FROM ONLY {}.{}",
+            quote_ident(&x.schema),
+            quote_ident(&x.table)
+        );
+        match target_client.query_one(&sql, &[]).await {
+            Ok(row) => {
+                let n: i64 = row.get(0);
+                if n != x.rows {
+                    differences.push(format!(
+                        "{}.{} has {n} rows, the backup recorded {}",
+                        x.schema, x.table, x.rows
+                    ));
+                }
+                counted.push((*x, n));
+            }
+            Err(e) => differences.push(format!(
+                "{}.{} cannot be read after the restore: {e}",
+                x.schema, x.table
+            )),
+        }
+    }
+    // A whole database restored into one of its own: its schema, counted by kind,
+    // must be the dump's.
+    if wanted.is_empty() && !exists {
+        if let Some((_, mismatches)) = schema_mismatches(bin, &target, d, work.path()).await? {
+            differences.extend(mismatches);
+        }
+    }
+    if !differences.is_empty() {
+        anyhow::bail!(
+            "the restored database {} does not match backup {}: {}",
+            t.name,
+            m.id,
+            differences.join("; ")
+        );
+    }
     let mut lines = Vec::new();
     if wanted.is_empty() {
         lines.push(format!(
-            "restored database {} of backup {} into {}: {} tables, {} rows, {} large objects",
+            "restored database {} of backup {} into {}: {} tables, {} rows counted (as recorded in the backup), {} large objects",
             d.name,
             m.id,
             t.name,
-            d.tables.len(),
-            d.total_rows(),
+            counted.len(),
+            counted.iter().map(|(_, n)| n).sum::<i64>(),
             d.large_objects
         ));
     } else {
         for w in wanted {
-            let Some(expected) = d
-                .tables
+            match counted
                 .iter()
-                .find(|x| x.schema == w.schema && x.table == w.table)
-            else {
-                lines.push(format!(
+                .find(|(x, _)| x.schema == w.schema && x.table == w.table)
+            {
+                Some((_, n)) => lines.push(format!(
+                    "restored table {}.{} into {}: {n} rows (as recorded in backup {})",
+                    w.schema, w.table, t.name, m.id
+                )),
+                None => lines.push(format!(
                     "restored table {}.{} (partitioned)",
                     w.schema, w.table
-                ));
-                continue;
-            };
-            let sql = format!(
-                "SELECT count(*) FROM ONLY {}.{}",
-                quote_ident(&w.schema),
-                quote_ident(&w.table)
-            );
-            let n: i64 = target_client.query_one(&sql, &[]).await?.get(0);
-            anyhow::ensure!(
-                n == expected.rows,
-                "table {}.{} has {n} rows after the restore, the backup recorded {}",
-                w.schema,
-                w.table,
-                expected.rows
-            );
-            lines.push(format!(
-                "restored table {}.{} into {}: {n} rows (as recorded in backup {})",
-                w.schema, w.table, t.name, m.id
-            ));
+                )),
+            }
         }
     }
     Ok(lines)
+}
+
+/// The restored database (`target`), dumped again schema-only: its TOC counted by kind
+/// against the backup's (`None` when the backup recorded no counts). Returns what
+/// matched and every difference.
+pub async fn schema_mismatches(
+    bin: &PgBin,
+    target: &ConnParams,
+    d: &DatabaseDump,
+    work: &Path,
+) -> anyhow::Result<Option<(String, Vec<String>)>> {
+    if d.toc_counts.is_empty() {
+        return Ok(None);
+    }
+    let file = work.join("schema.dump");
+    let dbname = target.dbname.clone();
+    let out = bin
+        .command("pg_dump")
+        .args(["--schema-only", "-Fc", "-f"])
+        .arg(&file)
+        .arg("-d")
+        .arg(conninfo_dbname(&dbname))
+        .envs(target.libpq_env())
+        .output()
+        .await
+        .context("run pg_dump --schema-only on the restored database")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pg_dump of the restored database {dbname} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let out = bin
+        .command("pg_restore")
+        .arg("-l")
+        .arg(&file)
+        .output()
+        .await
+        .context("run pg_restore -l")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pg_restore -l failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let _ = std::fs::remove_file(&file);
+    let restored = toc::counts(&String::from_utf8_lossy(&out.stdout));
+    Ok(Some(toc::compare_counts(&d.toc_counts, &restored)))
 }
 
 /// Where restore work files go: `backup.state_dir/tmp`.
@@ -613,6 +747,27 @@ async fn refuse_non_empty(
     Ok(())
 }
 
+/// Download the database's archive, checksum verified, to `work/archive.dump`.
+async fn download(
+    repo: &Arc<dyn Repository>,
+    m: &Manifest,
+    d: &DatabaseDump,
+    work: &Path,
+) -> anyhow::Result<()> {
+    let o = object(m, &d.object)?;
+    let key = layout::backup_object_key(&m.id, &d.object);
+    transfer::get_to_file(
+        repo,
+        &key,
+        algorithm_of(&d.object),
+        Some(digest(o)),
+        &work.join("archive.dump"),
+    )
+    .await
+    .context("download the database archive")?;
+    Ok(())
+}
+
 /// Run pg_restore. A database this restore created is fed while downloading (a bad
 /// checksum fails the restore and the database is dropped); an existing one gets the
 /// archive only after it was downloaded and verified, in one transaction (unless
@@ -650,13 +805,23 @@ async fn feed_pg_restore(
             )
         })?;
         let listing = fetch_small(repo, m, toc_name).await?;
-        let (list, missing) = toc::select_tables(&String::from_utf8_lossy(&listing), wanted);
+        let listing = String::from_utf8_lossy(&listing);
+        let (list, missing) = toc::select_tables(&listing, wanted);
         anyhow::ensure!(
             missing.is_empty(),
             "the dump of database {} has no definition of {}",
             d.name,
             missing.join(", ")
         );
+        let list = if t.clean && !created {
+            // Into a live database: the table with everything that belongs to it, or
+            // a refusal naming what blocks it, before any change.
+            download(repo, m, d, work).await?;
+            super::table_clean::select(bin, &work.join("archive.dump"), &listing, wanted, target)
+                .await?
+        } else {
+            list
+        };
         let list_path = work.join("restore.list");
         std::fs::write(&list_path, list)?;
         cmd.arg("-L").arg(&list_path);
@@ -688,9 +853,9 @@ async fn feed_pg_restore(
         .await;
     }
     let file = work.join("archive.dump");
-    transfer::get_to_file(repo, &key, algorithm_of(&d.object), Some(digest(o)), &file)
-        .await
-        .context("download the database archive")?;
+    if !file.exists() {
+        download(repo, m, d, work).await?;
+    }
     if t.jobs > 1 {
         cmd.arg(format!("--jobs={}", t.jobs));
     } else {

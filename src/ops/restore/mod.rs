@@ -10,7 +10,9 @@
 //!    (restore_command = this binary's wal-fetch with the same config).
 //! 5. With `--start`, start PostgreSQL and follow recovery to its end.
 
+pub mod data_only;
 pub mod logical;
+pub mod table_clean;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

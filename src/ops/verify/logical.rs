@@ -4,7 +4,6 @@
 //! with the manifest and the restored schema's table of contents compared, kind by kind,
 //! with what the dump's TOC lists.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,23 +16,8 @@ use crate::manifest::{DatabaseDump, Manifest};
 use crate::pg::bin::PgBin;
 use crate::pg::conn::ConnParams;
 use crate::pg::server::{initdb, Server};
-use crate::pg::sql::{conninfo_dbname, ident};
-use crate::pg::toc;
+use crate::pg::sql::ident;
 use crate::repo::Repository;
-
-/// TOC kinds compared between the dump and the restored database.
-const KINDS: &[&str] = &[
-    "TABLE",
-    "INDEX",
-    "CONSTRAINT",
-    "FK CONSTRAINT",
-    "SEQUENCE",
-    "FUNCTION",
-    "PROCEDURE",
-    "VIEW",
-    "MATERIALIZED VIEW",
-    "TRIGGER",
-];
 
 /// Mismatches listed per database before "… and N more".
 const MAX_LISTED: usize = 20;
@@ -168,76 +152,25 @@ async fn compare_toc(
     work: &std::path::Path,
     f: &mut Findings,
 ) -> anyhow::Result<()> {
-    if d.toc_counts.is_empty() {
-        f.checked.push(format!(
+    match crate::ops::restore::logical::schema_mismatches(
+        bin,
+        &params.with_dbname(&d.name),
+        d,
+        work,
+    )
+    .await?
+    {
+        None => f.checked.push(format!(
             "database {}: no TOC counts recorded in this backup; schema not compared",
             d.name
-        ));
-        return Ok(());
-    }
-    let file = work.join("schema.dump");
-    let target = params.with_dbname(&d.name);
-    let out = bin
-        .command("pg_dump")
-        .args(["--schema-only", "-Fc", "-f"])
-        .arg(&file)
-        .arg("-d")
-        .arg(conninfo_dbname(&d.name))
-        .envs(target.libpq_env())
-        .output()
-        .await
-        .context("run pg_dump --schema-only on the restored database")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "pg_dump of the restored database {} failed: {}",
-        d.name,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let out = bin
-        .command("pg_restore")
-        .arg("-l")
-        .arg(&file)
-        .output()
-        .await
-        .context("run pg_restore -l")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "pg_restore -l failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let _ = std::fs::remove_file(&file);
-    let restored = toc::counts(&String::from_utf8_lossy(&out.stdout));
-    let (checked, mismatches) = compare_counts(&d.toc_counts, &restored);
-    if mismatches.is_empty() {
-        f.checked.push(format!(
+        )),
+        Some((checked, mismatches)) if mismatches.is_empty() => f.checked.push(format!(
             "database {}: schema objects match the dump's TOC ({checked})",
             d.name
-        ));
-    } else {
-        push_listed(f, &format!("database {}", d.name), mismatches);
+        )),
+        Some((_, mismatches)) => push_listed(f, &format!("database {}", d.name), mismatches),
     }
     Ok(())
-}
-
-/// Compare per-kind counts; returns a summary of what matched and every mismatch.
-fn compare_counts(
-    dumped: &BTreeMap<String, u64>,
-    restored: &BTreeMap<String, u64>,
-) -> (String, Vec<String>) {
-    let mut summary = vec![];
-    let mut mismatches = vec![];
-    for kind in KINDS {
-        let want = dumped.get(*kind).copied().unwrap_or(0);
-        let got = restored.get(*kind).copied().unwrap_or(0);
-        if want != got {
-            mismatches.push(format!(
-                "the dump lists {want} {kind} entries, the restored database has {got}"
-            ));
-        } else if want > 0 {
-            summary.push(format!("{want} {kind}"));
-        }
-    }
-    (summary.join(", "), mismatches)
 }
 
 fn push_listed(f: &mut Findings, what: &str, mut items: Vec<String>) {
@@ -248,31 +181,5 @@ fn push_listed(f: &mut Findings, what: &str, mut items: Vec<String>) {
     }
     if more > 0 {
         f.failures.push(format!("{what}: … and {more} more"));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn toc_counts_compare_kind_by_kind() {
-        let dumped: BTreeMap<String, u64> = [("TABLE", 3), ("INDEX", 2), ("TABLE DATA", 3)]
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
-        let mut restored = dumped.clone();
-        restored.remove("TABLE DATA");
-        let (ok, m) = compare_counts(&dumped, &restored);
-        assert!(
-            m.is_empty() && ok.contains("3 TABLE") && ok.contains("2 INDEX"),
-            "{ok} {m:?}"
-        );
-        restored.insert("INDEX".into(), 1);
-        let (_, m) = compare_counts(&dumped, &restored);
-        assert_eq!(
-            m,
-            vec!["the dump lists 2 INDEX entries, the restored database has 1".to_string()]
-        );
     }
 }
