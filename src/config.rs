@@ -366,6 +366,14 @@ pub struct PartitionPolicy {
     /// How long creating one partition may wait for its locks before it is retried.
     #[serde(default = "defaults::lock_timeout", with = "humantime_serde_compat")]
     pub lock_timeout: Duration,
+    /// Name of a new month's partition: `{table}` (the parent's name), `{YYYY}`, `{MM}`.
+    /// Existing partitions are recognised by their bounds, whatever their names.
+    #[serde(default = "defaults::name_format")]
+    pub name_format: String,
+    /// Create the months missing between the oldest partition and now (otherwise they
+    /// are only reported, with the SQL that creates them).
+    #[serde(default)]
+    pub backfill: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -581,6 +589,9 @@ mod defaults {
     }
     pub fn premake() -> u32 {
         3
+    }
+    pub fn name_format() -> String {
+        "{table}_{YYYY}_{MM}".into()
     }
     pub fn created_at() -> String {
         "created_at".into()
@@ -904,6 +915,9 @@ impl Config {
                     "must be more than 0 (0 would wait for locks forever), e.g. \"5s\"".into(),
                 );
             }
+            if let Err(e) = check_name_format(&p.name_format) {
+                return bad(&format!("{key}.name_format"), e);
+            }
         }
         for (i, a) in self.archive.iter().enumerate() {
             let key = format!("archive[{i}]");
@@ -1000,6 +1014,37 @@ fn valid_cluster_name(s: &str) -> bool {
         && !s.starts_with('.')
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Placeholders `[[partitions]] name_format` may use.
+pub const NAME_FORMAT_PLACEHOLDERS: &[&str] = &["{table}", "{YYYY}", "{MM}"];
+
+/// A name format must name each month differently (`{YYYY}` and `{MM}`), use only known
+/// placeholders, and produce a plain name (no schema: partitions live beside the parent).
+fn check_name_format(f: &str) -> Result<(), String> {
+    for need in ["{YYYY}", "{MM}"] {
+        if !f.contains(need) {
+            return Err(format!(
+                "{f:?} has no {need}; every month needs its own name, e.g. \"{{table}}_{{YYYY}}_{{MM}}\""
+            ));
+        }
+    }
+    let mut rest = f.to_string();
+    for p in NAME_FORMAT_PLACEHOLDERS {
+        rest = rest.replace(p, "");
+    }
+    if rest.contains('{') || rest.contains('}') {
+        return Err(format!(
+            "{f:?} has an unknown placeholder; the known ones are {}",
+            NAME_FORMAT_PLACEHOLDERS.join(", ")
+        ));
+    }
+    if rest.contains('.') {
+        return Err(format!(
+            "{f:?} contains a '.'; partitions are created in the parent's schema, give only the name"
+        ));
+    }
+    Ok(())
 }
 
 fn valid_qualified_name(s: &str) -> bool {
@@ -1196,6 +1241,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("archive[0].archive_schema"), "{err}");
+    }
+
+    #[test]
+    fn partition_name_formats_are_validated() {
+        let base = "[repository]\npath = \"/x\"\n[[partitions]]\ntable = \"public.t\"\n";
+        let ok = parse(base).unwrap();
+        assert_eq!(ok.partitions[0].name_format, "{table}_{YYYY}_{MM}");
+        assert!(!ok.partitions[0].backfill);
+        let ok = parse(&format!(
+            "{base}name_format = \"usage_stats_{{YYYY}}_{{MM}}\"\nbackfill = true\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.partitions[0].name_format, "usage_stats_{YYYY}_{MM}");
+        assert!(ok.partitions[0].backfill);
+        // (format, words the error must contain)
+        for (f, want) in [
+            ("{table}_{YYYY}", "has no {MM}"),
+            ("{table}_{MM}", "has no {YYYY}"),
+            ("{parent}_{YYYY}_{MM}", "unknown placeholder"),
+            ("{table}_{YYYY}_{MM}}", "unknown placeholder"),
+            ("other.{table}_{YYYY}_{MM}", "contains a '.'"),
+        ] {
+            let err = parse(&format!("{base}name_format = \"{f}\"\n")).unwrap_err();
+            assert!(err.contains("partitions[0].name_format"), "{f}: {err}");
+            assert!(err.contains(want), "{f}: {err}");
+        }
     }
 
     #[test]

@@ -454,7 +454,7 @@ pub fn partitions(s: &PartitionsSummary) {
             if let Some(d) = &m.detail {
                 println!("           {d}");
             }
-            if s.dry_run && m.status == Status::WouldCreate {
+            if (s.dry_run && m.status == Status::WouldCreate) || m.status == Status::Missing {
                 if let Some(q) = &m.sql {
                     println!("           {q};");
                 }
@@ -465,6 +465,16 @@ pub fn partitions(s: &PartitionsSummary) {
                     println!("             {line}");
                 }
             }
+        }
+        let missing = t
+            .months
+            .iter()
+            .filter(|m| m.status == Status::Missing)
+            .count();
+        if missing > 0 {
+            println!(
+                "  {missing} month(s) between the oldest partition and now have no partition: run the SQL above, or set backfill = true"
+            );
         }
     }
     if s.dry_run {
