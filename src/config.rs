@@ -403,8 +403,13 @@ pub struct ArchivePolicy {
     pub batch_size: u32,
     #[serde(default = "defaults::archive_mode")]
     pub mode: ArchiveMode,
+    /// Where `archive_log` lives, and (without `archive_table`) the archive table
+    /// `<archive_schema>.<table>` or, in partitions mode, where partitions move.
     #[serde(default = "defaults::archive_schema")]
     pub archive_schema: String,
+    /// `schema.name` of the table rows move into (rows mode): an existing table is
+    /// checked against the source; a missing one is created like the source.
+    pub archive_table: Option<String>,
     #[serde(default)]
     pub on_foreign_keys: OnForeignKeys,
     pub database: Option<String>,
@@ -942,6 +947,20 @@ impl Config {
                     "must be more than 0 (0 would wait for locks forever), e.g. \"5s\"".into(),
                 );
             }
+            if let Some(t) = &a.archive_table {
+                if !valid_qualified_name(t) {
+                    return bad(
+                        &format!("{key}.archive_table"),
+                        format!("{t:?} must be `schema.table` or `table`"),
+                    );
+                }
+                if a.mode != ArchiveMode::Rows {
+                    return bad(
+                        &format!("{key}.archive_table"),
+                        "applies to mode = \"rows\" only; in partitions mode whole partitions move into archive_schema under their own names".into(),
+                    );
+                }
+            }
             if a.archive_schema.trim().is_empty() {
                 return bad(
                     &format!("{key}.archive_schema"),
@@ -1241,6 +1260,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("archive[0].archive_schema"), "{err}");
+        let err = parse(
+            "[repository]\npath = \"/x\"\n[[archive]]\ntable = \"t\"\nolder_than = \"6 months\"\nmode = \"partitions\"\narchive_table = \"a.t\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("archive[0].archive_table"), "{err}");
+        assert!(err.contains("rows"), "{err}");
+        let err = parse(
+            "[repository]\npath = \"/x\"\n[[archive]]\ntable = \"t\"\nolder_than = \"6 months\"\narchive_table = \"a.b.c\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("archive[0].archive_table"), "{err}");
     }
 
     #[test]

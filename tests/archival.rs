@@ -445,7 +445,7 @@ fn dry_run_prints_sql_and_estimates_and_changes_nothing() {
     let text = stdout(&out);
     for want in [
         "CREATE SCHEMA IF NOT EXISTS \"archive\";",
-        "CREATE TABLE \"archive\".\"events\" (LIKE \"public\".\"events\");",
+        "CREATE TABLE \"archive\".\"events\" (LIKE \"public\".\"events\" INCLUDING ALL EXCLUDING IDENTITY EXCLUDING GENERATED);",
         "CREATE TABLE IF NOT EXISTS \"archive\".\"archive_log\"",
         "SET LOCAL lock_timeout = '5000ms';",
         "DELETE FROM ONLY \"public\".\"events\"",
@@ -632,5 +632,169 @@ fn odd_table_and_column_names_are_quoted_everywhere() {
     assert_eq!(
         q(&c, r#"SELECT count(*) FROM "Sales Data"."Odd ""Tab""""#),
         "0"
+    );
+}
+
+/// The issue's schema: rows of consumption_record move into a table of the team's own.
+const CONSUMPTION: &str = "
+    CREATE TABLE consumption_record (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        meter_id int NOT NULL DEFAULT 0,
+        created_at timestamptz NOT NULL,
+        kwh numeric(12,3) NOT NULL CHECK (kwh >= 0),
+        source text DEFAULT 'meter'
+    );
+    CREATE INDEX consumption_record_created_at_idx ON consumption_record (created_at);
+    CREATE UNIQUE INDEX consumption_record_meter_time ON consumption_record (meter_id, created_at);
+    INSERT INTO consumption_record (meter_id, created_at, kwh)
+    SELECT i % 50, now() - interval '2 years' + i * interval '1 hour', i / 10.0 FROM generate_series(1, 3000) i;
+    INSERT INTO consumption_record (meter_id, created_at, kwh)
+    SELECT i % 50, now() - i * interval '1 hour', i FROM generate_series(1, 200) i;
+    CREATE TABLE saved AS SELECT * FROM consumption_record;
+    ANALYZE;";
+
+#[test]
+fn an_existing_archive_table_is_used_when_its_columns_match() {
+    let (c, _t, config) = setup(
+        &format!(
+            "{CONSUMPTION}
+             CREATE SCHEMA archive;
+             CREATE TABLE archive.consumption_record_archive (LIKE consumption_record INCLUDING ALL);"
+        ),
+        "[[archive]]\ntable = \"consumption_record\"\nolder_than = \"6 months\"\narchive_table = \"archive.consumption_record_archive\"\n",
+    );
+    let old = "SELECT srow::text FROM saved srow WHERE created_at < now() - interval '6 months'";
+    let n_old = q(&c, &format!("SELECT count(*) FROM ({old}) x"));
+    let out = backupctl(&config, &["--json", "archive"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let r = json(&out);
+    assert_eq!(
+        r["tables"][0]["archive_table"],
+        "archive.consumption_record_archive"
+    );
+    assert_eq!(
+        r["tables"][0]["rows"]["rows_moved"].to_string(),
+        n_old.as_str()
+    );
+    let arch = "SELECT arow::text FROM archive.consumption_record_archive arow";
+    assert_eq!(except_all(&c, arch, old), 0);
+    assert_eq!(except_all(&c, old, arch), 0);
+    // No table under the source's name appeared beside it.
+    assert_eq!(
+        q(
+            &c,
+            "SELECT to_regclass('archive.consumption_record') IS NULL"
+        ),
+        "t"
+    );
+    assert_eq!(
+        q(
+            &c,
+            "SELECT archive_table FROM archive.archive_log ORDER BY id DESC LIMIT 1"
+        ),
+        "archive.consumption_record_archive"
+    );
+}
+
+#[test]
+fn an_archive_table_whose_columns_differ_is_refused_naming_each_mismatch() {
+    let (c, _t, config) = setup(
+        &format!(
+            "{CONSUMPTION}
+             CREATE SCHEMA archive;
+             CREATE TABLE archive.consumption_record_archive (
+                 id bigint, meter_id bigint NOT NULL, created_at timestamptz NOT NULL,
+                 kwh numeric(12,3), batch_no int NOT NULL);"
+        ),
+        "[[archive]]\ntable = \"public.consumption_record\"\nolder_than = \"6 months\"\narchive_table = \"archive.consumption_record_archive\"\n",
+    );
+    let before = q(&c, "SELECT count(*) FROM consumption_record");
+    let out = backupctl(&config, &["archive"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    for want in [
+        "REFUSED: archive table archive.consumption_record_archive does not match public.consumption_record",
+        "column meter_id is integer in the source but bigint in the archive table",
+        "column source (text) is missing; add it: ALTER TABLE \"archive\".\"consumption_record_archive\" ADD COLUMN \"source\" text",
+        "column batch_no exists only in the archive table and is NOT NULL without a default",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert_eq!(q(&c, "SELECT count(*) FROM consumption_record"), before);
+    assert_eq!(
+        q(
+            &c,
+            "SELECT count(*) FROM archive.consumption_record_archive"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn a_missing_archive_table_is_created_with_primary_key_indexes_and_defaults() {
+    let (c, _t, config) = setup(
+        CONSUMPTION,
+        "[[archive]]\ntable = \"consumption_record\"\nolder_than = \"6 months\"\narchive_table = \"cold.consumption_record_old\"\n",
+    );
+    let out = backupctl(&config, &["--json", "archive"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let arch = "'cold.consumption_record_old'::regclass";
+    // The primary key, both indexes (one unique) and the CHECK constraint came along.
+    let defs = q(
+        &c,
+        &format!(
+            "SELECT string_agg(d, '; ' ORDER BY d) FROM (
+                 SELECT regexp_replace(pg_get_indexdef(indexrelid), '^.* USING ', '') d
+                   FROM pg_index WHERE indrelid = {arch}) x"
+        ),
+    );
+    assert_eq!(
+        defs,
+        "btree (created_at); btree (id); btree (meter_id, created_at)"
+    );
+    assert_eq!(
+        q(
+            &c,
+            &format!(
+                "SELECT string_agg(contype::text || ':' || pg_get_constraintdef(oid), '; ' ORDER BY contype::text)
+                   FROM pg_constraint WHERE conrelid = {arch}"
+            )
+        ),
+        "c:CHECK ((kwh >= (0)::numeric)); p:PRIMARY KEY (id)"
+    );
+    assert_eq!(
+        q(
+            &c,
+            &format!("SELECT count(*) FROM pg_index WHERE indrelid = {arch} AND indisunique")
+        ),
+        "2"
+    );
+    // Defaults are kept; the identity is not (archived rows keep their ids).
+    assert_eq!(
+        q(
+            &c,
+            &format!(
+                "SELECT string_agg(a.attname || '=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-') || '/' || a.attidentity::text, ' ' ORDER BY a.attnum)
+                   FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                  WHERE a.attrelid = {arch} AND a.attnum > 0"
+            )
+        ),
+        "id=-/ meter_id=0/ created_at=-/ kwh=-/ source='meter'::text/"
+    );
+    let old = "SELECT srow::text FROM saved srow WHERE created_at < now() - interval '6 months'";
+    let moved = "SELECT arow::text FROM cold.consumption_record_old arow";
+    assert_eq!(except_all(&c, moved, old), 0);
+    assert_eq!(except_all(&c, old, moved), 0);
+    assert!(
+        json(&out)["tables"][0]["rows"]["rows_moved"]
+            .as_i64()
+            .unwrap()
+            > 2000
     );
 }

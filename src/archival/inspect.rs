@@ -287,3 +287,34 @@ pub async fn schema_exists(client: &Client, schema: &str) -> anyhow::Result<bool
         .context("look up schema")?;
     Ok(row.get(0))
 }
+
+/// The schema and name rows move into: `archive_table` as PostgreSQL reads an
+/// identifier (`parse_ident`: case folding, quotes; a bare name lands in
+/// `archive_schema`), or `<archive_schema>.<source name>`. `key_name` is the config key.
+pub async fn archive_target(
+    client: &Client,
+    p: &ArchivePolicy,
+    source: &Table,
+    key_name: &str,
+) -> anyhow::Result<(String, String)> {
+    let Some(spec) = &p.archive_table else {
+        return Ok((p.archive_schema.clone(), source.name.clone()));
+    };
+    let row = client
+        .query_one("SELECT parse_ident($1)", &[spec])
+        .await
+        .map_err(|e| {
+            crate::user_error!(
+                "key `{key_name}`: {spec:?} is not a table name ({}); write schema.name",
+                catalog::pg_message(&e)
+            )
+        })?;
+    let parts: Vec<String> = row.get(0);
+    match parts.as_slice() {
+        [name] => Ok((p.archive_schema.clone(), name.clone())),
+        [schema, name] => Ok((schema.clone(), name.clone())),
+        _ => Err(crate::user_error!(
+            "key `{key_name}`: {spec:?} has more than two parts; write schema.name"
+        )),
+    }
+}

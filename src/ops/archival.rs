@@ -145,6 +145,8 @@ struct Planned {
     ddl: Vec<String>,
     columns: Vec<String>,
     leaves: Vec<Leaf>,
+    /// Quoted table rows move into (rows mode).
+    archive_q: String,
 }
 
 /// Check the policy and build its plan (SQL and estimates into `r`); refusals are user
@@ -157,7 +159,22 @@ async fn plan(
     let (client, p) = (x.client, x.p);
     let s = inspect::source(client, p, x.db).await?;
     r.source = Some(s.table.display());
-    if p.archive_schema == s.table.schema {
+    let (target_schema, target_name) = inspect::archive_target(
+        client,
+        p,
+        &s.table,
+        &format!("archive[{}].archive_table", x.index),
+    )
+    .await?;
+    if (&target_schema, &target_name) == (&s.table.schema, &s.table.name) {
+        return Err(crate::user_error!(
+            "key `archive[{}].archive_table`: {}.{} is the source table itself; name another table",
+            x.index,
+            target_schema,
+            target_name
+        ));
+    }
+    if p.archive_table.is_none() && p.archive_schema == s.table.schema {
         return Err(crate::user_error!(
             "key `archive[{}].archive_schema`: {:?} is the schema of {} itself; archive into another schema",
             x.index,
@@ -188,8 +205,14 @@ async fn plan(
     }
     let log_q = log::table(&p.archive_schema);
     let mut ddl = Vec::new();
-    if !inspect::schema_exists(client, &p.archive_schema).await? {
-        ddl.push(aplan::create_schema_sql(&p.archive_schema));
+    let mut schemas = vec![&p.archive_schema];
+    if p.mode == ArchiveMode::Rows && target_schema != p.archive_schema {
+        schemas.push(&target_schema);
+    }
+    for schema in schemas {
+        if !inspect::schema_exists(client, schema).await? {
+            ddl.push(aplan::create_schema_sql(schema));
+        }
     }
     match log::layout_problems(client, &p.archive_schema).await? {
         None => ddl.push(aplan::create_log_sql(&log_q)),
@@ -205,29 +228,22 @@ async fn plan(
     let mut parts = Vec::new();
     match p.mode {
         ArchiveMode::Rows => {
-            let target = (
-                x.db.to_string(),
-                p.archive_schema.clone(),
-                s.table.name.clone(),
-            );
+            let target = (x.db.to_string(), target_schema.clone(), target_name.clone());
             if let Some(other) = targets.get(&target).filter(|o| **o != s.table.display()) {
                 refusals.push(format!(
-                    "{}.{} already receives the rows of {other} in this run; give one of them another archive_schema",
-                    p.archive_schema, s.table.name
+                    "{target_schema}.{target_name} already receives the rows of {other} in this run; give one of them another archive_table"
                 ));
             }
             targets.insert(target, s.table.display());
-            let archive_q = sql::qualified(&p.archive_schema, &s.table.name);
-            r.archive_table = Some(format!("{}.{}", p.archive_schema, s.table.name));
-            match inspect::relation(client, &p.archive_schema, &s.table.name).await? {
+            let archive_q = sql::qualified(&target_schema, &target_name);
+            r.archive_table = Some(format!("{target_schema}.{target_name}"));
+            match inspect::relation(client, &target_schema, &target_name).await? {
                 Some(oid) => {
                     let cols = catalog::columns(client, oid).await?;
                     let m = aplan::column_mismatches(&s.columns, &cols, &archive_q);
                     if !m.is_empty() {
                         refusals.push(format!(
-                            "archive table {}.{} does not match {}: {}",
-                            p.archive_schema,
-                            s.table.name,
+                            "archive table {target_schema}.{target_name} does not match {}: {}",
                             s.table.display(),
                             m.join("; ")
                         ));
@@ -319,6 +335,7 @@ async fn plan(
         ddl,
         columns,
         leaves,
+        archive_q: sql::qualified(&target_schema, &target_name),
     })
 }
 
@@ -331,6 +348,7 @@ async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> a
         ddl,
         columns,
         leaves,
+        archive_q,
     } = planned;
     if !ddl.is_empty() {
         let ddl = &ddl;
@@ -367,7 +385,6 @@ async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> a
     r.log_id = Some(entry.id);
     match p.mode {
         ArchiveMode::Rows => {
-            let archive_q = sql::qualified(&p.archive_schema, &s.table.name);
             let job = rows::Job {
                 client,
                 source: &s.table.display(),
