@@ -383,6 +383,23 @@ pub enum ArchiveMode {
     Partitions,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Align {
+    Day,
+    Month,
+}
+
+impl Align {
+    /// The `date_trunc` field.
+    pub fn field(self) -> &'static str {
+        match self {
+            Align::Day => "day",
+            Align::Month => "month",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OnForeignKeys {
@@ -410,6 +427,13 @@ pub struct ArchivePolicy {
     /// `schema.name` of the table rows move into (rows mode): an existing table is
     /// checked against the source; a missing one is created like the source.
     pub archive_table: Option<String>,
+    /// Round the cutoff `now() - older_than` down to midnight (`"day"`) or the first of
+    /// the month (`"month"`) in `timezone`, so every run of a day or month uses the same
+    /// cutoff (`"day"` is `CURRENT_DATE - older_than`). Absent: not rounded.
+    pub align: Option<Align>,
+    /// IANA zone of `align`'s calendar; default the database session's `TimeZone`,
+    /// the zone `CURRENT_DATE` uses.
+    pub timezone: Option<String>,
     #[serde(default)]
     pub on_foreign_keys: OnForeignKeys,
     pub database: Option<String>,
@@ -961,6 +985,20 @@ impl Config {
                     );
                 }
             }
+            if let Some(tz) = &a.timezone {
+                if tz.parse::<chrono_tz::Tz>().is_err() {
+                    return bad(
+                        &format!("{key}.timezone"),
+                        format!("{tz:?} is not an IANA time zone; use e.g. \"UTC\" or \"Europe/Berlin\""),
+                    );
+                }
+                if a.align.is_none() {
+                    return bad(
+                        &format!("{key}.timezone"),
+                        "is the calendar of `align` and means nothing without it; set align = \"day\" or \"month\", or remove timezone".into(),
+                    );
+                }
+            }
             if a.archive_schema.trim().is_empty() {
                 return bad(
                     &format!("{key}.archive_schema"),
@@ -1271,6 +1309,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("archive[0].archive_table"), "{err}");
+        let a =
+            "[repository]\npath = \"/x\"\n[[archive]]\ntable = \"t\"\nolder_than = \"6 months\"\n";
+        let ok = parse(&format!(
+            "{a}align = \"day\"\ntimezone = \"Europe/Berlin\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.archive[0].align, Some(Align::Day));
+        for (extra, want) in [
+            ("align = \"week\"\n", "align"),
+            (
+                "align = \"day\"\ntimezone = \"Mars/Olympus\"\n",
+                "archive[0].timezone",
+            ),
+            ("timezone = \"UTC\"\n", "archive[0].timezone"),
+        ] {
+            let err = parse(&format!("{a}{extra}")).unwrap_err();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
     }
 
     #[test]

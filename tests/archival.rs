@@ -798,3 +798,65 @@ fn a_missing_archive_table_is_created_with_primary_key_indexes_and_defaults() {
             > 2000
     );
 }
+
+#[test]
+fn align_day_moves_the_same_rows_as_current_date_minus_the_interval() {
+    let (c, _t, config) = setup(
+        "CREATE TABLE by_day (id int PRIMARY KEY, created_at timestamptz NOT NULL);
+         INSERT INTO by_day SELECT i, now() - interval '6 months' + (i - 1000) * interval '7 minutes'
+           FROM generate_series(1, 2000) i;
+         CREATE TABLE by_month (id int PRIMARY KEY, created_at timestamp NOT NULL);
+         INSERT INTO by_month SELECT i, localtimestamp - interval '6 months' + (i - 1000) * interval '1 hour'
+           FROM generate_series(1, 2000) i;
+         CREATE TABLE saved_day AS SELECT * FROM by_day;
+         CREATE TABLE saved_month AS SELECT * FROM by_month;",
+        "[[archive]]\ntable = \"by_day\"\nolder_than = \"6 months\"\nalign = \"day\"\ntimezone = \"Europe/Berlin\"\n\
+         [[archive]]\ntable = \"by_month\"\nolder_than = \"6 months\"\nalign = \"month\"\n",
+    );
+    // What the design's SQL selects: CURRENT_DATE in the policy's zone for by_day, in
+    // the server's zone (no timezone key) for by_month.
+    let day_rows =
+        "SELECT s::text FROM saved_day s WHERE created_at < CURRENT_DATE - interval '6 months'";
+    let month_rows = "SELECT s::text FROM saved_month s
+                      WHERE created_at < date_trunc('month', CURRENT_DATE - interval '6 months')";
+    let berlin = |sql: &str| format!("SET TimeZone = 'Europe/Berlin'; {sql}");
+    let expected_day = q(&c, &berlin(&format!("SELECT count(*) FROM ({day_rows}) x")));
+    let n: i64 = expected_day.lines().last().unwrap().parse().unwrap();
+    assert!(n > 0 && n < 2000, "{n}");
+    let out = backupctl(&config, &["--json", "archive"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let r = json(&out);
+    let t = &r["tables"][0];
+    assert_eq!(t["table"], "by_day");
+    assert_eq!(
+        t["cutoff_rule"],
+        "now() - 6 months, rounded down to the day in Europe/Berlin"
+    );
+    // Local midnight in Berlin: +01 or +02 depending on the season.
+    let cutoff = t["cutoff"].as_str().unwrap();
+    let berlin_cutoff = q(
+        &c,
+        &berlin(&format!(
+            "SELECT '{cutoff}'::timestamptz = (CURRENT_DATE - interval '6 months')::timestamptz"
+        )),
+    );
+    assert_eq!(berlin_cutoff.lines().last(), Some("t"), "{cutoff}");
+    assert_eq!(t["rows"]["rows_moved"], n);
+    let moved_day = "SELECT a::text FROM archive.by_day a";
+    // The same rows as day_rows in a Berlin session, written for this session's zone.
+    let day_rows_berlin = "SELECT s::text FROM saved_day s
+                           WHERE created_at < (((now() AT TIME ZONE 'Europe/Berlin')::date - interval '6 months') AT TIME ZONE 'Europe/Berlin')";
+    assert_eq!(except_all(&c, moved_day, day_rows_berlin), 0);
+    assert_eq!(except_all(&c, day_rows_berlin, moved_day), 0);
+
+    let t = &r["tables"][1];
+    assert_eq!(t["table"], "by_month");
+    let moved_month = "SELECT a::text FROM archive.by_month a";
+    assert_eq!(except_all(&c, moved_month, month_rows), 0);
+    assert_eq!(except_all(&c, month_rows, moved_month), 0);
+    assert!(
+        t["cutoff"].as_str().unwrap().ends_with("-01 00:00:00"),
+        "{t}"
+    );
+    assert!(t["rows"]["rows_moved"].as_i64().unwrap() > 0);
+}

@@ -70,19 +70,52 @@ pub async fn source(client: &Client, p: &ArchivePolicy, db: &str) -> anyhow::Res
     })
 }
 
-/// `now() - older_than` as a value of the column's type (text) and its axis position.
+/// How the cutoff is computed, in words, for reports: `now() - 6 months`, or
+/// `now() - 6 months, rounded down to the day in Europe/Berlin`.
+pub fn cutoff_rule(p: &ArchivePolicy) -> String {
+    match p.align {
+        None => format!("now() - {}", p.older_than),
+        Some(a) => format!(
+            "now() - {}, rounded down to the {} in {}",
+            p.older_than,
+            a.field(),
+            p.timezone.as_deref().unwrap_or("the session's TimeZone")
+        ),
+    }
+}
+
+/// `now() - older_than` as a value of the column's type (text) and its axis position;
+/// with `align`, first rounded down to midnight or the 1st of the month on the wall
+/// clock of `timezone` (default: the session's `TimeZone`, as `CURRENT_DATE`).
 /// `key_name` is the config key, for errors.
 pub async fn cutoff(
     client: &Client,
-    older_than: &str,
+    p: &ArchivePolicy,
     key: KeyType,
     key_name: &str,
 ) -> anyhow::Result<(String, Pos)> {
+    let older_than = p.older_than.as_str();
+    let ty = key.sql();
+    let value = match p.align {
+        None => format!("(now() - $1::text::interval)::{ty}"),
+        // date_trunc on the local wall clock, then back to an instant in that zone.
+        Some(_) => {
+            let local = "date_trunc($2::text, (now() AT TIME ZONE z.tz) - $1::text::interval)";
+            match key {
+                KeyType::Timestamptz => format!("({local} AT TIME ZONE z.tz)"),
+                _ => format!("{local}::{ty}"),
+            }
+        }
+    };
     let q = format!(
-        "SELECT (now() - $1::text::interval)::{ty}::text, $1::text::interval > interval '0'",
-        ty = key.sql()
+        "SELECT {value}::text, $1::text::interval > interval '0'
+           FROM (SELECT coalesce($3::text, current_setting('TimeZone')) AS tz) z"
     );
-    let row = client.query_one(&q, &[&older_than]).await.map_err(|e| {
+    let field = p.align.map(|a| a.field()).unwrap_or("day");
+    let row = client
+        .query_one(&q, &[&older_than, &field, &p.timezone])
+        .await
+        .map_err(|e| {
         let bad_input = e
             .code()
             .is_some_and(|c| c.code().starts_with("22") || *c == SqlState::INVALID_PARAMETER_VALUE);

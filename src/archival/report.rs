@@ -32,6 +32,8 @@ pub struct TableArchive {
     /// Rows with `column < cutoff` are archived.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cutoff: Option<String>,
+    /// How the cutoff was computed (`now() - 6 months, rounded down to the day in …`).
+    pub cutoff_rule: String,
     pub archive_schema: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive_table: Option<String>,
@@ -112,6 +114,7 @@ impl TableArchive {
             column: p.column.clone(),
             older_than: p.older_than.clone(),
             cutoff: None,
+            cutoff_rule: super::inspect::cutoff_rule(p),
             archive_schema: p.archive_schema.clone(),
             archive_table: None,
             status: if dry_run {

@@ -499,7 +499,7 @@ pub fn archive(s: &ArchiveSummary) {
             t.database
         );
         if let Some(c) = &t.cutoff {
-            println!("  cutoff: {} < {c} (now - {})", t.column, t.older_than);
+            println!("  cutoff: {} < {c} ({})", t.column, t.cutoff_rule);
         }
         if !t.foreign_keys.is_empty() {
             println!("  foreign keys referencing it:");

@@ -184,7 +184,7 @@ async fn plan(
     }
     let (cutoff, cutoff_pos) = inspect::cutoff(
         client,
-        &p.older_than,
+        p,
         s.key,
         &format!("archive[{}].older_than", x.index),
     )
