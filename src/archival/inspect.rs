@@ -100,7 +100,7 @@ pub async fn cutoff(
         None => format!("(now() - $1::text::interval)::{ty}"),
         // date_trunc on the local wall clock, then back to an instant in that zone.
         Some(_) => {
-            let local = "date_trunc($2::text, (now() AT TIME ZONE z.tz) - $1::text::interval)";
+            let local = "date_trunc(z.field, (now() AT TIME ZONE z.tz) - $1::text::interval)";
             match key {
                 KeyType::Timestamptz => format!("({local} AT TIME ZONE z.tz)"),
                 _ => format!("{local}::{ty}"),
@@ -109,7 +109,7 @@ pub async fn cutoff(
     };
     let q = format!(
         "SELECT {value}::text, $1::text::interval > interval '0'
-           FROM (SELECT coalesce($3::text, current_setting('TimeZone')) AS tz) z"
+           FROM (SELECT coalesce($3::text, current_setting('TimeZone')) AS tz, $2::text AS field) z"
     );
     let field = p.align.map(|a| a.field()).unwrap_or("day");
     let row = client
