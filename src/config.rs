@@ -434,6 +434,10 @@ pub struct ArchivePolicy {
     /// IANA zone of `align`'s calendar; default the database session's `TimeZone`,
     /// the zone `CURRENT_DATE` uses.
     pub timezone: Option<String>,
+    /// A statement run in the transaction that closes each run's `archive_log` row,
+    /// naming the run's values as `{table}`, `{rows_moved}`, … (see
+    /// docs/partitions-and-archive.md), e.g. an INSERT into the team's audit table.
+    pub audit_sql: Option<String>,
     #[serde(default)]
     pub on_foreign_keys: OnForeignKeys,
     pub database: Option<String>,

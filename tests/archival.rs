@@ -860,3 +860,116 @@ fn align_day_moves_the_same_rows_as_current_date_minus_the_interval() {
     );
     assert!(t["rows"]["rows_moved"].as_i64().unwrap() > 0);
 }
+
+const AUDIT_TABLE: &str = "
+    CREATE SCHEMA audit_log;
+    CREATE TABLE audit_log.system_log (
+        id serial PRIMARY KEY, event text NOT NULL, detail text, rows bigint,
+        cutoff timestamptz, run_id text, started timestamptz, finished timestamptz, status text,
+        CONSTRAINT rows_recorded CHECK (rows IS NOT NULL));";
+
+fn audit_policy(sql: &str) -> String {
+    format!(
+        "[[archive]]\ntable = \"consumption_record\"\nolder_than = \"6 months\"\n\
+         archive_table = \"archive.consumption_record_archive\"\naudit_sql = '''\n{sql}\n'''\n"
+    )
+}
+
+#[test]
+fn the_audit_statement_records_each_run_in_the_same_transaction_as_archive_log() {
+    let insert = "INSERT INTO audit_log.system_log (event, detail, rows, cutoff, run_id, started, finished, status)
+VALUES ('archive', {table} || ' -> ' || {archive_table}, {rows_moved}, {cutoff}::timestamptz,
+        {run_id}, {started}, {finished}, {status})";
+    let (c, t, config) = setup(
+        &format!("{CONSUMPTION}{AUDIT_TABLE}"),
+        &audit_policy(insert),
+    );
+    let out = backupctl(&config, &["--json", "archive", "--dry-run"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let sql = json(&out)["tables"][0]["sql"].to_string();
+    assert!(
+        sql.contains("VALUES ('archive', $1::text || ' -> ' || $2::text, $3::bigint"),
+        "{sql}"
+    );
+    assert_eq!(q(&c, "SELECT count(*) FROM audit_log.system_log"), "0");
+
+    let out = backupctl(&config, &["--json", "archive"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let moved = json(&out)["tables"][0]["rows"]["rows_moved"]
+        .as_i64()
+        .unwrap();
+    assert!(moved > 2000, "{moved}");
+    // One audit row, carrying exactly what archive_log recorded.
+    assert_eq!(
+        q(
+            &c,
+            "SELECT count(*) || ' ' || bool_and(a.detail = 'public.consumption_record -> archive.consumption_record_archive'
+                     AND a.rows = l.rows_moved AND a.cutoff = l.cutoff::timestamptz AND a.started = l.started
+                     AND a.finished = l.finished AND a.status = 'finished' AND l.status = 'finished')
+               FROM audit_log.system_log a JOIN archive.archive_log l ON l.run_id = a.run_id"
+        ),
+        "1 true"
+    );
+    assert_eq!(
+        q(&c, "SELECT rows FROM audit_log.system_log"),
+        moved.to_string()
+    );
+
+    // An audit statement that fails at the end rolls back the closing of the log row
+    // with it: archive_log says failed and why, the audit table has no finished run.
+    q(&c, "INSERT INTO consumption_record (meter_id, created_at, kwh) VALUES (1, now() - interval '3 years', 1)");
+    let failing = t.write_config(
+        "failing.toml",
+        &format!(
+            "{}\n{}",
+            c.postgres_toml(),
+            audit_policy(&insert.replace("{rows_moved}", "NULLIF({rows_moved}, 1)"))
+        ),
+    );
+    let out = backupctl(&failing, &["archive"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("run audit_sql"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("rows_recorded"), "{}", stdout(&out));
+    assert_eq!(
+        q(
+            &c,
+            "SELECT status || ' ' || (error LIKE '%run audit_sql%rows_recorded%') FROM archive.archive_log ORDER BY id DESC LIMIT 1"
+        ),
+        "failed true"
+    );
+    assert_eq!(q(&c, "SELECT count(*) FROM audit_log.system_log"), "1");
+
+    // Refused before anything moves: an unknown placeholder, a statement that does not
+    // prepare.
+    q(&c, "INSERT INTO consumption_record (meter_id, created_at, kwh) VALUES (2, now() - interval '3 years', 1)");
+    for (sql, want) in [
+        (
+            "INSERT INTO audit_log.system_log (event) VALUES ({tabel})",
+            "unknown placeholder {tabel}",
+        ),
+        (
+            "INSERT INTO audit_log.no_such_table (event) VALUES ({table})",
+            "does not prepare in database postgres: relation \"audit_log.no_such_table\" does not exist",
+        ),
+    ] {
+        let bad = t.write_config(
+            "bad.toml",
+            &format!("{}\n{}", c.postgres_toml(), audit_policy(sql)),
+        );
+        let out = backupctl(&bad, &["archive"]);
+        assert_eq!(out.status.code(), Some(2), "{}\n{}", stdout(&out), stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("archive[0].audit_sql"), "{text}");
+        assert!(text.contains(want), "{text}");
+        assert_eq!(
+            q(&c, "SELECT count(*) FROM consumption_record WHERE created_at < now() - interval '2 years 11 months'"),
+            "1"
+        );
+    }
+}

@@ -19,6 +19,7 @@ use chrono::Utc;
 
 use tokio_postgres::Client;
 
+use crate::archival::audit::{self, Audit};
 use crate::archival::inspect::{self, Leaf, Source};
 use crate::archival::log::{self, Start};
 use crate::archival::partmode::{self, PartStatus};
@@ -147,6 +148,7 @@ struct Planned {
     leaves: Vec<Leaf>,
     /// Quoted table rows move into (rows mode).
     archive_q: String,
+    audit: Option<Audit>,
 }
 
 /// Check the policy and build its plan (SQL and estimates into `r`); refusals are user
@@ -203,6 +205,10 @@ async fn plan(
             OnForeignKeys::Ignore => r.notes.push("foreign keys reference this table; proceeding because on_foreign_keys = \"ignore\"".into()),
         }
     }
+    let audit = match &p.audit_sql {
+        None => None,
+        Some(text) => check_audit(x, text, &mut refusals).await?,
+    };
     let log_q = log::table(&p.archive_schema);
     let mut ddl = Vec::new();
     let mut schemas = vec![&p.archive_schema];
@@ -326,10 +332,24 @@ async fn plan(
         }
     }
     r.partitions = parts;
+    if let Some(a) = &audit {
+        let params: Vec<String> = a
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("${} = {{{n}}}", i + 1))
+            .collect();
+        r.sql.push(format!(
+            "-- audit_sql, in the transaction that closes the archive_log row ({}):\n{}",
+            params.join(", "),
+            a.sql
+        ));
+    }
     if !refusals.is_empty() {
         return Err(crate::user_error!("{}", refusals.join("; ")));
     }
     Ok(Planned {
+        audit,
         s,
         cutoff,
         ddl,
@@ -349,7 +369,9 @@ async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> a
         columns,
         leaves,
         archive_q,
+        audit,
     } = planned;
+    let audit = audit.as_ref();
     if !ddl.is_empty() {
         let ddl = &ddl;
         with_lock_retries("create the archive schema, table and log", || {
@@ -409,7 +431,7 @@ async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> a
             );
             r.rows = Some(stats);
             if let Err(e) = res {
-                entry.fail(client, &format!("{e:#}")).await;
+                entry.fail(client, &format!("{e:#}"), audit).await;
                 return Err(e);
             }
         }
@@ -435,11 +457,41 @@ async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> a
                     stuck.len(),
                     stuck.join(", ")
                 );
-                entry.fail(client, &msg).await;
+                entry.fail(client, &msg, audit).await;
                 anyhow::bail!("{msg}");
             }
         }
     }
-    entry.finish(client).await?;
+    if let Err(e) = entry.finish(client, audit).await {
+        entry.fail(client, &format!("{e:#}"), None).await;
+        return Err(e);
+    }
     Ok(())
+}
+
+/// Render the policy's `audit_sql` and have PostgreSQL prepare it (parse, resolve its
+/// tables and columns, type its parameters) so a broken statement is refused before
+/// anything moves. `Ok(None)` when a refusal was added.
+async fn check_audit(
+    x: &PolicyCtx<'_>,
+    text: &str,
+    refusals: &mut Vec<String>,
+) -> anyhow::Result<Option<Audit>> {
+    let key = format!("archive[{}].audit_sql", x.index);
+    let a = match audit::render(text, x.db) {
+        Ok(a) => a,
+        Err(e) => {
+            refusals.push(format!("key `{key}`: {e}"));
+            return Ok(None);
+        }
+    };
+    if let Err(e) = x.client.prepare(&a.sql).await {
+        refusals.push(format!(
+            "key `{key}`: the statement does not prepare in database {}: {}",
+            x.db,
+            catalog::pg_message(&e)
+        ));
+        return Ok(None);
+    }
+    Ok(Some(a))
 }
