@@ -973,3 +973,90 @@ VALUES ('archive', {table} || ' -> ' || {archive_table}, {rows_moved}, {cutoff}:
         );
     }
 }
+
+#[test]
+fn dry_run_exact_counts_and_the_estimate_says_what_it_is() {
+    // Autovacuum off: the table stays unanalysed, as in a freshly loaded database.
+    let (c, _t, config) = cluster_with_config(
+        ClusterOptions {
+            conf: vec!["autovacuum = off".into()],
+            ..Default::default()
+        },
+        "CREATE TABLE consumption_record (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, kwh numeric);
+         INSERT INTO consumption_record SELECT i, now() - interval '1 year' + i * interval '1 minute', i
+           FROM generate_series(1, 5209) i;
+         INSERT INTO consumption_record SELECT 100000 + i, now() - i * interval '1 minute', i
+           FROM generate_series(1, 2000) i;
+         CREATE TABLE usage (k date NOT NULL, v int) PARTITION BY RANGE (k);
+         CREATE TABLE usage_2020_01 PARTITION OF usage FOR VALUES FROM ('2020-01-01') TO ('2020-02-01');
+         CREATE TABLE usage_recent PARTITION OF usage FOR VALUES FROM ('2020-02-01') TO ('2100-01-01');
+         INSERT INTO usage SELECT '2020-01-01'::date + i % 31, i FROM generate_series(1, 300) i;
+         INSERT INTO usage SELECT '2020-02-01'::date + i % 20, i FROM generate_series(1, 40) i;
+         INSERT INTO usage SELECT current_date, i FROM generate_series(1, 10) i;",
+        "[[archive]]\ntable = \"consumption_record\"\nolder_than = \"6 months\"\n\
+         [[archive]]\ntable = \"usage\"\ncolumn = \"k\"\nolder_than = \"1 year\"\nmode = \"partitions\"\n",
+    );
+    let old: i64 = q(
+        &c,
+        "SELECT count(*) FROM consumption_record WHERE created_at < now() - interval '6 months'",
+    )
+    .parse()
+    .unwrap();
+    assert!(old > 4000, "{old}");
+
+    // The default: an estimate that says so, and that its table was never analysed.
+    let out = backupctl(&config, &["archive", "--dry-run"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("(planner estimate, not a count; never analysed: public.consumption_record, so it may be far off — run ANALYZE; --exact counts)"),
+        "{text}"
+    );
+
+    // --exact: the count, per leaf and in total, and for partitions mode.
+    let out = backupctl(&config, &["--json", "archive", "--dry-run", "--exact"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let r = json(&out);
+    // Partitions-mode policies are planned first.
+    let rows = &r["tables"][1];
+    assert_eq!(rows["table"], "consumption_record");
+    assert_eq!(rows["counted_rows"], old);
+    assert_eq!(rows["leaves"][0]["counted_rows"], old);
+    let parts = &r["tables"][0];
+    assert_eq!(parts["counted_rows"], 300);
+    assert_eq!(parts["partitions"][0]["counted_rows"], 300);
+    assert_eq!(parts["partitions"][1]["counted_rows"], 40);
+    let out = backupctl(&config, &["archive", "--dry-run", "--exact"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("rows to move: {old} (counted)")),
+        "{text}"
+    );
+
+    // After ANALYZE the estimate names when the statistics were taken.
+    q(&c, "ANALYZE");
+    let today = q(&c, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD')");
+    let out = backupctl(&config, &["archive", "--dry-run"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "(planner estimate, not a count; statistics from ANALYZE on {today} "
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("never analysed"), "{text}");
+
+    // --exact belongs to --dry-run.
+    let out = backupctl(&config, &["archive", "--exact"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--dry-run"), "{}", stderr(&out));
+    assert_eq!(
+        q(&c, "SELECT count(*) FROM consumption_record"),
+        (5209 + 2000).to_string()
+    );
+
+    // The real run moves exactly what was counted.
+    let out = backupctl(&config, &["--json", "archive"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(json(&out)["tables"][1]["rows"]["rows_moved"], old);
+}

@@ -191,6 +191,9 @@ pub struct Leaf {
     pub cursor: Cursor,
     /// The planner's estimate of its rows older than the cutoff.
     pub estimated_rows: i64,
+    /// Its rows older than the cutoff, counted (`--exact`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_rows: Option<i64>,
 }
 
 /// The leaves that can hold rows older than the cutoff (a direct range partition whose
@@ -268,6 +271,7 @@ pub async fn leaves(
             quoted,
             cursor,
             estimated_rows,
+            counted_rows: None,
         });
     }
     Ok(out)

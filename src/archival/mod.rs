@@ -6,6 +6,7 @@
 //! is `ops/archival.rs`.
 
 pub mod audit;
+pub mod count;
 pub mod inspect;
 pub mod log;
 pub mod partmode;

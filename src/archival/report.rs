@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::count::Analyzed;
 use super::inspect::Leaf;
 use super::partmode::PartitionReport;
 use super::rows::RowStats;
@@ -41,6 +42,12 @@ pub struct TableArchive {
     /// Planner's estimate of the rows to move (rows mode) or in the partitions to move.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimated_rows: Option<i64>,
+    /// When the statistics behind `estimated_rows` were gathered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analyzed: Option<Analyzed>,
+    /// The rows to move, counted (`archive --dry-run --exact`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_rows: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows: Option<RowStats>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -123,6 +130,8 @@ impl TableArchive {
                 TableStatus::Finished
             },
             estimated_rows: None,
+            analyzed: None,
+            counted_rows: None,
             rows: None,
             leaves: Vec::new(),
             partitions: Vec::new(),

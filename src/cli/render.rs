@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::archival::count::Analyzed;
 use crate::archival::plan::Cursor;
 use crate::archival::report::{ArchiveSummary, TableStatus};
 use crate::manifest::{Manifest, Outcome, Unreadable};
@@ -515,9 +516,13 @@ pub fn archive(s: &ArchiveSummary) {
                 Cursor::Index { index } => format!("index {index}"),
                 Cursor::Physical => "physical order (no index leads with the column)".into(),
             };
+            let rows = match l.counted_rows {
+                Some(n) => format!("{n} row(s) (counted)"),
+                None => format!("~{} row(s) (estimate)", l.estimated_rows),
+            };
             println!(
-                "  {}: ~{} row(s) older than the cutoff, walked in {cursor}",
-                l.table, l.estimated_rows
+                "  {}: {rows} older than the cutoff, walked in {cursor}",
+                l.table
             );
         }
         for q in &t.partitions {
@@ -525,10 +530,11 @@ pub fn archive(s: &ArchiveSummary) {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
-            println!(
-                "  {:<40} {:<10} ~{} row(s)  {}",
-                q.partition, status, q.estimated_rows, q.bound
-            );
+            let rows = match q.counted_rows {
+                Some(n) => format!("{n} row(s)"),
+                None => format!("~{} row(s)", q.estimated_rows),
+            };
+            println!("  {:<40} {:<10} {rows}  {}", q.partition, status, q.bound);
             if let Some(d) = &q.detail {
                 println!("      {d}");
             }
@@ -553,8 +559,10 @@ pub fn archive(s: &ArchiveSummary) {
             );
         }
         if s.dry_run {
-            if let Some(n) = t.estimated_rows {
-                println!("  estimated rows to move: {n}");
+            match (t.counted_rows, t.estimated_rows) {
+                (Some(n), _) => println!("  rows to move: {n} (counted)"),
+                (None, Some(n)) => println!("  {}", estimate_line(n, t.analyzed.as_ref())),
+                (None, None) => {}
             }
             if !t.sql.is_empty() {
                 println!("  SQL:");
@@ -588,6 +596,25 @@ pub fn archive(s: &ArchiveSummary) {
     if s.dry_run {
         println!("dry run: nothing was changed");
     }
+}
+
+/// An estimate says it is one, and how old its statistics are.
+fn estimate_line(n: i64, analyzed: Option<&Analyzed>) -> String {
+    let mut line = format!("estimated rows to move: ~{n} (planner estimate, not a count");
+    if let Some(t) = analyzed.and_then(|a| a.oldest) {
+        line.push_str(&format!(
+            "; statistics from ANALYZE on {}",
+            t.format("%Y-%m-%d %H:%M UTC")
+        ));
+    }
+    if let Some(a) = analyzed.filter(|a| !a.never.is_empty()) {
+        line.push_str(&format!(
+            "; never analysed: {}, so it may be far off — run ANALYZE",
+            a.never.join(", ")
+        ));
+    }
+    line.push_str("; --exact counts)");
+    line
 }
 
 pub fn check(r: &CheckReport) {

@@ -20,10 +20,11 @@ use chrono::Utc;
 use tokio_postgres::Client;
 
 use crate::archival::audit::{self, Audit};
+use crate::archival::count;
 use crate::archival::inspect::{self, Leaf, Source};
 use crate::archival::log::{self, Start};
 use crate::archival::partmode::{self, PartStatus};
-use crate::archival::plan::{self as aplan, Batch};
+use crate::archival::plan::{self as aplan, Batch, Fate};
 pub use crate::archival::report::{ArchiveSummary, TableArchive, TableStatus};
 use crate::archival::rows::{self, RowStats};
 use crate::config::Config;
@@ -41,6 +42,29 @@ use crate::pg::sql;
 /// Run every `[[archive]]` policy now. Errors only for what stops the whole run (job
 /// lock held, config); per-table outcomes are in the report.
 pub async fn run(cfg: &Config, dry_run: bool, wait: Wait) -> anyhow::Result<ArchiveSummary> {
+    run_with(
+        cfg,
+        Options {
+            dry_run,
+            exact: false,
+        },
+        wait,
+    )
+    .await
+}
+
+/// What an `archive` run does besides moving.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Plan and report only.
+    pub dry_run: bool,
+    /// Count the rows to move instead of only estimating them (with `dry_run`).
+    pub exact: bool,
+}
+
+/// [`run`] with [`Options`].
+pub async fn run_with(cfg: &Config, opts: Options, wait: Wait) -> anyhow::Result<ArchiveSummary> {
+    let Options { dry_run, exact } = opts;
     let _host_lock = if dry_run || cfg.archive.is_empty() {
         None
     } else {
@@ -90,6 +114,7 @@ pub async fn run(cfg: &Config, dry_run: bool, wait: Wait) -> anyhow::Result<Arch
                 p,
                 db: &db,
                 dry_run,
+                exact,
                 run_id: &run_id,
                 rows_policy: rows_tables.contains(&(db.clone(), p.table.clone())),
             };
@@ -122,6 +147,7 @@ struct PolicyCtx<'a> {
     p: &'a ArchivePolicy,
     db: &'a str,
     dry_run: bool,
+    exact: bool,
     run_id: &'a str,
     /// A rows-mode policy exists for the same table (takes straddling partitions' rows).
     rows_policy: bool,
@@ -269,6 +295,11 @@ async fn plan(
             }
             leaves = inspect::leaves(client, &s, &cutoff, cutoff_pos).await?;
             r.estimated_rows = Some(leaves.iter().map(|l| l.estimated_rows).sum());
+            let oids: Vec<u32> = leaves.iter().map(|l| l.oid).collect();
+            r.analyzed = Some(count::analyzed(client, &oids).await?);
+            if x.exact {
+                r.counted_rows = Some(count::leaves(client, &s, &cutoff, &mut leaves).await?);
+            }
             r.sql = ddl.clone();
             for leaf in &leaves {
                 let batch = aplan::batch_sql(&Batch {
@@ -320,6 +351,17 @@ async fn plan(
                     .map(|q| q.estimated_rows)
                     .sum(),
             );
+            let oids: Vec<u32> = parts
+                .iter()
+                .filter(|q| q.fate != Fate::Newer)
+                .filter_map(|q| q.child.as_ref().map(|c| c.oid))
+                .collect();
+            r.analyzed = Some(count::analyzed(client, &oids).await?);
+            if x.exact {
+                r.counted_rows = Some(
+                    count::partitions(client, &key.column, key.key, &cutoff, &mut parts).await?,
+                );
+            }
             r.sql = ddl.clone();
             for q in &parts {
                 if let Some(stmt) = &q.sql {
