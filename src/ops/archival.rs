@@ -1,12 +1,15 @@
-//! `backupctl archive [--dry-run]`: for each `[[archive]]` policy, move rows (mode
-//! `rows`) or whole partitions (mode `partitions`) older than `now() - older_than` into
-//! the archive schema, and record each run in `archive_log`.
+//! `backupctl archive [--dry-run [--exact]]`: for each `[[archive]]` policy, move rows
+//! (mode `rows`, into `archive_table` or `<archive_schema>.<table>`) or whole partitions
+//! (mode `partitions`, into the archive schema) older than `now() - older_than` (rounded
+//! down to the day or month with `align`), and record each run in `archive_log` — with
+//! the policy's `audit_sql` in the transaction that closes the row.
 //!
 //! Before anything moves, the whole plan is checked: the source and its column, the
 //! cutoff (computed once per run), foreign keys referencing the source (refused unless
 //! `on_foreign_keys = "ignore"`: deleting referenced rows would fail or cascade), an
-//! existing archive table whose columns differ, an `archive_log` of another layout.
-//! `--dry-run` stops there and prints the exact SQL with the planner's row estimates.
+//! existing archive table whose columns differ, an `archive_log` of another layout, an
+//! audit statement that does not prepare. `--dry-run` stops there and prints the exact
+//! SQL with the planner's row estimates (or, with `--exact`, counts).
 //!
 //! One run at a time: the host-wide `archive` job lock plus a PostgreSQL advisory lock
 //! per database (other hosts). Partition-mode policies run before row-mode ones so whole
