@@ -123,7 +123,41 @@ pub struct RunValues {
     pub host: String,
 }
 
+/// Render `text` (the policy's `audit_sql`, config key `key`) and have PostgreSQL
+/// prepare it — parse it, resolve its tables and columns, type its parameters — so a
+/// broken statement is refused (the `Err` text) before anything moves.
+pub async fn check(
+    client: &tokio_postgres::Client,
+    key: &str,
+    database: &str,
+    text: &str,
+) -> Result<Audit, String> {
+    let a = render(text, database).map_err(|e| format!("key `{key}`: {e}"))?;
+    client.prepare(&a.sql).await.map_err(|e| {
+        format!(
+            "key `{key}`: the statement does not prepare in database {database}: {}",
+            crate::partitions::catalog::pg_message(&e)
+        )
+    })?;
+    Ok(a)
+}
+
 impl Audit {
+    /// The statement as `--dry-run` shows it, with what each parameter stands for.
+    pub fn plan_text(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("${} = {{{n}}}", i + 1))
+            .collect();
+        format!(
+            "-- audit_sql, in the transaction that closes the archive_log row ({}):\n{}",
+            params.join(", "),
+            self.sql
+        )
+    }
+
     /// The parameters of one run, in `$n` order.
     pub fn bind<'a>(&'a self, v: &'a RunValues) -> Vec<&'a (dyn ToSql + Sync)> {
         self.params

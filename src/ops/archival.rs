@@ -236,7 +236,16 @@ async fn plan(
     }
     let audit = match &p.audit_sql {
         None => None,
-        Some(text) => check_audit(x, text, &mut refusals).await?,
+        Some(text) => {
+            let key = format!("archive[{}].audit_sql", x.index);
+            match audit::check(client, &key, x.db, text).await {
+                Ok(a) => Some(a),
+                Err(refusal) => {
+                    refusals.push(refusal);
+                    None
+                }
+            }
+        }
     };
     let log_q = log::table(&p.archive_schema);
     let mut ddl = Vec::new();
@@ -378,17 +387,7 @@ async fn plan(
     }
     r.partitions = parts;
     if let Some(a) = &audit {
-        let params: Vec<String> = a
-            .params
-            .iter()
-            .enumerate()
-            .map(|(i, n)| format!("${} = {{{n}}}", i + 1))
-            .collect();
-        r.sql.push(format!(
-            "-- audit_sql, in the transaction that closes the archive_log row ({}):\n{}",
-            params.join(", "),
-            a.sql
-        ));
+        r.sql.push(a.plan_text());
     }
     if !refusals.is_empty() {
         return Err(crate::user_error!("{}", refusals.join("; ")));
@@ -512,31 +511,4 @@ async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> a
         return Err(e);
     }
     Ok(())
-}
-
-/// Render the policy's `audit_sql` and have PostgreSQL prepare it (parse, resolve its
-/// tables and columns, type its parameters) so a broken statement is refused before
-/// anything moves. `Ok(None)` when a refusal was added.
-async fn check_audit(
-    x: &PolicyCtx<'_>,
-    text: &str,
-    refusals: &mut Vec<String>,
-) -> anyhow::Result<Option<Audit>> {
-    let key = format!("archive[{}].audit_sql", x.index);
-    let a = match audit::render(text, x.db) {
-        Ok(a) => a,
-        Err(e) => {
-            refusals.push(format!("key `{key}`: {e}"));
-            return Ok(None);
-        }
-    };
-    if let Err(e) = x.client.prepare(&a.sql).await {
-        refusals.push(format!(
-            "key `{key}`: the statement does not prepare in database {}: {}",
-            x.db,
-            catalog::pg_message(&e)
-        ));
-        return Ok(None);
-    }
-    Ok(Some(a))
 }
