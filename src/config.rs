@@ -366,6 +366,14 @@ pub struct PartitionPolicy {
     /// How long creating one partition may wait for its locks before it is retried.
     #[serde(default = "defaults::lock_timeout", with = "humantime_serde_compat")]
     pub lock_timeout: Duration,
+    /// Name of a new month's partition: `{table}` (the parent's name), `{YYYY}`, `{MM}`.
+    /// Existing partitions are recognised by their bounds, whatever their names.
+    #[serde(default = "defaults::name_format")]
+    pub name_format: String,
+    /// Create the months missing between the oldest partition and now (otherwise they
+    /// are only reported, with the SQL that creates them).
+    #[serde(default)]
+    pub backfill: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -373,6 +381,23 @@ pub struct PartitionPolicy {
 pub enum ArchiveMode {
     Rows,
     Partitions,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Align {
+    Day,
+    Month,
+}
+
+impl Align {
+    /// The `date_trunc` field.
+    pub fn field(self) -> &'static str {
+        match self {
+            Align::Day => "day",
+            Align::Month => "month",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -395,8 +420,24 @@ pub struct ArchivePolicy {
     pub batch_size: u32,
     #[serde(default = "defaults::archive_mode")]
     pub mode: ArchiveMode,
+    /// Where `archive_log` lives, and (without `archive_table`) the archive table
+    /// `<archive_schema>.<table>` or, in partitions mode, where partitions move.
     #[serde(default = "defaults::archive_schema")]
     pub archive_schema: String,
+    /// `schema.name` of the table rows move into (rows mode): an existing table is
+    /// checked against the source; a missing one is created like the source.
+    pub archive_table: Option<String>,
+    /// Round the cutoff `now() - older_than` down to midnight (`"day"`) or the first of
+    /// the month (`"month"`) in `timezone`, so every run of a day or month uses the same
+    /// cutoff (`"day"` is `CURRENT_DATE - older_than`). Absent: not rounded.
+    pub align: Option<Align>,
+    /// IANA zone of `align`'s calendar; default the database session's `TimeZone`,
+    /// the zone `CURRENT_DATE` uses.
+    pub timezone: Option<String>,
+    /// A statement run in the transaction that closes each run's `archive_log` row,
+    /// naming the run's values as `{table}`, `{rows_moved}`, … (see
+    /// docs/partitions-and-archive.md), e.g. an INSERT into the team's audit table.
+    pub audit_sql: Option<String>,
     #[serde(default)]
     pub on_foreign_keys: OnForeignKeys,
     pub database: Option<String>,
@@ -581,6 +622,9 @@ mod defaults {
     }
     pub fn premake() -> u32 {
         3
+    }
+    pub fn name_format() -> String {
+        "{table}_{YYYY}_{MM}".into()
     }
     pub fn created_at() -> String {
         "created_at".into()
@@ -904,6 +948,9 @@ impl Config {
                     "must be more than 0 (0 would wait for locks forever), e.g. \"5s\"".into(),
                 );
             }
+            if let Err(e) = check_name_format(&p.name_format) {
+                return bad(&format!("{key}.name_format"), e);
+            }
         }
         for (i, a) in self.archive.iter().enumerate() {
             let key = format!("archive[{i}]");
@@ -927,6 +974,34 @@ impl Config {
                     &format!("{key}.lock_timeout"),
                     "must be more than 0 (0 would wait for locks forever), e.g. \"5s\"".into(),
                 );
+            }
+            if let Some(t) = &a.archive_table {
+                if !valid_qualified_name(t) {
+                    return bad(
+                        &format!("{key}.archive_table"),
+                        format!("{t:?} must be `schema.table` or `table`"),
+                    );
+                }
+                if a.mode != ArchiveMode::Rows {
+                    return bad(
+                        &format!("{key}.archive_table"),
+                        "applies to mode = \"rows\" only; in partitions mode whole partitions move into archive_schema under their own names".into(),
+                    );
+                }
+            }
+            if let Some(tz) = &a.timezone {
+                if tz.parse::<chrono_tz::Tz>().is_err() {
+                    return bad(
+                        &format!("{key}.timezone"),
+                        format!("{tz:?} is not an IANA time zone; use e.g. \"UTC\" or \"Europe/Berlin\""),
+                    );
+                }
+                if a.align.is_none() {
+                    return bad(
+                        &format!("{key}.timezone"),
+                        "is the calendar of `align` and means nothing without it; set align = \"day\" or \"month\", or remove timezone".into(),
+                    );
+                }
             }
             if a.archive_schema.trim().is_empty() {
                 return bad(
@@ -1000,6 +1075,37 @@ fn valid_cluster_name(s: &str) -> bool {
         && !s.starts_with('.')
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Placeholders `[[partitions]] name_format` may use.
+pub const NAME_FORMAT_PLACEHOLDERS: &[&str] = &["{table}", "{YYYY}", "{MM}"];
+
+/// A name format must name each month differently (`{YYYY}` and `{MM}`), use only known
+/// placeholders, and produce a plain name (no schema: partitions live beside the parent).
+fn check_name_format(f: &str) -> Result<(), String> {
+    for need in ["{YYYY}", "{MM}"] {
+        if !f.contains(need) {
+            return Err(format!(
+                "{f:?} has no {need}; every month needs its own name, e.g. \"{{table}}_{{YYYY}}_{{MM}}\""
+            ));
+        }
+    }
+    let mut rest = f.to_string();
+    for p in NAME_FORMAT_PLACEHOLDERS {
+        rest = rest.replace(p, "");
+    }
+    if rest.contains('{') || rest.contains('}') {
+        return Err(format!(
+            "{f:?} has an unknown placeholder; the known ones are {}",
+            NAME_FORMAT_PLACEHOLDERS.join(", ")
+        ));
+    }
+    if rest.contains('.') {
+        return Err(format!(
+            "{f:?} contains a '.'; partitions are created in the parent's schema, give only the name"
+        ));
+    }
+    Ok(())
 }
 
 fn valid_qualified_name(s: &str) -> bool {
@@ -1196,6 +1302,61 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("archive[0].archive_schema"), "{err}");
+        let err = parse(
+            "[repository]\npath = \"/x\"\n[[archive]]\ntable = \"t\"\nolder_than = \"6 months\"\nmode = \"partitions\"\narchive_table = \"a.t\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("archive[0].archive_table"), "{err}");
+        assert!(err.contains("rows"), "{err}");
+        let err = parse(
+            "[repository]\npath = \"/x\"\n[[archive]]\ntable = \"t\"\nolder_than = \"6 months\"\narchive_table = \"a.b.c\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("archive[0].archive_table"), "{err}");
+        let a =
+            "[repository]\npath = \"/x\"\n[[archive]]\ntable = \"t\"\nolder_than = \"6 months\"\n";
+        let ok = parse(&format!(
+            "{a}align = \"day\"\ntimezone = \"Europe/Berlin\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.archive[0].align, Some(Align::Day));
+        for (extra, want) in [
+            ("align = \"week\"\n", "align"),
+            (
+                "align = \"day\"\ntimezone = \"Mars/Olympus\"\n",
+                "archive[0].timezone",
+            ),
+            ("timezone = \"UTC\"\n", "archive[0].timezone"),
+        ] {
+            let err = parse(&format!("{a}{extra}")).unwrap_err();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn partition_name_formats_are_validated() {
+        let base = "[repository]\npath = \"/x\"\n[[partitions]]\ntable = \"public.t\"\n";
+        let ok = parse(base).unwrap();
+        assert_eq!(ok.partitions[0].name_format, "{table}_{YYYY}_{MM}");
+        assert!(!ok.partitions[0].backfill);
+        let ok = parse(&format!(
+            "{base}name_format = \"usage_stats_{{YYYY}}_{{MM}}\"\nbackfill = true\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.partitions[0].name_format, "usage_stats_{YYYY}_{MM}");
+        assert!(ok.partitions[0].backfill);
+        // (format, words the error must contain)
+        for (f, want) in [
+            ("{table}_{YYYY}", "has no {MM}"),
+            ("{table}_{MM}", "has no {YYYY}"),
+            ("{parent}_{YYYY}_{MM}", "unknown placeholder"),
+            ("{table}_{YYYY}_{MM}}", "unknown placeholder"),
+            ("other.{table}_{YYYY}_{MM}", "contains a '.'"),
+        ] {
+            let err = parse(&format!("{base}name_format = \"{f}\"\n")).unwrap_err();
+            assert!(err.contains("partitions[0].name_format"), "{f}: {err}");
+            assert!(err.contains(want), "{f}: {err}");
+        }
     }
 
     #[test]

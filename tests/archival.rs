@@ -445,7 +445,7 @@ fn dry_run_prints_sql_and_estimates_and_changes_nothing() {
     let text = stdout(&out);
     for want in [
         "CREATE SCHEMA IF NOT EXISTS \"archive\";",
-        "CREATE TABLE \"archive\".\"events\" (LIKE \"public\".\"events\");",
+        "CREATE TABLE \"archive\".\"events\" (LIKE \"public\".\"events\" INCLUDING ALL EXCLUDING IDENTITY EXCLUDING GENERATED);",
         "CREATE TABLE IF NOT EXISTS \"archive\".\"archive_log\"",
         "SET LOCAL lock_timeout = '5000ms';",
         "DELETE FROM ONLY \"public\".\"events\"",
@@ -633,4 +633,430 @@ fn odd_table_and_column_names_are_quoted_everywhere() {
         q(&c, r#"SELECT count(*) FROM "Sales Data"."Odd ""Tab""""#),
         "0"
     );
+}
+
+/// The issue's schema: rows of consumption_record move into a table of the team's own.
+const CONSUMPTION: &str = "
+    CREATE TABLE consumption_record (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        meter_id int NOT NULL DEFAULT 0,
+        created_at timestamptz NOT NULL,
+        kwh numeric(12,3) NOT NULL CHECK (kwh >= 0),
+        source text DEFAULT 'meter'
+    );
+    CREATE INDEX consumption_record_created_at_idx ON consumption_record (created_at);
+    CREATE UNIQUE INDEX consumption_record_meter_time ON consumption_record (meter_id, created_at);
+    INSERT INTO consumption_record (meter_id, created_at, kwh)
+    SELECT i % 50, now() - interval '2 years' + i * interval '1 hour', i / 10.0 FROM generate_series(1, 3000) i;
+    INSERT INTO consumption_record (meter_id, created_at, kwh)
+    SELECT i % 50, now() - i * interval '1 hour', i FROM generate_series(1, 200) i;
+    CREATE TABLE saved AS SELECT * FROM consumption_record;
+    ANALYZE;";
+
+#[test]
+fn an_existing_archive_table_is_used_when_its_columns_match() {
+    let (c, _t, config) = setup(
+        &format!(
+            "{CONSUMPTION}
+             CREATE SCHEMA archive;
+             CREATE TABLE archive.consumption_record_archive (LIKE consumption_record INCLUDING ALL);"
+        ),
+        "[[archive]]\ntable = \"consumption_record\"\nolder_than = \"6 months\"\narchive_table = \"archive.consumption_record_archive\"\n",
+    );
+    let old = "SELECT srow::text FROM saved srow WHERE created_at < now() - interval '6 months'";
+    let n_old = q(&c, &format!("SELECT count(*) FROM ({old}) x"));
+    let out = backupctl(&config, &["--json", "archive"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let r = json(&out);
+    assert_eq!(
+        r["tables"][0]["archive_table"],
+        "archive.consumption_record_archive"
+    );
+    assert_eq!(
+        r["tables"][0]["rows"]["rows_moved"].to_string(),
+        n_old.as_str()
+    );
+    let arch = "SELECT arow::text FROM archive.consumption_record_archive arow";
+    assert_eq!(except_all(&c, arch, old), 0);
+    assert_eq!(except_all(&c, old, arch), 0);
+    // No table under the source's name appeared beside it.
+    assert_eq!(
+        q(
+            &c,
+            "SELECT to_regclass('archive.consumption_record') IS NULL"
+        ),
+        "t"
+    );
+    assert_eq!(
+        q(
+            &c,
+            "SELECT archive_table FROM archive.archive_log ORDER BY id DESC LIMIT 1"
+        ),
+        "archive.consumption_record_archive"
+    );
+}
+
+#[test]
+fn an_archive_table_whose_columns_differ_is_refused_naming_each_mismatch() {
+    let (c, _t, config) = setup(
+        &format!(
+            "{CONSUMPTION}
+             CREATE SCHEMA archive;
+             CREATE TABLE archive.consumption_record_archive (
+                 id bigint, meter_id bigint NOT NULL, created_at timestamptz NOT NULL,
+                 kwh numeric(12,3), batch_no int NOT NULL);"
+        ),
+        "[[archive]]\ntable = \"public.consumption_record\"\nolder_than = \"6 months\"\narchive_table = \"archive.consumption_record_archive\"\n",
+    );
+    let before = q(&c, "SELECT count(*) FROM consumption_record");
+    let out = backupctl(&config, &["archive"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    for want in [
+        "REFUSED: archive table archive.consumption_record_archive does not match public.consumption_record",
+        "column meter_id is integer in the source but bigint in the archive table",
+        "column source (text) is missing; add it: ALTER TABLE \"archive\".\"consumption_record_archive\" ADD COLUMN \"source\" text",
+        "column batch_no exists only in the archive table and is NOT NULL without a default",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert_eq!(q(&c, "SELECT count(*) FROM consumption_record"), before);
+    assert_eq!(
+        q(
+            &c,
+            "SELECT count(*) FROM archive.consumption_record_archive"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn a_missing_archive_table_is_created_with_primary_key_indexes_and_defaults() {
+    let (c, _t, config) = setup(
+        CONSUMPTION,
+        "[[archive]]\ntable = \"consumption_record\"\nolder_than = \"6 months\"\narchive_table = \"cold.consumption_record_old\"\n",
+    );
+    let out = backupctl(&config, &["--json", "archive"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let arch = "'cold.consumption_record_old'::regclass";
+    // The primary key, both indexes (one unique) and the CHECK constraint came along.
+    let defs = q(
+        &c,
+        &format!(
+            "SELECT string_agg(d, '; ' ORDER BY d) FROM (
+                 SELECT regexp_replace(pg_get_indexdef(indexrelid), '^.* USING ', '') d
+                   FROM pg_index WHERE indrelid = {arch}) x"
+        ),
+    );
+    assert_eq!(
+        defs,
+        "btree (created_at); btree (id); btree (meter_id, created_at)"
+    );
+    assert_eq!(
+        q(
+            &c,
+            &format!(
+                "SELECT string_agg(contype::text || ':' || pg_get_constraintdef(oid), '; ' ORDER BY contype::text)
+                   FROM pg_constraint WHERE conrelid = {arch}"
+            )
+        ),
+        "c:CHECK ((kwh >= (0)::numeric)); p:PRIMARY KEY (id)"
+    );
+    assert_eq!(
+        q(
+            &c,
+            &format!("SELECT count(*) FROM pg_index WHERE indrelid = {arch} AND indisunique")
+        ),
+        "2"
+    );
+    // Defaults are kept; the identity is not (archived rows keep their ids).
+    assert_eq!(
+        q(
+            &c,
+            &format!(
+                "SELECT string_agg(a.attname || '=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-') || '/' || a.attidentity::text, ' ' ORDER BY a.attnum)
+                   FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                  WHERE a.attrelid = {arch} AND a.attnum > 0"
+            )
+        ),
+        "id=-/ meter_id=0/ created_at=-/ kwh=-/ source='meter'::text/"
+    );
+    let old = "SELECT srow::text FROM saved srow WHERE created_at < now() - interval '6 months'";
+    let moved = "SELECT arow::text FROM cold.consumption_record_old arow";
+    assert_eq!(except_all(&c, moved, old), 0);
+    assert_eq!(except_all(&c, old, moved), 0);
+    assert!(
+        json(&out)["tables"][0]["rows"]["rows_moved"]
+            .as_i64()
+            .unwrap()
+            > 2000
+    );
+}
+
+#[test]
+fn align_day_moves_the_same_rows_as_current_date_minus_the_interval() {
+    let (c, _t, config) = setup(
+        "CREATE TABLE by_day (id int PRIMARY KEY, created_at timestamptz NOT NULL);
+         INSERT INTO by_day SELECT i, now() - interval '6 months' + (i - 1000) * interval '7 minutes'
+           FROM generate_series(1, 2000) i;
+         CREATE TABLE by_month (id int PRIMARY KEY, created_at timestamp NOT NULL);
+         INSERT INTO by_month SELECT i, localtimestamp - interval '6 months' + (i - 1000) * interval '1 hour'
+           FROM generate_series(1, 2000) i;
+         CREATE TABLE saved_day AS SELECT * FROM by_day;
+         CREATE TABLE saved_month AS SELECT * FROM by_month;",
+        "[[archive]]\ntable = \"by_day\"\nolder_than = \"6 months\"\nalign = \"day\"\ntimezone = \"Europe/Berlin\"\n\
+         [[archive]]\ntable = \"by_month\"\nolder_than = \"6 months\"\nalign = \"month\"\n",
+    );
+    // What the design's SQL selects: CURRENT_DATE in the policy's zone for by_day, in
+    // the server's zone (no timezone key) for by_month.
+    let day_rows =
+        "SELECT s::text FROM saved_day s WHERE created_at < CURRENT_DATE - interval '6 months'";
+    let month_rows = "SELECT s::text FROM saved_month s
+                      WHERE created_at < date_trunc('month', CURRENT_DATE - interval '6 months')";
+    let berlin = |sql: &str| format!("SET TimeZone = 'Europe/Berlin'; {sql}");
+    let expected_day = q(&c, &berlin(&format!("SELECT count(*) FROM ({day_rows}) x")));
+    let n: i64 = expected_day.lines().last().unwrap().parse().unwrap();
+    assert!(n > 0 && n < 2000, "{n}");
+    let out = backupctl(&config, &["--json", "archive"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let r = json(&out);
+    let t = &r["tables"][0];
+    assert_eq!(t["table"], "by_day");
+    assert_eq!(
+        t["cutoff_rule"],
+        "now() - 6 months, rounded down to the day in Europe/Berlin"
+    );
+    // Local midnight in Berlin: +01 or +02 depending on the season.
+    let cutoff = t["cutoff"].as_str().unwrap();
+    let berlin_cutoff = q(
+        &c,
+        &berlin(&format!(
+            "SELECT '{cutoff}'::timestamptz = (CURRENT_DATE - interval '6 months')::timestamptz"
+        )),
+    );
+    assert_eq!(berlin_cutoff.lines().last(), Some("t"), "{cutoff}");
+    assert_eq!(t["rows"]["rows_moved"], n);
+    let moved_day = "SELECT a::text FROM archive.by_day a";
+    // The same rows as day_rows in a Berlin session, written for this session's zone.
+    let day_rows_berlin = "SELECT s::text FROM saved_day s
+                           WHERE created_at < (((now() AT TIME ZONE 'Europe/Berlin')::date - interval '6 months') AT TIME ZONE 'Europe/Berlin')";
+    assert_eq!(except_all(&c, moved_day, day_rows_berlin), 0);
+    assert_eq!(except_all(&c, day_rows_berlin, moved_day), 0);
+
+    let t = &r["tables"][1];
+    assert_eq!(t["table"], "by_month");
+    let moved_month = "SELECT a::text FROM archive.by_month a";
+    assert_eq!(except_all(&c, moved_month, month_rows), 0);
+    assert_eq!(except_all(&c, month_rows, moved_month), 0);
+    assert!(
+        t["cutoff"].as_str().unwrap().ends_with("-01 00:00:00"),
+        "{t}"
+    );
+    assert!(t["rows"]["rows_moved"].as_i64().unwrap() > 0);
+}
+
+const AUDIT_TABLE: &str = "
+    CREATE SCHEMA audit_log;
+    CREATE TABLE audit_log.system_log (
+        id serial PRIMARY KEY, event text NOT NULL, detail text, rows bigint,
+        cutoff timestamptz, run_id text, started timestamptz, finished timestamptz, status text,
+        CONSTRAINT rows_recorded CHECK (rows IS NOT NULL));";
+
+fn audit_policy(sql: &str) -> String {
+    format!(
+        "[[archive]]\ntable = \"consumption_record\"\nolder_than = \"6 months\"\n\
+         archive_table = \"archive.consumption_record_archive\"\naudit_sql = '''\n{sql}\n'''\n"
+    )
+}
+
+#[test]
+fn the_audit_statement_records_each_run_in_the_same_transaction_as_archive_log() {
+    let insert = "INSERT INTO audit_log.system_log (event, detail, rows, cutoff, run_id, started, finished, status)
+VALUES ('archive', {table} || ' -> ' || {archive_table}, {rows_moved}, {cutoff}::timestamptz,
+        {run_id}, {started}, {finished}, {status})";
+    let (c, t, config) = setup(
+        &format!("{CONSUMPTION}{AUDIT_TABLE}"),
+        &audit_policy(insert),
+    );
+    let out = backupctl(&config, &["--json", "archive", "--dry-run"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let sql = json(&out)["tables"][0]["sql"].to_string();
+    assert!(
+        sql.contains("VALUES ('archive', $1::text || ' -> ' || $2::text, $3::bigint"),
+        "{sql}"
+    );
+    assert_eq!(q(&c, "SELECT count(*) FROM audit_log.system_log"), "0");
+
+    let out = backupctl(&config, &["--json", "archive"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let moved = json(&out)["tables"][0]["rows"]["rows_moved"]
+        .as_i64()
+        .unwrap();
+    assert!(moved > 2000, "{moved}");
+    // One audit row, carrying exactly what archive_log recorded.
+    assert_eq!(
+        q(
+            &c,
+            "SELECT count(*) || ' ' || bool_and(a.detail = 'public.consumption_record -> archive.consumption_record_archive'
+                     AND a.rows = l.rows_moved AND a.cutoff = l.cutoff::timestamptz AND a.started = l.started
+                     AND a.finished = l.finished AND a.status = 'finished' AND l.status = 'finished')
+               FROM audit_log.system_log a JOIN archive.archive_log l ON l.run_id = a.run_id"
+        ),
+        "1 true"
+    );
+    assert_eq!(
+        q(&c, "SELECT rows FROM audit_log.system_log"),
+        moved.to_string()
+    );
+
+    // An audit statement that fails at the end rolls back the closing of the log row
+    // with it: archive_log says failed and why, the audit table has no finished run.
+    q(&c, "INSERT INTO consumption_record (meter_id, created_at, kwh) VALUES (1, now() - interval '3 years', 1)");
+    let failing = t.write_config(
+        "failing.toml",
+        &format!(
+            "{}\n{}",
+            c.postgres_toml(),
+            audit_policy(&insert.replace("{rows_moved}", "NULLIF({rows_moved}, 1)"))
+        ),
+    );
+    let out = backupctl(&failing, &["archive"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("run audit_sql"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("rows_recorded"), "{}", stdout(&out));
+    assert_eq!(
+        q(
+            &c,
+            "SELECT status || ' ' || (error LIKE '%run audit_sql%rows_recorded%') FROM archive.archive_log ORDER BY id DESC LIMIT 1"
+        ),
+        "failed true"
+    );
+    assert_eq!(q(&c, "SELECT count(*) FROM audit_log.system_log"), "1");
+
+    // Refused before anything moves: an unknown placeholder, a statement that does not
+    // prepare.
+    q(&c, "INSERT INTO consumption_record (meter_id, created_at, kwh) VALUES (2, now() - interval '3 years', 1)");
+    for (sql, want) in [
+        (
+            "INSERT INTO audit_log.system_log (event) VALUES ({tabel})",
+            "unknown placeholder {tabel}",
+        ),
+        (
+            "INSERT INTO audit_log.no_such_table (event) VALUES ({table})",
+            "does not prepare in database postgres: relation \"audit_log.no_such_table\" does not exist",
+        ),
+    ] {
+        let bad = t.write_config(
+            "bad.toml",
+            &format!("{}\n{}", c.postgres_toml(), audit_policy(sql)),
+        );
+        let out = backupctl(&bad, &["archive"]);
+        assert_eq!(out.status.code(), Some(2), "{}\n{}", stdout(&out), stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("archive[0].audit_sql"), "{text}");
+        assert!(text.contains(want), "{text}");
+        assert_eq!(
+            q(&c, "SELECT count(*) FROM consumption_record WHERE created_at < now() - interval '2 years 11 months'"),
+            "1"
+        );
+    }
+}
+
+#[test]
+fn dry_run_exact_counts_and_the_estimate_says_what_it_is() {
+    // Autovacuum off: the table stays unanalysed, as in a freshly loaded database.
+    let (c, _t, config) = cluster_with_config(
+        ClusterOptions {
+            conf: vec!["autovacuum = off".into()],
+            ..Default::default()
+        },
+        "CREATE TABLE consumption_record (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, kwh numeric);
+         INSERT INTO consumption_record SELECT i, now() - interval '1 year' + i * interval '1 minute', i
+           FROM generate_series(1, 5209) i;
+         INSERT INTO consumption_record SELECT 100000 + i, now() - i * interval '1 minute', i
+           FROM generate_series(1, 2000) i;
+         CREATE TABLE usage (k date NOT NULL, v int) PARTITION BY RANGE (k);
+         CREATE TABLE usage_2020_01 PARTITION OF usage FOR VALUES FROM ('2020-01-01') TO ('2020-02-01');
+         CREATE TABLE usage_recent PARTITION OF usage FOR VALUES FROM ('2020-02-01') TO ('2100-01-01');
+         INSERT INTO usage SELECT '2020-01-01'::date + i % 31, i FROM generate_series(1, 300) i;
+         INSERT INTO usage SELECT '2020-02-01'::date + i % 20, i FROM generate_series(1, 40) i;
+         INSERT INTO usage SELECT current_date, i FROM generate_series(1, 10) i;",
+        "[[archive]]\ntable = \"consumption_record\"\nolder_than = \"6 months\"\n\
+         [[archive]]\ntable = \"usage\"\ncolumn = \"k\"\nolder_than = \"1 year\"\nmode = \"partitions\"\n",
+    );
+    let old: i64 = q(
+        &c,
+        "SELECT count(*) FROM consumption_record WHERE created_at < now() - interval '6 months'",
+    )
+    .parse()
+    .unwrap();
+    assert!(old > 4000, "{old}");
+
+    // The default: an estimate that says so, and that its table was never analysed.
+    let out = backupctl(&config, &["archive", "--dry-run"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("(planner estimate, not a count; never analysed: public.consumption_record, so it may be far off — run ANALYZE; --exact counts)"),
+        "{text}"
+    );
+
+    // --exact: the count, per leaf and in total, and for partitions mode.
+    let out = backupctl(&config, &["--json", "archive", "--dry-run", "--exact"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let r = json(&out);
+    // Partitions-mode policies are planned first.
+    let rows = &r["tables"][1];
+    assert_eq!(rows["table"], "consumption_record");
+    assert_eq!(rows["counted_rows"], old);
+    assert_eq!(rows["leaves"][0]["counted_rows"], old);
+    let parts = &r["tables"][0];
+    assert_eq!(parts["counted_rows"], 300);
+    assert_eq!(parts["partitions"][0]["counted_rows"], 300);
+    assert_eq!(parts["partitions"][1]["counted_rows"], 40);
+    let out = backupctl(&config, &["archive", "--dry-run", "--exact"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("rows to move: {old} (counted)")),
+        "{text}"
+    );
+
+    // After ANALYZE the estimate names when the statistics were taken.
+    q(&c, "ANALYZE");
+    let today = q(&c, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD')");
+    let out = backupctl(&config, &["archive", "--dry-run"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "(planner estimate, not a count; statistics from ANALYZE on {today} "
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("never analysed"), "{text}");
+
+    // --exact belongs to --dry-run.
+    let out = backupctl(&config, &["archive", "--exact"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--dry-run"), "{}", stderr(&out));
+    assert_eq!(
+        q(&c, "SELECT count(*) FROM consumption_record"),
+        (5209 + 2000).to_string()
+    );
+
+    // The real run moves exactly what was counted.
+    let out = backupctl(&config, &["--json", "archive"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(json(&out)["tables"][1]["rows"]["rows_moved"], old);
 }

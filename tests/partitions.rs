@@ -505,3 +505,123 @@ fn a_run_holding_the_lock_elsewhere_is_reported() {
     assert_eq!(partitions_of(&c, "l").len(), 4);
     drop(t);
 }
+
+#[test]
+fn name_format_names_new_months_and_gaps_are_reported_then_backfilled() {
+    // A schema designed before backupctl: children named usage_stats_YYYY_MM under a
+    // parent called usage_stats_partitioned, one of them under a name of its own.
+    let schema =
+        "CREATE TABLE usage_stats_partitioned (id bigint, recorded_on date NOT NULL, v int)
+                    PARTITION BY RANGE (recorded_on);
+                  CREATE TABLE usage_stats_2024_01 PARTITION OF usage_stats_partitioned
+                    FOR VALUES FROM ('2024-01-01') TO ('2024-02-01');
+                  CREATE TABLE usage_stats_2024_02 PARTITION OF usage_stats_partitioned
+                    FOR VALUES FROM ('2024-02-01') TO ('2024-03-01');
+                  CREATE TABLE stats_may_2024 PARTITION OF usage_stats_partitioned
+                    FOR VALUES FROM ('2024-05-01') TO ('2024-06-01');";
+    let policy = "[[partitions]]\ntable = \"usage_stats_partitioned\"\nname_format = \"usage_stats_{YYYY}_{MM}\"\npremake = 3\ntimezone = \"UTC\"\n";
+    let (c, t, config) = setup(schema, policy);
+    let now = "2026-12-03T02:00:00Z";
+
+    // Without backfill: the premake months are created under the configured names, the
+    // gaps (2024-03, 2024-04, 2024-06 … 2026-11) are reported with their SQL, not created.
+    let s = run_in_process(&config, now);
+    let months = &s.tables[0].months;
+    let gaps: Vec<&str> = months
+        .iter()
+        .filter(|m| m.backfill)
+        .map(|m| m.month.as_str())
+        .collect();
+    let mut want_gaps = vec!["2024-03".to_string(), "2024-04".to_string()];
+    want_gaps.extend((6..=12).map(|m| format!("2024-{m:02}")));
+    want_gaps.extend((1..=12).map(|m| format!("2025-{m:02}")));
+    want_gaps.extend((1..=11).map(|m| format!("2026-{m:02}")));
+    assert_eq!(gaps, want_gaps);
+    assert!(months
+        .iter()
+        .filter(|m| m.backfill)
+        .all(|m| m.status.as_str() == "missing"));
+    let march = months.iter().find(|m| m.month == "2024-03").unwrap();
+    assert_eq!(
+        march.sql.as_deref(),
+        Some("CREATE TABLE \"public\".\"usage_stats_2024_03\" PARTITION OF \"public\".\"usage_stats_partitioned\" FOR VALUES FROM ('2024-03-01') TO ('2024-04-01')")
+    );
+    let premade: Vec<(&str, &str, &str)> = months
+        .iter()
+        .filter(|m| !m.backfill)
+        .map(|m| (m.month.as_str(), m.partition.as_str(), m.status.as_str()))
+        .collect();
+    assert_eq!(
+        premade,
+        [
+            ("2026-12", "public.usage_stats_2026_12", "created"),
+            ("2027-01", "public.usage_stats_2027_01", "created"),
+            ("2027-02", "public.usage_stats_2027_02", "created"),
+            ("2027-03", "public.usage_stats_2027_03", "created"),
+        ]
+    );
+    let names = |c: &Cluster| -> Vec<String> {
+        partitions_of(c, "usage_stats_partitioned")
+            .into_iter()
+            .map(|p| p.0)
+            .collect()
+    };
+    assert_eq!(names(&c).len(), 3 + 4);
+    // The CLI prints the gap, its SQL and what to do, and still exits 0. (A dry run:
+    // the in-process runs above own the state directory as this test's user.)
+    let out = backupctl(&config, &["partitions", "--dry-run"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("2024-03  public.usage_stats_2024_03"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FOR VALUES FROM ('2024-03-01') TO ('2024-04-01');"),
+        "{text}"
+    );
+    let summary = format!(
+        "{} month(s) between the oldest partition and now have no partition",
+        want_gaps.len()
+    );
+    assert!(text.contains(&summary), "{text}");
+
+    // With backfill: every gap is created under the configured name, the partition
+    // with its own name is recognised by its bounds, and rows of every month route.
+    let config = t.write_config(
+        "backfill.toml",
+        &format!("{}\n{policy}backfill = true\n", c.postgres_toml()),
+    );
+    let s = run_in_process(&config, now);
+    let created: Vec<&str> = s.tables[0]
+        .months
+        .iter()
+        .filter(|m| m.backfill && m.status.as_str() == "created")
+        .map(|m| m.month.as_str())
+        .collect();
+    assert_eq!(created, want_gaps);
+    let mut want: Vec<String> = (2024..=2027)
+        .flat_map(|y| (1..=12).map(move |m| (y, m)))
+        .filter(|&(y, m)| (y, m) <= (2027, 3) && (y, m) != (2024, 5))
+        .map(|(y, m)| format!("usage_stats_{y}_{m:02}"))
+        .collect();
+    want.push("stats_may_2024".into());
+    want.sort();
+    assert_eq!(names(&c), want);
+    assert_eq!(
+        c.psql(
+            "postgres",
+            "INSERT INTO usage_stats_partitioned
+             SELECT i, '2024-01-15'::date + i * interval '1 month', i FROM generate_series(0, 38) i;
+             SELECT count(DISTINCT tableoid) FROM usage_stats_partitioned"
+        ),
+        "39"
+    );
+    // A rerun has nothing left to do.
+    let s = run_in_process(&config, now);
+    assert!(s.tables[0].months.iter().all(|m| !m.backfill), "{s:#?}");
+    assert!(s.tables[0]
+        .months
+        .iter()
+        .all(|m| m.status.as_str() == "exists"));
+}

@@ -70,19 +70,52 @@ pub async fn source(client: &Client, p: &ArchivePolicy, db: &str) -> anyhow::Res
     })
 }
 
-/// `now() - older_than` as a value of the column's type (text) and its axis position.
+/// How the cutoff is computed, in words, for reports: `now() - 6 months`, or
+/// `now() - 6 months, rounded down to the day in Europe/Berlin`.
+pub fn cutoff_rule(p: &ArchivePolicy) -> String {
+    match p.align {
+        None => format!("now() - {}", p.older_than),
+        Some(a) => format!(
+            "now() - {}, rounded down to the {} in {}",
+            p.older_than,
+            a.field(),
+            p.timezone.as_deref().unwrap_or("the session's TimeZone")
+        ),
+    }
+}
+
+/// `now() - older_than` as a value of the column's type (text) and its axis position;
+/// with `align`, first rounded down to midnight or the 1st of the month on the wall
+/// clock of `timezone` (default: the session's `TimeZone`, as `CURRENT_DATE`).
 /// `key_name` is the config key, for errors.
 pub async fn cutoff(
     client: &Client,
-    older_than: &str,
+    p: &ArchivePolicy,
     key: KeyType,
     key_name: &str,
 ) -> anyhow::Result<(String, Pos)> {
+    let older_than = p.older_than.as_str();
+    let ty = key.sql();
+    let value = match p.align {
+        None => format!("(now() - $1::text::interval)::{ty}"),
+        // date_trunc on the local wall clock, then back to an instant in that zone.
+        Some(_) => {
+            let local = "date_trunc(z.field, (now() AT TIME ZONE z.tz) - $1::text::interval)";
+            match key {
+                KeyType::Timestamptz => format!("({local} AT TIME ZONE z.tz)"),
+                _ => format!("{local}::{ty}"),
+            }
+        }
+    };
     let q = format!(
-        "SELECT (now() - $1::text::interval)::{ty}::text, $1::text::interval > interval '0'",
-        ty = key.sql()
+        "SELECT {value}::text, $1::text::interval > interval '0'
+           FROM (SELECT coalesce($3::text, current_setting('TimeZone')) AS tz, $2::text AS field) z"
     );
-    let row = client.query_one(&q, &[&older_than]).await.map_err(|e| {
+    let field = p.align.map(|a| a.field()).unwrap_or("day");
+    let row = client
+        .query_one(&q, &[&older_than, &field, &p.timezone])
+        .await
+        .map_err(|e| {
         let bad_input = e
             .code()
             .is_some_and(|c| c.code().starts_with("22") || *c == SqlState::INVALID_PARAMETER_VALUE);
@@ -158,6 +191,9 @@ pub struct Leaf {
     pub cursor: Cursor,
     /// The planner's estimate of its rows older than the cutoff.
     pub estimated_rows: i64,
+    /// Its rows older than the cutoff, counted (`--exact`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_rows: Option<i64>,
 }
 
 /// The leaves that can hold rows older than the cutoff (a direct range partition whose
@@ -235,6 +271,7 @@ pub async fn leaves(
             quoted,
             cursor,
             estimated_rows,
+            counted_rows: None,
         });
     }
     Ok(out)
@@ -286,4 +323,35 @@ pub async fn schema_exists(client: &Client, schema: &str) -> anyhow::Result<bool
         .await
         .context("look up schema")?;
     Ok(row.get(0))
+}
+
+/// The schema and name rows move into: `archive_table` as PostgreSQL reads an
+/// identifier (`parse_ident`: case folding, quotes; a bare name lands in
+/// `archive_schema`), or `<archive_schema>.<source name>`. `key_name` is the config key.
+pub async fn archive_target(
+    client: &Client,
+    p: &ArchivePolicy,
+    source: &Table,
+    key_name: &str,
+) -> anyhow::Result<(String, String)> {
+    let Some(spec) = &p.archive_table else {
+        return Ok((p.archive_schema.clone(), source.name.clone()));
+    };
+    let row = client
+        .query_one("SELECT parse_ident($1)", &[spec])
+        .await
+        .map_err(|e| {
+            crate::user_error!(
+                "key `{key_name}`: {spec:?} is not a table name ({}); write schema.name",
+                catalog::pg_message(&e)
+            )
+        })?;
+    let parts: Vec<String> = row.get(0);
+    match parts.as_slice() {
+        [name] => Ok((p.archive_schema.clone(), name.clone())),
+        [schema, name] => Ok((schema.clone(), name.clone())),
+        _ => Err(crate::user_error!(
+            "key `{key_name}`: {spec:?} has more than two parts; write schema.name"
+        )),
+    }
 }

@@ -6,12 +6,16 @@
 //! never disagrees with the data, even after a kill. A run that died leaves its row
 //! `running` with `finished` empty; the next run — which holds the advisory lock, so
 //! nobody else can be running — marks such rows `interrupted` (still unfinished).
+//! Closing the row (finished or failed) runs the policy's audit statement in the same
+//! transaction.
 
 use anyhow::Context;
 use tokio_postgres::Client;
 
+use super::audit::{Audit, RunValues};
 use super::plan;
 use crate::partitions::catalog;
+use crate::pg::retry::transaction;
 use crate::pg::sql;
 
 /// `archive_log` in `schema`, quoted.
@@ -85,36 +89,69 @@ pub async fn start(client: &Client, schema: &str, s: &Start<'_>) -> anyhow::Resu
 }
 
 impl Entry {
-    pub async fn finish(&self, client: &Client) -> anyhow::Result<()> {
-        client
-            .execute(
-                &format!(
-                    "UPDATE {} SET status = 'finished', finished = clock_timestamp() WHERE id = $1",
-                    self.log
-                ),
-                &[&self.id],
-            )
+    /// Close the row as `finished`, running the audit statement in the same transaction.
+    pub async fn finish(&self, client: &Client, audit: Option<&Audit>) -> anyhow::Result<()> {
+        self.close(client, "finished", None, audit)
             .await
-            .context("record the finished run in archive_log")?;
-        Ok(())
+            .context("record the finished run in archive_log")
     }
 
-    /// Best effort: the connection may be what failed.
-    pub async fn fail(&self, client: &Client, error: &str) {
-        let r = client
-            .execute(
-                &format!(
-                    "UPDATE {} SET status = 'failed', finished = clock_timestamp(), error = $2 WHERE id = $1",
-                    self.log
-                ),
-                &[&self.id, &error],
-            )
-            .await;
+    /// Best effort: the connection may be what failed. The audit statement runs with the
+    /// row; when it is what fails, the row is closed without it (the error says so).
+    pub async fn fail(&self, client: &Client, error: &str, audit: Option<&Audit>) {
+        let mut r = self.close(client, "failed", Some(error), audit).await;
+        if let (Err(e), Some(_)) = (&r, audit) {
+            let error = format!("{error}; the audit statement failed too: {e:#}");
+            r = self.close(client, "failed", Some(&error), None).await;
+        }
         if let Err(e) = r {
             tracing::warn!(
                 log_id = self.id,
-                "could not record the failure in archive_log: {e}"
+                "could not record the failure in archive_log: {e:#}"
             );
         }
+    }
+
+    async fn close(
+        &self,
+        client: &Client,
+        status: &str,
+        error: Option<&str>,
+        audit: Option<&Audit>,
+    ) -> anyhow::Result<()> {
+        let q = format!(
+            "UPDATE {} SET status = $2, finished = clock_timestamp(), error = coalesce($3, error)
+              WHERE id = $1
+              RETURNING table_name, archive_table, cutoff, older_than, mode, rows_moved,
+                        partitions_moved, run_id, started, finished, host, error",
+            self.log
+        );
+        transaction(client, |c| async move {
+            let row = c.query_one(&q, &[&self.id, &status, &error]).await?;
+            if let Some(a) = audit {
+                let v = RunValues {
+                    table: row.get(0),
+                    archive_table: row.get(1),
+                    cutoff: row.get(2),
+                    older_than: row.get(3),
+                    mode: row.get(4),
+                    rows_moved: row.get(5),
+                    partitions_moved: row.get(6),
+                    run_id: row.get(7),
+                    log_id: self.id,
+                    started: row.get(8),
+                    finished: row.get(9),
+                    status: status.to_string(),
+                    error: row.get(11),
+                    host: row.get(10),
+                };
+                c.execute(&a.sql, &a.bind(&v))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", catalog::pg_message(&e)))
+                    .context("run audit_sql")?;
+            }
+            anyhow::Ok(())
+        })
+        .await
     }
 }

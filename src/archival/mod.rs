@@ -1,9 +1,12 @@
 //! Old-row and old-partition archival into an archive schema (`[[archive]]` policies).
 //!
 //! `plan` is pure (SQL text, column and partition decisions); `inspect` reads the
-//! catalog; `rows` and `partmode` move data; `log` keeps `archive_log`. The command glue
+//! catalog; `rows` and `partmode` move data; `log` keeps `archive_log` and runs the
+//! `audit` hook with it. The command glue
 //! is `ops/archival.rs`.
 
+pub mod audit;
+pub mod count;
 pub mod inspect;
 pub mod log;
 pub mod partmode;

@@ -40,6 +40,9 @@ pub struct PartitionReport {
     /// Rows in it (moving partitions) or rows older than the cutoff in it (others);
     /// the planner's estimate.
     pub estimated_rows: i64,
+    /// The same, counted (`--exact`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_rows: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,6 +136,7 @@ pub async fn plan(
             fate: f,
             status,
             estimated_rows,
+            counted_rows: None,
             detail,
             sql,
             child: Some(c),

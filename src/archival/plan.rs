@@ -123,11 +123,16 @@ pub fn batch_sql(b: &Batch) -> String {
     )
 }
 
-/// `CREATE TABLE archive.t (LIKE source)`: same column names, types, NOT NULL and
-/// collations, but plain columns — no identity, no generation expression, no defaults —
-/// so archived rows keep the values they had.
+/// The archive table as a copy of the source's definition: `LIKE … INCLUDING ALL`
+/// (columns, defaults, NOT NULL and CHECK constraints, primary key, unique and other
+/// indexes, comments, storage, compression, extended statistics), minus what cannot
+/// apply to archived rows: identity and generation expressions. Those columns become
+/// plain ones, so archived rows keep the values they had (a generated column would be
+/// recomputed, an identity would hand out its own numbers).
 pub fn create_archive_table_sql(archive: &str, source: &str) -> String {
-    format!("CREATE TABLE {archive} (LIKE {source})")
+    format!(
+        "CREATE TABLE {archive} (LIKE {source} INCLUDING ALL EXCLUDING IDENTITY EXCLUDING GENERATED)"
+    )
 }
 
 pub fn create_schema_sql(schema: &str) -> String {

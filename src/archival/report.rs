@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::count::Analyzed;
 use super::inspect::Leaf;
 use super::partmode::PartitionReport;
 use super::rows::RowStats;
@@ -32,6 +33,8 @@ pub struct TableArchive {
     /// Rows with `column < cutoff` are archived.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cutoff: Option<String>,
+    /// How the cutoff was computed (`now() - 6 months, rounded down to the day in …`).
+    pub cutoff_rule: String,
     pub archive_schema: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive_table: Option<String>,
@@ -39,6 +42,12 @@ pub struct TableArchive {
     /// Planner's estimate of the rows to move (rows mode) or in the partitions to move.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimated_rows: Option<i64>,
+    /// When the statistics behind `estimated_rows` were gathered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analyzed: Option<Analyzed>,
+    /// The rows to move, counted (`archive --dry-run --exact`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_rows: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows: Option<RowStats>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -112,6 +121,7 @@ impl TableArchive {
             column: p.column.clone(),
             older_than: p.older_than.clone(),
             cutoff: None,
+            cutoff_rule: super::inspect::cutoff_rule(p),
             archive_schema: p.archive_schema.clone(),
             archive_table: None,
             status: if dry_run {
@@ -120,6 +130,8 @@ impl TableArchive {
                 TableStatus::Finished
             },
             estimated_rows: None,
+            analyzed: None,
+            counted_rows: None,
             rows: None,
             leaves: Vec::new(),
             partitions: Vec::new(),

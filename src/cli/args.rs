@@ -68,7 +68,7 @@ pub enum Command {
     /// Create the monthly partitions the [[partitions]] policies ask for
     Partitions(DryRunArgs),
     /// Move old rows or partitions into the archive schema per [[archive]] policies
-    Archive(DryRunArgs),
+    Archive(ArchiveArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -302,6 +302,17 @@ pub struct DryRunArgs {
     /// Print exactly what would be done, change nothing
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// Print exactly what would be done, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: count the rows to move (reads every old row) instead of the
+    /// planner's estimate
+    #[arg(long, requires = "dry_run")]
+    pub exact: bool,
 }
 
 #[cfg(test)]

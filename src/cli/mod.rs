@@ -199,7 +199,11 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             summary.outcome()
         }
         Command::Archive(args) => {
-            let summary = ops::archival::run(cfg, args.dry_run, Wait::No).await?;
+            let opts = ops::archival::Options {
+                dry_run: args.dry_run,
+                exact: args.exact,
+            };
+            let summary = ops::archival::run_with(cfg, opts, Wait::No).await?;
             if ctx.json {
                 ctx.print_json(&summary)?;
             } else {

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::archival::count::Analyzed;
 use crate::archival::plan::Cursor;
 use crate::archival::report::{ArchiveSummary, TableStatus};
 use crate::manifest::{Manifest, Outcome, Unreadable};
@@ -454,7 +455,7 @@ pub fn partitions(s: &PartitionsSummary) {
             if let Some(d) = &m.detail {
                 println!("           {d}");
             }
-            if s.dry_run && m.status == Status::WouldCreate {
+            if (s.dry_run && m.status == Status::WouldCreate) || m.status == Status::Missing {
                 if let Some(q) = &m.sql {
                     println!("           {q};");
                 }
@@ -465,6 +466,16 @@ pub fn partitions(s: &PartitionsSummary) {
                     println!("             {line}");
                 }
             }
+        }
+        let missing = t
+            .months
+            .iter()
+            .filter(|m| m.status == Status::Missing)
+            .count();
+        if missing > 0 {
+            println!(
+                "  {missing} month(s) between the oldest partition and now have no partition: run the SQL above, or set backfill = true"
+            );
         }
     }
     if s.dry_run {
@@ -489,7 +500,7 @@ pub fn archive(s: &ArchiveSummary) {
             t.database
         );
         if let Some(c) = &t.cutoff {
-            println!("  cutoff: {} < {c} (now - {})", t.column, t.older_than);
+            println!("  cutoff: {} < {c} ({})", t.column, t.cutoff_rule);
         }
         if !t.foreign_keys.is_empty() {
             println!("  foreign keys referencing it:");
@@ -505,9 +516,13 @@ pub fn archive(s: &ArchiveSummary) {
                 Cursor::Index { index } => format!("index {index}"),
                 Cursor::Physical => "physical order (no index leads with the column)".into(),
             };
+            let rows = match l.counted_rows {
+                Some(n) => format!("{n} row(s) (counted)"),
+                None => format!("~{} row(s) (estimate)", l.estimated_rows),
+            };
             println!(
-                "  {}: ~{} row(s) older than the cutoff, walked in {cursor}",
-                l.table, l.estimated_rows
+                "  {}: {rows} older than the cutoff, walked in {cursor}",
+                l.table
             );
         }
         for q in &t.partitions {
@@ -515,10 +530,11 @@ pub fn archive(s: &ArchiveSummary) {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
-            println!(
-                "  {:<40} {:<10} ~{} row(s)  {}",
-                q.partition, status, q.estimated_rows, q.bound
-            );
+            let rows = match q.counted_rows {
+                Some(n) => format!("{n} row(s)"),
+                None => format!("~{} row(s)", q.estimated_rows),
+            };
+            println!("  {:<40} {:<10} {rows}  {}", q.partition, status, q.bound);
             if let Some(d) = &q.detail {
                 println!("      {d}");
             }
@@ -543,8 +559,10 @@ pub fn archive(s: &ArchiveSummary) {
             );
         }
         if s.dry_run {
-            if let Some(n) = t.estimated_rows {
-                println!("  estimated rows to move: {n}");
+            match (t.counted_rows, t.estimated_rows) {
+                (Some(n), _) => println!("  rows to move: {n} (counted)"),
+                (None, Some(n)) => println!("  {}", estimate_line(n, t.analyzed.as_ref())),
+                (None, None) => {}
             }
             if !t.sql.is_empty() {
                 println!("  SQL:");
@@ -578,6 +596,25 @@ pub fn archive(s: &ArchiveSummary) {
     if s.dry_run {
         println!("dry run: nothing was changed");
     }
+}
+
+/// An estimate says it is one, and how old its statistics are.
+fn estimate_line(n: i64, analyzed: Option<&Analyzed>) -> String {
+    let mut line = format!("estimated rows to move: ~{n} (planner estimate, not a count");
+    if let Some(t) = analyzed.and_then(|a| a.oldest) {
+        line.push_str(&format!(
+            "; statistics from ANALYZE on {}",
+            t.format("%Y-%m-%d %H:%M UTC")
+        ));
+    }
+    if let Some(a) = analyzed.filter(|a| !a.never.is_empty()) {
+        line.push_str(&format!(
+            "; never analysed: {}, so it may be far off — run ANALYZE",
+            a.never.join(", ")
+        ));
+    }
+    line.push_str("; --exact counts)");
+    line
 }
 
 pub fn check(r: &CheckReport) {

@@ -1,12 +1,15 @@
-//! `backupctl archive [--dry-run]`: for each `[[archive]]` policy, move rows (mode
-//! `rows`) or whole partitions (mode `partitions`) older than `now() - older_than` into
-//! the archive schema, and record each run in `archive_log`.
+//! `backupctl archive [--dry-run [--exact]]`: for each `[[archive]]` policy, move rows
+//! (mode `rows`, into `archive_table` or `<archive_schema>.<table>`) or whole partitions
+//! (mode `partitions`, into the archive schema) older than `now() - older_than` (rounded
+//! down to the day or month with `align`), and record each run in `archive_log` — with
+//! the policy's `audit_sql` in the transaction that closes the row.
 //!
 //! Before anything moves, the whole plan is checked: the source and its column, the
 //! cutoff (computed once per run), foreign keys referencing the source (refused unless
 //! `on_foreign_keys = "ignore"`: deleting referenced rows would fail or cascade), an
-//! existing archive table whose columns differ, an `archive_log` of another layout.
-//! `--dry-run` stops there and prints the exact SQL with the planner's row estimates.
+//! existing archive table whose columns differ, an `archive_log` of another layout, an
+//! audit statement that does not prepare. `--dry-run` stops there and prints the exact
+//! SQL with the planner's row estimates (or, with `--exact`, counts).
 //!
 //! One run at a time: the host-wide `archive` job lock plus a PostgreSQL advisory lock
 //! per database (other hosts). Partition-mode policies run before row-mode ones so whole
@@ -19,10 +22,12 @@ use chrono::Utc;
 
 use tokio_postgres::Client;
 
+use crate::archival::audit::{self, Audit};
+use crate::archival::count;
 use crate::archival::inspect::{self, Leaf, Source};
 use crate::archival::log::{self, Start};
 use crate::archival::partmode::{self, PartStatus};
-use crate::archival::plan::{self as aplan, Batch};
+use crate::archival::plan::{self as aplan, Batch, Fate};
 pub use crate::archival::report::{ArchiveSummary, TableArchive, TableStatus};
 use crate::archival::rows::{self, RowStats};
 use crate::config::Config;
@@ -40,6 +45,29 @@ use crate::pg::sql;
 /// Run every `[[archive]]` policy now. Errors only for what stops the whole run (job
 /// lock held, config); per-table outcomes are in the report.
 pub async fn run(cfg: &Config, dry_run: bool, wait: Wait) -> anyhow::Result<ArchiveSummary> {
+    run_with(
+        cfg,
+        Options {
+            dry_run,
+            exact: false,
+        },
+        wait,
+    )
+    .await
+}
+
+/// What an `archive` run does besides moving.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Plan and report only.
+    pub dry_run: bool,
+    /// Count the rows to move instead of only estimating them (with `dry_run`).
+    pub exact: bool,
+}
+
+/// [`run`] with [`Options`].
+pub async fn run_with(cfg: &Config, opts: Options, wait: Wait) -> anyhow::Result<ArchiveSummary> {
+    let Options { dry_run, exact } = opts;
     let _host_lock = if dry_run || cfg.archive.is_empty() {
         None
     } else {
@@ -89,6 +117,7 @@ pub async fn run(cfg: &Config, dry_run: bool, wait: Wait) -> anyhow::Result<Arch
                 p,
                 db: &db,
                 dry_run,
+                exact,
                 run_id: &run_id,
                 rows_policy: rows_tables.contains(&(db.clone(), p.table.clone())),
             };
@@ -121,6 +150,7 @@ struct PolicyCtx<'a> {
     p: &'a ArchivePolicy,
     db: &'a str,
     dry_run: bool,
+    exact: bool,
     run_id: &'a str,
     /// A rows-mode policy exists for the same table (takes straddling partitions' rows).
     rows_policy: bool,
@@ -145,6 +175,9 @@ struct Planned {
     ddl: Vec<String>,
     columns: Vec<String>,
     leaves: Vec<Leaf>,
+    /// Quoted table rows move into (rows mode).
+    archive_q: String,
+    audit: Option<Audit>,
 }
 
 /// Check the policy and build its plan (SQL and estimates into `r`); refusals are user
@@ -157,7 +190,22 @@ async fn plan(
     let (client, p) = (x.client, x.p);
     let s = inspect::source(client, p, x.db).await?;
     r.source = Some(s.table.display());
-    if p.archive_schema == s.table.schema {
+    let (target_schema, target_name) = inspect::archive_target(
+        client,
+        p,
+        &s.table,
+        &format!("archive[{}].archive_table", x.index),
+    )
+    .await?;
+    if (&target_schema, &target_name) == (&s.table.schema, &s.table.name) {
+        return Err(crate::user_error!(
+            "key `archive[{}].archive_table`: {}.{} is the source table itself; name another table",
+            x.index,
+            target_schema,
+            target_name
+        ));
+    }
+    if p.archive_table.is_none() && p.archive_schema == s.table.schema {
         return Err(crate::user_error!(
             "key `archive[{}].archive_schema`: {:?} is the schema of {} itself; archive into another schema",
             x.index,
@@ -167,7 +215,7 @@ async fn plan(
     }
     let (cutoff, cutoff_pos) = inspect::cutoff(
         client,
-        &p.older_than,
+        p,
         s.key,
         &format!("archive[{}].older_than", x.index),
     )
@@ -186,10 +234,29 @@ async fn plan(
             OnForeignKeys::Ignore => r.notes.push("foreign keys reference this table; proceeding because on_foreign_keys = \"ignore\"".into()),
         }
     }
+    let audit = match &p.audit_sql {
+        None => None,
+        Some(text) => {
+            let key = format!("archive[{}].audit_sql", x.index);
+            match audit::check(client, &key, x.db, text).await {
+                Ok(a) => Some(a),
+                Err(refusal) => {
+                    refusals.push(refusal);
+                    None
+                }
+            }
+        }
+    };
     let log_q = log::table(&p.archive_schema);
     let mut ddl = Vec::new();
-    if !inspect::schema_exists(client, &p.archive_schema).await? {
-        ddl.push(aplan::create_schema_sql(&p.archive_schema));
+    let mut schemas = vec![&p.archive_schema];
+    if p.mode == ArchiveMode::Rows && target_schema != p.archive_schema {
+        schemas.push(&target_schema);
+    }
+    for schema in schemas {
+        if !inspect::schema_exists(client, schema).await? {
+            ddl.push(aplan::create_schema_sql(schema));
+        }
     }
     match log::layout_problems(client, &p.archive_schema).await? {
         None => ddl.push(aplan::create_log_sql(&log_q)),
@@ -205,29 +272,22 @@ async fn plan(
     let mut parts = Vec::new();
     match p.mode {
         ArchiveMode::Rows => {
-            let target = (
-                x.db.to_string(),
-                p.archive_schema.clone(),
-                s.table.name.clone(),
-            );
+            let target = (x.db.to_string(), target_schema.clone(), target_name.clone());
             if let Some(other) = targets.get(&target).filter(|o| **o != s.table.display()) {
                 refusals.push(format!(
-                    "{}.{} already receives the rows of {other} in this run; give one of them another archive_schema",
-                    p.archive_schema, s.table.name
+                    "{target_schema}.{target_name} already receives the rows of {other} in this run; give one of them another archive_table"
                 ));
             }
             targets.insert(target, s.table.display());
-            let archive_q = sql::qualified(&p.archive_schema, &s.table.name);
-            r.archive_table = Some(format!("{}.{}", p.archive_schema, s.table.name));
-            match inspect::relation(client, &p.archive_schema, &s.table.name).await? {
+            let archive_q = sql::qualified(&target_schema, &target_name);
+            r.archive_table = Some(format!("{target_schema}.{target_name}"));
+            match inspect::relation(client, &target_schema, &target_name).await? {
                 Some(oid) => {
                     let cols = catalog::columns(client, oid).await?;
                     let m = aplan::column_mismatches(&s.columns, &cols, &archive_q);
                     if !m.is_empty() {
                         refusals.push(format!(
-                            "archive table {}.{} does not match {}: {}",
-                            p.archive_schema,
-                            s.table.name,
+                            "archive table {target_schema}.{target_name} does not match {}: {}",
                             s.table.display(),
                             m.join("; ")
                         ));
@@ -247,6 +307,11 @@ async fn plan(
             }
             leaves = inspect::leaves(client, &s, &cutoff, cutoff_pos).await?;
             r.estimated_rows = Some(leaves.iter().map(|l| l.estimated_rows).sum());
+            let oids: Vec<u32> = leaves.iter().map(|l| l.oid).collect();
+            r.analyzed = Some(count::analyzed(client, &oids).await?);
+            if x.exact {
+                r.counted_rows = Some(count::leaves(client, &s, &cutoff, &mut leaves).await?);
+            }
             r.sql = ddl.clone();
             for leaf in &leaves {
                 let batch = aplan::batch_sql(&Batch {
@@ -298,6 +363,17 @@ async fn plan(
                     .map(|q| q.estimated_rows)
                     .sum(),
             );
+            let oids: Vec<u32> = parts
+                .iter()
+                .filter(|q| q.fate != Fate::Newer)
+                .filter_map(|q| q.child.as_ref().map(|c| c.oid))
+                .collect();
+            r.analyzed = Some(count::analyzed(client, &oids).await?);
+            if x.exact {
+                r.counted_rows = Some(
+                    count::partitions(client, &key.column, key.key, &cutoff, &mut parts).await?,
+                );
+            }
             r.sql = ddl.clone();
             for q in &parts {
                 if let Some(stmt) = &q.sql {
@@ -310,15 +386,20 @@ async fn plan(
         }
     }
     r.partitions = parts;
+    if let Some(a) = &audit {
+        r.sql.push(a.plan_text());
+    }
     if !refusals.is_empty() {
         return Err(crate::user_error!("{}", refusals.join("; ")));
     }
     Ok(Planned {
+        audit,
         s,
         cutoff,
         ddl,
         columns,
         leaves,
+        archive_q: sql::qualified(&target_schema, &target_name),
     })
 }
 
@@ -331,7 +412,10 @@ async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> a
         ddl,
         columns,
         leaves,
+        archive_q,
+        audit,
     } = planned;
+    let audit = audit.as_ref();
     if !ddl.is_empty() {
         let ddl = &ddl;
         with_lock_retries("create the archive schema, table and log", || {
@@ -367,7 +451,6 @@ async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> a
     r.log_id = Some(entry.id);
     match p.mode {
         ArchiveMode::Rows => {
-            let archive_q = sql::qualified(&p.archive_schema, &s.table.name);
             let job = rows::Job {
                 client,
                 source: &s.table.display(),
@@ -392,7 +475,7 @@ async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> a
             );
             r.rows = Some(stats);
             if let Err(e) = res {
-                entry.fail(client, &format!("{e:#}")).await;
+                entry.fail(client, &format!("{e:#}"), audit).await;
                 return Err(e);
             }
         }
@@ -418,11 +501,14 @@ async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> a
                     stuck.len(),
                     stuck.join(", ")
                 );
-                entry.fail(client, &msg).await;
+                entry.fail(client, &msg, audit).await;
                 anyhow::bail!("{msg}");
             }
         }
     }
-    entry.finish(client).await?;
+    if let Err(e) = entry.finish(client, audit).await {
+        entry.fail(client, &format!("{e:#}"), None).await;
+        return Err(e);
+    }
     Ok(())
 }

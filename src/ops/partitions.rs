@@ -1,6 +1,8 @@
 //! `backupctl partitions [--dry-run]`: create the monthly partitions each `[[partitions]]`
 //! policy asks for — the current month in the policy's time zone and `premake` months
-//! ahead — from the catalog's view of what exists.
+//! ahead — from the catalog's view of what exists, named by the policy's `name_format`.
+//! Past months missing between the oldest partition and now are reported with the SQL
+//! that creates them, and created when the policy says `backfill = true`.
 //!
 //! One run at a time: the host-wide `partitions` job lock plus a PostgreSQL advisory lock
 //! per database (other hosts). Each partition is created in its own short transaction
@@ -118,26 +120,63 @@ async fn policy(
             range: c.range,
         })
         .collect();
-    let months = wanted_months(now, tz, p.premake);
+    let wanted = wanted_months(now, tz, p.premake);
+    let past = plan::backfill_months(&existing, key.key, tz, wanted[0]);
+    let months: Vec<_> = past.iter().chain(&wanted).copied().collect();
     let names = months
         .iter()
-        .map(|m| plan::partition_name(&table.name, *m))
+        .map(|m| plan::partition_name(&p.name_format, &table.name, *m))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| crate::user_error!("table {}: {e}", table.display()))?;
     let taken = catalog::taken_names(client, &table.schema, &names).await?;
-    let planned = plan::plan_months(&months, key.key, tz, &table.name, &existing, &taken)
-        .map_err(|e| crate::user_error!("table {}: {e}", table.display()))?;
+    let planned = plan::plan_months(
+        &months,
+        key.key,
+        tz,
+        &p.name_format,
+        &table.name,
+        &existing,
+        &taken,
+    )
+    .map_err(|e| crate::user_error!("table {}: {e}", table.display()))?;
     let default = children.iter().find(|c| c.is_default);
     for m in planned {
-        let r = month(client, p, &table, &key, default, m, dry_run).await;
-        if r.status == Status::Created {
-            tracing::info!(table = %table.display(), partition = %r.partition, "created partition {} {} … {}", r.month, r.from, r.to);
+        let backfill = m.month < wanted[0];
+        // Past months that have their partition (or sit inside a wider one) are history
+        // as it should be; only gaps and conflicts are reported.
+        if backfill
+            && matches!(
+                m.state,
+                MonthState::Exists { .. } | MonthState::Covered { .. }
+            )
+        {
+            continue;
         }
-        report.months.push(r);
+        let create = !backfill || p.backfill;
+        let r = month(client, p, &table, &key, default, m, dry_run, create).await;
+        if r.status == Status::Created {
+            tracing::info!(table = %table.display(), partition = %r.partition, backfill, "created partition {} {} … {}", r.month, r.from, r.to);
+        }
+        report.months.push(MonthReport { backfill, ..r });
+    }
+    let missing = report
+        .months
+        .iter()
+        .filter(|m| m.status == Status::Missing)
+        .count();
+    if missing > 0 {
+        tracing::warn!(
+            table = %table.display(),
+            months = missing,
+            "months between the oldest partition and now have no partition; set backfill = true to create them"
+        );
     }
     Ok(())
 }
 
+/// Decide, and unless `dry_run` or `!create` act on, one month. A month to create that
+/// the policy does not create (a past month without `backfill`) is `Missing`.
+#[allow(clippy::too_many_arguments)]
 async fn month(
     client: &Client,
     p: &PartitionPolicy,
@@ -146,8 +185,10 @@ async fn month(
     default: Option<&Child>,
     m: MonthPlan,
     dry_run: bool,
+    create: bool,
 ) -> MonthReport {
     let mut r = MonthReport {
+        backfill: false,
         month: m.month.label(),
         partition: format!("{}.{}", table.schema, m.name),
         from: m.range.from.literal.clone(),
@@ -183,8 +224,8 @@ async fn month(
             ));
         }
         MonthState::Create => {
-            let create = plan::create_sql(&table.schema, &table.name, &m.name, &m.range);
-            r.sql = Some(create.clone());
+            let create_sql = plan::create_sql(&table.schema, &table.name, &m.name, &m.range);
+            r.sql = Some(create_sql.clone());
             if let Some(d) = default {
                 match default_rows(client, d, &key.column, key.key, &m).await {
                     Ok(0) => {}
@@ -199,6 +240,13 @@ async fn month(
                     }
                 }
             }
+            if !create {
+                r.status = Status::Missing;
+                r.detail = Some(
+                    "no partition for this month, which lies between the oldest partition and now; create it with the SQL shown or set backfill = true".into(),
+                );
+                return r;
+            }
             if dry_run {
                 r.status = Status::WouldCreate;
                 return r;
@@ -207,7 +255,7 @@ async fn month(
             let res = with_lock_retries(&what, || {
                 transaction(client, |c| async {
                     set_local_lock_timeout(c, p.lock_timeout).await?;
-                    c.batch_execute(&create).await?;
+                    c.batch_execute(&create_sql).await?;
                     anyhow::Ok(())
                 })
             })

@@ -4,8 +4,12 @@
 //! For each wanted month: a partition with exactly its bounds exists (whatever its name)
 //! → nothing to do; a wider partition covers it → respected; a partition overlaps part of
 //! it → reported, never duplicated; another relation already has the name → reported;
-//! otherwise → create `<table>_YYYY_MM`. Whether the default partition already holds rows
-//! of a month to create is I/O and decided by the caller (the month is then "blocked").
+//! otherwise → create it, named by the policy's `name_format` (`{table}_{YYYY}_{MM}` by
+//! default). Whether the default partition already holds rows of a month to create is
+//! I/O and decided by the caller (the month is then "blocked").
+//!
+//! Past months are planned the same way: [`backfill_months`] lists every month from the
+//! oldest partition's bound up to the current month, so gaps in the history are found.
 
 use std::collections::BTreeSet;
 
@@ -60,24 +64,69 @@ fn month_label<S: serde::Serializer>(m: &Month, s: S) -> Result<S::Ok, S::Error>
     s.serialize_str(&m.label())
 }
 
-/// `<table>_YYYY_MM`, refused when PostgreSQL would truncate it.
-pub fn partition_name(table: &str, month: Month) -> Result<String, String> {
-    let name = format!("{table}_{}", month.suffix());
+/// The partition name `format` gives `month` of `table` (placeholders `{table}`,
+/// `{YYYY}`, `{MM}`; the config checked it), refused when PostgreSQL would truncate it.
+pub fn partition_name(format: &str, table: &str, month: Month) -> Result<String, String> {
+    let name = format
+        .replace("{table}", table)
+        .replace("{YYYY}", &format!("{:04}", month.year))
+        .replace("{MM}", &format!("{:02}", month.month));
     if name.len() > MAX_IDENT_BYTES {
         return Err(format!(
             "partition name {name:?} is longer than {MAX_IDENT_BYTES} bytes and PostgreSQL would truncate it; \
-             rename the table or manage its partitions by hand"
+             shorten name_format, or rename the table"
         ));
     }
     Ok(name)
 }
 
-/// Decide every wanted month. `taken` holds the names (in the parent's schema) of
-/// relations that already exist among the candidate names.
+/// The months from the oldest bound of `existing` (the first whole month at or after
+/// it) up to, not including, `before`: the past months a policy's history should have.
+/// Empty when no partition has a finite range bound.
+pub fn backfill_months(existing: &[Existing], key: KeyType, tz: Tz, before: Month) -> Vec<Month> {
+    let oldest = existing
+        .iter()
+        .filter_map(|e| e.range)
+        .flat_map(|r| [r.from, r.to])
+        .filter_map(|p| match p {
+            Pos::At(us) if us != i64::MIN && us != i64::MAX => Some(us),
+            _ => None,
+        })
+        .min();
+    let Some(oldest) = oldest.and_then(|us| month_at(us, key, tz)) else {
+        return Vec::new();
+    };
+    let mut m = oldest;
+    let mut out = Vec::new();
+    while m < before {
+        out.push(m);
+        m = m.next();
+    }
+    out
+}
+
+/// The first month whose start is at or after `micros` on the key's axis.
+fn month_at(micros: i64, key: KeyType, tz: Tz) -> Option<Month> {
+    let instant = chrono::DateTime::from_timestamp_micros(micros)?;
+    let day = match key {
+        KeyType::Date | KeyType::Timestamp => instant.naive_utc().date(),
+        KeyType::Timestamptz => instant.with_timezone(&tz).date_naive(),
+    };
+    let m = Month::of(day);
+    Some(if month_range(m, key, tz).from.micros < micros {
+        m.next()
+    } else {
+        m
+    })
+}
+
+/// Decide every month. `taken` holds the names (in the parent's schema) of relations
+/// that already exist among the candidate names; `format` is the policy's `name_format`.
 pub fn plan_months(
     months: &[Month],
     key: KeyType,
     tz: Tz,
+    format: &str,
     table: &str,
     existing: &[Existing],
     taken: &BTreeSet<String>,
@@ -85,7 +134,7 @@ pub fn plan_months(
     months
         .iter()
         .map(|&month| {
-            let name = partition_name(table, month)?;
+            let name = partition_name(format, table, month)?;
             let range = month_range(month, key, tz);
             let want = Range {
                 from: Pos::At(range.from.micros),
@@ -206,6 +255,8 @@ mod tests {
         }
     }
 
+    const FMT: &str = "{table}_{YYYY}_{MM}";
+
     const fn m(year: i32, month: u32) -> Month {
         Month { year, month }
     }
@@ -247,7 +298,7 @@ mod tests {
             },
         ];
         let taken: BTreeSet<String> = ["usage_2026_06".to_string()].into();
-        let plan = plan_months(&months, key, utc, "usage", &ex, &taken).unwrap();
+        let plan = plan_months(&months, key, utc, FMT, "usage", &ex, &taken).unwrap();
         let got: Vec<(String, &str, MonthState)> = plan
             .iter()
             .map(|p| (p.month.label(), p.name.as_str(), p.state.clone()))
@@ -296,7 +347,7 @@ mod tests {
         let tz: Tz = "Europe/Berlin".parse().unwrap();
         let key = KeyType::Timestamptz;
         let months = wanted_months(now("2026-03-29T01:30:00Z"), tz, 3);
-        let first = plan_months(&months, key, tz, "t", &[], &BTreeSet::new()).unwrap();
+        let first = plan_months(&months, key, tz, FMT, "t", &[], &BTreeSet::new()).unwrap();
         assert!(first.iter().all(|p| p.state == MonthState::Create));
         let created: Vec<Existing> = first
             .iter()
@@ -310,7 +361,7 @@ mod tests {
             })
             .collect();
         let names: BTreeSet<String> = first.iter().map(|p| p.name.clone()).collect();
-        let second = plan_months(&months, key, tz, "t", &created, &names).unwrap();
+        let second = plan_months(&months, key, tz, FMT, "t", &created, &names).unwrap();
         assert!(
             second
                 .iter()
@@ -351,10 +402,117 @@ mod tests {
     #[test]
     fn names_that_would_be_truncated_are_refused() {
         let long = "x".repeat(56);
-        assert!(partition_name(&long, m(2026, 1)).is_err());
+        assert!(partition_name(FMT, &long, m(2026, 1)).is_err());
         assert_eq!(
-            partition_name(&"x".repeat(55), m(2026, 1)).unwrap().len(),
+            partition_name(FMT, &"x".repeat(55), m(2026, 1))
+                .unwrap()
+                .len(),
             63
         );
+    }
+
+    #[test]
+    fn name_formats() {
+        // (format, table, month, name)
+        let cases = [
+            (FMT, "usage", m(2026, 1), "usage_2026_01"),
+            (
+                "usage_stats_{YYYY}_{MM}",
+                "usage_stats_partitioned",
+                m(2026, 12),
+                "usage_stats_2026_12",
+            ),
+            ("{table}_y{YYYY}m{MM}", "t", m(2027, 3), "t_y2027m03"),
+            ("p{YYYY}{MM}_{table}", "T x", m(2026, 10), "p202610_T x"),
+        ];
+        for (format, table, month, want) in cases {
+            assert_eq!(partition_name(format, table, month).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn backfill_runs_from_the_oldest_bound_to_the_current_month() {
+        let utc: Tz = "UTC".parse().unwrap();
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        let at = |month: Month, key: KeyType, tz: Tz| month_range(month, key, tz).from.micros;
+        let part = |from: Pos, to: Pos| Existing {
+            display: "p".into(),
+            bound: "b".into(),
+            range: Some(Range { from, to }),
+        };
+        let labels = |v: Vec<Month>| v.into_iter().map(Month::label).collect::<Vec<_>>();
+        let month = |key: KeyType, tz: Tz, a: Month, b: Month| {
+            part(Pos::At(at(a, key, tz)), Pos::At(at(b, key, tz)))
+        };
+        // (partitions, key, zone, current month, months wanted)
+        let d = KeyType::Date;
+        let tstz = KeyType::Timestamptz;
+        type Case = (Vec<Existing>, KeyType, Tz, Month, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
+            (
+                vec![
+                    month(d, utc, m(2024, 1), m(2024, 2)),
+                    month(d, utc, m(2024, 2), m(2024, 3)),
+                ],
+                d,
+                utc,
+                m(2024, 6),
+                vec!["2024-01", "2024-02", "2024-03", "2024-04", "2024-05"],
+            ),
+            // Bounds in Berlin time for a timestamptz key.
+            (
+                vec![month(tstz, berlin, m(2025, 11), m(2025, 12))],
+                tstz,
+                berlin,
+                m(2026, 2),
+                vec!["2025-11", "2025-12", "2026-01"],
+            ),
+            // A partition starting mid-month: backfill starts at the next whole month.
+            (
+                vec![part(
+                    Pos::At(at(m(2025, 3), d, utc) + 86_400_000_000 * 14),
+                    Pos::At(at(m(2025, 4), d, utc)),
+                )],
+                d,
+                utc,
+                m(2025, 6),
+                vec!["2025-04", "2025-05"],
+            ),
+            // MINVALUE: the history starts at its upper bound.
+            (
+                vec![part(Pos::Min, Pos::At(at(m(2026, 1), d, utc)))],
+                d,
+                utc,
+                m(2026, 3),
+                vec!["2026-01", "2026-02"],
+            ),
+            // Only newer partitions, or none, or only a default: nothing to backfill.
+            (
+                vec![month(d, utc, m(2026, 5), m(2026, 6))],
+                d,
+                utc,
+                m(2026, 3),
+                vec![],
+            ),
+            (vec![], d, utc, m(2026, 3), vec![]),
+            (
+                vec![Existing {
+                    display: "d".into(),
+                    bound: "DEFAULT".into(),
+                    range: None,
+                }],
+                d,
+                utc,
+                m(2026, 3),
+                vec![],
+            ),
+        ];
+        for (existing, key, tz, now, want) in cases {
+            assert_eq!(
+                labels(backfill_months(&existing, key, tz, now)),
+                want,
+                "{key:?} {tz} {now:?}"
+            );
+        }
     }
 }

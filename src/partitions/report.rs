@@ -19,6 +19,9 @@ pub enum Status {
     NameTaken,
     Blocked,
     Failed,
+    /// A past month between the oldest partition and now has no partition; not created
+    /// because the policy has `backfill = false` (the SQL is in the report).
+    Missing,
 }
 
 impl Status {
@@ -32,6 +35,7 @@ impl Status {
             Status::NameTaken => "name_taken",
             Status::Blocked => "blocked",
             Status::Failed => "failed",
+            Status::Missing => "missing",
         }
     }
 
@@ -47,6 +51,9 @@ impl Status {
 #[derive(Debug, Serialize)]
 pub struct MonthReport {
     pub month: String,
+    /// A past month (between the oldest partition and now), not one `premake` wants.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub backfill: bool,
     /// `schema.name` of the month's partition (to be) created by this policy.
     pub partition: String,
     pub from: String,
@@ -71,6 +78,8 @@ pub struct TableReport {
     pub database: String,
     pub timezone: String,
     pub premake: u32,
+    pub name_format: String,
+    pub backfill: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<RangeKey>,
     pub months: Vec<MonthReport>,
@@ -144,6 +153,8 @@ impl TableReport {
             database: db.to_string(),
             timezone: p.timezone.clone(),
             premake: p.premake,
+            name_format: p.name_format.clone(),
+            backfill: p.backfill,
             key: None,
             months: Vec::new(),
             error: None,
