@@ -1094,4 +1094,3 @@ fn backups_leave_no_fatal_in_the_server_log() {
     let fatal: Vec<&str> = log.lines().filter(|l| l.contains("FATAL")).collect();
     assert!(fatal.is_empty(), "{}", fatal.join("\n"));
 }
-

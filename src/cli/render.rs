@@ -164,6 +164,15 @@ pub fn info_summary(s: &Summary) {
             }
         );
     }
+    match s.wal_verified_at {
+        Some(t) => println!(
+            "WAL verified:      every archived object read and intact as of {}",
+            t.to_rfc3339()
+        ),
+        None => println!(
+            "WAL verified:      never wholly (`backupctl verify --wal` reads every archived object)"
+        ),
+    }
     windows(&s.recoverable_windows, &s.wal_gaps);
     unreadable(&s.unreadable_manifests);
     daemon(&s.daemon);
@@ -413,14 +422,31 @@ pub fn verify(report: &VerifyReport) {
     }
     if let Some(w) = &report.wal {
         windows(&w.recoverable_windows, &w.gaps);
-        if w.ok {
+        if w.recoverable_windows.is_empty() {
+            println!("FAILED no physical backup has the WAL it needs");
+        } else if !w.gaps.is_empty() {
+            println!("FAILED WAL has gaps");
+        } else {
             println!(
                 "OK     WAL is continuous from the oldest physical backup to the newest segment"
             );
-        } else if w.recoverable_windows.is_empty() {
-            println!("FAILED no physical backup has the WAL it needs");
+        }
+        let c = &w.content;
+        let status = if c.failures.is_empty() {
+            "OK    "
         } else {
-            println!("FAILED WAL has gaps");
+            "FAILED"
+        };
+        println!(
+            "{status} archived WAL read: {} object(s), {} read and checked now ({}), {} unchanged since an earlier check, {} damaged",
+            c.objects,
+            c.checked,
+            human_bytes(c.bytes_read),
+            c.skipped_unchanged,
+            c.failures.len()
+        );
+        for f in &c.failures {
+            println!("       FAILURE: {f}");
         }
     }
 }

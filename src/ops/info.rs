@@ -12,7 +12,7 @@ use crate::ops::list::BackupLine;
 use crate::ops::status::{RepoStatus, WalSummary};
 use crate::recovery::inventory::Gap;
 use crate::recovery::plan::Window;
-use crate::repo::{self, identity::RepoIdentity};
+use crate::repo::{self, identity::RepoIdentity, walcheck::WalChecked};
 
 #[derive(Serialize)]
 pub struct Summary {
@@ -24,6 +24,9 @@ pub struct Summary {
     pub recoverable_windows: Vec<Window>,
     pub wal_gaps: Vec<String>,
     pub wal: WalSummary,
+    /// The last time `verify --wal` found every archived WAL object intact (checksum,
+    /// decompression, page headers); absent: never.
+    pub wal_verified_at: Option<DateTime<Utc>>,
     pub incomplete_backups: Vec<String>,
     /// Backups whose manifest exists but cannot be used, with the reason and the fix.
     pub unreadable_manifests: Vec<Unreadable>,
@@ -125,6 +128,7 @@ pub async fn run(cfg: &Config, id: Option<&str>) -> anyhow::Result<Info> {
         recoverable_windows: st.windows.clone(),
         wal_gaps: st.gaps.iter().map(Gap::to_string).collect(),
         wal: st.wal_summary(),
+        wal_verified_at: WalChecked::load(repo.as_ref()).await?.complete_at,
         incomplete_backups: st
             .catalog
             .incomplete

@@ -21,7 +21,10 @@
 //! offset), a timeline no later than the file name's and never going backwards (the
 //! first segment of a new timeline begins with the parent's pages), the long header on
 //! the first page only, with the repository's segment size and system identifier, and
-//! exactly one segment of bytes. A `.partial` segment holds WAL only up to where its
+//! exactly one segment of bytes. A segment switched early (`pg_switch_wal()`,
+//! `archive_timeout`) ends in pages of zeros after its XLOG_SWITCH record (PostgreSQL
+//! zeroes their headers too, for compression): once a zero page is seen, every later page
+//! must be zeros. A `.partial` segment holds WAL only up to where its
 //! timeline ended; the rest is zeros or a recycled file's stale pages, so its pages are
 //! checked up to the first one that is not a valid page of the segment.
 
@@ -168,6 +171,8 @@ pub fn check_segment(r: &mut dyn Read, expect: &Expect) -> Result<Checked, Strin
     };
     // For a partial file: checking stopped at the first page that is not the segment's.
     let mut ended = false;
+    // Where the zero pages after an XLOG_SWITCH record begin.
+    let mut zeros_from: Option<u64> = None;
     loop {
         let n = read_full(r, &mut page)?;
         if n == 0 {
@@ -182,9 +187,17 @@ pub fn check_segment(r: &mut dyn Read, expect: &Expect) -> Result<Checked, Strin
         if n < page.len() {
             return Err(short(offset + n as u64, expect.seg_size));
         }
-        if !ended {
+        let zero = page.iter().all(|b| *b == 0);
+        if zero && !expect.partial {
+            zeros_from.get_or_insert(offset);
+        } else if let (Some(z), false) = (zeros_from, expect.partial) {
+            return Err(format!(
+                "the page at offset {offset} holds data after zero pages from offset {z} \
+                 (a segment ends in zeros only after an XLOG_SWITCH record, up to its end)"
+            ));
+        } else if !ended {
             let h = page_header(&page);
-            let valid = if page.iter().all(|b| *b == 0) {
+            let valid = if zero {
                 Err(format!("the page at offset {offset} is all zeros"))
             } else {
                 page_checks(&h, offset, magic, expect, checked.last_tli)
@@ -364,7 +377,11 @@ mod tests {
         let good = segment(3 * SEG, 1);
         let cases: [(usize, u8, &str); 5] = [
             (5 * PAGE, 0x01, "page magic 0xD111 at offset 40960"),
-            (5 * PAGE + 2, 0x40, "invalid page flags 0x0040 at offset 40960"),
+            (
+                5 * PAGE + 2,
+                0x40,
+                "invalid page flags 0x0040 at offset 40960",
+            ),
             (5 * PAGE + 2, 0x02, "invalid page flags 0x0002"),
             (5 * PAGE + 9, 0x01, "address 0/30A100, expected 0/30A000"),
             (5 * PAGE + 4, 0x04, "timeline 5, the file name says 1"),
@@ -383,7 +400,10 @@ mod tests {
         let mut e16 = expect(3 * SEG, 1);
         e16.magic = magic_of_major(16);
         let e = check(&good, &e16).unwrap_err();
-        assert!(e.contains("not the repository's (0xD113, PostgreSQL 16)"), "{e}");
+        assert!(
+            e.contains("not the repository's (0xD113, PostgreSQL 16)"),
+            "{e}"
+        );
         let mut other = expect(3 * SEG, 1);
         other.system_identifier = Some(1);
         let e = check(&good, &other).unwrap_err();
@@ -414,15 +434,32 @@ mod tests {
     }
 
     #[test]
-    fn zero_pages_fail_a_segment_but_end_a_partial_file() {
+    fn zero_pages_end_a_switched_segment_and_nothing_follows_them() {
         let mut s = segment(3 * SEG, 1);
         s[40 * PAGE..].fill(0);
-        let e = check(&s, &expect(3 * SEG, 1)).unwrap_err();
-        assert!(e.contains("offset 327680 is all zeros"), "{e}");
+        assert_eq!(check(&s, &expect(3 * SEG, 1)).unwrap().pages, 40);
+        // A zeroed page inside the WAL.
+        let mut hole = segment(3 * SEG, 1);
+        hole[7 * PAGE..8 * PAGE].fill(0);
+        let e = check(&hole, &expect(3 * SEG, 1)).unwrap_err();
+        assert!(
+            e.contains("offset 65536 holds data after zero pages from offset 57344"),
+            "{e}"
+        );
+        // Stale pages after the zeros.
+        let mut stale = s.clone();
+        stale[50 * PAGE..].copy_from_slice(&segment(SEG, 1)[50 * PAGE..]);
+        assert!(check(&stale, &expect(3 * SEG, 1)).is_err());
+    }
+
+    #[test]
+    fn a_partial_file_is_checked_up_to_its_end() {
         let mut p = expect(3 * SEG, 1);
         p.partial = true;
+        let mut s = segment(3 * SEG, 1);
+        s[40 * PAGE..].fill(0);
         assert_eq!(check(&s, &p).unwrap().pages, 40);
-        // Stale pages of a recycled file after the end are no error either.
+        // Stale pages of a recycled file after the end are no error.
         let mut stale = segment(3 * SEG, 1);
         stale[40 * PAGE..].copy_from_slice(&segment(SEG, 1)[40 * PAGE..]);
         assert_eq!(check(&stale, &p).unwrap().pages, 40);

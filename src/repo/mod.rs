@@ -27,6 +27,7 @@ pub mod identity;
 pub mod layout;
 pub mod local;
 pub mod s3;
+pub mod walcheck;
 
 use std::collections::BTreeMap;
 use std::future::Future;
