@@ -173,6 +173,18 @@ pub fn info_summary(s: &Summary) {
             "WAL verified:      never wholly (`backupctl verify --wal` reads every archived object)"
         ),
     }
+    let u = &s.unfinished_uploads;
+    if u.count == 0 {
+        println!("unfinished uploads: none");
+    } else {
+        println!(
+            "unfinished uploads: {} ({}) left by killed uploads, hidden from listings; {} by processes of this host that are gone \
+             (the next backup, wal-push or retention removes them), the rest after retention.incomplete_after",
+            u.count,
+            human_bytes(u.bytes),
+            u.of_dead_writers_here
+        );
+    }
     windows(&s.recoverable_windows, &s.wal_gaps);
     unreadable(&s.unreadable_manifests);
     daemon(&s.daemon);

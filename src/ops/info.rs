@@ -12,6 +12,7 @@ use crate::ops::list::BackupLine;
 use crate::ops::status::{RepoStatus, WalSummary};
 use crate::recovery::inventory::Gap;
 use crate::recovery::plan::Window;
+use crate::repo::leftover::{self, LeftoverSummary};
 use crate::repo::{self, identity::RepoIdentity, walcheck::WalChecked};
 
 #[derive(Serialize)]
@@ -28,6 +29,8 @@ pub struct Summary {
     /// decompression, page headers); absent: never.
     pub wal_verified_at: Option<DateTime<Utc>>,
     pub incomplete_backups: Vec<String>,
+    /// Hidden leftovers of killed uploads (temp files, unfinished multipart uploads).
+    pub unfinished_uploads: LeftoverSummary,
     /// Backups whose manifest exists but cannot be used, with the reason and the fix.
     pub unreadable_manifests: Vec<Unreadable>,
     pub daemon: DaemonView,
@@ -136,6 +139,7 @@ pub async fn run(cfg: &Config, id: Option<&str>) -> anyhow::Result<Info> {
             .map(|(id, _)| id.clone())
             .collect(),
         unreadable_manifests: st.catalog.unreadable.clone(),
+        unfinished_uploads: leftover::summary(repo.as_ref()).await?,
         daemon: daemon_view(cfg),
     })))
 }
