@@ -23,7 +23,7 @@ use crate::manifest::{BackupKind, Manifest, RestorePoint};
 use crate::ops::verify::VerifyReport;
 use crate::pg::conn::ConnParams;
 use crate::pg::wal::Lsn;
-use crate::repo::{self, leftover};
+use crate::repo;
 pub use crate::text::shell_quote;
 
 /// How long a backup waits for a running one of the same kind by default.
@@ -118,10 +118,6 @@ pub async fn take_locked(
         }
         BackupKindSel::Physical => None,
     };
-    // What killed uploads of this host left (a killed backup: up to its size) goes
-    // before this backup needs the space.
-    let repo = repo::open(cfg).await?;
-    leftover::remove_dead_writers(repo.as_ref(), "").await;
     take(cfg, kind, label, databases, verify).await
 }
 
