@@ -1,7 +1,7 @@
 //! Verification proves backups restore: test restores into scratch space against real
-//! PostgreSQL 15 on both repository backends; corrupt, truncated and missing objects and
-//! WAL gaps fail naming the cause; a killed verification leaves nothing behind after the
-//! next run.
+//! PostgreSQL 15 on both repository backends; corrupt, truncated and missing objects,
+//! WAL gaps and damaged archived WAL segments fail naming the cause; WAL found intact is
+//! not read again; a killed verification leaves nothing behind after the next run.
 
 mod common;
 

@@ -84,9 +84,13 @@ pub async fn run(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
         });
     }
     // Temp files of killed wal-push calls of this host, in the directory this one
-    // writes to, go while it stores (a directory listing: no time added).
+    // writes to, go while it stores (a directory listing: no time added). Only a local
+    // repository has them: S3's unfinished uploads name no writer, and listing them
+    // would add a request to every call.
+    let local = cfg.repository.kind == crate::config::RepositoryType::Local;
     let dir = path
         .file_name()
+        .filter(|_| local)
         .and_then(|n| layout::wal_key_base(&n.to_string_lossy()))
         .and_then(|k| k.rsplit_once('/').map(|(d, _)| format!("{d}/")));
     let tidy = async {
