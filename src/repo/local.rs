@@ -486,11 +486,14 @@ impl Repository for LocalRepository {
                     continue;
                 };
                 for entry in entries.flatten() {
+                    // The type comes with the directory entry; only temp files are
+                    // stat'ed (wal-push lists a directory of segments at every call).
+                    let Ok(ft) = entry.file_type() else { continue };
                     let name = entry.file_name().to_string_lossy().to_string();
-                    let Ok(md) = entry.metadata() else { continue };
-                    if md.is_dir() {
+                    if ft.is_dir() {
                         stack.push(entry.path());
-                    } else if name.starts_with(TEMP_PREFIX) {
+                    } else if ft.is_file() && name.starts_with(TEMP_PREFIX) {
+                        let Ok(md) = entry.metadata() else { continue };
                         let path = entry.path();
                         let rel = path.strip_prefix(&root).expect("walk stays under root");
                         out.push(Leftover {
