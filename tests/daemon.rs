@@ -318,6 +318,8 @@ fn scheduled_backups_show_in_metrics_and_info(backend: Backend) {
             assert_eq!(runs(&m, job, "failed"), Some(0.0), "{job}:\n{}", d.log());
         }
         let physical = metric(&m, "backupctl_backups", "kind=\"physical\"")?;
+        // The verify job read every archived WAL object and found it intact.
+        metric(&m, "backupctl_wal_verified_timestamp_seconds", "")?;
         (runs(&m, "verify", "success")? == 1.0
             && runs(&m, "retention", "success")? == 1.0
             && physical == 1.0)

@@ -691,6 +691,23 @@ fn timelines_after_pitr(backend: Backend) {
         ),
         "1,2,3"
     );
+    r.stop();
+
+    // Every archived object of both timelines reads as intact: the history file, the
+    // backup history file, and timeline 2's first segment, which begins with timeline
+    // 1's pages.
+    let out = s.run(&["--json", "verify", "--wal"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &report["wal"]["content"];
+    assert_eq!(c["failures"], serde_json::json!([]), "{report}");
+    assert_eq!(c["checked"], c["objects"], "{report}");
+    let keys = s.t.list_keys("wal/");
+    assert!(
+        keys.iter().any(|k| k.ends_with(".history"))
+            && keys.iter().any(|k| k.ends_with(".backup.zst"))
+            && keys.iter().any(|k| k.contains("/00000002")),
+        "{keys:?}"
+    );
 }
 
 /// Wait until the restored server has archived `seg` (or a later segment).

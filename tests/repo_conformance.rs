@@ -605,11 +605,13 @@ fn killed_upload_leaves_no_object(backend: Backend) {
         }
     }
     std::thread::sleep(Duration::from_millis(500));
+    let child_pid = child.id();
     child.kill().unwrap();
     child.wait().unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
+        use backupctl::repo::leftover::{self, Writer};
         let repo = t.open().await;
         assert!(repo.head("killed/obj").await.unwrap().is_none());
         assert!(repo
@@ -619,9 +621,30 @@ fn killed_upload_leaves_no_object(backend: Backend) {
             .iter()
             .all(|o| !o.key.starts_with("killed")));
         if backend == Backend::Local {
-            // The leftover temp file is found and removed by cleanup.
+            // The leftover is seen, with its size, and the writer its name records.
+            let left = repo.leftovers("").await.unwrap();
+            assert_eq!(left.len(), 1, "{left:?}");
+            assert!(left[0].bytes >= 5 << 20, "{left:?}");
+            assert_eq!(leftover::summary(repo.as_ref()).await.unwrap().count, 1);
+            assert_eq!(
+                left[0].writer,
+                Some(Writer {
+                    host: backupctl::host::local_hostname(),
+                    pid: child_pid
+                })
+            );
+            // Its writer is gone: the next job removes it, not waiting for the delay.
+            let (n, bytes) = leftover::remove_dead_writers(repo.as_ref(), "").await;
+            assert_eq!((n, bytes), (1, left[0].bytes));
+            // A temp file named before names carried writers waits for the delay.
+            let old = t.dir.path().join("repo/main/killed/.tmp-AbC123");
+            std::fs::write(&old, b"x").unwrap();
+            assert_eq!(leftover::remove_dead_writers(repo.as_ref(), "").await.0, 0);
             assert_eq!(repo.cleanup_incomplete(Duration::ZERO).await.unwrap(), 1);
         }
+        // The S3 test server lists no unfinished multipart uploads, so S3 leftovers (which
+        // never name a writer) cannot be counted here.
+        assert!(repo.leftovers("").await.unwrap().is_empty());
     });
     if let Some(s3) = &t.s3 {
         // Nothing under the bucket's data directory: the object never became visible.

@@ -310,3 +310,81 @@ fn empty_repository_has_nothing_to_delete() {
     assert_eq!(v["freed"]["objects"], 0);
     assert_eq!(v["policy"]["wal"], "7d");
 }
+
+/// Killed uploads leave hidden temp files named after their writer: `info` and `check`
+/// count them, and the next wal-push (in its directory), backup or retention removes
+/// those of this host's processes that are gone — never a live process's, another
+/// host's, or one named before names carried writers (those wait for
+/// `retention.incomplete_after`). Local only: S3 leaves no temp objects (its unfinished
+/// multipart uploads name no writer).
+#[test]
+fn leftovers_of_dead_processes_go_at_the_next_job() {
+    use backupctl::repo::leftover::temp_prefix;
+    let s = Setup::new(Backend::Local);
+    switch_wal_and_wait(&s.cluster);
+    let host = backupctl::host::local_hostname();
+    let dead_pid = {
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let root = s.t.dir.path().join("repo/main");
+    let temp = |dir: &Path, host: &str, pid: u32, tag: &str, mib: usize| {
+        let p = dir.join(format!("{}{tag}", temp_prefix(host, pid)));
+        std::fs::write(&p, vec![7u8; mib << 20]).unwrap();
+        common::chown_to_pg(&p);
+        p
+    };
+    let dead = temp(&root, &host, dead_pid, "dead01", 3);
+    let live = temp(&root, &host, std::process::id(), "live01", 1);
+    let other = temp(&root, "another-host", dead_pid, "other1", 1);
+    let old = root.join(".tmp-Old123");
+    std::fs::write(&old, vec![7u8; 1 << 20]).unwrap();
+    common::chown_to_pg(&old);
+    let kept = [&live, &other, &old];
+
+    // Shown before anything removes them.
+    let info = s.json(&s.config, &["--json", "info"]);
+    let u = &info["unfinished_uploads"];
+    assert_eq!(u["count"], 4, "{info}");
+    assert_eq!(u["bytes"], 6 << 20, "{info}");
+    assert_eq!(u["of_dead_writers_here"], 1, "{info}");
+    let text = s.ok(&["info"]);
+    assert!(text.contains("unfinished uploads: 4 (6.0 MiB)"), "{text}");
+    let check = stdout(&backupctl(&s.config, &["check"]));
+    assert!(
+        check.contains("unfinished uploads")
+            && check.contains("4 left by killed uploads (6.0 MiB), 1 of them"),
+        "{check}"
+    );
+
+    // wal-push removes a dead writer's temp file in the directory it writes to.
+    let seg = s
+        .cluster
+        .psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let wal_dir = root.join("wal").join(&seg[..16]);
+    let in_wal = temp(&wal_dir, &host, dead_pid, "dead02", 1);
+    // WAL to switch away from (`check` has just switched).
+    s.cluster.psql("postgres", "CREATE TABLE written (i int)");
+    switch_wal_and_wait(&s.cluster);
+    assert!(!in_wal.exists(), "wal-push left {}", in_wal.display());
+    assert!(dead.exists(), "outside wal-push's directory");
+
+    // The next backup removes the rest of this host's dead writers' files.
+    s.ok(&["backup", "--kind", "physical", "--no-verify"]);
+    assert!(!dead.exists());
+    // So does retention.
+    let dead2 = temp(&root, &host, dead_pid, "dead03", 1);
+    s.ok(&["retention"]);
+    assert!(!dead2.exists());
+    for p in kept {
+        assert!(p.exists(), "{} was removed", p.display());
+    }
+    let info = s.json(&s.config, &["--json", "info"]);
+    assert_eq!(info["unfinished_uploads"]["count"], 3, "{info}");
+    assert_eq!(
+        info["unfinished_uploads"]["of_dead_writers_here"], 0,
+        "{info}"
+    );
+}

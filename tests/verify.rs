@@ -1,7 +1,7 @@
 //! Verification proves backups restore: test restores into scratch space against real
-//! PostgreSQL 15 on both repository backends; corrupt, truncated and missing objects and
-//! WAL gaps fail naming the cause; a killed verification leaves nothing behind after the
-//! next run.
+//! PostgreSQL 15 on both repository backends; corrupt, truncated and missing objects,
+//! WAL gaps and damaged archived WAL segments fail naming the cause; WAL found intact is
+//! not read again; a killed verification leaves nothing behind after the next run.
 
 mod common;
 
@@ -28,6 +28,7 @@ both_backends!(
     damaged_objects_fail_verification_naming_the_cause,
     deleted_wal_segment_is_reported_as_a_gap,
     gzip_parts_of_many_frames_verify,
+    damaged_archived_wal_fails_naming_the_segment,
 );
 
 fn good_physical_backup_verifies_with_rto_recorded(backend: Backend) {
@@ -196,6 +197,155 @@ fn deleted_wal_segment_is_reported_as_a_gap(backend: Backend) {
     assert!(
         gaps.contains(victim.as_str()) && gaps.contains(&segs[0]),
         "{report}"
+    );
+}
+
+/// `verify --wal` reads every archived WAL object: a flipped byte in a stored (compressed)
+/// segment fails naming it, and so does a well-formed object holding another segment's
+/// pages under valid checksum metadata (only the page addresses tell). Objects found
+/// intact are not read again while unchanged.
+fn damaged_archived_wal_fails_naming_the_segment(backend: Backend) {
+    let s = Setup::with_config(backend, "");
+    s.cluster.psql("postgres", "CREATE TABLE t (id int)");
+    s.backup_no_verify();
+    let mut segs = vec![];
+    for i in 0..3 {
+        s.cluster
+            .psql("postgres", &format!("INSERT INTO t VALUES ({i})"));
+        segs.push(
+            s.cluster
+                .psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())"),
+        );
+        switch_wal_and_wait(&s.cluster);
+    }
+    let verify_wal = || -> (std::process::Output, serde_json::Value) {
+        let out = s.run(&["--json", "verify", "--wal"]);
+        let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {} {}", stdout(&out), stderr(&out));
+        });
+        (out, report)
+    };
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("{v}"));
+
+    // First run: everything read.
+    let (out, first) = verify_wal();
+    assert!(out.status.success(), "{first} {}", stderr(&out));
+    let c = &first["wal"]["content"];
+    let objects = num(&c["objects"]);
+    assert!(
+        objects >= 4,
+        "segments and the backup history file: {first}"
+    );
+    assert_eq!(num(&c["checked"]), objects, "{first}");
+    assert_eq!(num(&c["skipped_unchanged"]), 0, "{first}");
+    assert!(num(&c["bytes_read"]) > 0, "{first}");
+    let verified_at = c["whole_range_verified_at"].as_str().unwrap().to_string();
+    let info: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "info"])).unwrap();
+    assert_eq!(info["wal_verified_at"], verified_at.as_str(), "{info}");
+    assert!(s
+        .ok(&["info"])
+        .contains("WAL verified:      every archived object read and intact"));
+
+    // Second run: nothing unchanged is read again.
+    let (out, second) = verify_wal();
+    assert!(out.status.success(), "{second}");
+    let c = &second["wal"]["content"];
+    let objects2 = num(&c["objects"]);
+    assert_eq!(num(&c["skipped_unchanged"]), objects, "{second}");
+    assert_eq!(num(&c["checked"]), objects2 - objects, "{second}");
+    let verified_at = c["whole_range_verified_at"].as_str().unwrap().to_string();
+
+    let key = |seg: &str| format!("wal/{}/{seg}.zst", &seg[..16]);
+    // A change must show in the listing's modification time (S3: whole seconds).
+    let wait_past_mtime = |path: &Path| {
+        let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+        while std::time::SystemTime::now() < mtime + Duration::from_millis(1100) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // One byte flipped in the middle of a stored, compressed segment.
+    let flipped = &segs[0];
+    let path = s.object_path(&key(flipped));
+    wait_past_mtime(&path);
+    let mut b = std::fs::read(&path).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x01;
+    std::fs::write(&path, b).unwrap();
+
+    // Another segment's object, with its own (valid) checksum metadata, stored as segs[2].
+    let (donor, victim) = (&segs[1], &segs[2]);
+    wait_past_mtime(&s.object_path(&key(victim)));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use backupctl::repo::{PutOptions, RepositoryExt};
+        let repo = s.t.open().await;
+        let meta = repo.head(&key(donor)).await.unwrap().unwrap().metadata;
+        assert!(meta.contains_key("sha256"), "{meta:?}");
+        let bytes = repo.get_bytes(&key(donor)).await.unwrap();
+        repo.put_bytes(
+            &key(victim),
+            bytes,
+            PutOptions {
+                metadata: meta,
+                if_absent: false,
+            },
+        )
+        .await
+        .unwrap();
+    });
+    if backend == Backend::Local {
+        common::chown_to_pg(&s.t.dir.path().join("repo"));
+    }
+
+    let (out, third) = verify_wal();
+    assert_eq!(out.status.code(), Some(1), "{third}");
+    let c = &third["wal"]["content"];
+    let objects3 = num(&c["objects"]);
+    assert_eq!(
+        num(&c["checked"]),
+        2 + objects3 - objects2,
+        "only the two changed objects (and any newly archived): {third}"
+    );
+    let failures = c["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 2, "{third}");
+    let failure = |seg: &str| {
+        failures
+            .iter()
+            .find(|f| f["file"] == seg)
+            .unwrap_or_else(|| panic!("{seg} not named: {third}"))["error"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let e = failure(flipped);
+    assert!(e.contains("checksum"), "{e}");
+    let e = failure(victim);
+    assert!(
+        e.contains("has address") && e.contains("the page belongs to another segment"),
+        "{e}"
+    );
+    assert!(
+        stderr(&out).contains(&format!("WAL {flipped}")),
+        "{}",
+        stderr(&out)
+    );
+    // The whole range was not verified by this run.
+    assert_eq!(
+        c["whole_range_verified_at"],
+        verified_at.as_str(),
+        "{third}"
+    );
+
+    // The text report names both segments, and they fail again: damage is never recorded.
+    let out = s.run(&["verify", "--wal"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("FAILURE: WAL {flipped}"))
+            && text.contains(&format!("FAILURE: WAL {victim}"))
+            && text.contains("2 damaged"),
+        "{text}"
     );
 }
 

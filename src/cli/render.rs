@@ -165,6 +165,27 @@ pub fn info_summary(s: &Summary) {
             }
         );
     }
+    match s.wal_verified_at {
+        Some(t) => println!(
+            "WAL verified:      every archived object read and intact as of {}",
+            t.to_rfc3339()
+        ),
+        None => println!(
+            "WAL verified:      never wholly (`backupctl verify --wal` reads every archived object)"
+        ),
+    }
+    let u = &s.unfinished_uploads;
+    if u.count == 0 {
+        println!("unfinished uploads: none");
+    } else {
+        println!(
+            "unfinished uploads: {} ({}) left by killed uploads, hidden from listings; {} by processes of this host that are gone \
+             (the next backup, wal-push or retention removes them), the rest after retention.incomplete_after",
+            u.count,
+            human_bytes(u.bytes),
+            u.of_dead_writers_here
+        );
+    }
     windows(&s.recoverable_windows, &s.wal_gaps);
     unreadable(&s.unreadable_manifests);
     daemon(&s.daemon);
@@ -414,14 +435,31 @@ pub fn verify(report: &VerifyReport) {
     }
     if let Some(w) = &report.wal {
         windows(&w.recoverable_windows, &w.gaps);
-        if w.ok {
+        if w.recoverable_windows.is_empty() {
+            println!("FAILED no physical backup has the WAL it needs");
+        } else if !w.gaps.is_empty() {
+            println!("FAILED WAL has gaps");
+        } else {
             println!(
                 "OK     WAL is continuous from the oldest physical backup to the newest segment"
             );
-        } else if w.recoverable_windows.is_empty() {
-            println!("FAILED no physical backup has the WAL it needs");
+        }
+        let c = &w.content;
+        let status = if c.failures.is_empty() {
+            "OK    "
         } else {
-            println!("FAILED WAL has gaps");
+            "FAILED"
+        };
+        println!(
+            "{status} archived WAL read: {} object(s), {} read and checked now ({}), {} unchanged since an earlier check, {} damaged",
+            c.objects,
+            c.checked,
+            human_bytes(c.bytes_read),
+            c.skipped_unchanged,
+            c.failures.len()
+        );
+        for f in &c.failures {
+            println!("       FAILURE: {f}");
         }
     }
 }

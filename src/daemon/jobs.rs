@@ -32,7 +32,8 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
             }
             Ok(report)
         }
-        // Exactly `verify --latest --wal`: the newest backup of each kind, WAL continuity.
+        // Exactly `verify --latest --wal`: the newest backup of each kind, WAL continuity
+        // and the content of every archived WAL object not checked before.
         JobKind::Verify => {
             let repo = crate::repo::open(cfg).await?;
             let catalog = Catalog::load(repo.as_ref()).await?;
@@ -42,12 +43,13 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
                 .collect();
             let v = verify::verify_selected(cfg, &repo, &latest, true, Wait::No).await?;
             let mut failures = backup::verification_failures(&v);
-            if let Some(w) = v.wal.as_ref().filter(|w| !w.ok) {
-                failures.push(if w.gaps.is_empty() {
-                    "WAL continuity: no recoverable window".to_string()
-                } else {
-                    format!("WAL continuity: gaps {}", w.gaps.join(", "))
-                });
+            if let Some(w) = &v.wal {
+                if !w.gaps.is_empty() {
+                    failures.push(format!("WAL continuity: gaps {}", w.gaps.join(", ")));
+                } else if w.recoverable_windows.is_empty() {
+                    failures.push("WAL continuity: no recoverable window".to_string());
+                }
+                failures.extend(w.content.failures.iter().map(|f| f.to_string()));
             }
             let ok = v.backups.len() - v.failed().iter().filter(|f| !f.starts_with("WAL")).count();
             Ok(JobReport {
@@ -56,7 +58,8 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
                     ok,
                     v.backups.len(),
                     match &v.wal {
-                        Some(w) if w.ok => ", WAL continuous",
+                        Some(w) if w.ok => ", WAL continuous and every archived object intact",
+                        Some(w) if !w.content.failures.is_empty() => ", archived WAL DAMAGED",
                         Some(_) => ", WAL continuity BROKEN",
                         None => "",
                     }

@@ -431,6 +431,11 @@ fn observation(o: &mut Out, obs: &Observation, now: DateTime<Utc>) {
         "Gaps in the archived WAL since the oldest physical backup.",
         Some(r.gaps as f64),
     );
+    o.gauge(
+        "backupctl_wal_verified_timestamp_seconds",
+        "The last time `verify --wal` found every archived WAL object intact: checksum, decompression and page headers (Unix time).",
+        r.wal_verified_at.map(ts),
+    );
     if let Some(w) = &r.window {
         o.gauge(
             "backupctl_recoverable_window_start_timestamp_seconds",
@@ -509,6 +514,7 @@ mod tests {
             }),
             repo: Ok(RepoFacts {
                 unreadable_manifests: 2,
+                wal_verified_at: Some(t(30)),
                 ..Default::default()
             }),
         });
@@ -527,6 +533,7 @@ mod tests {
             "backupctl_job_running{job=\"physical\"} 0",
             "backupctl_wal_archive_lag_seconds 60",
             "backupctl_wal_archive_failing 1",
+            "backupctl_wal_verified_timestamp_seconds 1700000030",
             "backupctl_postgres_up 1",
             "backupctl_repository_up 1",
             "backupctl_unreadable_manifests 2",

@@ -81,6 +81,8 @@ pub struct RepoFacts {
     pub window: Option<Window>,
     pub windows: usize,
     pub gaps: usize,
+    /// The last time `verify --wal` found every archived WAL object intact.
+    pub wal_verified_at: Option<DateTime<Utc>>,
 }
 
 impl RepoFacts {
@@ -125,6 +127,7 @@ impl RepoFacts {
             window: st.windows.iter().max_by_key(|w| (w.to, w.from)).cloned(),
             windows: st.windows.len(),
             gaps: st.gaps.len(),
+            wal_verified_at: None,
         }
     }
 
@@ -224,7 +227,11 @@ async fn read_archiver(cfg: &Config) -> anyhow::Result<Archiver> {
 async fn read_repo(cfg: &Config) -> anyhow::Result<RepoFacts> {
     let repo = crate::repo::open(cfg).await?;
     let st = RepoStatus::load(repo.as_ref()).await?;
-    Ok(RepoFacts::from_status(&st))
+    let mut facts = RepoFacts::from_status(&st);
+    facts.wal_verified_at = crate::repo::walcheck::WalChecked::load(repo.as_ref())
+        .await?
+        .complete_at;
+    Ok(facts)
 }
 
 #[cfg(test)]

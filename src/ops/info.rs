@@ -12,7 +12,8 @@ use crate::ops::list::BackupLine;
 use crate::ops::status::{RepoStatus, WalSummary};
 use crate::recovery::inventory::Gap;
 use crate::recovery::plan::Window;
-use crate::repo::{self, identity::RepoIdentity};
+use crate::repo::leftover::{self, LeftoverSummary};
+use crate::repo::{self, identity::RepoIdentity, walcheck::WalChecked};
 
 #[derive(Serialize)]
 pub struct Summary {
@@ -24,7 +25,12 @@ pub struct Summary {
     pub recoverable_windows: Vec<Window>,
     pub wal_gaps: Vec<String>,
     pub wal: WalSummary,
+    /// The last time `verify --wal` found every archived WAL object intact (checksum,
+    /// decompression, page headers); absent: never.
+    pub wal_verified_at: Option<DateTime<Utc>>,
     pub incomplete_backups: Vec<String>,
+    /// Hidden leftovers of killed uploads (temp files, unfinished multipart uploads).
+    pub unfinished_uploads: LeftoverSummary,
     /// Backups whose manifest exists but cannot be used, with the reason and the fix.
     pub unreadable_manifests: Vec<Unreadable>,
     pub daemon: DaemonView,
@@ -125,6 +131,7 @@ pub async fn run(cfg: &Config, id: Option<&str>) -> anyhow::Result<Info> {
         recoverable_windows: st.windows.clone(),
         wal_gaps: st.gaps.iter().map(Gap::to_string).collect(),
         wal: st.wal_summary(),
+        wal_verified_at: WalChecked::load(repo.as_ref()).await?.complete_at,
         incomplete_backups: st
             .catalog
             .incomplete
@@ -132,6 +139,7 @@ pub async fn run(cfg: &Config, id: Option<&str>) -> anyhow::Result<Info> {
             .map(|(id, _)| id.clone())
             .collect(),
         unreadable_manifests: st.catalog.unreadable.clone(),
+        unfinished_uploads: leftover::summary(repo.as_ref()).await?,
         daemon: daemon_view(cfg),
     })))
 }

@@ -24,7 +24,9 @@ use crate::lock::Wait;
 use crate::manifest::Catalog;
 use crate::recovery::inventory::WalInventory;
 use crate::recovery::lease;
-use crate::repo::{self, identity::RepoIdentity, layout, PutOptions, Repository, RepositoryExt};
+use crate::repo::{
+    self, identity::RepoIdentity, layout, leftover, PutOptions, Repository, RepositoryExt,
+};
 use crate::retention::plan::{self, Inputs, Plan, Step};
 use crate::retention::policy::describe_rule;
 
@@ -81,7 +83,17 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(3600);
 pub async fn run(cfg: &Config, dry_run: bool, wait: Wait) -> anyhow::Result<RetentionReport> {
     let _lock = JobKind::Retention.lock(&cfg.backup.state_dir, wait).await?;
     let repo = repo::open(cfg).await?;
-    execute(repo.as_ref(), &cfg.retention, dry_run, Utc::now()).await
+    // Leftovers of this host's killed uploads go now, not only after `incomplete_after`.
+    let (dead, _) = if dry_run {
+        (0, 0)
+    } else {
+        leftover::remove_dead_writers(repo.as_ref(), "").await
+    };
+    let mut report = execute(repo.as_ref(), &cfg.retention, dry_run, Utc::now()).await?;
+    if let Some(n) = report.upload_leftovers_removed.as_mut() {
+        *n += dead;
+    }
+    Ok(report)
 }
 
 /// Plan against `repo` at `now` and, unless `dry_run`, carry the plan out.

@@ -12,3 +12,4 @@ pub mod server;
 pub mod sql;
 pub mod toc;
 pub mod wal;
+pub mod walpage;

@@ -375,6 +375,16 @@ impl Repository for Faulty {
         self.inner.cleanup_incomplete(older_than).await
     }
 
+    async fn leftovers(&self, prefix: &str) -> RepoResult<Vec<super::leftover::Leftover>> {
+        self.begin(Op::Cleanup, prefix).await?;
+        self.inner.leftovers(prefix).await
+    }
+
+    async fn remove_leftovers(&self, which: &[super::leftover::Leftover]) -> RepoResult<usize> {
+        self.begin(Op::Cleanup, "").await?;
+        self.inner.remove_leftovers(which).await
+    }
+
     async fn sync(&self, key: &str) -> RepoResult<()> {
         self.begin(Op::Sync, key).await?;
         self.inner.sync(key).await

@@ -8,6 +8,8 @@
 //! backups/<backup-id>/<object>                data objects listed in the manifest
 //! leases/<backup-id>.<holder>.json            a running restore or verification of a
 //!                                             backup: retention keeps it and its WAL
+//! verify/wal.json                             archived WAL objects `verify --wal` read
+//!                                             and found intact (a cache: may be deleted)
 //! ```
 
 use crate::codec::{self, Algorithm};
@@ -23,6 +25,9 @@ pub const MANIFEST: &str = "manifest.json";
 /// be running.
 pub const DELETING: &str = "deleting";
 pub const LEASES_PREFIX: &str = "leases/";
+/// What verification remembers between runs; nothing else lists or deletes it.
+pub const VERIFY_PREFIX: &str = "verify/";
+pub const WAL_CHECKED: &str = "verify/wal.json";
 
 /// Key of a lease on backup `id` held by `holder` (host and pid, encoded).
 pub fn lease_key(id: &str, holder: &str) -> String {

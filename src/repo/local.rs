@@ -2,8 +2,10 @@
 //!
 //! Atomic and durable puts: the body goes to a hidden temp file in the target directory,
 //! is fsynced, renamed into place (or linked with no-clobber for `if_absent`), and the
-//! directory is fsynced. A killed writer leaves only a hidden `.tmp-*` file, which no
-//! listing shows and [`Repository::cleanup_incomplete`] removes later.
+//! directory is fsynced. A killed writer leaves only a hidden temp file, named after its
+//! host and pid (`.tmp-<host>.<pid>.…`, see [`leftover`]), which no listing shows; the
+//! next job removes it once that process is gone, [`Repository::cleanup_incomplete`]
+//! after a delay whoever wrote it.
 //!
 //! Object metadata lives in a hidden sidecar `.<name>.meta` written after the object;
 //! a crash between the two leaves an object without metadata, which readers tolerate
@@ -21,7 +23,7 @@ use tempfile::NamedTempFile;
 
 use super::{GetObject, ObjectMeta, PutOptions, RepoError, RepoResult, Repository};
 
-const TEMP_PREFIX: &str = ".tmp-";
+use super::leftover::{self, Leftover, TEMP_PREFIX};
 const COPY_BUFFER: usize = 1 << 20;
 
 pub struct LocalRepository {
@@ -136,7 +138,7 @@ impl LocalRepository {
             move || -> io::Result<NamedTempFile> {
                 create_dir_durable(&dir)?;
                 tempfile::Builder::new()
-                    .prefix(TEMP_PREFIX)
+                    .prefix(leftover::own_temp_prefix())
                     .tempfile_in(&dir)
             }
         })
@@ -172,7 +174,7 @@ impl LocalRepository {
             }
             if !metadata.is_empty() {
                 let mut side = tempfile::Builder::new()
-                    .prefix(TEMP_PREFIX)
+                    .prefix(leftover::own_temp_prefix())
                     .tempfile_in(&dir)
                     .map_err(|e| RepoError::io("create metadata for", key, e))?;
                 // One write, not one per JSON token.
@@ -471,6 +473,73 @@ impl Repository for LocalRepository {
     /// A filesystem has no batch delete.
     async fn delete_many(&self, keys: &[String]) -> RepoResult<()> {
         super::delete_each(self, keys).await
+    }
+
+    async fn leftovers(&self, prefix: &str) -> RepoResult<Vec<Leftover>> {
+        let root = self.root.clone();
+        let start = if prefix.is_empty() {
+            root.clone()
+        } else {
+            self.path_of(prefix.trim_end_matches('/'))?
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut out = vec![];
+            let mut stack = vec![start];
+            while let Some(dir) = stack.pop() {
+                let Ok(entries) = fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    // The type comes with the directory entry; only temp files are
+                    // stat'ed (wal-push lists a directory of segments at every call).
+                    let Ok(ft) = entry.file_type() else { continue };
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    if ft.is_dir() {
+                        stack.push(entry.path());
+                    } else if ft.is_file() && name.starts_with(TEMP_PREFIX) {
+                        let Ok(md) = entry.metadata() else { continue };
+                        let path = entry.path();
+                        let rel = path.strip_prefix(&root).expect("walk stays under root");
+                        out.push(Leftover {
+                            id: rel
+                                .to_string_lossy()
+                                .replace(std::path::MAIN_SEPARATOR, "/"),
+                            bytes: md.len(),
+                            modified: md.modified().ok().map(DateTime::<Utc>::from),
+                            writer: leftover::writer_of(&name),
+                        });
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(out)
+        })
+        .await
+        .map_err(|e| blocking_err("", e))?
+    }
+
+    async fn remove_leftovers(&self, which: &[Leftover]) -> RepoResult<usize> {
+        let root = self.root.clone();
+        let ids: Vec<String> = which.iter().map(|l| l.id.clone()).collect();
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            for id in ids {
+                // Only hidden temp files beneath the root, whatever the caller passes.
+                let (dir, name) = id.rsplit_once('/').unwrap_or(("", id.as_str()));
+                let dir_ok = dir.is_empty() || validate_key(dir).is_ok();
+                if !dir_ok || !name.starts_with(TEMP_PREFIX) || name.contains('/') {
+                    continue;
+                }
+                match fs::remove_file(root.join(&id)) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(RepoError::io("remove leftover", &id, e)),
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| blocking_err("", e))?
     }
 
     async fn cleanup_incomplete(&self, older_than: Duration) -> RepoResult<usize> {

@@ -25,8 +25,10 @@
 pub mod faulty;
 pub mod identity;
 pub mod layout;
+pub mod leftover;
 pub mod local;
 pub mod s3;
+pub mod walcheck;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -173,6 +175,13 @@ pub trait Repository: Send + Sync {
     /// S3 multipart uploads never completed or aborted) older than `older_than`.
     /// Returns how many were removed.
     async fn cleanup_incomplete(&self, older_than: Duration) -> RepoResult<usize>;
+
+    /// Leftovers of uploads that never finished under `prefix` (`""`: everywhere), with
+    /// their writer when it is known (see [`leftover`]).
+    async fn leftovers(&self, prefix: &str) -> RepoResult<Vec<leftover::Leftover>>;
+
+    /// Remove leftovers [`Repository::leftovers`] returned; returns how many went.
+    async fn remove_leftovers(&self, which: &[leftover::Leftover]) -> RepoResult<usize>;
 
     /// Store `body`, a small object (a few MiB) whose metadata is known only once the
     /// body has been produced: it is taken from `metadata` after the body's end. If

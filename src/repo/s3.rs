@@ -574,6 +574,75 @@ impl Repository for S3Repository {
         Ok(())
     }
 
+    /// Multipart uploads never completed or aborted; their writer is unknown (a listing
+    /// of uploads carries no metadata), so only the delay removes them.
+    async fn leftovers(&self, prefix: &str) -> RepoResult<Vec<super::leftover::Leftover>> {
+        let under = self.full_key(prefix);
+        let out = retry("list unfinished uploads", ATTEMPTS, || async {
+            self.client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&under)
+                .send()
+                .await
+                .map_err(|e| classify("list unfinished uploads under", &under, e))
+        })
+        .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(RepoError::Remote { message, .. }) if message.contains("NotImplemented") => {
+                return Ok(vec![])
+            }
+            Err(e) => return Err(e),
+        };
+        let mut found = vec![];
+        for u in out.uploads() {
+            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                continue;
+            };
+            let parts = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await
+                .map_err(|e| classify("list the parts of", key, e))?;
+            found.push(super::leftover::Leftover {
+                id: format!("{key}\n{id}"),
+                bytes: parts
+                    .parts()
+                    .iter()
+                    .filter_map(|p| p.size())
+                    .map(|s| s.max(0) as u64)
+                    .sum(),
+                modified: to_chrono(u.initiated()),
+                writer: None,
+            });
+        }
+        Ok(found)
+    }
+
+    async fn remove_leftovers(&self, which: &[super::leftover::Leftover]) -> RepoResult<usize> {
+        let mut removed = 0;
+        for l in which {
+            let Some((key, id)) = l.id.split_once('\n') else {
+                continue;
+            };
+            self.client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await
+                .map_err(|e| classify("abort upload of", key, e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     async fn cleanup_incomplete(&self, older_than: Duration) -> RepoResult<usize> {
         let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or_default();
         let res = retry("list unfinished uploads", ATTEMPTS, || async {

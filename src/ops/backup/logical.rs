@@ -51,6 +51,9 @@ pub async fn run(
     let client = params.connect().await?;
     let info = ServerInfo::query(&client).await?;
     let repo = repo::open(cfg).await?;
+    // What killed uploads of this host left (a killed backup: up to its size) goes
+    // before this backup needs the space.
+    crate::repo::leftover::remove_dead_writers(repo.as_ref(), "").await;
     RepoIdentity::ensure(
         repo.as_ref(),
         info.system_identifier,

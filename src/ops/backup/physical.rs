@@ -56,6 +56,9 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
         tracing::warn!(archive_command = %archive_command, "archive_command does not use backupctl wal-push; the backup will wait for its WAL to appear in the repository anyway");
     }
     let repo = repo::open(cfg).await?;
+    // What killed uploads of this host left (a killed backup: up to its size) goes
+    // before this backup needs the space.
+    crate::repo::leftover::remove_dead_writers(repo.as_ref(), "").await;
     RepoIdentity::ensure(
         repo.as_ref(),
         info.system_identifier,

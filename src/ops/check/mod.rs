@@ -155,6 +155,7 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
             }
         }
         check_manifests(repo.as_ref(), &mut r).await;
+        check_leftovers(repo.as_ref(), &mut r).await;
     }
 
     // PostgreSQL.
@@ -357,6 +358,29 @@ async fn check_manifests(repo: &dyn crate::repo::Repository, r: &mut Report) {
         Err(e) => r.fail(
             "backup manifests",
             format!("{e:#}"),
+            "make the repository readable by this user",
+        ),
+    }
+}
+
+/// Hidden leftovers of killed uploads take space no listing shows: say how much.
+async fn check_leftovers(repo: &dyn crate::repo::Repository, r: &mut Report) {
+    match crate::repo::leftover::summary(repo).await {
+        Ok(s) if s.count == 0 => r.ok("unfinished uploads", "none"),
+        Ok(s) => r.warn(
+            "unfinished uploads",
+            format!(
+                "{} left by killed uploads ({}), {} of them by processes of this host that are gone",
+                s.count,
+                crate::text::human_bytes(s.bytes),
+                s.of_dead_writers_here
+            ),
+            "the next backup, wal-push or retention on the writing host removes those of processes that are gone; \
+             `backupctl retention` removes any older than retention.incomplete_after",
+        ),
+        Err(e) => r.warn(
+            "unfinished uploads",
+            format!("cannot look for them: {e:#}"),
             "make the repository readable by this user",
         ),
     }

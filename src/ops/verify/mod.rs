@@ -1,14 +1,16 @@
 //! `backupctl verify [ID | --latest | --all | --since D] [--wal]`: test-restore backups
-//! and check WAL continuity. Any failure exits 1, is logged at ERROR, and is recorded in
+//! and check the archived WAL (continuity, and every object's content: `wal.rs`). Any failure exits 1, is logged at ERROR, and is recorded in
 //! the backup's manifest (so `list`, `info` and the daemon report it too).
 
 pub mod backup;
 pub mod logical;
 pub mod physical;
 pub mod scratch;
+pub mod wal;
 
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono::Utc;
 use serde::Serialize;
 
@@ -34,6 +36,8 @@ pub struct VerifyResult {
 pub struct WalReport {
     pub recoverable_windows: Vec<Window>,
     pub gaps: Vec<String>,
+    /// What reading every archived WAL object found.
+    pub content: wal::WalContent,
     pub ok: bool,
 }
 
@@ -52,8 +56,11 @@ impl VerifyReport {
             .filter(|r| r.verification.outcome == Outcome::Failed)
             .map(|r| r.id.clone())
             .collect();
-        if self.wal.as_ref().is_some_and(|w| !w.ok) {
-            v.push("WAL continuity".into());
+        if let Some(w) = &self.wal {
+            if !w.gaps.is_empty() || w.recoverable_windows.is_empty() {
+                v.push("WAL continuity".into());
+            }
+            v.extend(w.content.failures.iter().map(|f| format!("WAL {}", f.file)));
         }
         v
     }
@@ -158,10 +165,17 @@ pub async fn verify_selected(
         if !gaps.is_empty() {
             tracing::error!(gaps = ?gaps, "WAL continuity broken");
         }
+        let objects = repo
+            .list(crate::repo::layout::WAL_PREFIX)
+            .await
+            .context("list archived WAL")?;
+        let content =
+            wal::check(repo, st.identity.as_ref(), st.inventory.seg_size, &objects).await?;
         report.wal = Some(WalReport {
-            ok: gaps.is_empty() && !st.windows.is_empty(),
+            ok: gaps.is_empty() && !st.windows.is_empty() && content.failures.is_empty(),
             recoverable_windows: st.windows,
             gaps,
+            content,
         });
     }
     Ok(report)

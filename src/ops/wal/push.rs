@@ -28,7 +28,7 @@ use crate::ops::wal::fetch_ahead;
 use crate::ops::wal::push_ahead::{ready_files, Markers};
 use crate::pg::wal::{self, WalFileKind};
 use crate::repo::identity::RepoIdentity;
-use crate::repo::{self, layout, ObjectMeta, RepoError, Repository, RepositoryExt};
+use crate::repo::{self, layout, leftover, ObjectMeta, RepoError, Repository, RepositoryExt};
 
 /// Archive WAL file `path` (`%p`), with the `.ready` files that follow it.
 pub async fn run(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
@@ -85,8 +85,24 @@ pub async fn run(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
             }
         });
     }
+    // Temp files of killed wal-push calls of this host, in the directory this one
+    // writes to, go while it stores (a directory listing: no time added). Only a local
+    // repository has them: S3's unfinished uploads name no writer, and listing them
+    // would add a request to every call.
+    let local = cfg.repository.kind == crate::config::RepositoryType::Local;
+    let dir = path
+        .file_name()
+        .filter(|_| local)
+        .and_then(|n| layout::wal_key_base(&n.to_string_lossy()))
+        .and_then(|k| k.rsplit_once('/').map(|(d, _)| format!("{d}/")));
+    let tidy = async {
+        if let Some(dir) = &dir {
+            leftover::remove_dead_writers(repo.as_ref(), dir).await;
+        }
+    };
     crate::failpoint::point("wal-push.before-upload");
-    let result = store(repo.as_ref(), codec, file, mine).await.map(|_| ());
+    let (result, ()) = tokio::join!(store(repo.as_ref(), codec, file, mine), tidy);
+    let result = result.map(|_| ());
     while others.join_next().await.is_some() {}
     if result.is_ok() {
         crate::failpoint::point("wal-push.after-upload");
