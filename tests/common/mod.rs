@@ -109,6 +109,21 @@ pub fn backupctl_bin() -> PathBuf {
         let dir = PathBuf::from("/tmp/backupctl-test-bin").join(stamp);
         let dest = dir.join("backupctl");
         if !dest.exists() {
+            // Copies of earlier builds (each keeps a 300 MB binary alive) go once they
+            // are an hour old: no test process still runs them.
+            if let Ok(old) = std::fs::read_dir("/tmp/backupctl-test-bin") {
+                for e in old.flatten() {
+                    let stale = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > Duration::from_secs(3600));
+                    if stale {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
             std::fs::create_dir_all(&dir).unwrap();
             let tmp = dir.join(format!(".backupctl-{}", std::process::id()));
             if std::fs::hard_link(&built, &tmp).is_err() {
