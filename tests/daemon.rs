@@ -10,8 +10,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use backupctl::manifest::Catalog;
 use chrono::{Timelike, Utc};
+use common::webhook::Webhook;
 use common::{
     as_pg, backupctl, backupctl_bin, chown_to_pg, pg_tempdir, stderr, stdout, Backend, Cluster,
     ClusterOptions, TestRepo,
@@ -677,82 +678,11 @@ fn sighup_with_a_broken_config_keeps_running_then_applies_a_good_one() {
 
 /// A loopback webhook: answers 503 to the first request, 200 to the rest; keeps every
 /// request body with the status it got.
-struct Webhook {
-    port: u16,
-    requests: Arc<Mutex<Vec<(u16, String)>>>,
-}
-
-impl Webhook {
-    fn start() -> Webhook {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(Mutex::new(vec![]));
-        let r = requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let r = r.clone();
-                std::thread::spawn(move || serve_webhook(stream, r));
-            }
-        });
-        Webhook { port, requests }
-    }
-
-    fn accepted(&self) -> Vec<serde_json::Value> {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(st, _)| *st == 200)
-            .map(|(_, b)| serde_json::from_str(b).unwrap())
-            .collect()
-    }
-}
-
-fn serve_webhook(stream: TcpStream, requests: Arc<Mutex<Vec<(u16, String)>>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut stream = stream;
-    loop {
-        let mut len = 0usize;
-        let mut line = String::new();
-        // Request line and headers.
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body).unwrap();
-        let status = {
-            let mut reqs = requests.lock().unwrap();
-            let status = if reqs.is_empty() { 503 } else { 200 };
-            reqs.push((status, String::from_utf8(body).unwrap()));
-            status
-        };
-        let reason = if status == 200 {
-            "OK"
-        } else {
-            "Service Unavailable"
-        };
-        let _ = write!(
-            stream,
-            "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\n\r\n"
-        );
-    }
-}
-
 #[test]
 fn webhook_gets_one_post_per_failed_run_and_no_secrets() {
     let t = TestRepo::new(Backend::Local);
-    let hook = Webhook::start();
+    // The first delivery is answered 503: the notifier retries.
+    let hook = Webhook::answering(|n| if n == 0 { 503 } else { 200 });
     // PostgreSQL is down: a socket directory with no server. A password file gives the
     // payload a secret to leak; the webhook URL carries a token that must never be logged.
     let nothing = pg_tempdir();

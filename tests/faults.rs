@@ -698,33 +698,11 @@ fn a_full_restore_target_fails_naming_it_and_is_emptied() {
 fn an_s3_outage_under_load_loses_no_wal_and_pitr_inside_it_is_exact() {
     let mut s = Setup::new(Backend::S3);
     s.sql("CREATE TABLE marks (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
-    let conn = |cmd: &mut Command| {
-        cmd.arg("-h").arg(&s.cluster.socket_dir).args([
-            "-p",
-            &s.cluster.port.to_string(),
-            "-U",
-            "postgres",
-        ]);
-    };
-    let mut init = Command::new(pg_bin("pgbench"));
-    conn(&mut init);
-    must(
-        "pgbench -i",
-        init.args(["-i", "-s", "2", "-q", "postgres"])
-            .output()
-            .unwrap(),
-    );
+    s.cluster.pgbench_init(2);
     s.backup_no_verify();
-    let mut bench = Command::new(pg_bin("pgbench"));
-    conn(&mut bench);
-    let bench = bench
-        .args([
-            "-c", "2", "-j", "1", "-T", "75", "-R", "300", "-n", "postgres",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let load = s
+        .cluster
+        .pgbench_load(&["-c", "2", "-j", "1", "-T", "75", "-R", "300"]);
     let mut mark = 0;
     let mut add_mark = |s: &Setup| {
         mark += 1;
@@ -754,12 +732,7 @@ fn an_s3_outage_under_load_loses_no_wal_and_pitr_inside_it_is_exact() {
     );
     s.t.s3.as_mut().unwrap().resume();
     add_mark(&s);
-    let out = bench.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "pgbench: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    load.finish();
     // Archiving resumes by itself: everything up to now arrives, with no gap.
     switch_wal_and_wait(&s.cluster);
     let v = json(&s.run(&["--json", "list"]));

@@ -6,13 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 
 use backupctl::manifest::Manifest;
+use common::webhook::Webhook;
 use common::{
     as_pg, backupctl_env, pg_bin, pg_tempdir, stderr, stdout, Backend, Cluster, ClusterOptions,
     TestRepo,
@@ -221,66 +219,6 @@ fn backup_id_from(out: &Output) -> String {
     line.trim().to_string()
 }
 
-/// A loopback webhook answering 200; keeps every request body.
-struct Webhook {
-    port: u16,
-    bodies: Arc<Mutex<Vec<String>>>,
-}
-
-impl Webhook {
-    fn start() -> Webhook {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let bodies = Arc::new(Mutex::new(vec![]));
-        let b = bodies.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let b = b.clone();
-                std::thread::spawn(move || serve(stream, b));
-            }
-        });
-        Webhook { port, bodies }
-    }
-
-    fn alerts(&self) -> Vec<serde_json::Value> {
-        self.bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| serde_json::from_str(b).unwrap())
-            .collect()
-    }
-}
-
-fn serve(stream: TcpStream, bodies: Arc<Mutex<Vec<String>>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut stream = stream;
-    loop {
-        let mut len = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body).unwrap();
-        bodies
-            .lock()
-            .unwrap()
-            .push(String::from_utf8(body).unwrap());
-        let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 
 fn failed_half_way_is_swapped_back(backend: Backend) {
@@ -339,7 +277,7 @@ fn failed_half_way_is_swapped_back(backend: Backend) {
         "1001"
     );
     // One alert, naming the backup.
-    let alerts = hook.alerts();
+    let alerts = hook.accepted();
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["event"], "migration_failed");
     assert_eq!(alerts[0]["backup_ids"][0], id.as_str());

@@ -138,39 +138,11 @@ fn pitr_to_time_restore_point_and_lsn(backend: Backend) {
 
 fn backup_under_write_load_restores_consistently(backend: Backend) {
     let s = Setup::new(backend);
-    let conn = |cmd: &mut Command| {
-        cmd.arg("-h").arg(&s.cluster.socket_dir).args([
-            "-p",
-            &s.cluster.port.to_string(),
-            "-U",
-            "postgres",
-        ]);
-    };
-    let mut init = Command::new(pg_bin("pgbench"));
-    conn(&mut init);
-    check_output(
-        "pgbench -i",
-        init.args(["-i", "-s", "5", "-q", "postgres"])
-            .output()
-            .unwrap(),
-    );
-
-    let mut bench = Command::new(pg_bin("pgbench"));
-    conn(&mut bench);
-    let bench = bench
-        .args(["-c", "4", "-j", "2", "-T", "20", "-n", "postgres"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    s.cluster.pgbench_init(5);
+    let load = s.cluster.pgbench_load(&["-c", "4", "-j", "2", "-T", "20"]);
     std::thread::sleep(Duration::from_secs(3));
     let id = s.backup();
-    let out = bench.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "pgbench: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    load.finish();
     switch_wal_and_wait(&s.cluster);
 
     let archiver = s.sql("SELECT failed_count, archived_count FROM pg_stat_archiver");

@@ -16,6 +16,7 @@ use backupctl::repo::Repository;
 use tempfile::TempDir;
 
 pub mod setup;
+pub mod webhook;
 
 // ---------------------------------------------------------------------------------------
 // Users and paths
@@ -339,6 +340,38 @@ impl Cluster {
         .unwrap();
         check_output("pg_ctl reload", out);
         std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    /// `pgbench -i -s SCALE` on database `postgres`.
+    pub fn pgbench_init(&self, scale: u32) {
+        let out = self
+            .pgbench()
+            .args(["-i", "-s", &scale.to_string(), "-q", "postgres"])
+            .output()
+            .unwrap();
+        check_output("pgbench -i", out);
+    }
+
+    /// Start `pgbench ARGS… -n postgres` in the background; [`Load::finish`] waits for
+    /// it and checks that it succeeded.
+    pub fn pgbench_load(&self, args: &[&str]) -> Load {
+        Load(
+            self.pgbench()
+                .args(args)
+                .args(["-n", "postgres"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn pgbench(&self) -> Command {
+        let mut cmd = Command::new(pg_bin("pgbench"));
+        cmd.arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-U", "postgres"]);
+        cmd
     }
 
     /// libpq environment that reaches this cluster.
@@ -713,6 +746,21 @@ pub fn wait_archived(c: &Cluster, segment: &str) {
             c.server_log()
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A `pgbench` run in the background.
+pub struct Load(Child);
+
+impl Load {
+    /// Wait for the run to end; it must have succeeded.
+    pub fn finish(self) {
+        let out = self.0.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "pgbench: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
