@@ -50,6 +50,19 @@ pub struct S3Repository {
 }
 
 impl S3Repository {
+    /// Abort the unfinished multipart upload `id` of `key` (a full key, root included).
+    async fn abort_upload(&self, key: &str, id: &str) -> RepoResult<()> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(id)
+            .send()
+            .await
+            .map_err(|e| classify("abort upload of", key, e))?;
+        Ok(())
+    }
+
     pub async fn from_config(r: &RepositoryConfig) -> anyhow::Result<Self> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(aws_config::retry::RetryConfig::disabled())
@@ -630,14 +643,7 @@ impl Repository for S3Repository {
             let Some((key, id)) = l.id.split_once('\n') else {
                 continue;
             };
-            self.client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(id)
-                .send()
-                .await
-                .map_err(|e| classify("abort upload of", key, e))?;
+            self.abort_upload(key, id).await?;
             removed += 1;
         }
         Ok(removed)
@@ -671,14 +677,7 @@ impl Repository for S3Repository {
                 continue;
             };
             if to_chrono(u.initiated()).is_some_and(|t| t < cutoff) {
-                self.client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(id)
-                    .send()
-                    .await
-                    .map_err(|e| classify("abort upload of", key, e))?;
+                self.abort_upload(key, id).await?;
                 removed += 1;
             }
         }
