@@ -386,11 +386,7 @@ pub fn check_target_dir(dir: &Path) -> anyhow::Result<()> {
     if interrupted_restore(dir) {
         tracing::warn!(
             dir = %dir.display(),
-            "{} holds an interrupted restore ({RESTORING} present, no {PG_CONTROL}); removing it",
-            dir.display()
-        );
-        eprintln!(
-            "{} holds an interrupted restore (it has {RESTORING} and no {PG_CONTROL}, so \
+            "{} holds an interrupted restore ({RESTORING} present, no {PG_CONTROL}: \
              PostgreSQL could not start on it); emptying it before restoring",
             dir.display()
         );
