@@ -81,10 +81,82 @@ pub struct PostgresConfig {
     pub dbname: Option<String>,
     /// File holding the password (first line). `PGPASSWORD` is used when absent.
     pub password_file: Option<PathBuf>,
+    /// Server programs (initdb, pg_ctl, postgres) of the server's major version; also
+    /// the client programs unless `client_bin_dir` is set.
     pub bin_dir: Option<PathBuf>,
+    /// Client programs (pg_dump, pg_restore, …) when they live apart from the server
+    /// programs; the server's major version or newer.
+    pub client_bin_dir: Option<PathBuf>,
     pub pgdata: Option<PathBuf>,
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde_compat")]
     pub connect_timeout: Duration,
+    /// TLS, with libpq's meaning: overrides `sslmode` in `connection` and `PGSSLMODE`;
+    /// libpq's default is `prefer`.
+    pub sslmode: Option<SslMode>,
+    /// CA certificate file (PEM) the server's certificate must chain to, or `system` for
+    /// the operating system's roots (libpq default: `~/.postgresql/root.crt`).
+    pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that authenticate clients by certificate
+    /// (libpq default: `~/.postgresql/postgresql.crt`).
+    pub sslcert: Option<PathBuf>,
+    /// The client certificate's private key (PEM) (libpq default:
+    /// `~/.postgresql/postgresql.key`).
+    pub sslkey: Option<PathBuf>,
+}
+
+/// libpq's `sslmode`: how much TLS a connection insists on and what it verifies.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// Plaintext first; TLS when the server refuses plaintext.
+    Allow,
+    /// TLS when the server offers it, else plaintext (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS or nothing; the certificate is checked only when a root certificate is there.
+    Require,
+    /// TLS, with a certificate that chains to `sslrootcert`.
+    VerifyCa,
+    /// TLS, with a certificate that chains to `sslrootcert` and names the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SslMode, String> {
+        [
+            SslMode::Disable,
+            SslMode::Allow,
+            SslMode::Prefer,
+            SslMode::Require,
+            SslMode::VerifyCa,
+            SslMode::VerifyFull,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| {
+            format!(
+                "sslmode {s:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -253,6 +325,19 @@ pub struct RetentionConfig {
     pub incomplete_after: Duration,
     #[serde(default)]
     pub after_backup: bool,
+    /// Exports of archived data (`[[archive]] export_after`): kept forever unless this
+    /// says otherwise.
+    #[serde(default)]
+    pub exports: ExportsRetention,
+}
+
+/// `[retention.exports]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportsRetention {
+    /// Delete exports made longer ago than this (e.g. `"3650d"`); absent: never.
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub keep_within: Option<Duration>,
 }
 
 /// What `retention.wal` asks for beyond the WAL kept backups need.
@@ -329,7 +414,7 @@ impl RetentionConfig {
         if self.incomplete_after < MIN_INCOMPLETE_AFTER {
             return Err(UserError::new(format!(
                 "key `retention.incomplete_after`: {} is too short: a backup still running has no manifest yet and would be removed; use at least 1h, longer than your longest backup",
-                humantime::format_duration(self.incomplete_after)
+                crate::text::config_duration(self.incomplete_after)
             )));
         }
         Ok(())
@@ -438,6 +523,11 @@ pub struct ArchivePolicy {
     /// naming the run's values as `{table}`, `{rows_moved}`, … (see
     /// docs/partitions-and-archive.md), e.g. an INSERT into the team's audit table.
     pub audit_sql: Option<String>,
+    /// A PostgreSQL interval, e.g. `"24 months"`: archived rows (by month) and archived
+    /// partitions older than this are exported to the repository, verified, and only
+    /// then dropped from the database (see docs/partitions-and-archive.md). Absent:
+    /// archived data stays in the database.
+    pub export_after: Option<String>,
     #[serde(default)]
     pub on_foreign_keys: OnForeignKeys,
     pub database: Option<String>,
@@ -464,7 +554,7 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
     pub webhook_url: Option<String>,
@@ -472,6 +562,41 @@ pub struct NotifyConfig {
     /// Alert when the newest verified backup is older than this.
     #[serde(default, with = "humantime_serde_compat::option")]
     pub max_age: Option<Duration>,
+    /// The body of each POST: `"json"` (the default) or `"slack"` (an incoming-webhook
+    /// payload whose `text` is the message). Checked by `validate`.
+    #[serde(default = "defaults::notify_format")]
+    pub format: String,
+    /// Which outcomes are sent: any of `"failure"`, `"success"`, `"recovery"` (the first
+    /// success of a job after one or more failures). Checked by `validate`.
+    #[serde(default = "defaults::notify_on")]
+    pub on: Vec<String>,
+    /// How long a CLI command waits for its notification before exiting, and the limit
+    /// of each delivery attempt.
+    #[serde(default = "defaults::notify_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+impl NotifyConfig {
+    pub const FORMATS: [&'static str; 2] = ["json", "slack"];
+    pub const ON: [&'static str; 3] = ["failure", "success", "recovery"];
+
+    /// Whether `notify.on` lists `what` (one of [`Self::ON`]).
+    pub fn wants(&self, what: &str) -> bool {
+        self.on.iter().any(|o| o == what)
+    }
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            webhook_url: None,
+            webhook_url_file: None,
+            max_age: None,
+            format: defaults::notify_format(),
+            on: defaults::notify_on(),
+            timeout: defaults::notify_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -571,6 +696,15 @@ mod defaults {
     use std::time::Duration;
 
     pub fn connect_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn notify_format() -> String {
+        "json".into()
+    }
+    pub fn notify_on() -> Vec<String> {
+        vec!["failure".into()]
+    }
+    pub fn notify_timeout() -> Duration {
         Duration::from_secs(10)
     }
     pub fn cluster() -> String {
@@ -762,9 +896,19 @@ impl Config {
                 *p = base.join(&*p).components().collect();
             }
         };
+        // `sslrootcert = "system"` names the OS's roots, not a file next to the config.
+        let rootcert = self
+            .postgres
+            .sslrootcert
+            .as_mut()
+            .filter(|p| p.as_os_str() != "system");
         for p in [
+            rootcert,
+            self.postgres.sslcert.as_mut(),
+            self.postgres.sslkey.as_mut(),
             self.postgres.password_file.as_mut(),
             self.postgres.bin_dir.as_mut(),
+            self.postgres.client_bin_dir.as_mut(),
             self.postgres.pgdata.as_mut(),
             self.repository.path.as_mut(),
             self.repository.secret_access_key_file.as_mut(),
@@ -1003,6 +1147,15 @@ impl Config {
                     );
                 }
             }
+            if a.export_after
+                .as_deref()
+                .is_some_and(|e| e.trim().is_empty())
+            {
+                return bad(
+                    &format!("{key}.export_after"),
+                    "must be a PostgreSQL interval such as \"24 months\" (or be left out: archived data then stays in the database)".into(),
+                );
+            }
             if a.archive_schema.trim().is_empty() {
                 return bad(
                     &format!("{key}.archive_schema"),
@@ -1028,6 +1181,26 @@ impl Config {
                         .into(),
                 );
             }
+        }
+        if !NotifyConfig::FORMATS.contains(&self.notify.format.as_str()) {
+            return bad(
+                "notify.format",
+                format!("{:?} is not \"json\" or \"slack\"", self.notify.format),
+            );
+        }
+        if let Some(o) = self
+            .notify
+            .on
+            .iter()
+            .find(|o| !NotifyConfig::ON.contains(&o.as_str()))
+        {
+            return bad(
+                "notify.on",
+                format!("{o:?} is not one of \"failure\", \"success\", \"recovery\""),
+            );
+        }
+        if self.notify.timeout.is_zero() {
+            return bad("notify.timeout", "must be more than 0, e.g. \"10s\"".into());
         }
         if self.notify.webhook_url.is_some() && self.notify.webhook_url_file.is_some() {
             return bad(
@@ -1208,6 +1381,28 @@ mod tests {
             parse("[repository]\npath = \"/x\"\n[compression]\nalgorithm = \"gzip\"\nlevel = 12\n")
                 .unwrap_err();
         assert!(err.contains("compression.level"), "{err}");
+    }
+
+    #[test]
+    fn notify_format_on_and_timeout_are_checked() {
+        let base = "[repository]\npath = \"/x\"\n[notify]\n";
+        let c = parse(base).unwrap();
+        assert_eq!(c.notify.format, "json");
+        assert!(c.notify.wants("failure") && !c.notify.wants("success"));
+        assert_eq!(c.notify.timeout, std::time::Duration::from_secs(10));
+        let c = parse(&format!(
+            "{base}format = \"slack\"\non = [\"success\", \"recovery\"]\ntimeout = \"2s\"\n"
+        ))
+        .unwrap();
+        assert!(c.notify.wants("recovery") && !c.notify.wants("failure"));
+        for (toml, key) in [
+            ("format = \"xml\"\n", "notify.format"),
+            ("on = [\"failure\", \"always\"]\n", "notify.on"),
+            ("timeout = \"0s\"\n", "notify.timeout"),
+        ] {
+            let err = parse(&format!("{base}{toml}")).unwrap_err();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

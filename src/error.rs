@@ -42,6 +42,9 @@ pub struct LockHeld {
     pub holder: String,
     /// The whole message for the operator, with what to do.
     pub message: String,
+    /// The holder is this process (known from the process's own record of the locks it
+    /// holds, not from the lock file, which a releasing holder empties first).
+    pub by_this_process: bool,
 }
 
 impl fmt::Display for LockHeld {
@@ -51,6 +54,13 @@ impl fmt::Display for LockHeld {
 }
 
 impl std::error::Error for LockHeld {}
+
+impl LockHeld {
+    /// Whether the holder is this very process (another job of the same daemon).
+    pub fn held_by_this_process(&self) -> bool {
+        self.by_this_process
+    }
+}
 
 /// The operation failed and what went wrong is already in front of the operator (a
 /// rendered report, or nothing to say): exit code 1 with `summary` as the one-line
@@ -219,6 +229,7 @@ mod tests {
             lock: "backup-physical".into(),
             holder: "pid 1".into(),
             message: "a backup-physical job is already running".into(),
+            by_this_process: false,
         })
         .context("backup");
         assert_eq!(classify(&e).0, 3);

@@ -53,6 +53,15 @@ pub const POINTS: &[(&str, &str)] = &[
         "every part is in the target directory; recovery settings and signal file are not",
     ),
     (
+        "export.before-manifest",
+        "an export's object is stored and read back; its manifest is not written and no \
+         row is dropped",
+    ),
+    (
+        "export.after-manifest",
+        "an export's manifest is stored; its rows are still in the database",
+    ),
+    (
         "archive.mid-transaction",
         "an archival batch has copied rows into the archive table and deleted them from the \
          source, inside its transaction, before the commit",

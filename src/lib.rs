@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
+pub mod notify;
 pub mod ops;
 pub mod partitions;
 pub mod pg;

@@ -22,7 +22,21 @@ impl Drop for JobLock {
     fn drop(&mut self) {
         let _ = self.file.set_len(0);
         let _ = self.file.unlock();
+        held_here().remove(&self.path);
     }
+}
+
+/// The lock files this process holds. A holder empties its lock file before releasing
+/// it, so the file cannot tell a waiter reliably that the holder is itself; this can.
+fn held_here() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<PathBuf>> {
+    static HELD: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    HELD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether this process holds lock `name` in `state_dir`.
+pub fn held_by_this_process(state_dir: &Path, name: &str) -> bool {
+    held_here().contains(&state_dir.join(format!("{name}.lock")))
 }
 
 /// How to behave when another process holds the lock.
@@ -83,6 +97,7 @@ pub fn acquire(state_dir: &Path, name: &str, wait: Wait) -> anyhow::Result<JobLo
                             ),
                             lock: name.to_string(),
                             holder: who,
+                            by_this_process: held_here().contains(&path),
                         }))
                     }
                     Wait::Up(limit) if started.elapsed() >= limit => {
@@ -112,6 +127,7 @@ fn take(mut file: File, path: PathBuf) -> anyhow::Result<JobLock> {
     file.set_len(0)?;
     file.rewind()?;
     let cmd: Vec<String> = std::env::args().collect();
+    held_here().insert(path.clone());
     writeln!(
         file,
         "pid {}\n{}\nsince {}",
@@ -190,5 +206,17 @@ mod tests {
         let _held = acquire(d.path(), "retention", Wait::No).unwrap();
         let err = acquire(d.path(), "retention", Wait::Up(Duration::from_millis(300))).unwrap_err();
         assert!(format!("{err:#}").contains("gave up"));
+    }
+
+    #[test]
+    fn a_lock_held_by_this_process_is_known_as_such_until_released() {
+        let d = tempfile::tempdir().unwrap();
+        let held = acquire(d.path(), "retention", Wait::No).unwrap();
+        assert!(held_by_this_process(d.path(), "retention"));
+        let err = acquire(d.path(), "retention", Wait::No).unwrap_err();
+        let h = err.downcast_ref::<crate::error::LockHeld>().unwrap();
+        assert!(h.held_by_this_process(), "{h:?}");
+        drop(held);
+        assert!(!held_by_this_process(d.path(), "retention"));
     }
 }

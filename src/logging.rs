@@ -22,10 +22,14 @@ pub fn init(cfg: &LogConfig, verbose: u8, quiet: u8, quiet_by_default: bool) {
         (_, 1) => "warn".into(),
         _ => "error".into(),
     };
+    // The AWS SDK warns once per credential source it probes (instance metadata included)
+    // and per retry; what matters reaches the user as backupctl's own one-line error, so
+    // its messages show only with -v.
+    let sdk = if verbose > 0 { "warn" } else { "error" };
     let filter = EnvFilter::try_from_env("BACKUPCTL_LOG").unwrap_or_else(|_| {
-        // Our own crate at the chosen level; chatty dependencies one step quieter.
+        // Our own crate at the chosen level; chatty dependencies quieter.
         EnvFilter::new(format!(
-            "warn,backupctl={level},aws_smithy_runtime=warn,aws_config=warn,tokio_postgres=warn"
+            "warn,backupctl={level},aws_smithy_runtime={sdk},aws_config={sdk},aws_runtime={sdk},aws_sdk_s3={sdk},tokio_postgres=warn"
         ))
     });
     let builder = tracing_subscriber::fmt()

@@ -353,7 +353,7 @@ pub const CHECKSUM_FIELD: &str = "manifest_sha256";
 /// SHA-256 (hex) of the canonical form of a manifest without its checksum field: compact
 /// JSON, object keys sorted, numbers as serde_json prints them. Canonical rather than the
 /// bytes, so the check survives reformatting but not a changed value.
-fn canonical_sha256(v: &serde_json::Value) -> String {
+pub(crate) fn canonical_sha256(v: &serde_json::Value) -> String {
     fn sorted(v: &serde_json::Value) -> serde_json::Value {
         match v {
             serde_json::Value::Object(o) => {

@@ -35,9 +35,12 @@ pub fn cron(expr: &str) -> Result<Cron, String> {
         .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
 }
 
-/// The first time strictly after `after` that `expr` (5 or 6 fields) fires.
+/// The first time strictly after `after` that `expr` (5 or 6 fields) fires, on a
+/// whole second (the fraction of `after` is not carried into the result).
 pub fn next_run<Tz: TimeZone>(expr: &str, after: &DateTime<Tz>) -> Option<DateTime<Tz>> {
-    cron(expr).ok()?.find_next_occurrence(after, false).ok()
+    use chrono::Timelike;
+    let whole = after.with_nanosecond(0)?;
+    cron(expr).ok()?.find_next_occurrence(&whole, false).ok()
 }
 
 fn parser() -> CronParser {
@@ -48,6 +51,19 @@ fn parser() -> CronParser {
 mod tests {
     use super::*;
     use chrono::Utc;
+
+    #[test]
+    fn next_runs_fall_on_whole_seconds() {
+        let after: DateTime<Utc> = "2026-12-03T10:15:07.123456789Z".parse().unwrap();
+        assert_eq!(
+            next_run("0 3 * * *", &after).unwrap().to_rfc3339(),
+            "2026-12-04T03:00:00+00:00"
+        );
+        assert_eq!(
+            next_run("*/5 * * * * *", &after).unwrap().to_rfc3339(),
+            "2026-12-03T10:15:10+00:00"
+        );
+    }
 
     #[test]
     fn five_fields_get_a_seconds_field() {

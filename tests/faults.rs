@@ -419,6 +419,154 @@ fn killed_archival_loses_no_row() {
     assert_eq!(s.sql("SELECT count(*) FROM archive.events"), "5000");
 }
 
+/// An export killed before its manifest leaves an object nothing uses (retention removes
+/// it after `incomplete_after`); one killed after it leaves its rows in the database,
+/// and the next run finds the export made and only drops them. No row is lost or
+/// exported twice.
+fn killed_export_loses_no_row_and_makes_no_second_copy(backend: Backend) {
+    let s = Setup::with_config(
+        backend,
+        "[[archive]]\ntable = \"public.events\"\ncolumn = \"at\"\nolder_than = \"1 year\"\nexport_after = \"2 years\"\n",
+    );
+    // Rows in three months, three years ago, and recent ones.
+    s.sql(
+        "CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz NOT NULL, v text);
+         INSERT INTO events SELECT g, date_trunc('month', now()) - interval '36 months' + g * interval '30 minutes', md5(g::text)
+           FROM generate_series(1, 4000) g;
+         INSERT INTO events SELECT 100000 + g, now() - interval '1 day', 'recent'
+           FROM generate_series(1, 100) g;",
+    );
+    let in_db =
+        "SELECT count(*) || ':' || coalesce(md5(string_agg(id || v, ',' ORDER BY id)), '') FROM \
+                 (SELECT id, v FROM public.events UNION ALL SELECT id, v FROM archive.events) x";
+    let all = s.sql(
+        "SELECT count(*) || ':' || md5(string_agg(id || v, ',' ORDER BY id)) FROM public.events",
+    );
+    let exports = || -> Vec<serde_json::Value> {
+        let out = s.run(&["--json", "list"]);
+        json(&out)["exports"].as_array().unwrap().clone()
+    };
+    kill_at(&s.config, "export.before-manifest", &["archive"], &[]);
+    assert_eq!(s.sql(in_db), all);
+    assert!(exports().is_empty());
+    let orphan = s.t.list_keys("exports/");
+    assert_eq!(orphan.len(), 1, "{orphan:?}");
+
+    kill_at(&s.config, "export.after-manifest", &["archive"], &[]);
+    assert_eq!(
+        s.sql(in_db),
+        all,
+        "the rows stay until the export is complete"
+    );
+    let listed = exports();
+    assert_eq!(listed.len(), 1);
+
+    let out = s.run(&["--json", "archive"]);
+    let r = json(&out);
+    assert!(out.status.success(), "{r:#}\n{}", stderr(&out));
+    let items = r["tables"][0]["exports"]["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(items[0]["status"], "already_exported", "{items:#?}");
+    assert_eq!(items[0]["id"], listed[0]["id"]);
+    assert!(
+        items[1..].iter().all(|i| i["status"] == "exported"),
+        "{items:#?}"
+    );
+    // Every row is in the database or in exactly one export.
+    let listed = exports();
+    assert_eq!(listed.len(), items.len());
+    let exported: i64 = listed.iter().map(|e| e["rows"].as_i64().unwrap()).sum();
+    let left: i64 = s
+        .sql("SELECT (SELECT count(*) FROM public.events) + (SELECT count(*) FROM archive.events)")
+        .parse()
+        .unwrap();
+    assert_eq!(exported + left, 4100);
+    let months: std::collections::BTreeSet<&str> = listed
+        .iter()
+        .map(|e| e["month"].as_str().unwrap())
+        .collect();
+    assert_eq!(months.len(), listed.len(), "{listed:#?}");
+
+    // Objects of exports killed before their manifest go with retention once older
+    // than incomplete_after (by the time in their id): the one just left stays, one
+    // from 2020 goes.
+    let old = "exports/20200101T000000Z-events_2020_01-0000/data.dump.zst".to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use backupctl::repo::RepositoryExt;
+        let repo = s.t.open().await;
+        repo.put_bytes(&old, b"partial".to_vec(), Default::default())
+            .await
+            .unwrap();
+    });
+    if s.t.backend == Backend::Local {
+        common::chown_to_pg(&s.t.dir.path().join("repo"));
+    }
+    let out = s.run(&["--json", "retention"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        json(&out)["exports"]["unfinished"],
+        serde_json::json!(["20200101T000000Z-events_2020_01-0000"])
+    );
+    let keys = s.t.list_keys("exports/");
+    assert!(
+        !keys.contains(&old) && keys.contains(&orphan[0]),
+        "{keys:?}"
+    );
+    assert_eq!(exports().len(), items.len());
+}
+
+#[test]
+fn killed_export_loses_no_row_and_makes_no_second_copy_local() {
+    killed_export_loses_no_row_and_makes_no_second_copy(Backend::Local);
+}
+
+#[test]
+fn killed_export_loses_no_row_and_makes_no_second_copy_s3() {
+    killed_export_loses_no_row_and_makes_no_second_copy(Backend::S3);
+}
+
+/// A stored export that does not read back intact (every read truncated) is deleted
+/// and nothing is dropped from the database; the next run exports it.
+#[test]
+fn an_export_that_does_not_read_back_intact_drops_nothing() {
+    let s = Setup::with_config(
+        Backend::Local,
+        "[[archive]]\ntable = \"public.events\"\ncolumn = \"at\"\nolder_than = \"1 year\"\nexport_after = \"2 years\"\n",
+    );
+    s.sql(
+        "CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz NOT NULL, v text);
+         INSERT INTO events SELECT g, date_trunc('month', now()) - interval '36 months' + g * interval '5 minutes', md5(g::text)
+           FROM generate_series(1, 4000) g;",
+    );
+    let out = backupctl_env(
+        &s.config,
+        &["--json", "archive"],
+        &faults("truncate:get:1+:1000:eof"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let r = json(&out);
+    let items = r["tables"][0]["exports"]["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(!items.is_empty());
+    for i in &items {
+        assert_eq!(i["status"], "failed", "{i:#}");
+        let d = i["detail"].as_str().unwrap();
+        assert!(
+            d.contains("by reading it back") && d.contains("nothing was dropped"),
+            "{d}"
+        );
+    }
+    assert_eq!(s.sql("SELECT count(*) FROM archive.events"), "4000");
+    assert!(s.t.list_keys("exports/").is_empty());
+    must("archive without faults", s.run(&["archive"]));
+    assert_eq!(s.sql("SELECT count(*) FROM archive.events"), "0");
+}
+
 #[test]
 fn killed_daemon_job_is_rerun_by_the_next_daemon() {
     let s = Setup::with_config(

@@ -38,6 +38,7 @@ const LAYERS: &[(u8, &[&str])] = &[
             "lock",
             "logging",
             "manifest",
+            "notify",
             "partitions",
             "pg",
             "physical",

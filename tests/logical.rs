@@ -196,7 +196,15 @@ fn backup_and_restore(backend: Backend) {
 
     let m = manifest(&t, &id).expect("manifest written");
     assert_eq!(m.label.as_deref(), Some("pre-migration"));
-    assert!(m.pg_version.starts_with("15"), "{}", m.pg_version);
+    let major = src.psql(
+        "postgres",
+        "SELECT current_setting('server_version_num')::int / 10000",
+    );
+    assert!(
+        m.pg_version.starts_with(&format!("{major}.")),
+        "{} (server {major})",
+        m.pg_version
+    );
     let rp = m.restore_point.as_ref().expect("restore point recorded");
     assert_eq!(rp.name, id);
     let l = m.logical.as_ref().unwrap();
@@ -252,18 +260,31 @@ fn backup_and_restore(backend: Backend) {
         "t"
     );
     let segment = src.psql("postgres", &format!("SELECT pg_walfile_name('{}')", rp.lsn));
-    let waldump = Command::new(common::pg_bin("pg_waldump"))
-        .arg("-p")
-        .arg(src.pgdata.join("pg_wal"))
-        .arg(&segment)
+    // pg_waldump reads only its own major version's WAL (the version matrix runs
+    // PostgreSQL 16 and 17 servers with 18's client programs).
+    let waldump_major = Command::new(common::pg_bin("pg_waldump"))
+        .arg("--version")
         .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&waldump.stdout);
-    assert!(
-        text.contains(&format!("RESTORE_POINT {id}")),
-        "no restore point record {id} in {segment}: {}",
-        String::from_utf8_lossy(&waldump.stderr)
-    );
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    if !waldump_major.contains(&format!(" {major}.")) {
+        eprintln!(
+            "skipped the WAL record check: {waldump_major} cannot read PostgreSQL {major} WAL"
+        );
+    } else {
+        let waldump = Command::new(common::pg_bin("pg_waldump"))
+            .arg("-p")
+            .arg(src.pgdata.join("pg_wal"))
+            .arg(&segment)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&waldump.stdout);
+        assert!(
+            text.contains(&format!("RESTORE_POINT {id}")),
+            "no restore point record {id} in {segment}: {}",
+            String::from_utf8_lossy(&waldump.stderr)
+        );
+    }
 
     // Restore everything into a fresh cluster: roles first, then each database.
     let dst = Cluster::new(ClusterOptions::default());

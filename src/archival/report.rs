@@ -62,6 +62,9 @@ pub struct TableArchive {
     pub sql: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_id: Option<i64>,
+    /// `export_after`: what was (would be) exported to the repository and dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exports: Option<super::export::PolicyExports>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -108,6 +111,66 @@ impl ArchiveSummary {
     }
 }
 
+impl ArchiveSummary {
+    /// The real causes behind [`ArchiveSummary::outcome`]'s error, one line per table
+    /// that failed or was refused (its error, with the partitions or exports that
+    /// failed). For those who never saw the rendered report.
+    pub fn causes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in self
+            .tables
+            .iter()
+            .filter(|t| matches!(t.status, TableStatus::Failed | TableStatus::Refused))
+        {
+            let what = if t.status == TableStatus::Refused {
+                "refused"
+            } else {
+                "failed"
+            };
+            let mut line = format!("{} (database {}) {what}", t.table, t.database);
+            if let Some(e) = &t.error {
+                line.push_str(&format!(": {e}"));
+            }
+            for p in t.partitions.iter().filter(|p| {
+                matches!(
+                    p.status,
+                    super::partmode::PartStatus::Failed | super::partmode::PartStatus::NameTaken
+                )
+            }) {
+                line.push_str(&format!(
+                    "; {}: {}",
+                    p.partition,
+                    p.detail.as_deref().unwrap_or("not moved")
+                ));
+            }
+            for i in t
+                .exports
+                .iter()
+                .flat_map(|x| &x.items)
+                .filter(|i| i.status == super::export::ExportStatus::Failed)
+            {
+                line.push_str(&format!(
+                    "; export of {}{}: {}",
+                    i.relation,
+                    i.month
+                        .as_deref()
+                        .map(|m| format!(" {m}"))
+                        .unwrap_or_default(),
+                    i.detail.as_deref().unwrap_or("failed")
+                ));
+            }
+            out.push(line);
+        }
+        out
+    }
+
+    /// Whether every problem is a refusal (config, foreign keys, mismatched archive
+    /// table): retrying the same run is refused the same way.
+    pub fn operator_only(&self) -> bool {
+        !self.tables.iter().any(|t| t.status == TableStatus::Failed)
+    }
+}
+
 impl TableArchive {
     pub(crate) fn new(p: &ArchivePolicy, db: &str, dry_run: bool) -> TableArchive {
         TableArchive {
@@ -140,6 +203,7 @@ impl TableArchive {
             notes: Vec::new(),
             sql: Vec::new(),
             log_id: None,
+            exports: None,
             error: None,
         }
     }

@@ -35,6 +35,11 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
 
+    /// Send no notification for this command (backup, restore, verify, archive, migrate
+    /// notify as [notify] says otherwise)
+    #[arg(long, global = true)]
+    pub no_notify: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -69,6 +74,24 @@ pub enum Command {
     Partitions(DryRunArgs),
     /// Move old rows or partitions into the archive schema per [[archive]] policies
     Archive(ArchiveArgs),
+    /// Load the rows of one export of archived data into a table
+    RestoreExport(RestoreExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreExportArgs {
+    /// The export's id (`backupctl list` shows them)
+    pub id: String,
+    /// Table to load the rows into: an existing one with the export's columns, or a new
+    /// one (created with the export's columns and primary key); schema.table
+    #[arg(long, value_name = "TABLE")]
+    pub into: String,
+    /// Database [default: the one the export came from]
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+    /// Print what would be done, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

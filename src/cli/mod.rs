@@ -4,6 +4,7 @@
 //! decided by `error::classify` from the typed errors the operations return.
 
 pub mod args;
+pub mod notify;
 pub mod render;
 
 pub use args::*;
@@ -47,8 +48,28 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         cfg,
         json: cli.json,
     };
+    let job = (!cli.no_notify)
+        .then(|| notify::CliJob::of(&cli.command))
+        .flatten();
+    let started = std::time::Instant::now();
+    let mut done = notify::Done::default();
+    let res = dispatch(&ctx, cli.command, config_path, !cli.no_notify, &mut done).await;
+    if let Some(job) = job {
+        notify::finished(&ctx.cfg, job, started.elapsed(), &res, done).await;
+    }
+    res
+}
+
+/// Run one command; what a notification tells about it goes into `done`.
+async fn dispatch(
+    ctx: &Ctx,
+    command: Command,
+    config_path: Option<String>,
+    notify: bool,
+    done: &mut notify::Done,
+) -> anyhow::Result<()> {
     let cfg = &ctx.cfg;
-    match cli.command {
+    match command {
         Command::Check(args) => {
             let r = ops::check::run(cfg, args.init).await?;
             if ctx.json {
@@ -85,6 +106,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 },
             };
             let out = ops::backup::run(cfg, &req).await?;
+            done.backup_ids = out.backups.iter().map(|b| b.id.clone()).collect();
             if ctx.json {
                 ctx.print_json(&out)?;
             } else {
@@ -107,6 +129,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 jobs: args.jobs,
                 dry_run: args.dry_run,
             };
+            done.backup_ids = vec![req.id.clone()];
             for line in ops::restore::logical::run(cfg, &req).await? {
                 println!("{line}");
             }
@@ -129,6 +152,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 dry_run: args.dry_run,
             };
             let report = ops::restore::run(cfg, &req).await?;
+            done.backup_ids = vec![report.backup.clone()];
             if report.dry_run.is_some() {
                 render::restore_dry_run(&report);
             } else if ctx.json {
@@ -136,7 +160,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Migrate(args) => migrate(&ctx, args, config_path).await,
+        Command::Migrate(args) => migrate(ctx, args, config_path, notify).await,
         Command::WalPush(args) => ops::wal::push::run(cfg, args.path).await,
         Command::WalFetch(args) => {
             let expected = ops::wal::fetch::Expected::parse(&args.expect)?;
@@ -147,14 +171,14 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             if ctx.json {
                 ctx.print_json(&listing)
             } else {
-                render::list(&listing);
+                render::list(&listing, &display_zone(cfg));
                 Ok(())
             }
         }
         Command::Info(args) => match ops::info::run(cfg, args.id.as_deref()).await? {
             ops::info::Info::Backup(m) if ctx.json => ctx.print_json(&m),
             ops::info::Info::Backup(m) => {
-                render::backup(&m);
+                render::backup(&m, &display_zone(cfg));
                 Ok(())
             }
             ops::info::Info::Summary(s) if ctx.json => ctx.print_json(&s),
@@ -176,6 +200,16 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 ctx.print_json(&report)?;
             } else {
                 render::verify(&report);
+            }
+            let mut failures = ops::backup::verification_failures(&report);
+            if let Some(w) = &report.wal {
+                if !w.gaps.is_empty() {
+                    failures.push(format!("WAL continuity: gaps {}", w.gaps.join(", ")));
+                }
+                failures.extend(w.content.failures.iter().map(|f| f.to_string()));
+            }
+            if !failures.is_empty() {
+                done.cause = Some(failures.join("; "));
             }
             ops::verify::outcome(&report)
         }
@@ -209,7 +243,47 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             } else {
                 render::archive(&summary);
             }
+            let causes: Vec<String> = summary
+                .tables
+                .iter()
+                .filter_map(|t| Some(format!("{}: {}", t.table, t.error.as_ref()?)))
+                .collect();
+            if !causes.is_empty() {
+                done.cause = Some(causes.join("; "));
+            }
             summary.outcome()
+        }
+        Command::RestoreExport(args) => {
+            let req = ops::export::RestoreExport {
+                id: args.id,
+                into: args.into,
+                database: args.database,
+                dry_run: args.dry_run,
+            };
+            let r = ops::export::restore(cfg, &req).await?;
+            if ctx.json {
+                return ctx.print_json(&r);
+            }
+            if r.dry_run {
+                println!(
+                    "would load export {} into {} in database {}:",
+                    r.id, r.table, r.database
+                );
+                for stmt in &r.plan {
+                    println!("  {stmt}");
+                }
+                println!("dry run: nothing was changed");
+            } else {
+                println!(
+                    "loaded {} row(s) of export {} into {}{} in database {}; count and fingerprint match the export's manifest",
+                    r.rows,
+                    r.id,
+                    r.table,
+                    if r.created { " (created)" } else { "" },
+                    r.database
+                );
+            }
+            Ok(())
         }
     }
 }
@@ -217,9 +291,40 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
 /// `backupctl migrate`: the operation, its report on stderr (stdout carries COMMAND's
 /// output) or as JSON, an alert when anything failed, and the exit code the report
 /// calls for.
-async fn migrate(ctx: &Ctx, args: MigrateArgs, config_path: Option<String>) -> anyhow::Result<()> {
+async fn migrate(
+    ctx: &Ctx,
+    args: MigrateArgs,
+    config_path: Option<String>,
+    notify: bool,
+) -> anyhow::Result<()> {
+    use crate::notify::{Alert, Event, Outcome};
     use ops::migrate::{MigrateRequest, OnFailure};
     let cfg = &ctx.cfg;
+    let started = std::time::Instant::now();
+    // The outcome is recorded (for "recovery") and sent unless --no-notify.
+    let send = |mut alert: Alert, ok: bool| async move {
+        let outcome = crate::notify::job_outcome(cfg, &["migrate"], ok);
+        if !notify {
+            return;
+        }
+        alert.result = outcome;
+        alert.job = Some("migrate".into());
+        alert.duration_seconds = Some((started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+        if ok {
+            alert.event = if outcome == Outcome::Recovery {
+                Event::JobRecovered
+            } else {
+                Event::JobSucceeded
+            };
+            alert.severity = "info";
+        } else {
+            alert.next_action = Some(
+                "read the migration's report on stderr, fix the migration, then run `backupctl check`"
+                    .into(),
+            );
+        }
+        notify::send(cfg, alert).await;
+    };
     let req = MigrateRequest {
         database: args.database,
         on_failure: match args.on_failure {
@@ -240,16 +345,16 @@ async fn migrate(ctx: &Ctx, args: MigrateArgs, config_path: Option<String>) -> a
     let report = match ops::migrate::run(cfg, &req).await {
         Ok(r) => r,
         Err(e) => {
-            let mut alert = crate::daemon::notify::Alert::new(
+            let mut alert = Alert::new(
                 cfg,
-                crate::daemon::notify::Event::MigrationFailed,
+                Event::MigrationFailed,
                 format!(
                     "pre-migration backup of database {} failed; the migration did not run",
                     req.database
                 ),
             );
             alert.error = Some(format!("{e:#}"));
-            notify(cfg, alert).await;
+            send(alert, false).await;
             return Err(e);
         }
     };
@@ -259,6 +364,16 @@ async fn migrate(ctx: &Ctx, args: MigrateArgs, config_path: Option<String>) -> a
         render::migrate(&report);
     }
     if report.command.success() {
+        let mut alert = Alert::new(
+            cfg,
+            Event::JobSucceeded,
+            format!(
+                "the migration of database {} succeeded; backup {} holds the state before it",
+                report.database, report.backup_id
+            ),
+        );
+        alert.backup_ids = vec![report.backup_id.clone()];
+        send(alert, true).await;
         return Ok(());
     }
     let (code, summary) = if report.restore_failed() {
@@ -292,14 +407,10 @@ async fn migrate(ctx: &Ctx, args: MigrateArgs, config_path: Option<String>) -> a
             ),
         )
     };
-    let mut alert = crate::daemon::notify::Alert::new(
-        cfg,
-        crate::daemon::notify::Event::MigrationFailed,
-        summary.clone(),
-    );
+    let mut alert = Alert::new(cfg, Event::MigrationFailed, summary.clone());
     alert.backup_ids = vec![report.backup_id.clone()];
     alert.error = report.recovery.as_ref().and_then(|r| r.error.clone());
-    notify(cfg, alert).await;
+    send(alert, false).await;
     Err(crate::error::MigrationFailed {
         code,
         message: summary,
@@ -307,14 +418,7 @@ async fn migrate(ctx: &Ctx, args: MigrateArgs, config_path: Option<String>) -> a
     .into())
 }
 
-/// Send one alert through the configured webhook and wait (a bounded time) for its
-/// delivery: the process ends right after.
-async fn notify(cfg: &Config, alert: crate::daemon::notify::Alert) {
-    match crate::daemon::notify::Notifier::start(cfg) {
-        Ok(n) => {
-            n.send(alert);
-            n.drain(std::time::Duration::from_secs(30)).await;
-        }
-        Err(e) => tracing::error!("cannot send the alert: {e:#}"),
-    }
+/// The zone times are shown to people in: `schedule.timezone` (validated at load).
+fn display_zone(cfg: &crate::config::Config) -> chrono_tz::Tz {
+    cfg.schedule.timezone.parse().unwrap_or(chrono_tz::UTC)
 }

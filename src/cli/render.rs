@@ -18,22 +18,21 @@ use crate::recovery::plan::Window;
 use crate::recovery::target::format_pg_time;
 use crate::text::human_bytes;
 
-pub fn list(listing: &Listing) {
+/// Times for people, in the configured zone (`schedule.timezone`), to the second.
+pub fn local_time(t: &DateTime<Utc>, tz: &chrono_tz::Tz) -> String {
+    t.with_timezone(tz)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+pub fn list(listing: &Listing, tz: &chrono_tz::Tz) {
     println!("repository: {}", listing.repository);
     if listing.backups.is_empty() {
         println!("no backups");
     } else {
+        println!("times in {tz}");
         println!(
             "{:<28} {:<8} {:<14} {:<20} {:<20} {:<24} {:>10} {:>10} {:<8}",
-            "ID",
-            "KIND",
-            "LABEL",
-            "STARTED (UTC)",
-            "STOPPED (UTC)",
-            "LSN",
-            "STORED",
-            "ORIGINAL",
-            "VERIFIED"
+            "ID", "KIND", "LABEL", "STARTED", "STOPPED", "LSN", "STORED", "ORIGINAL", "VERIFIED"
         );
         for (b, m) in listing.backups.iter().zip(&listing.manifests) {
             let lsn = match (&b.start_lsn, &b.stop_lsn) {
@@ -45,8 +44,8 @@ pub fn list(listing: &Listing) {
                 b.id,
                 b.kind,
                 b.label.as_deref().unwrap_or("-"),
-                m.start_time.format("%Y-%m-%d %H:%M:%S"),
-                m.stop_time.format("%Y-%m-%d %H:%M:%S"),
+                m.start_time.with_timezone(tz).format("%Y-%m-%d %H:%M:%S"),
+                m.stop_time.with_timezone(tz).format("%Y-%m-%d %H:%M:%S"),
                 lsn,
                 human_bytes(b.stored_bytes),
                 human_bytes(b.original_bytes),
@@ -71,6 +70,27 @@ pub fn list(listing: &Listing) {
         );
     }
     unreadable(&listing.unreadable_manifests);
+    if !listing.exports.is_empty() {
+        println!("exports of archived data (backupctl restore-export ID --into TABLE):");
+        println!(
+            "  {:<56} {:<12} {:<40} {:<8} {:>10} {:>10}",
+            "ID", "DATABASE", "FROM", "MONTH", "ROWS", "STORED"
+        );
+        for e in &listing.exports {
+            println!(
+                "  {:<56} {:<12} {:<40} {:<8} {:>10} {:>10}",
+                e.id,
+                e.database,
+                e.relation,
+                e.month.as_deref().unwrap_or("-"),
+                e.rows,
+                human_bytes(e.stored_bytes)
+            );
+        }
+    }
+    for u in &listing.unreadable_exports {
+        println!("UNREADABLE export {u}");
+    }
 }
 
 /// One line per backup whose manifest cannot be used.
@@ -188,6 +208,18 @@ pub fn info_summary(s: &Summary) {
     }
     windows(&s.recoverable_windows, &s.wal_gaps);
     unreadable(&s.unreadable_manifests);
+    if s.exports.count > 0 {
+        println!(
+            "exports:           {} of archived data, {} rows, {} stored; newest {}",
+            s.exports.count,
+            s.exports.rows,
+            human_bytes(s.exports.stored_bytes),
+            s.exports.newest.as_deref().unwrap_or("-")
+        );
+    }
+    for u in &s.exports.unreadable {
+        println!("UNREADABLE export {u}");
+    }
     daemon(&s.daemon);
 }
 
@@ -202,12 +234,13 @@ fn daemon(d: &DaemonView) {
         );
         return;
     }
-    println!("daemon jobs ({}):", d.timezone);
-    let t = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
+    println!("daemon jobs (times in {}):", d.timezone);
+    let tz: chrono_tz::Tz = d.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let t = |t: Option<DateTime<Utc>>| t.map(|t| local_time(&t, &tz)).unwrap_or_else(|| "-".into());
     for j in &d.jobs {
         let h = &j.history;
         let last = match (&h.running, h.last_outcome) {
-            (Some(r), _) => format!("running since {} (run {})", r.since.to_rfc3339(), r.run_id),
+            (Some(r), _) => format!("running since {} (run {})", t(Some(r.since)), r.run_id),
             (None, Some(o)) => format!(
                 "last {} at {}{}",
                 o.as_str(),
@@ -228,7 +261,7 @@ fn daemon(d: &DaemonView) {
     }
 }
 
-pub fn backup(m: &Manifest) {
+pub fn backup(m: &Manifest, tz: &chrono_tz::Tz) {
     println!("id:            {}", m.id);
     println!("kind:          {}", m.kind);
     println!("label:         {}", m.label.as_deref().unwrap_or("-"));
@@ -237,8 +270,8 @@ pub fn backup(m: &Manifest) {
         m.host, m.cluster, m.system_identifier
     );
     println!("PostgreSQL:    {}", m.pg_version);
-    println!("started:       {}", m.start_time.to_rfc3339());
-    println!("stopped:       {}", m.stop_time.to_rfc3339());
+    println!("started:       {}", local_time(&m.start_time, tz));
+    println!("stopped:       {}", local_time(&m.stop_time, tz));
     println!(
         "size:          {} stored, {} original ({:?} level {})",
         human_bytes(m.stored_bytes()),
@@ -339,6 +372,28 @@ pub fn retention(r: &RetentionReport) {
             human_bytes(b.bytes),
             d.reasons.join("; ")
         );
+    }
+    let x = &r.exports;
+    if x.kept + x.delete.len() + x.unfinished.len() + x.unreadable.len() > 0 {
+        println!(
+            "exports: {}; {} kept{}",
+            x.rule,
+            x.kept,
+            if x.delete.is_empty() {
+                String::new()
+            } else {
+                format!(", delete {}", x.delete.join(", "))
+            }
+        );
+        if !x.unfinished.is_empty() {
+            println!(
+                "  unfinished exports (no manifest, older than incomplete_after), deleted: {}",
+                x.unfinished.join(", ")
+            );
+        }
+        for u in &x.unreadable {
+            println!("  UNREADABLE export {u} (kept)");
+        }
     }
     if !plan.incomplete.is_empty() {
         println!("backups without a manifest:");
@@ -589,6 +644,32 @@ pub fn archive(s: &ArchiveSummary) {
         }
         if t.mode == "partitions" && !s.dry_run && t.log_id.is_some() {
             println!("  moved {} partition(s)", t.partitions_moved);
+        }
+        if let Some(x) = &t.exports {
+            if let Some(c) = &x.cutoff {
+                println!("  export: data wholly before {c} goes to the repository (export_after)");
+            }
+            for i in &x.items {
+                let status = serde_json::to_value(i.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                println!(
+                    "    {}{} {status}: {} row(s){}",
+                    i.relation,
+                    i.month
+                        .as_deref()
+                        .map(|m| format!(" {m}"))
+                        .unwrap_or_default(),
+                    i.rows,
+                    i.id.as_deref()
+                        .map(|id| format!(", export {id}"))
+                        .unwrap_or_default()
+                );
+                if let Some(d) = &i.detail {
+                    println!("      {d}");
+                }
+            }
         }
         if let Some(id) = t.log_id {
             println!(

@@ -41,6 +41,16 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
                 .iter()
                 .filter_map(|k| catalog.of_kind(*k).last().cloned())
                 .collect();
+            if latest.is_empty() {
+                // A new installation before its first backup: nothing failed.
+                return Ok(JobReport {
+                    summary: format!(
+                        "nothing to verify yet: no complete backup in {}",
+                        repo.describe()
+                    ),
+                    ..Default::default()
+                });
+            }
             let v = verify::verify_selected(cfg, &repo, &latest, true, Wait::No).await?;
             let mut failures = backup::verification_failures(&v);
             if let Some(w) = &v.wal {
@@ -87,7 +97,9 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
         }
         JobKind::Partitions => {
             let s = partitions::run(cfg, false, Wait::No).await?;
-            s.outcome()?;
+            if let Err(e) = s.outcome() {
+                return Err(with_causes(e, &s.causes(), s.operator_only()));
+            }
             let created = s
                 .tables
                 .iter()
@@ -104,7 +116,9 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
         }
         JobKind::Archive => {
             let s = archival::run(cfg, false, Wait::No).await?;
-            s.outcome()?;
+            if let Err(e) = s.outcome() {
+                return Err(with_causes(e, &s.causes(), s.operator_only()));
+            }
             let rows: i64 = s
                 .tables
                 .iter()
@@ -112,13 +126,46 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
                 .map(|r| r.rows_moved)
                 .sum();
             let parts: usize = s.tables.iter().map(|t| t.partitions_moved).sum();
+            let exported: Vec<_> = s
+                .tables
+                .iter()
+                .filter_map(|t| t.exports.as_ref())
+                .flat_map(|x| &x.items)
+                .collect();
+            let exports = if exported.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} export(s) of {} row(s) to the repository",
+                    exported.len(),
+                    exported.iter().map(|i| i.rows).sum::<i64>()
+                )
+            };
             Ok(JobReport {
                 summary: format!(
-                    "{} table(s): {rows} row(s) and {parts} partition(s) archived",
+                    "{} table(s): {rows} row(s) and {parts} partition(s) archived{exports}",
                     s.tables.len()
                 ),
                 ..Default::default()
             })
         }
+    }
+}
+
+/// The CLI's outcome error points at the report it printed; the daemon prints none, so
+/// its error carries the causes themselves. Problems only an operator can fix (refused
+/// policies, blocked months) become a refusal, which the runner does not retry.
+fn with_causes(e: anyhow::Error, causes: &[String], operator_only: bool) -> anyhow::Error {
+    let head = e.to_string();
+    let head = head.trim_end_matches("; see the report above");
+    let message = if causes.is_empty() {
+        head.to_string()
+    } else {
+        format!("{head}: {}", causes.join(" | "))
+    };
+    if operator_only {
+        crate::error::UserError::new(message).into()
+    } else {
+        crate::error::Reported::new(message).into()
     }
 }

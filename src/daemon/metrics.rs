@@ -22,6 +22,12 @@ pub struct Snapshot {
     pub history: History,
     /// Scheduled jobs and their next occurrence.
     pub next_runs: BTreeMap<JobKind, Option<DateTime<Utc>>>,
+    /// Seconds between a scheduled job's next occurrence and the one after it: how often
+    /// the schedule runs it now (alert rules derive "overdue" from it).
+    pub intervals: BTreeMap<JobKind, f64>,
+    /// `retention.<kind>.keep_within` in seconds, by backup kind (`physical`, `logical`):
+    /// how far back the retention policy promises recovery.
+    pub keep_within: BTreeMap<&'static str, f64>,
     /// Runs since the daemon started, by outcome.
     pub runs: BTreeMap<(JobKind, Outcome), u64>,
     /// Ticks skipped because the previous run of the job was still running.
@@ -41,6 +47,8 @@ impl Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             history,
             next_runs: BTreeMap::new(),
+            intervals: BTreeMap::new(),
+            keep_within: BTreeMap::new(),
             runs: BTreeMap::new(),
             skipped_ticks: BTreeMap::new(),
             observation: None,
@@ -169,6 +177,12 @@ pub fn render(s: &Snapshot, now: DateTime<Utc>) -> String {
         );
     }
     jobs(&mut o, s);
+    o.gauge_per(
+        "backupctl_retention_keep_within_seconds",
+        "retention.<kind>.keep_within in seconds: how far back retention keeps backups of this kind (absent when the rule has no keep_within).",
+        "kind",
+        s.keep_within.iter().map(|(k, v)| (*k, Some(*v))),
+    );
     if let Some(obs) = &s.observation {
         observation(&mut o, obs, now);
     }
@@ -189,6 +203,26 @@ pub fn render(s: &Snapshot, now: DateTime<Utc>) -> String {
         "Alerts given up on after every delivery attempt failed.",
     );
     o.sample("backupctl_alerts_failed_total", &[], s.alerts_failed as f64);
+    o.family(
+        "backupctl_notifications_sent_total",
+        "counter",
+        "Notifications (failures, successes, recoveries, alerts) the webhook accepted.",
+    );
+    o.sample(
+        "backupctl_notifications_sent_total",
+        &[],
+        s.alerts_sent as f64,
+    );
+    o.family(
+        "backupctl_notifications_failed_total",
+        "counter",
+        "Notifications not delivered: every attempt failed or timed out (notify.timeout).",
+    );
+    o.sample(
+        "backupctl_notifications_failed_total",
+        &[],
+        s.alerts_failed as f64,
+    );
     o.text
 }
 
@@ -216,6 +250,12 @@ fn jobs(o: &mut Out, s: &Snapshot) {
         "Next scheduled run (Unix time).",
         "job",
         per(&|k| s.next_runs.get(&k).copied().flatten().map(ts)),
+    );
+    o.gauge_per(
+        "backupctl_job_interval_seconds",
+        "Seconds between the job's next scheduled run and the one after it.",
+        "job",
+        per(&|k| s.intervals.get(&k).copied()),
     );
     o.gauge_per(
         "backupctl_job_running",
@@ -345,6 +385,16 @@ fn observation(o: &mut Out, obs: &Observation, now: DateTime<Utc>) {
             a.last_archived_time.map(ts),
         );
         o.gauge(
+            "backupctl_wal_ready_segments",
+            "WAL segments in pg_wal waiting to be archived (.ready files in pg_wal/archive_status); absent when the role may not list that directory (needs pg_monitor or superuser).",
+            a.ready_segments.map(|n| n as f64),
+        );
+        o.gauge(
+            "backupctl_wal_archived_count",
+            "pg_stat_archiver.archived_count (since the statistics were last reset); its rate is the archiving rate.",
+            Some(a.archived_count as f64),
+        );
+        o.gauge(
             "backupctl_wal_archive_failed_count",
             "pg_stat_archiver.failed_count (since the statistics were last reset).",
             Some(a.failed_count as f64),
@@ -383,6 +433,14 @@ fn observation(o: &mut Out, obs: &Observation, now: DateTime<Utc>) {
         kinds
             .iter()
             .map(|(k, f)| (*k, f.newest.as_ref().map(|(_, t)| ts(*t)))),
+    );
+    o.gauge_per(
+        "backupctl_oldest_backup_timestamp_seconds",
+        "Stop time of the oldest complete backup (Unix time).",
+        "kind",
+        kinds
+            .iter()
+            .map(|(k, f)| (*k, f.oldest.as_ref().map(|(_, t)| ts(*t)))),
     );
     o.gauge_per(
         "backupctl_newest_verified_backup_age_seconds",
@@ -447,6 +505,11 @@ fn observation(o: &mut Out, obs: &Observation, now: DateTime<Utc>) {
             "Latest time point-in-time recovery can reach: archive time of the last continuous WAL segment (Unix time).",
             w.to.map(ts),
         );
+        o.gauge(
+            "backupctl_recoverable_window_timeline",
+            "Timeline of the newest recoverable window (it changes when a standby is promoted or a restore opens a new timeline).",
+            Some(w.timeline as f64),
+        );
     }
 }
 
@@ -501,6 +564,8 @@ mod tests {
         });
         let mut s = Snapshot::new(t(-100), h);
         s.next_runs.insert(JobKind::Physical, Some(t(3600)));
+        s.intervals.insert(JobKind::Physical, 86400.0);
+        s.keep_within.insert("physical", 2_592_000.0);
         s.runs.insert((JobKind::Physical, Outcome::Success), 1);
         s.observation = Some(Observation {
             at: t(100),
@@ -511,6 +576,7 @@ mod tests {
                 last_archived_wal: None,
                 last_archived_time: Some(t(40)),
                 last_failed_time: Some(t(50)),
+                ready_segments: Some(3),
             }),
             repo: Ok(RepoFacts {
                 unreadable_manifests: 2,
@@ -533,6 +599,10 @@ mod tests {
             "backupctl_job_running{job=\"physical\"} 0",
             "backupctl_wal_archive_lag_seconds 60",
             "backupctl_wal_archive_failing 1",
+            "backupctl_wal_ready_segments 3",
+            "backupctl_wal_archived_count 5",
+            "backupctl_job_interval_seconds{job=\"physical\"} 86400",
+            "backupctl_retention_keep_within_seconds{kind=\"physical\"} 2592000",
             "backupctl_wal_verified_timestamp_seconds 1700000030",
             "backupctl_postgres_up 1",
             "backupctl_repository_up 1",

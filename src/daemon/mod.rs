@@ -16,7 +16,6 @@
 
 pub mod jobs;
 pub mod metrics;
-pub mod notify;
 pub mod observe;
 pub mod runner;
 pub mod scheduler;
@@ -35,12 +34,12 @@ use tokio::task::{JoinError, JoinSet};
 
 use crate::config::Config;
 use crate::daemon::metrics::Snapshot;
-use crate::daemon::notify::{Alert, Event, Notifier};
 use crate::daemon::observe::Observation;
 use crate::daemon::scheduler::{Schedule, Ticker};
 use crate::jobs::history::{self, Outcome, RunRecord};
 use crate::jobs::JobKind;
 use crate::lock;
+use crate::notify::{Alert, Event, Notifier};
 
 /// PostgreSQL's archiver is read this often; the repository less often (it lists every
 /// backup and WAL object) and after every finished run.
@@ -156,6 +155,7 @@ pub async fn run(cfg: &Config, run_once: bool, json: bool) -> anyhow::Result<()>
                     ),
                     lock: "daemon".into(),
                     holder,
+                    by_this_process: false,
                 }
                 .into())
             }
@@ -379,36 +379,60 @@ impl Daemon {
             .as_ref()
             .map(|rep| rep.verification_failures.clone())
             .unwrap_or_default();
-        // One alert per failure: a run that failed because a test restore failed is
-        // reported as that verification failure, not also as a failed job.
-        if r.outcome == Outcome::Failed && failures.is_empty() {
-            let mut a = Alert::new(
-                &self.cfg,
-                Event::JobFailed,
-                format!(
-                    "{} failed after {} attempt{}",
-                    r.kind.describe(),
-                    r.attempts,
-                    if r.attempts == 1 { "" } else { "s" }
-                ),
-            );
-            a.job = Some(r.kind);
-            a.run_id = Some(r.run_id.clone());
-            a.attempts = Some(r.attempts);
+        // Skipped and cancelled runs say nothing about the job's health.
+        if !matches!(r.outcome, Outcome::Success | Outcome::Failed) {
+            return;
+        }
+        let ok = r.outcome == Outcome::Success && failures.is_empty();
+        let result = crate::notify::job_outcome(&self.cfg, &[r.kind.as_str()], ok);
+        let took = (r.end - r.start).to_std().unwrap_or_default();
+        let next_run = self
+            .shared
+            .with(|s| s.next_runs.get(&r.kind).copied().flatten());
+        let attempts = format!(
+            "{} attempt{}",
+            r.attempts,
+            if r.attempts == 1 { "" } else { "s" }
+        );
+        let summary = if !failures.is_empty() {
+            format!("verification failed for {} backup(s)", failures.len())
+        } else if ok {
+            let what = r.report.as_ref().map(|rep| rep.summary.as_str());
+            format!(
+                "{} succeeded: {}",
+                r.kind.describe(),
+                what.unwrap_or("done")
+            )
+        } else {
+            format!("{} failed after {attempts}", r.kind.describe())
+        };
+        let mut a = Alert::job(&self.cfg, r.kind.as_str(), result, summary, took);
+        a.run_id = Some(r.run_id.clone());
+        a.attempts = Some(r.attempts);
+        if ok {
+            a.backup_ids = r
+                .report
+                .as_ref()
+                .filter(|_| matches!(r.kind, JobKind::Physical | JobKind::Logical))
+                .map(|rep| rep.backup_ids.clone())
+                .unwrap_or_default();
+        } else {
             a.error = r.error.clone();
-            self.notifier.send(a);
-        }
-        if !failures.is_empty() {
-            let mut a = Alert::new(
-                &self.cfg,
-                Event::VerificationFailed,
-                format!("verification failed for {} backup(s)", failures.len()),
+            // One alert per failure: a run that failed because a test restore failed is
+            // reported as that verification failure, not also as a failed job.
+            if !failures.is_empty() {
+                a.event = Event::VerificationFailed;
+                a.failures = failures;
+            }
+            let next = next_run.map_or_else(
+                || "it is not scheduled again".to_string(),
+                |t| format!("the next scheduled run is at {}", t.to_rfc3339()),
             );
-            a.job = Some(r.kind);
-            a.run_id = Some(r.run_id.clone());
-            a.failures = failures;
-            self.notifier.send(a);
+            a.next_action = Some(format!(
+                "find and fix the cause, then run `backupctl check`; {next}"
+            ));
         }
+        self.notifier.send(a);
     }
 
     fn record_history(&self, change: impl FnOnce(&mut history::History)) {
@@ -489,7 +513,25 @@ impl Daemon {
                 )
             })
             .collect();
-        self.shared.with(|s| s.next_runs = next);
+        // The gap after the next run is the schedule's current period.
+        let intervals = next
+            .iter()
+            .filter_map(|(k, n)| {
+                let n = (*n)?;
+                let after = self.schedule.next_after(*k, n)?;
+                Some((*k, observe::secs_between(n, after)))
+            })
+            .collect();
+        let r = &self.cfg.retention;
+        let keep_within = [("physical", &r.physical), ("logical", &r.logical)]
+            .into_iter()
+            .filter_map(|(k, rule)| Some((k, rule.keep_within?.as_secs_f64())))
+            .collect();
+        self.shared.with(|s| {
+            s.next_runs = next;
+            s.intervals = intervals;
+            s.keep_within = keep_within;
+        });
     }
 
     /// `STATUS=`: the running jobs, or the next one.
@@ -583,13 +625,13 @@ impl Daemon {
             let names: Vec<&str> = self.running.keys().map(|k| k.describe()).collect();
             tracing::info!(
                 "waiting up to {} (daemon.shutdown_grace) for: {}",
-                humantime::format_duration(grace),
+                crate::text::config_duration(grace),
                 names.join(", ")
             );
             systemd::stopping(&format!(
                 "stopping: waiting for {} (up to {})",
                 names.join(", "),
-                humantime::format_duration(grace)
+                crate::text::config_duration(grace)
             ));
             let deadline = tokio::time::Instant::now() + grace;
             while !self.tasks.is_empty() {
@@ -646,7 +688,7 @@ impl Daemon {
                 attempts: 1,
                 error: Some(format!(
                     "cancelled by a daemon shutdown after daemon.shutdown_grace ({}){}",
-                    humantime::format_duration(grace),
+                    crate::text::config_duration(grace),
                     if removed > 0 {
                         "; the unfinished backup's objects were removed"
                     } else {

@@ -33,6 +33,9 @@ pub struct Archiver {
     pub last_archived_wal: Option<String>,
     pub last_archived_time: Option<DateTime<Utc>>,
     pub last_failed_time: Option<DateTime<Utc>>,
+    /// `.ready` files in pg_wal/archive_status: segments waiting for `archive_command`.
+    /// `None` when the role may not list the directory.
+    pub ready_segments: Option<i64>,
 }
 
 impl Archiver {
@@ -55,6 +58,8 @@ impl Archiver {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KindFacts {
     pub count: usize,
+    /// Id and stop time of the oldest complete backup.
+    pub oldest: Option<(String, DateTime<Utc>)>,
     /// Id and stop time of the newest complete backup.
     pub newest: Option<(String, DateTime<Utc>)>,
     /// Id and stop time of the newest backup whose verification succeeded.
@@ -95,6 +100,9 @@ impl RepoFacts {
         for m in &st.catalog.complete {
             let k = kinds.entry(m.kind).or_default();
             k.count += 1;
+            if k.oldest.as_ref().is_none_or(|(_, t)| m.stop_time < *t) {
+                k.oldest = Some((m.id.clone(), m.stop_time));
+            }
             if k.newest.as_ref().is_none_or(|(_, t)| m.stop_time >= *t) {
                 k.newest = Some((m.id.clone(), m.stop_time));
             }
@@ -155,13 +163,13 @@ pub fn staleness(
         Some((id, t)) if now - t > max => Some(format!(
             "the newest verified backup {id} is {} old, more than notify.max_age ({})",
             human_age(now - t),
-            humantime::format_duration(max_age)
+            crate::text::config_duration(max_age)
         )),
         Some(_) => None,
         None if now - up_since > max => Some(format!(
             "no verified backup exists (the daemon has been running for {}, notify.max_age is {})",
             human_age(now - up_since),
-            humantime::format_duration(max_age)
+            crate::text::config_duration(max_age)
         )),
         None => None,
     }
@@ -214,6 +222,21 @@ async fn read_archiver(cfg: &Config) -> anyhow::Result<Archiver> {
         )
         .await
         .context("read pg_stat_archiver")?;
+    // pg_ls_archive_statusdir needs pg_monitor or superuser; without it the backlog is
+    // unknown, which must not hide the rest of the archiver's state.
+    let ready_segments = match client
+        .query_one(
+            "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => Some(row.get(0)),
+        Err(e) => {
+            tracing::debug!("cannot count the WAL segments waiting for archiving: {e}");
+            None
+        }
+    };
     Ok(Archiver {
         archive_mode: row.get(0),
         archived_count: row.get(1),
@@ -221,6 +244,7 @@ async fn read_archiver(cfg: &Config) -> anyhow::Result<Archiver> {
         last_archived_wal: row.get(3),
         last_archived_time: row.get(4),
         last_failed_time: row.get(5),
+        ready_segments,
     })
 }
 
@@ -254,6 +278,7 @@ mod tests {
             last_archived_wal: Some("000000010000000000000003".into()),
             last_archived_time: Some(t(3)),
             last_failed_time: None,
+            ready_segments: None,
         };
         let cases = [
             (None, Some(t(3)), false),
@@ -320,6 +345,7 @@ mod tests {
         let p = &f.kinds[&BackupKind::Physical];
         assert_eq!(p.count, 3);
         assert_eq!(p.newest, Some(("p3".into(), t(5))));
+        assert_eq!(p.oldest, Some(("p1".into(), t(1))));
         // The newest backup that verified ok, not the newest verified one.
         assert_eq!(p.newest_verified, Some(("p1".into(), t(1))));
         // The most recent verification, whatever its outcome.

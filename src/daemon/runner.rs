@@ -6,6 +6,10 @@
 //! - Lock held by another process (an on-demand backup, say): the operation fails with
 //!   the typed [`crate::error::LockHeld`] and the run is skipped with a WARN; the work is
 //!   being done anyway.
+//! - Lock held by another job of this daemon (the verify job holds the retention lock
+//!   while it reads the archived WAL): the run waits for it, up to [`SIBLING_WAIT`],
+//!   instead of being skipped; the two jobs do different work. (Two runs of one job never
+//!   overlap: the scheduler skips an occurrence while the previous run is going.)
 //! - Permanent failures (bad config, refused request — exit code 2 on the CLI) are not
 //!   retried: the same call would fail the same way.
 //! - Between attempts the lock is released, so an operator is not blocked for
@@ -40,7 +44,10 @@ pub fn new_run_id(kind: JobKind, start: DateTime<Utc>) -> String {
 
 /// Run `kind` once (with retries) and say how it went.
 pub async fn run(cfg: Arc<Config>, kind: JobKind, run_id: String) -> RunRecord {
-    let span = tracing::info_span!("job", job = %kind, run = %run_id);
+    // A root span: whatever span happens to be current on the thread that first polls
+    // this run (another run's, entered on a thread it shares) is not its parent, so
+    // every line of this run carries this run's span and no other.
+    let span = tracing::info_span!(parent: None, "job", job = %kind, run = %run_id);
     let start = Utc::now();
     let (outcome, attempts, error, report) = attempts(&cfg, kind).instrument(span).await;
     RunRecord {
@@ -57,14 +64,43 @@ pub async fn run(cfg: Arc<Config>, kind: JobKind, run_id: String) -> RunRecord {
 
 type Attempts = (Outcome, u32, Option<String>, Option<crate::jobs::JobReport>);
 
+/// How long a run waits for a lock another job of this daemon holds.
+pub const SIBLING_WAIT: Duration = Duration::from_secs(6 * 3600);
+const SIBLING_POLL: Duration = Duration::from_millis(500);
+
 async fn attempts(cfg: &Config, kind: JobKind) -> Attempts {
     let max = 1 + cfg.daemon.retry_attempts;
     let mut last_error = None;
     let mut attempt = 0;
+    let mut waiting_since: Option<std::time::Instant> = None;
     while attempt < max {
         attempt += 1;
-        tracing::info!(attempt, of = max, "starting the {}", kind.describe());
+        if waiting_since.is_none() {
+            tracing::info!(attempt, of = max, "starting the {}", kind.describe());
+        }
         let result = jobs::run(cfg, kind).await;
+        if let Err(e) = &result {
+            let sibling = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<LockHeld>())
+                .filter(|h| h.held_by_this_process());
+            if let Some(h) = sibling {
+                let since = *waiting_since.get_or_insert_with(|| {
+                    tracing::info!(
+                        "waiting for this daemon's other job, which holds the {} lock, before starting the {}",
+                        h.lock,
+                        kind.describe()
+                    );
+                    std::time::Instant::now()
+                });
+                if since.elapsed() < SIBLING_WAIT {
+                    attempt -= 1;
+                    tokio::time::sleep(SIBLING_POLL).await;
+                    continue;
+                }
+            }
+        }
+        waiting_since = None;
         match result {
             Ok(report) if !report.verification_failures.is_empty() => {
                 // Not retried: a test restore that failed fails the same way again.
@@ -106,7 +142,7 @@ async fn attempts(cfg: &Config, kind: JobKind) -> Attempts {
                     break;
                 }
                 let delay = cfg.daemon.retry_delay;
-                tracing::warn!(attempt, error = %msg, "{} failed; retrying in {}", kind.describe(), humantime::format_duration(delay));
+                tracing::warn!(attempt, error = %msg, "{} failed; retrying in {}", kind.describe(), crate::text::config_duration(delay));
                 tokio::time::sleep(delay).await;
             }
         }
@@ -165,12 +201,30 @@ mod tests {
     use super::*;
     use crate::lock;
 
+    /// Hold `name` in `dir` from a child process (a `flock` held by another process);
+    /// dropped with the returned child.
+    fn held_by_another_process(dir: &std::path::Path, name: &str) -> std::process::Child {
+        let path = dir.join(format!("{name}.lock"));
+        std::fs::write(&path, "").unwrap();
+        let child = std::process::Command::new("flock")
+            .arg(&path)
+            .args(["sleep", "60"])
+            .spawn()
+            .unwrap();
+        // Wait until the child holds it.
+        while lock::try_acquire(dir, name).unwrap().is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::write(&path, "pid 1\nbackupctl backup\nsince then\n").unwrap();
+        child
+    }
+
     #[tokio::test]
     async fn a_held_lock_skips_the_run_without_calling_the_job() {
         let d = tempfile::tempdir().unwrap();
         let mut cfg = Config::default();
         cfg.backup.state_dir = d.path().to_path_buf();
-        let _held = lock::acquire(d.path(), "backup-physical", lock::Wait::No).unwrap();
+        let mut other = held_by_another_process(d.path(), "backup-physical");
         let r = run(Arc::new(cfg), JobKind::Physical, "t".into()).await;
         assert_eq!(r.outcome, Outcome::Skipped);
         assert_eq!(r.attempts, 0);
@@ -178,6 +232,75 @@ mod tests {
             .error
             .unwrap()
             .contains("backup-physical lock is held by pid"));
+        let _ = other.kill();
+        let _ = other.wait();
+    }
+
+    #[tokio::test]
+    async fn a_lock_held_by_another_job_of_this_daemon_is_waited_for() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.backup.state_dir = d.path().to_path_buf();
+        cfg.repository.path = Some(repo.path().to_path_buf());
+        // What the verify job does while it reads the archived WAL.
+        let held = lock::acquire(d.path(), "retention", lock::Wait::No).unwrap();
+        let cfg = Arc::new(cfg);
+        let run = tokio::spawn(run(cfg, JobKind::Retention, "t".into()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !run.is_finished(),
+            "the retention ran or gave up while the lock was held"
+        );
+        drop(held);
+        let r = run.await.unwrap();
+        assert_eq!(r.outcome, Outcome::Success, "{:?}", r.error);
+        assert_eq!(r.attempts, 1);
+    }
+
+    /// A run's lines carry its own span only, even when another run's span is current
+    /// on the thread that polls it.
+    #[test]
+    fn a_run_logs_under_its_own_span_only() {
+        use std::sync::Mutex;
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
+            type Writer = Buf;
+            fn make_writer(&'a self) -> Buf {
+                self.clone()
+            }
+        }
+        let buf = Buf::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(buf.clone())
+            .with_ansi(false)
+            .finish();
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.backup.state_dir = d.path().to_path_buf();
+        cfg.postgres.connection = Some("port=not-a-port".into());
+        tracing::subscriber::with_default(subscriber, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let other = tracing::info_span!("job", job = "verify", run = "other-run");
+            let _entered = other.enter();
+            rt.block_on(run(Arc::new(cfg), JobKind::Physical, "this-run".into()));
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("job{job=physical run=this-run}"), "{text}");
+        assert!(!text.contains("other-run"), "{text}");
     }
 
     #[tokio::test]

@@ -187,6 +187,29 @@ pub fn update(state_dir: &Path, change: impl FnOnce(&mut History)) -> anyhow::Re
     Ok(h)
 }
 
+/// Write `value` as pretty JSON into `path` (a file in `dir`) atomically: a temp file
+/// beside it, fsynced, renamed over it, the directory fsynced. Readers see the old file
+/// or the new one, never a part. Shared by the state files in `backup.state_dir`.
+pub fn write_json_atomically<T: Serialize>(
+    dir: &Path,
+    path: &Path,
+    value: &T,
+) -> anyhow::Result<()> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".state-")
+        .tempfile_in(dir)
+        .with_context(|| format!("create a temp file in {}", dir.display()))?;
+    serde_json::to_writer_pretty(&mut tmp, value)?;
+    tmp.write_all(b"\n")?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 /// Write the history atomically.
 fn store(state_dir: &Path, h: &History) -> anyhow::Result<()> {
     let mut h = h.clone();
@@ -200,19 +223,7 @@ fn store(state_dir: &Path, h: &History) -> anyhow::Result<()> {
             state_dir.display()
         )
     })?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".daemon-state-")
-        .tempfile_in(state_dir)
-        .with_context(|| format!("create a temp file in {}", state_dir.display()))?;
-    serde_json::to_writer_pretty(&mut tmp, &h)?;
-    tmp.write_all(b"\n")?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(&p)
-        .with_context(|| format!("write {}", p.display()))?;
-    if let Ok(d) = std::fs::File::open(state_dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    write_json_atomically(state_dir, &p, &h)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use tokio_postgres::Client;
 
 use crate::archival::audit::{self, Audit};
 use crate::archival::count;
+use crate::archival::export::PolicyExports;
 use crate::archival::inspect::{self, Leaf, Source};
 use crate::archival::log::{self, Start};
 use crate::archival::partmode::{self, PartStatus};
@@ -41,6 +42,8 @@ use crate::pg::advisory::{self, Job};
 use crate::pg::conn::ConnParams;
 use crate::pg::retry::{lock_timeout_sql, set_local_lock_timeout, transaction, with_lock_retries};
 use crate::pg::sql;
+
+use super::export;
 
 /// Run every `[[archive]]` policy now. Errors only for what stops the whole run (job
 /// lock held, config); per-table outcomes are in the report.
@@ -112,6 +115,7 @@ pub async fn run_with(cfg: &Config, opts: Options, wait: Wait) -> anyhow::Result
         for (i, p) in policies {
             let mut r = TableArchive::new(p, &db, dry_run);
             let ctx = PolicyCtx {
+                cfg,
                 client: &client,
                 index: i,
                 p,
@@ -145,6 +149,7 @@ pub async fn run_with(cfg: &Config, opts: Options, wait: Wait) -> anyhow::Result
 }
 
 struct PolicyCtx<'a> {
+    cfg: &'a Config,
     client: &'a Client,
     index: usize,
     p: &'a ArchivePolicy,
@@ -162,10 +167,36 @@ async fn policy(
     r: &mut TableArchive,
 ) -> anyhow::Result<()> {
     let planned = plan(x, targets, r).await?;
-    if x.dry_run {
+    let (s, archive) = (planned.s.clone(), planned.archive.clone());
+    export::check(x.client, x.p, x.index).await?;
+    if !x.dry_run {
+        execute(x, planned, r).await?;
+    }
+    if x.p.export_after.is_none() {
         return Ok(());
     }
-    execute(x, planned, r).await
+    let ctx = export::Ctx {
+        cfg: x.cfg,
+        client: x.client,
+        db: x.db,
+        p: x.p,
+        index: x.index,
+        s: &s,
+        archive,
+        dry_run: x.dry_run,
+    };
+    let mut exports = PolicyExports::default();
+    let res = export::run_policy(&ctx, &mut exports).await;
+    let failed = exports.failed();
+    r.exports = Some(exports);
+    res?;
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "export to the repository failed for {} (their rows stay in the database)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// A checked policy: everything `execute` needs.
@@ -177,6 +208,8 @@ struct Planned {
     leaves: Vec<Leaf>,
     /// Quoted table rows move into (rows mode).
     archive_q: String,
+    /// The same, (schema, name).
+    archive: (String, String),
     audit: Option<Audit>,
 }
 
@@ -400,6 +433,7 @@ async fn plan(
         columns,
         leaves,
         archive_q: sql::qualified(&target_schema, &target_name),
+        archive: (target_schema, target_name),
     })
 }
 
@@ -414,6 +448,7 @@ async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> a
         leaves,
         archive_q,
         audit,
+        ..
     } = planned;
     let audit = audit.as_ref();
     if !ddl.is_empty() {

@@ -33,7 +33,20 @@ pub struct Summary {
     pub unfinished_uploads: LeftoverSummary,
     /// Backups whose manifest exists but cannot be used, with the reason and the fix.
     pub unreadable_manifests: Vec<Unreadable>,
+    /// Archived data exported to the repository (`backupctl list` lists them).
+    pub exports: ExportsSummary,
     pub daemon: DaemonView,
+}
+
+/// The exports in the repository, in total.
+#[derive(Serialize)]
+pub struct ExportsSummary {
+    pub count: usize,
+    pub rows: i64,
+    pub stored_bytes: u64,
+    pub newest: Option<String>,
+    /// Exports whose manifest cannot be used (`id: reason`).
+    pub unreadable: Vec<String>,
 }
 
 /// The daemon's view: its job history (`backup.state_dir`) and this config's schedule.
@@ -122,6 +135,7 @@ pub async fn run(cfg: &Config, id: Option<&str>) -> anyhow::Result<Info> {
     }
     let st = RepoStatus::load(repo.as_ref()).await?;
     let newest = |k: BackupKind| st.catalog.of_kind(k).last().map(BackupLine::of);
+    let (exports, unreadable_exports) = crate::archival::export::list(repo.as_ref()).await?;
     Ok(Info::Summary(Box::new(Summary {
         repository: repo.describe(),
         identity: st.identity.clone(),
@@ -139,6 +153,13 @@ pub async fn run(cfg: &Config, id: Option<&str>) -> anyhow::Result<Info> {
             .map(|(id, _)| id.clone())
             .collect(),
         unreadable_manifests: st.catalog.unreadable.clone(),
+        exports: ExportsSummary {
+            count: exports.len(),
+            rows: exports.iter().map(|e| e.rows).sum(),
+            stored_bytes: exports.iter().map(|e| e.stored.size).sum(),
+            newest: exports.last().map(|e| e.id.clone()),
+            unreadable: unreadable_exports,
+        },
         unfinished_uploads: leftover::summary(repo.as_ref()).await?,
         daemon: daemon_view(cfg),
     })))

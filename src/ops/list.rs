@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::archival::export::ExportManifest;
 use crate::config::Config;
 use crate::manifest::{Manifest, Unreadable};
 use crate::ops::status::RepoStatus;
@@ -68,6 +69,36 @@ impl BackupLine {
     }
 }
 
+/// One export of archived data (`[[archive]] export_after`).
+#[derive(Serialize)]
+pub struct ExportLine {
+    pub id: String,
+    pub created: String,
+    pub database: String,
+    /// What the rows came from, `schema.name`.
+    pub relation: String,
+    /// Rows mode: `YYYY-MM`.
+    pub month: Option<String>,
+    pub rows: i64,
+    pub stored_bytes: u64,
+    pub original_bytes: u64,
+}
+
+impl ExportLine {
+    pub fn of(m: &ExportManifest) -> ExportLine {
+        ExportLine {
+            id: m.id.clone(),
+            created: m.created.to_rfc3339(),
+            database: m.database.clone(),
+            relation: m.relation.clone(),
+            month: m.month.clone(),
+            rows: m.rows,
+            stored_bytes: m.stored.size,
+            original_bytes: m.original_bytes,
+        }
+    }
+}
+
 /// What `list` shows.
 #[derive(Serialize)]
 pub struct Listing {
@@ -78,6 +109,10 @@ pub struct Listing {
     pub incomplete_backups: Vec<String>,
     /// Backups whose manifest exists but cannot be used, with the reason and the fix.
     pub unreadable_manifests: Vec<Unreadable>,
+    /// Archived data exported to the repository, oldest first.
+    pub exports: Vec<ExportLine>,
+    /// Exports whose manifest cannot be used (`id: reason`).
+    pub unreadable_exports: Vec<String>,
     /// The complete backups' manifests, in the order of `backups`.
     #[serde(skip)]
     pub manifests: Vec<Manifest>,
@@ -87,7 +122,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Listing> {
     repo::require_existing(cfg)?;
     let repo = repo::open(cfg).await?;
     let st = RepoStatus::load(repo.as_ref()).await?;
+    let (exports, unreadable_exports) = crate::archival::export::list(repo.as_ref()).await?;
     Ok(Listing {
+        exports: exports.iter().map(ExportLine::of).collect(),
+        unreadable_exports,
         repository: repo.describe(),
         backups: st.catalog.complete.iter().map(BackupLine::of).collect(),
         recoverable_windows: st.windows.clone(),

@@ -7,6 +7,7 @@
 pub mod archival;
 pub mod backup;
 pub mod check;
+pub mod export;
 pub mod info;
 pub mod list;
 pub mod migrate;

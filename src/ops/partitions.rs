@@ -375,6 +375,7 @@ pub(crate) async fn host_lock(
                 ),
                 lock: held.lock.clone(),
                 holder: held.holder.clone(),
+                by_this_process: held.by_this_process,
             }
             .into(),
             None => e,

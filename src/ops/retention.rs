@@ -51,7 +51,7 @@ impl PolicySummary {
                 .map(|(l, r)| (l.clone(), describe_rule(r)))
                 .collect(),
             wal: p.wal.clone(),
-            incomplete_after: humantime::format_duration(p.incomplete_after).to_string(),
+            incomplete_after: crate::text::config_duration(p.incomplete_after),
         }
     }
 }
@@ -73,6 +73,25 @@ pub struct RetentionReport {
     pub plan: Plan,
     pub freed: Option<Freed>,
     pub upload_leftovers_removed: Option<usize>,
+    /// Exports of archived data: what the `[retention.exports]` rule deletes, and
+    /// exports without a manifest (killed before it) older than `incomplete_after`.
+    pub exports: ExportsPlan,
+}
+
+/// Retention of exports (separate from backups: no backup or WAL depends on them).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExportsPlan {
+    /// `keep every export` or `keep exports made within …`.
+    pub rule: String,
+    pub kept: usize,
+    /// Ids of complete exports the rule no longer keeps.
+    pub delete: Vec<String>,
+    /// Ids of exports without a manifest older than `incomplete_after`.
+    pub unfinished: Vec<String>,
+    /// Exports whose manifest cannot be read: never deleted (`id: reason`).
+    pub unreadable: Vec<String>,
+    /// The keys deleted (or that a real run deletes).
+    pub keys: Vec<String>,
 }
 
 /// How long a retention run waits for a running one.
@@ -127,6 +146,7 @@ pub async fn execute(
         leased: &leased,
     };
     let plan = plan::plan(&inputs, policy, now).map_err(|e| anyhow::anyhow!(e))?;
+    let exports = plan_exports(repo, policy, now).await?;
     let mut report = RetentionReport {
         repository: repo.describe(),
         dry_run,
@@ -134,10 +154,12 @@ pub async fn execute(
         plan,
         freed: None,
         upload_leftovers_removed: None,
+        exports,
     };
     if dry_run {
         return Ok(report);
     }
+    delete_exports(repo, &report.exports).await?;
     for step in &report.plan.steps {
         match step {
             Step::Backup { id, manifest, data } => {
@@ -201,6 +223,99 @@ pub async fn execute(
         .context("remove unfinished uploads")?;
     report.upload_leftovers_removed = Some(leftovers);
     Ok(report)
+}
+
+/// Which exports go: those the `[retention.exports]` rule no longer keeps, and
+/// unfinished ones (no manifest) older than `incomplete_after`, judged by the time in
+/// their id. An export whose manifest cannot be read is kept and reported.
+async fn plan_exports(
+    repo: &dyn Repository,
+    policy: &RetentionConfig,
+    now: DateTime<Utc>,
+) -> anyhow::Result<ExportsPlan> {
+    use crate::archival::export::{valid_id, ExportManifest};
+    let keys = repo
+        .list_keys(layout::EXPORTS_PREFIX)
+        .await
+        .context("list exports")?;
+    let mut by_id: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for k in keys {
+        if let Some(id) = layout::export_id_of(&k) {
+            by_id.entry(id.to_string()).or_default().push(k.clone());
+        }
+    }
+    let mut out = ExportsPlan {
+        rule: match policy.exports.keep_within {
+            None => "keep every export".into(),
+            Some(d) => format!(
+                "keep exports made within {}",
+                crate::text::config_duration(d)
+            ),
+        },
+        ..ExportsPlan::default()
+    };
+    for (id, keys) in by_id {
+        let manifest = layout::export_manifest_key(&id);
+        if !keys.contains(&manifest) {
+            let started = id
+                .get(..16)
+                .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y%m%dT%H%M%SZ").ok())
+                .map(|t| t.and_utc());
+            let old = started.is_some_and(|t| {
+                now.signed_duration_since(t).to_std().unwrap_or_default() > policy.incomplete_after
+            });
+            if old && valid_id(&id) {
+                out.unfinished.push(id);
+                out.keys.extend(keys);
+            }
+            continue;
+        }
+        let m = match ExportManifest::load(repo, &id).await {
+            Ok(m) => m,
+            Err(e) => {
+                out.unreadable.push(format!("{id}: {e:#}"));
+                continue;
+            }
+        };
+        let expired = policy.exports.keep_within.is_some_and(|d| {
+            now.signed_duration_since(m.created)
+                .to_std()
+                .unwrap_or_default()
+                > d
+        });
+        if expired {
+            out.delete.push(id);
+            // The manifest first: a run killed halfway leaves an unfinished export.
+            out.keys.push(manifest.clone());
+            out.keys.extend(keys.into_iter().filter(|k| *k != manifest));
+        } else {
+            out.kept += 1;
+        }
+    }
+    Ok(out)
+}
+
+async fn delete_exports(repo: &dyn Repository, plan: &ExportsPlan) -> anyhow::Result<()> {
+    for id in plan.delete.iter().chain(&plan.unfinished) {
+        let manifest = layout::export_manifest_key(id);
+        let prefix = format!("{}{id}/", layout::EXPORTS_PREFIX);
+        if plan.keys.contains(&manifest) {
+            repo.delete(&manifest)
+                .await
+                .with_context(|| format!("delete the manifest of export {id}"))?;
+        }
+        let data: Vec<String> = plan
+            .keys
+            .iter()
+            .filter(|k| k.starts_with(&prefix) && **k != manifest)
+            .cloned()
+            .collect();
+        repo.delete_many(&data)
+            .await
+            .with_context(|| format!("delete the objects of export {id}"))?;
+        tracing::info!(export = %id, "retention deleted export");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

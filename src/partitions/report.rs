@@ -146,6 +146,49 @@ impl PartitionsSummary {
     }
 }
 
+impl PartitionsSummary {
+    /// The real causes behind [`PartitionsSummary::outcome`]'s error, one line each:
+    /// the table's error, or the month, its status, detail and the SQL that resolves it.
+    /// For those who never saw the rendered report (the daemon's log, alerts, history).
+    pub fn causes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in &self.tables {
+            if let Some(e) = &t.error {
+                out.push(format!("{} (database {}): {e}", t.table, t.database));
+            }
+            for m in t.months.iter().filter(|m| m.status.needs_attention()) {
+                let mut line = format!("{} {} {}", t.table, m.month, m.status.as_str());
+                if let Some(n) = m.default_rows {
+                    line.push_str(&format!(
+                        ": {n} row(s) of the month are in the default partition"
+                    ));
+                }
+                if let Some(d) = &m.detail {
+                    line.push_str(&format!(": {d}"));
+                }
+                if let Some(r) = &m.resolve {
+                    line.push_str(&format!("; to resolve, run: {}", r.replace('\n', " ")));
+                }
+                out.push(line);
+            }
+        }
+        out
+    }
+
+    /// Whether only an operator can fix what went wrong (refused tables, months blocked
+    /// by rows in the default partition, overlaps, taken names): retrying the same run
+    /// fails the same way.
+    pub fn operator_only(&self) -> bool {
+        let failed = self.tables.iter().any(|t| t.error.is_some() && !t.refused)
+            || self
+                .tables
+                .iter()
+                .flat_map(|t| &t.months)
+                .any(|m| m.status == Status::Failed);
+        !failed
+    }
+}
+
 impl TableReport {
     pub(crate) fn new(p: &PartitionPolicy, db: &str) -> TableReport {
         TableReport {

@@ -73,6 +73,7 @@ pub async fn acquire(
                 ),
                 lock: format!("{} advisory lock in database {database}", job.name()),
                 holder: who,
+                by_this_process: false,
             }
             .into());
         }

@@ -3,14 +3,19 @@
 //! Settings come from `[postgres]`, then the usual libpq environment variables
 //! (`PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`), then libpq's defaults
 //! (Debian's socket directory, port 5432, the OS user). A host starting with `/` is a
-//! Unix socket directory. The password never appears in messages.
+//! Unix socket directory. TLS follows libpq's `sslmode` and friends (see [`super::tls`]).
+//! The password never appears in messages, and reaches child programs through a
+//! private temporary `PGPASSFILE`, never their environment.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio_postgres::config::SslMode as WireSslMode;
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::PostgresConfig;
+use super::tls::{self, TlsSettings};
+use crate::config::{PostgresConfig, SslMode};
 
 /// Connection parameters after applying config, environment and defaults.
 #[derive(Clone)]
@@ -21,6 +26,7 @@ pub struct ConnParams {
     pub dbname: String,
     password: Option<String>,
     pub connect_timeout: Duration,
+    pub tls: TlsSettings,
 }
 
 impl std::fmt::Debug for ConnParams {
@@ -35,11 +41,18 @@ fn env(name: &str) -> Option<String> {
 
 impl ConnParams {
     pub fn from_config(cfg: &PostgresConfig) -> anyhow::Result<ConnParams> {
-        let mut base = match &cfg.connection {
-            Some(s) => s.parse::<tokio_postgres::Config>().map_err(|e| {
-                crate::user_error!("key `postgres.connection`: not a valid connection string: {e}")
-            })?,
-            None => tokio_postgres::Config::new(),
+        let invalid = |e: &dyn std::fmt::Display| {
+            crate::user_error!("key `postgres.connection`: not a valid connection string: {e}")
+        };
+        let (mut base, conn_tls) = match &cfg.connection {
+            Some(s) => {
+                let (rest, conn_tls) = tls::split_conn_string(s).map_err(|e| invalid(&e))?;
+                let base = rest
+                    .parse::<tokio_postgres::Config>()
+                    .map_err(|e| invalid(&e))?;
+                (base, conn_tls)
+            }
+            None => (tokio_postgres::Config::new(), Default::default()),
         };
         let from_conn_host = base.get_hosts().first().map(|h| match h {
             tokio_postgres::config::Host::Tcp(s) => s.clone(),
@@ -93,6 +106,13 @@ impl ConnParams {
                 .or_else(|| env("PGPASSWORD")),
         };
         base.password(""); // never keep a copy in the parsed struct
+                           // A Unix socket never uses TLS (as in libpq), so TLS settings that could not be
+                           // honoured over TCP (say, PGSSLMODE=verify-full without a root certificate in the
+                           // environment) do not stop it.
+        let tls = match TlsSettings::resolve(cfg, &conn_tls) {
+            Err(_) if tls::is_unix_socket(&host) => TlsSettings::none(),
+            other => other?,
+        };
         Ok(ConnParams {
             host,
             port,
@@ -100,15 +120,27 @@ impl ConnParams {
             dbname,
             password,
             connect_timeout: cfg.connect_timeout,
+            tls,
         })
     }
 
-    /// `host=… port=… user=… dbname=…` (no password), for messages.
+    /// `host=… port=… user=… dbname=…` (no password), plus `sslmode=…` over TCP, for
+    /// messages.
     pub fn describe(&self) -> String {
+        let ssl = if self.uses_unix_socket() {
+            String::new()
+        } else {
+            format!(" sslmode={}", self.tls.mode.as_str())
+        };
         format!(
-            "host={} port={} user={} dbname={}",
+            "host={} port={} user={} dbname={}{ssl}",
             self.host, self.port, self.user, self.dbname
         )
+    }
+
+    /// A Unix-socket connection: never TLS, whatever `sslmode` says (as in libpq).
+    pub fn uses_unix_socket(&self) -> bool {
+        tls::is_unix_socket(&self.host)
     }
 
     /// The same parameters for another database.
@@ -119,24 +151,49 @@ impl ConnParams {
         }
     }
 
-    /// Environment for libpq-based child processes (pg_dump, psql): they read the same
-    /// server and credentials without the password appearing on a command line.
-    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
-        let mut v = vec![
+    /// Environment for libpq-based child processes (pg_dump, psql): they reach the same
+    /// server with the same TLS settings and credentials. The password goes into a
+    /// private temporary `PGPASSFILE` that lives as long as the returned value: keep it
+    /// until the child has exited.
+    pub fn child_env(&self) -> anyhow::Result<ChildEnv> {
+        let mut vars = vec![
             ("PGHOST", self.host.clone()),
             ("PGPORT", self.port.to_string()),
             ("PGUSER", self.user.clone()),
             ("PGDATABASE", self.dbname.clone()),
             ("PGAPPNAME", "backupctl".into()),
+            (
+                "PGCONNECT_TIMEOUT",
+                self.connect_timeout.as_secs().max(2).to_string(),
+            ),
         ];
-        if let Some(p) = &self.password {
-            v.push(("PGPASSWORD", p.clone()));
-        }
-        v
+        vars.extend(self.tls.libpq_env());
+        let passfile = match &self.password {
+            None => None,
+            Some(p) => {
+                // tempfile creates it 0600, which libpq requires of a password file.
+                let mut f = tempfile::Builder::new()
+                    .prefix("backupctl-pgpass-")
+                    .tempfile()
+                    .context("create a temporary password file for pg_dump/pg_restore")?;
+                // Every host, port, database and user: this file serves one child.
+                writeln!(f, "*:*:*:*:{}", pgpass_escape(p))
+                    .and_then(|()| f.flush())
+                    .context("write the temporary password file")?;
+                let path = f.into_temp_path();
+                vars.push(("PGPASSFILE", path.display().to_string()));
+                Some(path)
+            }
+        };
+        Ok(ChildEnv {
+            vars,
+            _passfile: passfile,
+        })
     }
 
-    fn to_pg_config(&self) -> tokio_postgres::Config {
+    fn to_pg_config(&self, ssl: WireSslMode) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
+        c.ssl_mode(ssl);
         c.host(&self.host)
             .port(self.port)
             .user(&self.user)
@@ -151,21 +208,103 @@ impl ConnParams {
 
     /// Connect; the connection task runs in the background until the client is dropped.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        let (client, connection) = self
-            .to_pg_config()
-            .connect(NoTls)
-            .await
-            .with_context(|| format!("connect to PostgreSQL ({})", self.describe()))?;
-        // Tracked so the process can wait for it before exiting: once the `Client` is
-        // dropped the connection sends Terminate and ends. A runtime shut down before
-        // that cuts the socket, and the server logs `FATAL: connection to client lost`.
-        connections().spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "PostgreSQL connection closed");
+        let mode = if self.uses_unix_socket() {
+            SslMode::Disable
+        } else {
+            self.tls.mode
+        };
+        let result = match mode {
+            SslMode::Disable => self.connect_with(WireSslMode::Disable).await,
+            // Plaintext first; TLS only when the server turns plaintext away (pg_hba.conf
+            // `hostssl`), as libpq does.
+            SslMode::Allow => match self.connect_with(WireSslMode::Disable).await {
+                Err(e) if rejected_by_pg_hba(&e) => self.connect_with(WireSslMode::Require).await,
+                other => other,
+            },
+            SslMode::Prefer => self.connect_with(WireSslMode::Prefer).await,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                self.connect_with(WireSslMode::Require).await
             }
-        });
+        };
+        result.map_err(|e| {
+            let text = format!("{e:#}");
+            match tls::explain(&text, &self.tls, &self.host) {
+                Some(fix) => {
+                    crate::user_error!("connect to PostgreSQL ({}): {text}; {fix}", self.describe())
+                }
+                None => e.context(format!("connect to PostgreSQL ({})", self.describe())),
+            }
+        })
+    }
+
+    async fn connect_with(&self, ssl: WireSslMode) -> anyhow::Result<Client> {
+        let config = self.to_pg_config(ssl);
+        if ssl == WireSslMode::Disable {
+            let (client, connection) = config.connect(NoTls).await?;
+            track(connection);
+            return Ok(client);
+        }
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls.client_config()?);
+        let (client, connection) = config.connect(tls).await?;
+        track(connection);
         Ok(client)
     }
+}
+
+/// The live process environment of a child program: see [`ConnParams::child_env`].
+pub struct ChildEnv {
+    vars: Vec<(&'static str, String)>,
+    _passfile: Option<tempfile::TempPath>,
+}
+
+impl ChildEnv {
+    /// Set the variables on `cmd`, and clear the ones that would override them from
+    /// backupctl's own environment (a `PGPASSWORD` there is already in the pass file).
+    pub fn apply<'a>(&self, cmd: &'a mut std::process::Command) -> &'a mut std::process::Command {
+        cmd.env_remove("PGPASSWORD")
+            .env_remove("PGSERVICE")
+            .env_remove("PGSSLROOTCERT")
+            .env_remove("PGSSLCERT")
+            .env_remove("PGSSLKEY")
+            .envs(self.vars.iter().map(|(k, v)| (*k, v)))
+    }
+
+    #[cfg(test)]
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `.pgpass` escaping: `\` and `:` are backslash-escaped.
+fn pgpass_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+/// The server refused this connection in pg_hba.conf (e.g. only `hostssl` lines match).
+fn rejected_by_pg_hba(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .filter_map(|p| p.as_db_error())
+        .any(|d| d.code() == &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+}
+
+/// Run a connection in the background, tracked so the process can wait for it before
+/// exiting: once the `Client` is dropped the connection sends Terminate and ends. A
+/// runtime shut down before that cuts the socket, and the server logs `FATAL: connection
+/// to client lost`.
+fn track<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    connections().spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "PostgreSQL connection closed");
+        }
+    });
 }
 
 fn connections() -> &'static tokio_util::task::TaskTracker {
@@ -253,7 +392,38 @@ mod tests {
         assert_eq!(p.dbname, "app");
         assert!(!p.describe().contains("s3cret"));
         assert!(!format!("{p:?}").contains("s3cret"));
-        assert!(p.libpq_env().contains(&("PGPASSWORD", "s3cret".into())));
+        let env = p.child_env().unwrap();
+        assert_eq!(env.get("PGPASSWORD"), None);
+        let passfile = std::path::PathBuf::from(env.get("PGPASSFILE").unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&passfile).unwrap(),
+            "*:*:*:*:s3cret\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&passfile).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        drop(env);
+        assert!(!passfile.exists(), "the pass file outlived its child");
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_be_honoured_do_not_stop_a_unix_socket() {
+        let mut cfg = PostgresConfig {
+            host: Some("/var/run/postgresql".into()),
+            sslmode: Some(SslMode::VerifyFull),
+            sslrootcert: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        let p = ConnParams::from_config(&cfg).unwrap();
+        assert_eq!(p.tls.mode, SslMode::Disable);
+        cfg.host = Some("db.example".into());
+        let err = ConnParams::from_config(&cfg).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn pgpass_escapes_colons_and_backslashes() {
+        assert_eq!(pgpass_escape(r"a:b\c"), r"a\:b\\c");
     }
 
     #[test]

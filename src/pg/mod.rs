@@ -5,11 +5,13 @@
 pub mod advisory;
 pub mod bin;
 pub mod conn;
+pub mod copy;
 pub mod proc;
 pub mod retry;
 pub mod script;
 pub mod server;
 pub mod sql;
+pub mod tls;
 pub mod toc;
 pub mod wal;
 pub mod walpage;

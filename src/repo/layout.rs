@@ -10,6 +10,10 @@
 //!                                             backup: retention keeps it and its WAL
 //! verify/wal.json                             archived WAL objects `verify --wal` read
 //!                                             and found intact (a cache: may be deleted)
+//! exports/<export-id>/manifest.json           written last, after the read-back check:
+//!                                             present = export complete and verified
+//! exports/<export-id>/data.dump[.zst|.gz]     `pg_dump -Fc` of one exported month or
+//!                                             archived partition
 //! ```
 
 use crate::codec::{self, Algorithm};
@@ -28,6 +32,23 @@ pub const LEASES_PREFIX: &str = "leases/";
 /// What verification remembers between runs; nothing else lists or deletes it.
 pub const VERIFY_PREFIX: &str = "verify/";
 pub const WAL_CHECKED: &str = "verify/wal.json";
+
+/// Archived data exported to cold storage (`[[archive]] export_after`): only
+/// `restore-export` reads them and only a `[retention.exports]` rule deletes them.
+pub const EXPORTS_PREFIX: &str = "exports/";
+
+pub fn export_manifest_key(id: &str) -> String {
+    format!("{EXPORTS_PREFIX}{id}/{MANIFEST}")
+}
+
+pub fn export_object_key(id: &str, name: &str) -> String {
+    format!("{EXPORTS_PREFIX}{id}/{name}")
+}
+
+/// The export id a key under `exports/` belongs to.
+pub fn export_id_of(key: &str) -> Option<&str> {
+    key.strip_prefix(EXPORTS_PREFIX)?.split('/').next()
+}
 
 /// Key of a lease on backup `id` held by `holder` (host and pid, encoded).
 pub fn lease_key(id: &str, holder: &str) -> String {

@@ -402,6 +402,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_defaulted_repository_path_must_exist_a_configured_one_need_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("backup.toml");
+        std::fs::write(&file, "").unwrap();
+        let mut cfg = Config::load(Some(&file)).unwrap();
+        assert!(cfg.repository.path_defaulted);
+        // The machine's own default path may exist; point the default at one that does not.
+        cfg.repository.path = Some(dir.path().join("absent"));
+        let err = require_existing(&cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("repository.path defaults to") && err.contains("add a [repository]"),
+            "{err}"
+        );
+        std::fs::create_dir(dir.path().join("absent")).unwrap();
+        require_existing(&cfg).unwrap();
+        cfg.repository.path = Some(dir.path().join("elsewhere"));
+        cfg.repository.path_defaulted = false;
+        require_existing(&cfg).unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retry_retries_transient_errors_then_succeeds() {
         let calls = AtomicU32::new(0);

@@ -371,24 +371,67 @@ where
             key: key.to_string(),
         };
     }
+    let mut message = concise(&err, status, code.as_deref());
+    // No credentials anywhere in the chain (keys, environment, profile, instance role):
+    // asking again finds none again.
+    let no_credentials =
+        matches!(&err, SdkError::DispatchFailure(_)) && message.contains("loading credentials");
+    if no_credentials {
+        message = format!(
+            "no S3 credentials: set repository.access_key_id and secret_access_key_file, or \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile or instance role ({message})"
+        );
+    }
     let transient = match &err {
+        SdkError::DispatchFailure(_) if no_credentials => false,
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             true
         }
         _ => {
-            matches!(status, Some(408 | 409 | 429 | 500..=599))
+            // 501 Not Implemented answers the same way every time.
+            matches!(status, Some(408 | 409 | 429 | 500 | 502..=599))
                 || matches!(
                     code.as_deref(),
                     Some("SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable")
                 )
         }
     };
+    tracing::debug!(op, key, error = %DisplayErrorContext(&err), "S3 request failed");
     RepoError::Remote {
         op,
         key: key.to_string(),
-        message: DisplayErrorContext(&err).to_string(),
+        message,
         transient,
     }
+}
+
+/// One line for people: the HTTP status and S3's error code and message, or the
+/// network error's causes — never the SDK's debug dump of the request and response
+/// (logged at debug level, `-v`, by [`classify`]).
+fn concise<E>(err: &SdkError<E, HttpResponse>, status: Option<u16>, code: Option<&str>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    if let (SdkError::ServiceError(_), Some(status)) = (err, status) {
+        let mut out = format!("HTTP {status}");
+        if let Some(code) = code {
+            out.push_str(&format!(" {code}"));
+        }
+        if let Some(msg) = err.message().filter(|m| !m.is_empty()) {
+            out.push_str(&format!(": {msg}"));
+        }
+        return out;
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 fn to_chrono(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {

@@ -192,7 +192,7 @@ pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Re
     let mut sorted_incomplete: Vec<_> = inputs.incomplete.iter().collect();
     sorted_incomplete.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
     let limit = policy.incomplete_after;
-    let limit_s = humantime::format_duration(limit);
+    let limit_s = crate::text::config_duration(limit);
     for (id, newest) in sorted_incomplete {
         let objs = objects_of(id);
         let deleting = layout::backup_object_key(id, layout::DELETING);

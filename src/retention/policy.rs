@@ -76,7 +76,7 @@ pub fn fmt_age(d: chrono::Duration) -> String {
 }
 
 fn fmt_duration(d: std::time::Duration) -> String {
-    humantime::format_duration(d).to_string()
+    crate::text::config_duration(d)
 }
 
 /// `keep_last = 2, keep_within = 30days`.

@@ -405,7 +405,7 @@ fn reasons_name_the_rule_and_the_invariant() {
 fn describe_rule_and_ages() {
     assert_eq!(
         describe_rule(&rule(Some(2), Some("30d"), Some(7), None, Some(12))),
-        "keep_last = 2, keep_within = 30days, keep_daily = 7, keep_monthly = 12"
+        "keep_last = 2, keep_within = 30d, keep_daily = 7, keep_monthly = 12"
     );
     assert_eq!(fmt_age(chrono::Duration::seconds(40)), "40s");
     assert_eq!(

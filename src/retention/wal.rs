@@ -192,7 +192,7 @@ pub fn decide(
                             Action::Keep,
                             format!(
                                 "archived within retention.wal = {}",
-                                humantime::format_duration(d)
+                                crate::text::config_duration(d)
                             ),
                         ),
                         Some(_) => (
@@ -201,7 +201,7 @@ pub fn decide(
                                 "before {}, where the oldest kept physical backup {} starts, and archived more than {} ago",
                                 k.segment,
                                 k.backup,
-                                humantime::format_duration(d)
+                                crate::text::config_duration(d)
                             ),
                         ),
                     },

@@ -78,14 +78,41 @@ pub fn pg_tempdir() -> TempDir {
     d
 }
 
+/// The server programs the tests run (initdb, pg_ctl, postgres): `BACKUPCTL_TEST_PG_BIN`,
+/// else Debian's PostgreSQL 15.
 pub fn pg_bin_dir() -> PathBuf {
     std::env::var_os("BACKUPCTL_TEST_PG_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
+/// The client programs (psql, pg_dump, pgbench, pg_waldump, …): `BACKUPCTL_TEST_PG_CLIENT_BIN`
+/// when they live apart from the server programs (the version matrix runs PostgreSQL
+/// 16 and 17 servers with PostgreSQL 18's client programs), else [`pg_bin_dir`].
+pub fn pg_client_bin_dir() -> PathBuf {
+    std::env::var_os("BACKUPCTL_TEST_PG_CLIENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(pg_bin_dir)
+}
+
 pub fn pg_bin(program: &str) -> PathBuf {
-    pg_bin_dir().join(program)
+    if ["initdb", "pg_ctl", "postgres"].contains(&program) {
+        pg_bin_dir().join(program)
+    } else {
+        pg_client_bin_dir().join(program)
+    }
+}
+
+/// `bin_dir` (and `client_bin_dir` when apart) lines of `[postgres]`.
+pub fn bin_toml() -> String {
+    let mut s = format!("bin_dir = \"{}\"\n", pg_bin_dir().display());
+    if pg_client_bin_dir() != pg_bin_dir() {
+        s.push_str(&format!(
+            "client_bin_dir = \"{}\"\n",
+            pg_client_bin_dir().display()
+        ));
+    }
+    s
 }
 
 /// The backupctl binary, at a path the postgres user can execute (the build directory
@@ -109,18 +136,22 @@ pub fn backupctl_bin() -> PathBuf {
         );
         let dir = PathBuf::from("/tmp/backupctl-test-bin").join(stamp);
         let dest = dir.join("backupctl");
+        // Every test process marks the copy it uses; a copy goes only when no test
+        // process has started on it for an hour. (Its creation time is no guide: test
+        // runs of an unchanged build reuse the same copy for as long as they go on, and
+        // another checkout's run must not pull it from under them.)
+        let last_used = |d: &Path| {
+            std::fs::metadata(d.join("last-used"))
+                .or_else(|_| std::fs::metadata(d))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+        };
         if !dest.exists() {
-            // Copies of earlier builds (each keeps a 300 MB binary alive) go once they
-            // are an hour old: no test process still runs them.
+            // Copies of earlier builds keep a 300 MB binary each.
             if let Ok(old) = std::fs::read_dir("/tmp/backupctl-test-bin") {
                 for e in old.flatten() {
-                    let stale = e
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > Duration::from_secs(3600));
-                    if stale {
+                    if last_used(&e.path()).is_some_and(|age| age > Duration::from_secs(3600)) {
                         let _ = std::fs::remove_dir_all(e.path());
                     }
                 }
@@ -133,6 +164,7 @@ pub fn backupctl_bin() -> PathBuf {
             let _ = std::fs::rename(&tmp, &dest);
             let _ = std::fs::remove_file(&tmp);
         }
+        let _ = std::fs::write(dir.join("last-used"), std::process::id().to_string());
         use std::os::unix::fs::PermissionsExt;
         for d in [Path::new("/tmp/backupctl-test-bin"), dir.as_path()] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -387,10 +419,10 @@ impl Cluster {
     /// `[postgres]` section for a backupctl config pointing at this cluster.
     pub fn postgres_toml(&self) -> String {
         format!(
-            "[postgres]\nhost = \"{}\"\nport = {}\nuser = \"postgres\"\ndbname = \"postgres\"\nbin_dir = \"{}\"\npgdata = \"{}\"\n",
+            "[postgres]\nhost = \"{}\"\nport = {}\nuser = \"postgres\"\ndbname = \"postgres\"\n{}pgdata = \"{}\"\n",
             self.socket_dir.display(),
             self.port,
-            pg_bin_dir().display(),
+            bin_toml(),
             self.pgdata.display()
         )
     }
@@ -720,8 +752,17 @@ pub fn archive_command(config: &Path) -> String {
 // WAL archiving and restored servers
 
 /// Close the current WAL segment and wait until the archiver has pushed it.
+///
+/// A record is written first: on a segment that holds nothing yet, `pg_switch_wal()`
+/// switches nothing and returns a position inside that empty segment, which is then
+/// never archived (seen on PostgreSQL 18 right after a backup's own switch).
 pub fn switch_wal_and_wait(c: &Cluster) {
-    let seg = c.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    let out = c.psql(
+        "postgres",
+        "SELECT pg_logical_emit_message(false, 'backupctl-test', 'switch'); \
+         SELECT pg_walfile_name(pg_switch_wal())",
+    );
+    let seg = out.lines().last().unwrap_or_default().to_string();
     wait_archived(c, &seg);
 }
 
@@ -797,4 +838,15 @@ impl Drop for Restored {
             pg_ctl_stop_immediate(&self.pgdata);
         }
     }
+}
+
+/// The `check` output line that contains `name`, with its indented continuation lines
+/// (the fix).
+pub fn check_line(text: &str, name: &str) -> String {
+    let mut lines = text.lines().skip_while(|l| !l.contains(name));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {name} line:\n{text}"));
+    let rest: Vec<&str> = lines.take_while(|l| l.starts_with(' ')).collect();
+    format!("{first}\n{}", rest.join("\n"))
 }

@@ -1,5 +1,6 @@
 //! A webhook receiver on a loopback port: records every POST body with the status it
-//! answered, for the tests of alerts (daemon failures, migrations).
+//! answered, for the tests of alerts (daemon failures, migrations, CLI jobs); and one
+//! that accepts connections and never answers ([`Hanging`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -80,5 +81,32 @@ fn serve(stream: TcpStream, requests: Arc<Mutex<Vec<(u16, String)>>>, answer: An
             stream,
             "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\n\r\n"
         );
+    }
+}
+
+/// Accepts every connection, reads what comes, never answers: a webhook that hangs.
+pub struct Hanging {
+    pub port: u16,
+    /// Connections accepted so far.
+    pub connections: Arc<Mutex<usize>>,
+}
+
+impl Hanging {
+    pub fn start() -> Hanging {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(Mutex::new(0));
+        let c = connections.clone();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                *c.lock().unwrap() += 1;
+                // Read until the client gives up; never write.
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        });
+        Hanging { port, connections }
     }
 }

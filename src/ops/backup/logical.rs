@@ -62,7 +62,7 @@ pub async fn run(
     )
     .await
     .with_context(|| format!("check the identity of repository {}", repo.describe()))?;
-    let bin = PgBin::discover(cfg.postgres.bin_dir.as_deref(), Some(info.major()))?;
+    let bin = PgBin::clients(&cfg.postgres, Some(info.major()))?;
     let pg_dump_version = version_of(&bin, "pg_dump");
 
     let requested = if databases.is_empty() {
@@ -210,7 +210,7 @@ fn entry(name: String, s: &Stored) -> ObjectEntry {
 }
 
 /// The first line of `program --version`, e.g. `pg_dump (PostgreSQL) 15.18`.
-fn version_of(bin: &PgBin, program: &str) -> Option<String> {
+pub(crate) fn version_of(bin: &PgBin, program: &str) -> Option<String> {
     let out = bin.std_command(program).arg("--version").output().ok()?;
     let s = String::from_utf8_lossy(&out.stdout);
     s.lines().next().map(|l| l.trim().to_string())
@@ -277,11 +277,13 @@ async fn dump_database(
     let key = layout::backup_object_key(id, &name);
     let (toc_tx, toc_rx) = tokio::sync::oneshot::channel::<TocResult>();
     let abort = Arc::new(AtomicBool::new(false));
+    // Kept until the dump is over: it holds the password file pg_dump reads.
+    let child_env = db_params.child_env()?;
     let dump_fut = {
         let mut cmd = bin.std_command("pg_dump");
         cmd.args(["--format=custom", "--compress=0", "--snapshot"])
-            .arg(&snapshot)
-            .envs(db_params.libpq_env());
+            .arg(&snapshot);
+        child_env.apply(&mut cmd);
         let mut list_cmd = bin.std_command("pg_restore");
         list_cmd.arg("--list");
         let abort = abort.clone();
@@ -506,11 +508,10 @@ async fn dump_globals(
 ) -> anyhow::Result<ObjectEntry> {
     let name = layout::logical_globals_name(codec.algorithm);
     let key = layout::backup_object_key(id, &name);
+    let child_env = params.child_env()?;
     let mut cmd = bin.std_command("pg_dumpall");
-    cmd.arg("--globals-only")
-        .arg("-l")
-        .arg(&params.dbname)
-        .envs(params.libpq_env());
+    cmd.arg("--globals-only").arg("-l").arg(&params.dbname);
+    child_env.apply(&mut cmd);
     if !cfg.logical.include_passwords {
         cmd.arg("--no-role-passwords");
     }

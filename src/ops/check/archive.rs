@@ -470,7 +470,7 @@ pub async fn probe(
                 CHECK,
                 format!(
                     "segment {segment} did not reach the repository within {} (check.timeout){archiver}",
-                    humantime::format_duration(timeout)
+                    crate::text::config_duration(timeout)
                 ),
                 "read the archive_command errors in the PostgreSQL log; run the archive_command by hand as the postgres user",
             );

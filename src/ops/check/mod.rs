@@ -167,7 +167,14 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
         }
         Ok(p) => match p.connect().await {
             Err(e) => {
-                r.fail("postgres", format!("{e:#}"), connect_fix(&e));
+                let text = format!("{e:#}");
+                match crate::pg::tls::explain(&text, &p.tls, &p.host) {
+                    Some(fix) => {
+                        let detail = text.strip_suffix(&format!("; {fix}")).unwrap_or(&text);
+                        r.fail("postgres", detail, fix)
+                    }
+                    None => r.fail("postgres", text, connect_fix(&e)),
+                }
                 None
             }
             Ok(client) => match ServerInfo::query(&client).await {
@@ -183,7 +190,7 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
                     r.ok(
                         "postgres",
                         format!(
-                            "PostgreSQL {} at {}, system identifier {}{}",
+                            "PostgreSQL {} at {}, system identifier {}{}; {}",
                             info.version,
                             p.describe(),
                             info.system_identifier,
@@ -191,7 +198,8 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
                                 " (in recovery)"
                             } else {
                                 ""
-                            }
+                            },
+                            tls_in_use(&client, p).await
                         ),
                     );
                     check_privileges(&client, &mut r).await;
@@ -277,14 +285,39 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
 
     check_local_state(cfg, &mut r);
 
-    // Server binaries.
+    // Binaries: client programs for logical backups and restores, server programs for
+    // test restores and `restore --start`.
     let want = server.as_ref().map(ServerInfo::major);
-    match PgBin::discover(cfg.postgres.bin_dir.as_deref(), want) {
-        Ok(b) => r.ok(
-            "binaries",
-            format!("PostgreSQL {} binaries in {}", b.major, b.dir.display()),
-        ),
-        Err(e) => r.fail("binaries", format!("{e:#}"), "set postgres.bin_dir"),
+    match PgBin::for_config(&cfg.postgres, want) {
+        Ok(b) => {
+            r.ok("binaries", b.describe());
+            if let Some(problem) = crate::pg::bin::restore_incompatibility(b.client_major, b.major) {
+                r.warn(
+                    "logical restores",
+                    problem,
+                    "physical backups are not affected; only logical ones need other client programs",
+                );
+            }
+        }
+        Err(e) => match PgBin::clients(&cfg.postgres, want) {
+            Ok(c) => r.fail(
+                "binaries",
+                format!(
+                    "client programs: PostgreSQL {} in {}, enough for logical backups and \
+                     restores; but {e:#}",
+                    c.client_major,
+                    c.client_dir.display()
+                ),
+                "test restores (verify) and restore --start need the server programs \
+                 (initdb, pg_ctl, postgres) of the server's version: install them and set \
+                 postgres.bin_dir",
+            ),
+            Err(_) => r.fail(
+                "binaries",
+                format!("{e:#}"),
+                "set postgres.bin_dir (and postgres.client_bin_dir when the client programs live elsewhere)",
+            ),
+        },
     }
 
     // Data directory (physical backups read it directly).
@@ -316,6 +349,29 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
 fn is_parse_error(e: &anyhow::Error) -> bool {
     e.chain()
         .any(|c| c.downcast_ref::<serde_json::Error>().is_some())
+}
+
+/// What this connection's TLS turned out to be: the server's view (pg_stat_ssl) and
+/// what the settings verify.
+async fn tls_in_use(client: &tokio_postgres::Client, p: &ConnParams) -> String {
+    let row = client
+        .query_opt(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await;
+    let settings = p.tls.describe(&p.host);
+    match row {
+        Ok(Some(row)) if row.get::<_, bool>(0) => format!(
+            "TLS {} ({settings})",
+            row.get::<_, Option<String>>(1).unwrap_or_default()
+        ),
+        Ok(Some(_)) => format!(
+            "not encrypted: the server offered no TLS (sslmode={})",
+            p.tls.mode.as_str()
+        ),
+        _ => settings,
+    }
 }
 
 /// The fix for a failed connection: authentication failures are about the password

@@ -18,8 +18,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bytes::Bytes;
-use futures_util::SinkExt;
 use tokio::io::AsyncBufReadExt;
 use tokio_postgres::Client;
 
@@ -247,32 +245,13 @@ async fn load(
     let mut setvals: Vec<(String, i64, bool)> = Vec::new();
     while let Some(line) = lines.next_line().await? {
         if let Some(t) = tables.iter().find(|t| line == t.copy_header()) {
-            let sink = client
-                .copy_in::<_, Bytes>(&format!("COPY {} ({}) FROM STDIN", t.qualified, t.columns))
-                .await
-                .with_context(|| format!("copy the backup's rows into {}", t.name))?;
-            futures_util::pin_mut!(sink);
-            let mut buf = Vec::with_capacity(1 << 20);
-            loop {
-                let row = lines
-                    .next_line()
-                    .await?
-                    .with_context(|| format!("the rows of {} end without \\.", t.name))?;
-                if row == "\\." {
-                    break;
-                }
-                buf.extend_from_slice(row.as_bytes());
-                buf.push(b'\n');
-                if buf.len() >= 1 << 20 {
-                    sink.send(Bytes::from(std::mem::take(&mut buf))).await?;
-                }
-            }
-            if !buf.is_empty() {
-                sink.send(Bytes::from(buf)).await?;
-            }
-            sink.finish()
-                .await
-                .with_context(|| format!("copy the backup's rows into {}", t.name))?;
+            crate::pg::copy::send_block(
+                client,
+                &mut lines,
+                &format!("COPY {} ({}) FROM STDIN", t.qualified, t.columns),
+                &format!("the backup's rows of {}", t.name),
+            )
+            .await?;
         } else if let Some(v) = parse_setval(&line) {
             setvals.push(v);
         }

@@ -106,7 +106,10 @@ pub async fn run(cfg: &Config, args: &LogicalRestoreRequest) -> anyhow::Result<V
     let params = ConnParams::from_config(&cfg.postgres)?;
     let client = params.connect().await?;
     let info = ServerInfo::query(&client).await?;
-    let bin = PgBin::discover(cfg.postgres.bin_dir.as_deref(), Some(info.major()))?;
+    let bin = PgBin::clients(&cfg.postgres, Some(info.major()))?;
+    if let Some(problem) = crate::pg::bin::restore_incompatibility(bin.client_major, info.major()) {
+        return Err(crate::user_error!("{problem}"));
+    }
 
     let mut lines = Vec::new();
     if args.dry_run {
@@ -659,13 +662,14 @@ pub async fn schema_mismatches(
     }
     let file = work.join("schema.dump");
     let dbname = target.dbname.clone();
-    let out = bin
-        .command("pg_dump")
-        .args(["--schema-only", "-Fc", "-f"])
+    let child_env = target.child_env()?;
+    let mut cmd = bin.std_command("pg_dump");
+    cmd.args(["--schema-only", "-Fc", "-f"])
         .arg(&file)
         .arg("-d")
-        .arg(conninfo_dbname(&dbname))
-        .envs(target.libpq_env())
+        .arg(conninfo_dbname(&dbname));
+    child_env.apply(&mut cmd);
+    let out = tokio::process::Command::from(cmd)
         .output()
         .await
         .context("run pg_dump --schema-only on the restored database")?;
@@ -786,10 +790,12 @@ async fn feed_pg_restore(
 ) -> anyhow::Result<()> {
     let o = object(m, &d.object)?;
     let key = layout::backup_object_key(&m.id, &d.object);
+    // Kept until pg_restore has exited: it holds the password file.
+    let child_env = target.child_env()?;
     let mut cmd = bin.std_command("pg_restore");
     cmd.args(["--exit-on-error", "--no-password", "-d"])
-        .arg(conninfo_dbname(t.name))
-        .envs(target.libpq_env());
+        .arg(conninfo_dbname(t.name));
+    child_env.apply(&mut cmd);
     if t.clean {
         cmd.args(["--clean", "--if-exists"]);
     }

@@ -225,10 +225,7 @@ pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> 
     }
 
     if args.start {
-        let bin = PgBin::discover(
-            cfg.postgres.bin_dir.as_deref(),
-            Some(m.pg_version_num / 10000),
-        )?;
+        let bin = PgBin::for_config(&cfg.postgres, Some(m.pg_version_num / 10000))?;
         let log = pgdata.join("log").join("backupctl-recovery.log");
         std::fs::create_dir_all(log.parent().expect("has parent"))?;
         let options = args.port.map(|p| format!("-p {p}")).unwrap_or_default();

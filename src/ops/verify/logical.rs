@@ -34,10 +34,10 @@ pub async fn verify(
         .as_ref()
         .context("logical backup without logical info")?;
     let started = Instant::now();
-    let bin = PgBin::discover(
-        cfg.postgres.bin_dir.as_deref(),
-        Some(m.pg_version_num / 10000),
-    )?;
+    let bin = PgBin::for_config(&cfg.postgres, Some(m.pg_version_num / 10000))?;
+    if let Some(problem) = crate::pg::bin::restore_incompatibility(bin.client_major, bin.major) {
+        anyhow::bail!("{problem}");
+    }
     let cluster = scratch.path.join("cluster");
     let sock = scratch.path.join("sock");
     std::fs::create_dir_all(&sock)?;

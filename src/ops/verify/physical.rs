@@ -91,10 +91,7 @@ pub async fn verify(
         crate::ops::status::human_bytes(m.stored_bytes())
     ));
 
-    let bin = PgBin::discover(
-        cfg.postgres.bin_dir.as_deref(),
-        Some(m.pg_version_num / 10000),
-    )?;
+    let bin = PgBin::for_config(&cfg.postgres, Some(m.pg_version_num / 10000))?;
     let mut params = ConnParams::from_config(&cfg.postgres)?;
     params.host = sock.display().to_string();
     params.port = port;
