@@ -611,7 +611,14 @@ pub struct WalConfig {
     /// `pg_wal/.backupctl-prefetch/` (1 = only the requested file). Default: the CPU
     /// count, at most 8.
     pub fetch_concurrency: Option<usize>,
+    /// Free space, in MiB, prefetching leaves on the file system of `pg_wal`: the
+    /// following segments are not fetched ahead when they would leave less. Default 1024.
+    pub fetch_reserve_mib: Option<u64>,
 }
+
+/// What recovery may still need beside the prefetched segments: room for the WAL it
+/// writes itself and for the data files replay extends.
+const DEFAULT_FETCH_RESERVE_MIB: u64 = 1024;
 
 fn default_wal_concurrency() -> usize {
     cpus().min(8)
@@ -637,6 +644,13 @@ impl WalConfig {
     pub fn fetch_concurrency(&self) -> usize {
         self.fetch_concurrency
             .unwrap_or_else(default_wal_concurrency)
+    }
+
+    /// Bytes prefetching leaves free on the file system of `pg_wal`.
+    pub fn fetch_reserve_bytes(&self) -> u64 {
+        self.fetch_reserve_mib
+            .unwrap_or(DEFAULT_FETCH_RESERVE_MIB)
+            .saturating_mul(1 << 20)
     }
 }
 

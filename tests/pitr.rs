@@ -520,13 +520,20 @@ fn wal_fetch_missing_is_quiet_and_corruption_is_loud(backend: Backend) {
 
 fn wal_fetch_prefetches_the_following_segments(backend: Backend) {
     let s = Setup::new(backend);
-    let config = s.t.write_config(
-        "prefetch.toml",
-        &format!(
-            "{}\n[wal]\nfetch_concurrency = 2\n",
-            s.cluster.postgres_toml()
-        ),
-    );
+    // The free space prefetching leaves is set here, so that what is spooled does not
+    // depend on how full this machine's disk is (with the default, 1 GiB, a CI machine
+    // short of space spooled nothing); `no_room` asks for more than any disk has.
+    let config_reserving = |name: &str, reserve_mib: u64| {
+        s.t.write_config(
+            name,
+            &format!(
+                "{}\n[wal]\nfetch_concurrency = 2\nfetch_reserve_mib = {reserve_mib}\n",
+                s.cluster.postgres_toml()
+            ),
+        )
+    };
+    let config = config_reserving("prefetch.toml", 0);
+    let no_room = config_reserving("no-room.toml", 1 << 40);
     s.sql("CREATE TABLE t (g int)");
     let mut segs = vec![];
     for _ in 0..4 {
@@ -544,16 +551,37 @@ fn wal_fetch_prefetches_the_following_segments(backend: Backend) {
     as_pg(Command::new("mkdir").arg(&pg_wal)).status().unwrap();
     let dest = pg_wal.join("RECOVERYXLOG");
     let fetch = |seg: &str| backupctl(&config, &["-v", "wal-fetch", seg, dest.to_str().unwrap()]);
+    let spooled = || {
+        let mut names: Vec<String> = std::fs::read_dir(pg_wal.join(".backupctl-prefetch"))
+            .expect("a prefetch spool")
+            .flatten()
+            .flat_map(|boot| std::fs::read_dir(boot.path()).unwrap().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+
+    // Prefetching that would leave less than the reserve free does not start; the
+    // requested segment is restored all the same.
+    let out = check_output(
+        "wal-fetch short of space",
+        backupctl(
+            &no_room,
+            &["-v", "wal-fetch", &segs[0], dest.to_str().unwrap()],
+        ),
+    );
+    assert!(
+        stderr(&out).contains("little free space: no WAL prefetch"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), 16 << 20);
+    assert_eq!(spooled(), Vec::<String>::new());
+
     check_output("wal-fetch first", fetch(&segs[0]));
-    let mut spooled: Vec<String> = std::fs::read_dir(pg_wal.join(".backupctl-prefetch"))
-        .expect("a prefetch spool")
-        .flatten()
-        .flat_map(|boot| std::fs::read_dir(boot.path()).unwrap().flatten())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    spooled.sort();
     assert_eq!(
-        spooled,
+        spooled(),
         vec![segs[1].clone(), segs[3].clone()],
         "the sound following segments are spooled, the corrupt one is not"
     );

@@ -137,6 +137,7 @@ pub async fn run(
         )
     })?;
     let concurrency = cfg.wal.fetch_concurrency();
+    let reserve = cfg.wal.fetch_reserve_bytes();
     let spool = if kind == WalFileKind::Segment {
         Spool::beside(dest)
     } else {
@@ -179,9 +180,9 @@ pub async fn run(
     let mine = slots.clone().acquire_owned().await?;
     let ahead = spool.map(|spool| {
         let (repo, name, slots) = (repo.clone(), name.clone(), slots.clone());
-        tokio::spawn(
-            async move { prefetch(repo, algorithm, &name, spool, slots, concurrency).await },
-        )
+        tokio::spawn(async move {
+            prefetch(repo, algorithm, &name, spool, slots, concurrency, reserve).await
+        })
     });
     let mut written = write(obj, &key, &name, dest).await;
     drop(mine);
@@ -212,6 +213,7 @@ async fn prefetch(
     spool: Spool,
     slots: Arc<Semaphore>,
     concurrency: usize,
+    reserve: u64,
 ) {
     spool.clean(name);
     let seg_size = match RepoIdentity::load(repo.as_ref()).await {
@@ -232,8 +234,12 @@ async fn prefetch(
         tracing::debug!(dir = %spool.dir().display(), error = %e, "no WAL prefetch");
         return;
     }
-    if !fetch_ahead::room_for(spool.dir(), names.len() as u64 * seg_size) {
-        tracing::info!(dir = %spool.dir().display(), "little free space: no WAL prefetch");
+    if !fetch_ahead::room_for(spool.dir(), names.len() as u64 * seg_size, reserve) {
+        tracing::info!(
+            dir = %spool.dir().display(),
+            reserve_mib = reserve >> 20,
+            "little free space: no WAL prefetch (wal.fetch_reserve_mib)"
+        );
         return;
     }
     let spool = Arc::new(spool);

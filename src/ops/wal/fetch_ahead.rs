@@ -21,7 +21,7 @@
 //! recovery has ended (no `recovery.signal` or `standby.signal`), and so does
 //! `restore --start`. Prefetching starts only once the requested segment was found, and
 //! stops at the first following segment the archive does not have; it is skipped when
-//! the file system is short of space.
+//! it would leave less than `wal.fetch_reserve_mib` free.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -128,14 +128,13 @@ fn is_stale(e: &std::fs::DirEntry) -> bool {
     })
 }
 
-/// Whether `bytes` more fit in `dir`'s file system and still leave the larger of 1 GiB
-/// and 5 % of it free: prefetching must never take the space recovery needs.
-pub fn room_for(dir: &Path, bytes: u64) -> bool {
+/// Whether `bytes` more fit in `dir`'s file system and still leave `reserve` bytes free
+/// to unprivileged users: prefetching must never take the space recovery needs.
+pub fn room_for(dir: &Path, bytes: u64, reserve: u64) -> bool {
     let Ok(st) = rustix::fs::statvfs(dir) else {
         return false;
     };
     let free = st.f_bavail.saturating_mul(st.f_frsize);
-    let reserve = (st.f_blocks.saturating_mul(st.f_frsize) / 20).max(1 << 30);
     free >= bytes.saturating_add(reserve)
 }
 
@@ -267,7 +266,9 @@ mod tests {
     #[test]
     fn prefetching_leaves_the_file_system_its_reserve() {
         let d = tempfile::tempdir().unwrap();
-        assert!(!room_for(d.path(), u64::MAX / 2));
-        assert!(!room_for(&d.path().join("missing"), 0));
+        assert!(!room_for(d.path(), u64::MAX / 2, 0));
+        assert!(!room_for(d.path(), 0, u64::MAX / 2));
+        assert!(room_for(d.path(), 0, 0));
+        assert!(!room_for(&d.path().join("missing"), 0, 0));
     }
 }
