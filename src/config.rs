@@ -88,6 +88,12 @@ pub struct PostgresConfig {
     /// programs; the server's major version or newer.
     pub client_bin_dir: Option<PathBuf>,
     pub pgdata: Option<PathBuf>,
+    /// On a standby: a connection string (or URL) reaching its primary. A physical
+    /// backup of the standby ends inside a WAL segment the primary is still writing;
+    /// with this set it asks the primary to end it (`pg_switch_wal()`) instead of
+    /// waiting for the primary's `archive_timeout`. Host, port, user and database come
+    /// from this string; `password_file` and the TLS keys of this section apply.
+    pub primary_conninfo: Option<String>,
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde_compat")]
     pub connect_timeout: Duration,
     /// TLS, with libpq's meaning: overrides `sslmode` in `connection` and `PGSSLMODE`;

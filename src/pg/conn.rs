@@ -328,6 +328,31 @@ pub async fn connect(cfg: &PostgresConfig) -> anyhow::Result<Client> {
     ConnParams::from_config(cfg)?.connect().await
 }
 
+/// Parameters reaching a standby's primary from `postgres.primary_conninfo`: its host,
+/// port, user and database come from that string alone (then libpq's environment and
+/// defaults); the password file and TLS settings are the section's.
+pub fn primary_params(cfg: &PostgresConfig, conninfo: &str) -> anyhow::Result<ConnParams> {
+    let parsed = tls::split_conn_string(conninfo).and_then(|(rest, _)| {
+        rest.parse::<tokio_postgres::Config>()
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    if let Err(e) = parsed {
+        return Err(crate::user_error!(
+            "key `postgres.primary_conninfo`: not a valid connection string: {e}"
+        ));
+    }
+    ConnParams::from_config(&PostgresConfig {
+        connection: Some(conninfo.to_string()),
+        host: None,
+        port: None,
+        user: None,
+        dbname: None,
+        primary_conninfo: None,
+        ..cfg.clone()
+    })
+}
+
 /// Facts about the server every command wants.
 #[derive(Debug, Clone)]
 pub struct ServerInfo {
@@ -404,6 +429,32 @@ mod tests {
         assert_eq!(mode & 0o077, 0, "{mode:o}");
         drop(env);
         assert!(!passfile.exists(), "the pass file outlived its child");
+    }
+
+    #[test]
+    fn the_primary_is_reached_through_primary_conninfo_alone() {
+        let cfg = PostgresConfig {
+            host: Some("/var/run/postgresql".into()),
+            port: Some(5433),
+            user: Some("standby_user".into()),
+            dbname: Some("app".into()),
+            primary_conninfo: Some("unused here".into()),
+            ..Default::default()
+        };
+        let p = primary_params(
+            &cfg,
+            "host=db1.internal port=6000 user=backupctl dbname=postgres password=s3cret",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.user.as_str(), p.dbname.as_str()),
+            ("db1.internal", 6000, "backupctl", "postgres")
+        );
+        assert!(!p.describe().contains("s3cret"));
+        let err = primary_params(&cfg, "host=db1 port=notaport")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("postgres.primary_conninfo"), "{err}");
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub fn write_part(entries: &[Entry], w: &mut dyn Write) -> io::Result<PartStats>
 }
 
 /// The control file, copied only with a valid CRC.
-const PG_CONTROL: &str = "global/pg_control";
+pub const PG_CONTROL: &str = "global/pg_control";
 /// Reads of pg_control before a backup gives up on a CRC that never validates.
 const PG_CONTROL_READS: u32 = 10;
 

@@ -31,10 +31,10 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
     let client = params.connect().await?;
     let info = ServerInfo::query(&client).await?;
     if info.in_recovery {
-        return Err(crate::user_error!(
-            "the server at {} is a standby; physical backups are taken from the primary",
-            params.describe()
-        ));
+        tracing::info!(
+            server = %params.describe(),
+            "the server is a standby: backing up its data directory; the primary (or this standby, with archive_mode = always) archives the WAL"
+        );
     }
     let row = client
         .query_one(
@@ -46,7 +46,10 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
         .context("read archiving settings")?;
     let (archive_mode, archive_command, config_file): (String, String, String) =
         (row.get(0), row.get(1), row.get(2));
-    if archive_mode == "off" {
+    if archive_mode == "off" && info.in_recovery {
+        // The primary may archive for it; the wait for the backup's WAL below tells.
+        tracing::warn!("archive_mode is off on this standby: once promoted it will not archive; set archive_mode = on (or always) and archive_command = 'backupctl … wal-push %p' here too");
+    } else if archive_mode == "off" {
         return Err(crate::user_error!(
             "archive_mode is off: a physical backup is useless without archived WAL; \
              set archive_mode = on and archive_command = 'backupctl … wal-push %p' (see `backupctl check`)"
@@ -150,7 +153,11 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
         let needed: Vec<String> = (first..=last.max(first))
             .map(|segno| Segment { tli: timeline, segno }.name(seg))
             .collect();
-        wait_for_wal(&repo, &client, &needed, cfg.backup.archive_timeout).await?;
+        if info.in_recovery {
+            ask_primary_to_end_segment(cfg, &info, stop_lsn).await;
+        }
+        wait_for_wal(&repo, &client, &needed, cfg.backup.archive_timeout, info.in_recovery)
+            .await?;
 
         let m = Manifest {
             format: manifest::FORMAT,
@@ -214,7 +221,11 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
     }
 }
 
-/// Copy PGDATA into tar parts with `backup.workers` parts in flight.
+/// Copy PGDATA into tar parts with `backup.workers` parts in flight, then
+/// `global/pg_control` alone in a last part. A restore of a standby's backup ends its
+/// consistency wait at the minimum recovery point in the copied pg_control, so that copy
+/// must be taken after every data file (as pg_basebackup does); on a primary the order
+/// does not matter and the same path is kept.
 async fn copy_data(
     repo: &Arc<dyn Repository>,
     id: &str,
@@ -226,13 +237,16 @@ async fn copy_data(
     let entries = tokio::task::spawn_blocking(move || scan::scan(&dir))
         .await?
         .with_context(|| format!("scan {}", pgdata.display()))?;
+    let (control, entries): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|e| e.name == tarpart::PG_CONTROL);
     let total: u64 = entries.iter().map(scan::file_size).sum();
     let workers = cfg.backup.workers();
     let n = scan::part_count(total, workers, cfg.backup.part_size_mib << 20);
     let parts = scan::plan_parts(entries, n);
     tracing::info!(
         bytes = total,
-        parts = parts.len(),
+        parts = parts.len() + usize::from(!control.is_empty()),
         workers,
         "copying data directory"
     );
@@ -241,6 +255,29 @@ async fn copy_data(
     // gets every core once the others are done.
     let compressor = Compressor::shared(codec, workers).context("start compression threads")?;
     let stop = transfer::StopFlag::default();
+    let store = |i: usize, part: Vec<scan::Entry>| {
+        let name = format!("base.{i}.tar{}", codec.suffix());
+        let key = layout::backup_object_key(id, &name);
+        let (repo, stop, compressor) = (repo.clone(), stop.clone(), compressor.clone());
+        async move {
+            let (stored, stats) =
+                transfer::put_stream(&repo, &key, compressor, PutOptions::default(), move |w| {
+                    Ok(tarpart::write_part(&part, &mut stop.writer(w))?)
+                })
+                .await
+                .with_context(|| format!("store {name}"))?;
+            anyhow::Ok((
+                ObjectEntry {
+                    name,
+                    sha256: stored.stored.sha256,
+                    stored_size: stored.stored.size,
+                    size: stored.size,
+                },
+                stats.files,
+            ))
+        }
+    };
+    let last = parts.len();
     let mut pending = parts.into_iter().enumerate();
     let mut running: JoinSet<anyhow::Result<(ObjectEntry, u64)>> = JoinSet::new();
     let mut objects = vec![];
@@ -250,29 +287,7 @@ async fn copy_data(
             let Some((i, part)) = pending.next() else {
                 break;
             };
-            let name = format!("base.{i}.tar{}", codec.suffix());
-            let key = layout::backup_object_key(id, &name);
-            let (repo, stop, compressor) = (repo.clone(), stop.clone(), compressor.clone());
-            running.spawn(async move {
-                let (stored, stats) = transfer::put_stream(
-                    &repo,
-                    &key,
-                    compressor,
-                    PutOptions::default(),
-                    move |w| Ok(tarpart::write_part(&part, &mut stop.writer(w))?),
-                )
-                .await
-                .with_context(|| format!("store {name}"))?;
-                Ok((
-                    ObjectEntry {
-                        name,
-                        sha256: stored.stored.sha256,
-                        stored_size: stored.stored.size,
-                        size: stored.size,
-                    },
-                    stats.files,
-                ))
-            });
+            running.spawn(store(i, part));
         }
         match running.join_next().await {
             Some(res) => match res.context("copy worker").and_then(|r| r) {
@@ -290,6 +305,12 @@ async fn copy_data(
             },
             None => break,
         }
+    }
+    if !control.is_empty() {
+        let (obj, n) = store(last, control).await?;
+        tracing::debug!(object = %obj.name, "pg_control stored last");
+        objects.push(obj);
+        files += n;
     }
     objects.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((objects, files))
@@ -339,13 +360,22 @@ async fn wait_for_wal(
     client: &tokio_postgres::Client,
     needed: &[String],
     timeout: Duration,
+    standby: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
+    let mut said = false;
     loop {
         let missing = missing_segments(repo, needed).await?;
         if missing.is_empty() {
             return Ok(());
+        }
+        if standby && !said && started.elapsed() >= STANDBY_WAIT_NOTE {
+            said = true;
+            tracing::info!(
+                missing = %describe_missing(&missing),
+                "still waiting for the backup's WAL: on a standby its last segment is archived once the primary ends it (archive_timeout on the primary, or set postgres.primary_conninfo)"
+            );
         }
         if started.elapsed() >= timeout {
             let archiver = client
@@ -364,11 +394,18 @@ async fn wait_for_wal(
                     )
                 })
                 .unwrap_or_default();
+            let fix = if standby {
+                "The server is a standby: the primary archives this WAL (or the standby, with \
+                 archive_mode = always), and the last segment only once the primary ends it. \
+                 Check archiving with `backupctl check` against the primary, and set \
+                 postgres.primary_conninfo (or archive_timeout on the primary)"
+            } else {
+                "Check archive_command with `backupctl check` and the PostgreSQL log"
+            };
             anyhow::bail!(
                 "the backup's WAL is not all in the repository after {timeout:?} (backup.archive_timeout): \
                  {} missing between its start segment {} and stop segment {}; {archiver}. \
-                 The backup is not complete (no manifest written). Check archive_command with \
-                 `backupctl check` and the PostgreSQL log",
+                 The backup is not complete (no manifest written). {fix}",
                 describe_missing(&missing),
                 needed.first().map(String::as_str).unwrap_or("-"),
                 needed.last().map(String::as_str).unwrap_or("-"),
@@ -376,6 +413,66 @@ async fn wait_for_wal(
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// How long a backup of a standby waits for its WAL before it says why it may wait long.
+const STANDBY_WAIT_NOTE: Duration = Duration::from_secs(10);
+
+/// A backup of a standby ends inside a segment the primary is still writing, and
+/// neither the primary nor a standby with `archive_mode = always` archives a segment
+/// before it is complete. With `postgres.primary_conninfo`, ask the primary to end it
+/// now (`pg_switch_wal()`, only while the primary is still in that segment). Failing
+/// that, the wait that follows says what is missing: this only logs.
+async fn ask_primary_to_end_segment(cfg: &Config, standby: &ServerInfo, stop_lsn: Lsn) {
+    let Some(conninfo) = &cfg.postgres.primary_conninfo else {
+        return;
+    };
+    let result = async {
+        let params = crate::pg::conn::primary_params(&cfg.postgres, conninfo)?;
+        let client = params.connect().await?;
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(), \
+                        (SELECT system_identifier::text FROM pg_control_system()), \
+                        pg_current_wal_lsn()::text",
+                &[],
+            )
+            .await
+            .context("read the primary's state")?;
+        let (in_recovery, sysid, current): (bool, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        if in_recovery {
+            anyhow::bail!("it is in recovery too: point postgres.primary_conninfo at the primary");
+        }
+        if sysid != standby.system_identifier.to_string() {
+            anyhow::bail!(
+                "its system identifier is {sysid}, this standby's is {}: point postgres.primary_conninfo at this standby's primary",
+                standby.system_identifier
+            );
+        }
+        let current: Lsn = current.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        let seg = standby.wal_segment_size;
+        let stop_segno = Lsn(stop_lsn.0.saturating_sub(1)).0 / seg;
+        if current.0 / seg > stop_segno {
+            return anyhow::Ok(false);
+        }
+        client
+            .execute("SELECT pg_switch_wal()", &[])
+            .await
+            .context("pg_switch_wal() (needs superuser or EXECUTE on pg_switch_wal)")?;
+        anyhow::Ok(true)
+    }
+    .await;
+    match result {
+        Ok(true) => {
+            tracing::info!("asked the primary to end the backup's last WAL segment (pg_switch_wal)")
+        }
+        Ok(false) => tracing::debug!("the primary has ended the backup's last WAL segment already"),
+        Err(e) => tracing::warn!(
+            error = %format!("{e:#}"),
+            "cannot ask the primary (postgres.primary_conninfo) to end the backup's last WAL segment; waiting for it to be archived anyway"
+        ),
     }
 }
 

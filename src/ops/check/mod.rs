@@ -204,6 +204,9 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
                     );
                     check_privileges(&client, &mut r).await;
                     check_archiving(&client, cfg, &mut r).await;
+                    if info.in_recovery {
+                        check_standby(&client, cfg, &info, &mut r).await;
+                    }
                     Some((info, client))
                 }
             },
@@ -562,6 +565,103 @@ async fn check_archiving(
         library.as_deref().unwrap_or(""),
         &command,
     );
+}
+
+/// What backups of a standby do and need: who archives their WAL, and whether the
+/// primary can be asked to end a backup's last segment (`postgres.primary_conninfo`).
+async fn check_standby(
+    client: &tokio_postgres::Client,
+    cfg: &crate::config::Config,
+    info: &ServerInfo,
+    r: &mut Report,
+) {
+    let mode = client
+        .query_one("SELECT current_setting('archive_mode')", &[])
+        .await
+        .map(|row| row.get::<_, String>(0))
+        .unwrap_or_default();
+    let archiver = if mode == "always" {
+        "this standby (archive_mode = always) or the primary".to_string()
+    } else {
+        format!("the primary (this standby, archive_mode = {mode}, archives only once promoted)")
+    };
+    r.ok(
+        "standby",
+        format!(
+            "physical backups copy this standby's data directory, so the primary does not pay \
+             for the copy; their WAL must be archived by {archiver} into this repository; \
+             logical backups get no restore point (only a primary can create one)"
+        ),
+    );
+    if mode == "off" {
+        r.warn(
+            "standby",
+            "archive_mode is off here: once promoted, this server archives nothing",
+            "set archive_mode = on and archive_command = 'backupctl … wal-push %p' on the standby too, \
+             so that archiving goes on after a failover",
+        );
+    }
+    let Some(conninfo) = &cfg.postgres.primary_conninfo else {
+        r.warn(
+            "primary",
+            "postgres.primary_conninfo is not set: a physical backup waits until the primary ends \
+             its last WAL segment (at the primary's archive_timeout, or when the segment fills), \
+             at most backup.archive_timeout",
+            "set postgres.primary_conninfo to reach the primary, where backups then call \
+             pg_switch_wal(), or set archive_timeout on the primary",
+        );
+        return;
+    };
+    let probe = async {
+        let params = crate::pg::conn::primary_params(&cfg.postgres, conninfo)?;
+        let primary = params.connect().await?;
+        let row = primary
+            .query_one(
+                "SELECT pg_is_in_recovery(), \
+                        (SELECT system_identifier::text FROM pg_control_system()), \
+                        has_function_privilege('pg_switch_wal()', 'EXECUTE')",
+                &[],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("read the primary's state: {e}"))?;
+        anyhow::Ok((
+            params.describe(),
+            row.get::<_, bool>(0),
+            row.get::<_, String>(1),
+            row.get::<_, bool>(2),
+        ))
+    }
+    .await;
+    match probe {
+        Err(e) => r.fail(
+            "primary",
+            format!("postgres.primary_conninfo: {e:#}"),
+            "make postgres.primary_conninfo reach this standby's primary (host, port, user; \
+             the password comes from postgres.password_file or PGPASSWORD)",
+        ),
+        Ok((at, true, _, _)) => r.fail(
+            "primary",
+            format!("postgres.primary_conninfo reaches {at}, which is in recovery too"),
+            "point postgres.primary_conninfo at the primary",
+        ),
+        Ok((at, _, sysid, _)) if sysid != info.system_identifier.to_string() => r.fail(
+            "primary",
+            format!(
+                "postgres.primary_conninfo reaches {at}, system identifier {sysid}; this standby's is {}",
+                info.system_identifier
+            ),
+            "point postgres.primary_conninfo at this standby's primary",
+        ),
+        Ok((at, _, _, false)) => r.fail(
+            "primary",
+            format!("the user of postgres.primary_conninfo ({at}) may not call pg_switch_wal()"),
+            "connect as a superuser, or GRANT EXECUTE ON FUNCTION pg_switch_wal() TO that role",
+        ),
+        Ok((at, _, _, true)) => r.ok(
+            "primary",
+            format!("{at}: physical backups of this standby ask it to end their last WAL segment (pg_switch_wal)"),
+        ),
+    }
 }
 
 /// `backup.state_dir` (job locks, the daemon's history) and the alert webhook.
