@@ -323,6 +323,60 @@ impl Cluster {
         c
     }
 
+    /// A streaming standby of `primary`: `pg_basebackup -R` of it, listening on a socket
+    /// and port of its own. It keeps the primary's settings, `archive_mode` and
+    /// `archive_command` included (a standby archives only once promoted).
+    pub fn standby_of(primary: &Cluster) -> Cluster {
+        let dir = pg_tempdir();
+        let pgdata = dir.path().join("pgdata");
+        let socket_dir = dir.path().join("sock");
+        std::fs::create_dir(&socket_dir).unwrap();
+        chown_to_pg(&socket_dir);
+        let out = as_pg(
+            Command::new(pg_client_bin_dir().join("pg_basebackup"))
+                .arg("-D")
+                .arg(&pgdata)
+                .arg("-h")
+                .arg(&primary.socket_dir)
+                .args(["-p", &primary.port.to_string(), "-U", "postgres"])
+                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]),
+        )
+        .output()
+        .unwrap();
+        check_output("pg_basebackup (standby)", out);
+        let port = free_port();
+        let mut text = std::fs::read_to_string(pgdata.join("postgresql.conf")).unwrap();
+        text.push_str(&format!(
+            "\n# test harness: standby\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            socket_dir.display()
+        ));
+        std::fs::write(pgdata.join("postgresql.conf"), text).unwrap();
+        let log = dir.path().join("postgres.log");
+        let mut c = Cluster {
+            dir,
+            pgdata,
+            socket_dir,
+            port,
+            log,
+            running: false,
+        };
+        c.start();
+        c
+    }
+
+    /// `pg_ctl promote`, waiting until the server accepts writes.
+    pub fn promote(&self) {
+        let out = as_pg(
+            Command::new(pg_bin("pg_ctl"))
+                .arg("-D")
+                .arg(&self.pgdata)
+                .args(["-w", "-t", "120", "promote"]),
+        )
+        .output()
+        .unwrap();
+        check_output("pg_ctl promote", out);
+    }
+
     /// Start (or restart) the server and wait until it accepts connections.
     pub fn start(&mut self) {
         let out = as_pg(
