@@ -105,6 +105,14 @@ fn pitr_to_time_restore_point_and_lsn(backend: Backend) {
             "102|102",
             "restore {extra:?}"
         );
+        // Data checksums as the source has them (initdb turns them on from 18).
+        let (major, checksums) = s
+            .sql("SELECT current_setting('server_version_num')::int / 10000 || ' ' || current_setting('data_checksums')")
+            .split_once(' ')
+            .map(|(m, c)| (m.parse::<u32>().unwrap(), c.to_string()))
+            .unwrap();
+        assert_eq!(checksums, if major >= 18 { "on" } else { "off" });
+        assert_eq!(r.psql("postgres", "SHOW data_checksums"), checksums);
         // Promoted: writable.
         r.psql("postgres", "INSERT INTO t (id) VALUES (1000)");
         assert_eq!(r.psql("postgres", "SELECT pg_is_in_recovery()"), "f");

@@ -15,3 +15,4 @@ pub mod tls;
 pub mod toc;
 pub mod wal;
 pub mod walpage;
+pub mod walsummary;
