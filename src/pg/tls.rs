@@ -317,7 +317,14 @@ impl TlsSettings {
         let mut v = vec![("PGSSLMODE", self.mode.as_str().to_string())];
         match &self.rootcert {
             Some(RootCert::File(p)) => v.push(("PGSSLROOTCERT", p.display().to_string())),
-            Some(RootCert::System) => v.push(("PGSSLROOTCERT", "system".into())),
+            // libpq before 16 reads "system" as a file name; the system's CA bundle is
+            // the same trust for every libpq version (16+ reads it through "system").
+            Some(RootCert::System) => v.push((
+                "PGSSLROOTCERT",
+                system_ca_bundle()
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_else(|| "system".into()),
+            )),
             None => {}
         }
         if let Some((c, k)) = &self.client {
@@ -524,6 +531,12 @@ pub fn is_unix_socket(host: &str) -> bool {
     Path::new(host).is_absolute()
 }
 
+/// The operating system's CA bundle file, where OpenSSL looks for it (`SSL_CERT_FILE`
+/// first), for client programs whose libpq does not know `sslrootcert=system`.
+fn system_ca_bundle() -> Option<std::path::PathBuf> {
+    openssl_probe::probe().cert_file.filter(|f| f.is_file())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,6 +598,23 @@ mod tests {
         assert!(s
             .libpq_env()
             .contains(&("PGSSLROOTCERT", ca.display().to_string())));
+
+        // sslrootcert=system reaches pg_dump and psql as the CA bundle file (libpq before 16
+        // reads "system" as a file name), where the system has one.
+        let system = TlsSettings {
+            rootcert: Some(RootCert::System),
+            ..s.clone()
+        };
+        let root = system
+            .libpq_env()
+            .into_iter()
+            .find(|(k, _)| *k == "PGSSLROOTCERT")
+            .unwrap()
+            .1;
+        match system_ca_bundle() {
+            Some(bundle) => assert_eq!(root, bundle.display().to_string()),
+            None => assert_eq!(root, "system"),
+        }
 
         // From the connection string, a mode tokio-postgres does not know is honoured...
         let conn = ConnStringTls {
