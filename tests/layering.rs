@@ -809,3 +809,40 @@ fn files_map_to_top_level_modules() {
     assert_eq!(layer("jobs"), 1);
     assert_eq!(layer("anything_new"), 1);
 }
+
+/// Only the top layers talk to the terminal and end the process: below `cli/` and
+/// `daemon/`, code reports through return values, `tracing` or a callback the caller
+/// gives (restore's progress lines), never `println!`, `eprintln!` or
+/// `std::process::exit` (unit tests, after `#[cfg(test)]` or in `*_tests.rs`, may).
+#[test]
+fn below_cli_and_daemon_nothing_prints_or_exits() {
+    let mut found = String::new();
+    for (path, text) in real_tree() {
+        let module = module_of(&path).unwrap_or_default();
+        if module.is_empty() || layer(&module) >= 3 || path.ends_with("_tests.rs") {
+            continue;
+        }
+        let code: String = strip(&text).into_iter().collect();
+        let code = code.split("#[cfg(test)]").next().unwrap_or_default();
+        for (n, line) in code.lines().enumerate() {
+            for bad in [
+                "println!",
+                "print!",
+                "eprintln!",
+                "eprint!",
+                "process::exit(",
+            ] {
+                let hit = line
+                    .match_indices(bad)
+                    .any(|(i, _)| !line[..i].ends_with(|c: char| is_ident(c)));
+                if hit {
+                    let _ = writeln!(found, "{path}:{}: {}", n + 1, line.trim());
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "printing or exiting below cli/ and daemon/:\n{found}"
+    );
+}

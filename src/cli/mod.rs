@@ -151,7 +151,7 @@ async fn dispatch(
                 tablespace_map: args.tablespace_map,
                 dry_run: args.dry_run,
             };
-            let report = ops::restore::run(cfg, &req).await?;
+            let report = ops::restore::run(cfg, &req, &|line| eprintln!("{line}")).await?;
             done.backup_ids = vec![report.backup.clone()];
             if report.dry_run.is_some() {
                 render::restore_dry_run(&report);

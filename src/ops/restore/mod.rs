@@ -90,7 +90,13 @@ pub struct DryRun {
     pub settings: Vec<(String, String)>,
 }
 
-pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> {
+/// Restore as `args` asks. `say` gets the progress lines a person at the terminal needs
+/// (what is restored and why, how to start it, how recovery ended) as they happen.
+pub async fn run(
+    cfg: &Config,
+    args: &RestoreRequest,
+    say: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<Report> {
     let pgdata = args
         .pgdata
         .clone()
@@ -136,7 +142,7 @@ pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> 
     .map_err(|e| crate::user_error!("{e}"))?;
     let m = choice.backup;
     let phys = m.physical.as_ref().expect("physical backup");
-    eprintln!("restoring backup {}: {}", m.id, choice.reason);
+    say(&format!("restoring backup {}: {}", m.id, choice.reason));
 
     // Where each tablespace goes; every destination must be empty.
     let mut ts_dest: HashMap<u32, PathBuf> = HashMap::new();
@@ -167,10 +173,10 @@ pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> 
         &choice.expected,
     )?;
     if args.new_primary {
-        eprintln!(
+        say(&format!(
             "--new-primary: this copy keeps archive_command and archives its new timeline into {}",
             repo.describe()
-        );
+        ));
     } else {
         // A copy must never archive into the repository it came from: its new timeline
         // would become what "latest" restores, and its WAL would be mistaken for
@@ -215,13 +221,13 @@ pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> 
         held.release(repo.as_ref()).await;
         return Err(e);
     }
-    eprintln!("restored {} into {}", m.id, pgdata.display());
+    say(&format!("restored {} into {}", m.id, pgdata.display()));
     if !args.new_primary {
-        eprintln!(
+        say(&format!(
             "archive_mode = off: this copy does not archive into {}; if it replaces the primary, \
              restore again with --new-primary (or set archive_mode = on before promoting it)",
             repo.describe()
-        );
+        ));
     }
 
     if args.start {
@@ -231,15 +237,15 @@ pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> 
         let options = args.port.map(|p| format!("-p {p}")).unwrap_or_default();
         let params = ConnParams::from_config(&cfg.postgres)?;
         let server = Server::start(&bin, &pgdata, &log, &options, params).await?;
-        eprintln!(
+        say(&format!(
             "started PostgreSQL on {}; waiting for recovery to finish (log: {})",
             pgdata.display(),
             log.display()
-        );
+        ));
         let rec = server
             .wait_for_recovery(args.target_action == TargetAction::Shutdown)
             .await?;
-        eprintln!(
+        say(&format!(
             "recovery ended ({:?}) after {:.1}s on timeline {}; last replayed commit: {}",
             rec.end,
             rec.seconds,
@@ -249,27 +255,27 @@ pub async fn run(cfg: &Config, args: &RestoreRequest) -> anyhow::Result<Report> 
             rec.last_replayed_commit
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_else(|| "none".into())
-        );
+        ));
         if rec.end != RecoveryEnd::Paused {
             // Recovery will not ask for what wal-fetch prefetched, nor for more WAL.
             fetch_ahead::remove_spool(&pgdata.join("pg_wal"));
             held.release(repo.as_ref()).await;
         } else {
-            eprintln!(
+            say(&format!(
                 "recovery is paused: retention keeps backup {} and its WAL until {} (restore.lease)",
                 m.id, held.lease.expires
-            );
+            ));
         }
         report.recovery = Some(rec);
     } else {
-        eprintln!(
+        say(&format!(
             "start it with: pg_ctl -D {} start   (recovery runs to {}); retention keeps backup {} \
              and its WAL until {} (restore.lease)",
             pgdata.display(),
             target.describe(),
             m.id,
             held.lease.expires
-        );
+        ));
     }
     Ok(report)
 }
