@@ -227,6 +227,88 @@ pub struct CompressionConfig {
     /// zstd worker threads per stream (0 = compress on the calling thread).
     #[serde(default)]
     pub threads: u32,
+    /// Per-kind overrides of the keys above: `[compression.wal]`, `[compression.physical]`,
+    /// `[compression.logical]`, `[compression.exports]`.
+    #[serde(default)]
+    pub wal: Option<CompressionOverride>,
+    #[serde(default)]
+    pub physical: Option<CompressionOverride>,
+    #[serde(default)]
+    pub logical: Option<CompressionOverride>,
+    #[serde(default)]
+    pub exports: Option<CompressionOverride>,
+}
+
+/// `[compression.<kind>]`: what differs for one kind of data.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionOverride {
+    pub algorithm: Option<Algorithm>,
+    pub level: Option<i32>,
+    pub threads: Option<u32>,
+}
+
+/// The kinds of data the repository stores, each with its own compression settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataKind {
+    Wal,
+    Physical,
+    Logical,
+    Exports,
+}
+
+impl DataKind {
+    pub const ALL: [DataKind; 4] = [
+        DataKind::Wal,
+        DataKind::Physical,
+        DataKind::Logical,
+        DataKind::Exports,
+    ];
+
+    /// The name of its `[compression.<kind>]` table.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataKind::Wal => "wal",
+            DataKind::Physical => "physical",
+            DataKind::Logical => "logical",
+            DataKind::Exports => "exports",
+        }
+    }
+}
+
+impl CompressionConfig {
+    /// The settings for `kind`: its `[compression.<kind>]` keys over the section's. An
+    /// override that changes the algorithm without a level gets that algorithm's default
+    /// level (the section's level belongs to the section's algorithm).
+    pub fn for_kind(&self, kind: DataKind) -> CompressionConfig {
+        let o = match kind {
+            DataKind::Wal => &self.wal,
+            DataKind::Physical => &self.physical,
+            DataKind::Logical => &self.logical,
+            DataKind::Exports => &self.exports,
+        };
+        let base = CompressionConfig {
+            algorithm: self.algorithm,
+            level: self.level,
+            threads: self.threads,
+            wal: None,
+            physical: None,
+            logical: None,
+            exports: None,
+        };
+        let Some(o) = o else {
+            return base;
+        };
+        let algorithm = o.algorithm.unwrap_or(self.algorithm);
+        CompressionConfig {
+            algorithm,
+            level: o
+                .level
+                .or(self.level.filter(|_| algorithm == self.algorithm)),
+            threads: o.threads.unwrap_or(self.threads),
+            ..base
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1032,18 +1114,28 @@ impl Config {
         if r.upload_concurrency == 0 {
             return bad("repository.upload_concurrency", "must be at least 1".into());
         }
-        if let Some(level) = self.compression.level {
-            let range = match self.compression.algorithm {
+        for (key, c) in std::iter::once(("compression.level".to_string(), self.compression.clone()))
+            .chain(DataKind::ALL.into_iter().map(|k| {
+                (
+                    format!("compression.{}.level", k.name()),
+                    self.compression.for_kind(k),
+                )
+            }))
+        {
+            let Some(level) = c.level else {
+                continue;
+            };
+            let range = match c.algorithm {
                 Algorithm::Zstd => -7..=22,
                 Algorithm::Gzip => 0..=9,
                 Algorithm::None => 0..=0,
             };
             if !range.contains(&level) {
                 return bad(
-                    "compression.level",
+                    &key,
                     format!(
                         "{level} is not valid for {:?}; use {} to {}",
-                        self.compression.algorithm,
+                        c.algorithm,
                         range.start(),
                         range.end()
                     ),
@@ -1401,6 +1493,39 @@ mod tests {
             parse("[repository]\npath = \"/x\"\n[compression]\nalgorithm = \"gzip\"\nlevel = 12\n")
                 .unwrap_err();
         assert!(err.contains("compression.level"), "{err}");
+    }
+
+    #[test]
+    fn compression_per_kind_overrides_the_section() {
+        let cfg = parse(
+            "[repository]\npath = \"/x\"\n[compression]\nlevel = 19\n\
+             [compression.wal]\nalgorithm = \"gzip\"\n\
+             [compression.logical]\nlevel = 5\nthreads = 2\n",
+        )
+        .unwrap();
+        let c = &cfg.compression;
+        // A new algorithm without a level gets that algorithm's default.
+        let wal = c.for_kind(DataKind::Wal);
+        assert_eq!((wal.algorithm, wal.level), (Algorithm::Gzip, None));
+        let logical = c.for_kind(DataKind::Logical);
+        assert_eq!(
+            (logical.algorithm, logical.level, logical.threads),
+            (Algorithm::Zstd, Some(5), 2)
+        );
+        let physical = c.for_kind(DataKind::Physical);
+        assert_eq!(
+            (physical.algorithm, physical.level),
+            (Algorithm::Zstd, Some(19))
+        );
+        // A level the kind's algorithm does not have is named with its table.
+        let err = parse(
+            "[repository]\npath = \"/x\"\n[compression.exports]\nalgorithm = \"gzip\"\nlevel = 12\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("compression.exports.level"), "{err}");
+        let err =
+            parse("[repository]\npath = \"/x\"\n[compression.wall]\nlevel = 1\n").unwrap_err();
+        assert!(err.contains("wall"), "{err}");
     }
 
     #[test]

@@ -42,7 +42,7 @@ use crate::archival::export::{
 use crate::archival::inspect::{self, Source};
 use crate::archival::log;
 use crate::codec::{algorithm_of, Codec};
-use crate::config::{Align, ArchiveMode, ArchivePolicy, Config};
+use crate::config::{Align, ArchiveMode, ArchivePolicy, Config, DataKind};
 use crate::partitions::catalog;
 use crate::pg::bin::PgBin;
 use crate::pg::conn::ConnParams;
@@ -421,7 +421,7 @@ async fn dump_and_verify(
         .await?
         .get::<_, i32>(0) as u32;
     let bin = PgBin::clients(&cfg.postgres, Some(major))?;
-    let codec = Codec::from_config(&cfg.compression);
+    let codec = Codec::from_config(&cfg.compression.for_kind(DataKind::Exports));
     let now = Utc::now();
     let id = ex::new_id(now, dumped_name);
     let object = format!("data.dump{}", codec.suffix());

@@ -24,7 +24,7 @@ use tokio_postgres::Client;
 use tracing::Instrument;
 
 use crate::codec::Codec;
-use crate::config::Config;
+use crate::config::{Config, DataKind};
 use crate::host::local_hostname;
 use crate::manifest::{
     backup_id, BackupKind, DatabaseDump, LogicalInfo, Manifest, ObjectEntry, TableRows, FORMAT,
@@ -72,7 +72,7 @@ pub async fn run(
     };
     let dbs = choose_databases(&client, requested).await?;
     let (id, start) = fresh_id(repo.as_ref()).await?;
-    let codec = Codec::from_config(&cfg.compression);
+    let codec = Codec::from_config(&cfg.compression.for_kind(DataKind::Logical));
     tracing::info!(databases = ?dbs, "logical backup {id} started");
 
     let mut written: Vec<String> = Vec::new();

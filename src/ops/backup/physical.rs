@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::codec::{Codec, Compressor};
-use crate::config::Config;
+use crate::config::{Config, DataKind};
 use crate::manifest::{self, BackupKind, Manifest, ObjectEntry, PhysicalInfo, TablespaceInfo};
 use crate::pg::conn::{ConnParams, ServerInfo};
 use crate::pg::wal::{Lsn, Segment};
@@ -125,7 +125,7 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
         tracing::info!(start_lsn = %start_lsn, "backup started");
         crate::failpoint::point("backup.started");
 
-        let codec = Codec::from_config(&cfg.compression);
+        let codec = Codec::from_config(&cfg.compression.for_kind(DataKind::Physical));
         let (objects, files) = copy_data(&repo, &id, &pgdata, codec, cfg).await?;
 
         let row = client

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::codec::Algorithm;
-use crate::config::Config;
+use crate::config::{Config, DataKind};
 use crate::error::{Reported, StopRecovery};
 use crate::ops::wal::fetch_ahead::{self, following, Spool};
 use crate::pg::wal::{self, WalFileKind};
@@ -156,7 +156,7 @@ pub async fn run(
         }
     }
     let repo = repo::open(cfg).await?;
-    let algorithm = cfg.compression.algorithm;
+    let algorithm = cfg.compression.for_kind(DataKind::Wal).algorithm;
     let Some((key, obj)) = open(repo.as_ref(), algorithm, &name).await? else {
         if expected.covers(&name) {
             return Err(expected.missing(&name));

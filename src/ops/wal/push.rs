@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::codec::{self, Codec, FileSource, Source as _};
-use crate::config::Config;
+use crate::config::{Config, DataKind};
 use crate::ops::wal::fetch_ahead;
 use crate::ops::wal::push_ahead::{ready_files, Markers};
 use crate::pg::wal::{self, WalFileKind};
@@ -55,7 +55,7 @@ pub async fn run(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
     let concurrency = cfg.wal.push_concurrency();
     let ahead = ready_files(&path, ahead_count(concurrency), &markers);
     let codec = wal_codec(
-        Codec::from_config(&cfg.compression),
+        Codec::from_config(&cfg.compression.for_kind(DataKind::Wal)),
         concurrency.min(1 + ahead.len()),
     );
     let slots = Arc::new(Semaphore::new(concurrency));
