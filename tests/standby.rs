@@ -103,6 +103,37 @@ fn backup_from_a_standby_then_failover(backend: Backend) {
         "the standby's backup was test-restored: {info}"
     );
 
+    // A copy restored from it is no standby: without standby.signal, and with the
+    // standby's replication settings left out, it never connects to the live primary (nor
+    // would a verification's scratch server).
+    let work = common::pg_tempdir();
+    let copy = work.path().join("copy");
+    check_output(
+        "restore of the standby's backup",
+        backupctl(
+            &standby_config,
+            &[
+                "restore",
+                "--backup",
+                &id,
+                "--pgdata",
+                copy.to_str().unwrap(),
+            ],
+        ),
+    );
+    assert!(standby.pgdata.join("standby.signal").exists());
+    assert!(copy.join("recovery.signal").exists());
+    assert!(!copy.join("standby.signal").exists());
+    let auto = std::fs::read_to_string(copy.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        !auto
+            .lines()
+            .any(|l| l.trim_start().starts_with("primary_conninfo")
+                || l.trim_start().starts_with("primary_slot_name")),
+        "{auto}"
+    );
+    drop(work);
+
     // Rows on the old primary, a target between them, all replayed by the standby.
     s.sql("INSERT INTO marks (tag) VALUES ('timeline-1-a')");
     common::switch_wal_and_wait(&s.cluster);

@@ -330,18 +330,18 @@ pub async fn connect(cfg: &PostgresConfig) -> anyhow::Result<Client> {
 
 /// Parameters reaching a standby's primary from `postgres.primary_conninfo`: its host,
 /// port, user and database come from that string alone (then libpq's environment and
-/// defaults); the password file and TLS settings are the section's.
+/// defaults); the section's password file and TLS keys apply where the string does not
+/// set a password or that TLS setting itself.
 pub fn primary_params(cfg: &PostgresConfig, conninfo: &str) -> anyhow::Result<ConnParams> {
-    let parsed = tls::split_conn_string(conninfo).and_then(|(rest, _)| {
-        rest.parse::<tokio_postgres::Config>()
-            .map(drop)
-            .map_err(|e| e.to_string())
-    });
-    if let Err(e) = parsed {
-        return Err(crate::user_error!(
-            "key `postgres.primary_conninfo`: not a valid connection string: {e}"
-        ));
-    }
+    let invalid = |e: &dyn std::fmt::Display| {
+        crate::user_error!("key `postgres.primary_conninfo`: not a valid connection string: {e}")
+    };
+    let (rest, own_tls) = tls::split_conn_string(conninfo).map_err(|e| invalid(&e))?;
+    let own = rest
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| invalid(&e))?;
+    // What the string says for itself wins over the section's keys (which otherwise
+    // override a connection string): the primary may need other credentials or TLS.
     ConnParams::from_config(&PostgresConfig {
         connection: Some(conninfo.to_string()),
         host: None,
@@ -349,7 +349,25 @@ pub fn primary_params(cfg: &PostgresConfig, conninfo: &str) -> anyhow::Result<Co
         user: None,
         dbname: None,
         primary_conninfo: None,
+        password_file: cfg
+            .password_file
+            .clone()
+            .filter(|_| own.get_password().is_none()),
+        sslmode: cfg.sslmode.filter(|_| own_tls.sslmode.is_none()),
+        sslrootcert: cfg
+            .sslrootcert
+            .clone()
+            .filter(|_| own_tls.sslrootcert.is_none()),
+        sslcert: cfg.sslcert.clone().filter(|_| own_tls.sslcert.is_none()),
+        sslkey: cfg.sslkey.clone().filter(|_| own_tls.sslkey.is_none()),
         ..cfg.clone()
+    })
+    .map_err(|e| {
+        // Errors about the string name the section's connection key; this is another.
+        anyhow::anyhow!(
+            "{}",
+            format!("{e:#}").replace("postgres.connection", "postgres.primary_conninfo")
+        )
     })
 }
 
@@ -455,6 +473,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("postgres.primary_conninfo"), "{err}");
+        // What the string sets for itself beats the section's keys.
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "standby-password\n").unwrap();
+        let cfg = PostgresConfig {
+            sslmode: Some(SslMode::Require),
+            password_file: Some(pw),
+            ..cfg
+        };
+        let own =
+            primary_params(&cfg, "host=db1 sslmode=disable password=primary-password").unwrap();
+        assert_eq!(own.tls.mode, SslMode::Disable);
+        assert_eq!(own.password.as_deref(), Some("primary-password"));
+        let inherited = primary_params(&cfg, "host=db1").unwrap();
+        assert_eq!(inherited.tls.mode, SslMode::Require);
+        assert_eq!(inherited.password.as_deref(), Some("standby-password"));
+        // A word without "=" (here the tail of an unquoted password) is not repeated.
+        let err = primary_params(&cfg, "host=db1 password=correct horse")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("horse"), "{err}");
     }
 
     #[test]

@@ -100,7 +100,10 @@ pub fn split_conn_string(conn: &str) -> Result<(String, ConnStringTls), String> 
             i += 1;
         }
         if i == b.len() || b[i] != b'=' {
-            return Err(format!("missing \"=\" after {key:?}"));
+            // The word itself is not quoted: it may be the tail of an unquoted password.
+            return Err(format!(
+                "missing \"=\" after the word at offset {start} (quote values that hold spaces: key='a b')"
+            ));
         }
         i += 1;
         while i < b.len() && b[i].is_ascii_whitespace() {

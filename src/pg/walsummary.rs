@@ -153,13 +153,23 @@ pub async fn changed_blocks(
     start: Lsn,
     end: Lsn,
 ) -> anyhow::Result<Result<Changes, String>> {
-    let all: Vec<Summary> = client
+    let rows = match client
         .query(
             "SELECT tli, start_lsn::text, end_lsn::text FROM pg_available_wal_summaries()",
             &[],
         )
         .await
-        .context("pg_available_wal_summaries()")?
+    {
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            return Ok(Err(
+                "the WAL summary functions need a superuser, or EXECUTE on \
+                 pg_available_wal_summaries() and pg_wal_summary_contents()"
+                    .into(),
+            ))
+        }
+        other => other.context("pg_available_wal_summaries()")?,
+    };
+    let all: Vec<Summary> = rows
         .iter()
         .map(|r| {
             Ok(Summary {

@@ -168,6 +168,17 @@ pub fn exists(dir: &Path, name: &str) -> io::Result<bool> {
     }
 }
 
+/// Remove file `name` (a link is removed, never followed) from `dir`; nothing there is
+/// not an error.
+pub fn remove(dir: &Path, name: &str) -> io::Result<()> {
+    let name = component(name)?;
+    let root = open_root(dir)?;
+    match rustix::fs::unlinkat(&root, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(annotate(e.into(), "remove", &dir.join(name))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

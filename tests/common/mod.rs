@@ -351,6 +351,17 @@ impl Cluster {
             socket_dir.display()
         ));
         std::fs::write(pgdata.join("postgresql.conf"), text).unwrap();
+        // The primary_conninfo `-R` wrote lists every option the client programs know
+        // (18's write `sslnegotiation`, which a 16 server refuses): the last setting in
+        // postgresql.auto.conf wins, so this one, with only what is needed, is used.
+        let auto = pgdata.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap();
+        text.push_str(&format!(
+            "primary_conninfo = 'host={} port={} user=postgres'\n",
+            primary.socket_dir.display(),
+            primary.port
+        ));
+        std::fs::write(&auto, text).unwrap();
         let log = dir.path().join("postgres.log");
         let mut c = Cluster {
             dir,

@@ -130,7 +130,11 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
 
         let row = client
             .query_one(
-                "SELECT s.lsn::text, s.labelfile, s.spcmapfile, clock_timestamp() \
+                // On a standby, the newest commit replayed may carry a later time (the
+                // primary's clock) than the standby's own clock: a restore to a time
+                // must not pick this backup for a target before its consistency point.
+                "SELECT s.lsn::text, s.labelfile, s.spcmapfile, \
+                        greatest(clock_timestamp(), pg_last_xact_replay_timestamp()) \
                  FROM pg_backup_stop(false) s",
                 &[],
             )
@@ -144,6 +148,9 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
         let tablespace_map: Option<String> = row.get(2);
         let stop_time: chrono::DateTime<Utc> = row.get(3);
         let timeline = label_timeline(&backup_label).unwrap_or(info.timeline);
+        if info.in_recovery {
+            same_timeline_at_stop(&client, timeline).await?;
+        }
         let seg = info.wal_segment_size;
         let start_wal = Segment::containing(timeline, start_lsn, seg).name(seg);
         let stop_wal = Segment::containing(timeline, Lsn(stop_lsn.0.saturating_sub(1)), seg).name(seg);
@@ -414,6 +421,38 @@ async fn wait_for_wal(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
+}
+
+/// A standby that changed timeline during its backup (its upstream was promoted) or
+/// was promoted itself once the backup stopped ends the backup on another timeline than
+/// it started, and the WAL it needs is then partly on each. That is refused, plainly:
+/// the next backup is taken whole on the new timeline.
+async fn same_timeline_at_stop(
+    client: &tokio_postgres::Client,
+    start_tli: u32,
+) -> anyhow::Result<()> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), min_recovery_end_timeline FROM pg_control_recovery()",
+            &[],
+        )
+        .await
+        .context("read the standby's recovery state at the backup's stop")?;
+    let (in_recovery, tli): (bool, i32) = (row.get(0), row.get(1));
+    if !in_recovery {
+        anyhow::bail!(
+            "the standby was promoted as its backup ended: the backup's WAL is split between two \
+             timelines. No manifest was written; take the backup again (the server is now a primary)"
+        );
+    }
+    // 0: no minimum recovery point recorded yet, nothing to compare.
+    if tli != 0 && tli as u32 != start_tli {
+        anyhow::bail!(
+            "the standby moved from timeline {start_tli} to {tli} during its backup (its upstream \
+             was promoted). No manifest was written; take the backup again"
+        );
+    }
+    Ok(())
 }
 
 /// How long a backup of a standby waits for its WAL before it says why it may wait long.

@@ -621,13 +621,23 @@ fn write_control_files(
         .context("read postgresql.auto.conf")?
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
+    // A backup of a standby holds its replication settings: a restored copy (or a
+    // verification's scratch server) must never connect to the live primary as a
+    // replica, nor take its replication slot.
     let mut text: String = old
         .lines()
         .filter(|l| {
             let key = l.split('=').next().unwrap_or("").trim();
             !(key.starts_with("recovery_target") || key == "restore_command")
         })
-        .map(|l| format!("{l}\n"))
+        .map(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            if key == "primary_conninfo" || key == "primary_slot_name" {
+                format!("# {key} (set on the backed-up standby) left out by backupctl restore\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
         .collect();
     text.push_str(&format!(
         "# recovery settings written by backupctl restore of backup {}\n",
@@ -640,6 +650,9 @@ fn write_control_files(
         .and_then(|f| f.sync_all())
         .context("write postgresql.auto.conf")?;
     beneath::write(pgdata, "recovery.signal", b"").context("write recovery.signal")?;
+    // With standby.signal too, PostgreSQL would stay a standby instead of ending
+    // recovery (a backup of a standby has one).
+    beneath::remove(pgdata, "standby.signal").context("remove standby.signal")?;
     Ok(())
 }
 

@@ -234,7 +234,8 @@ async fn prefetch(
         tracing::debug!(dir = %spool.dir().display(), error = %e, "no WAL prefetch");
         return;
     }
-    if !fetch_ahead::room_for(spool.dir(), names.len() as u64 * seg_size, reserve) {
+    // The requested segment is written beside them at the same time.
+    if !fetch_ahead::room_for(spool.dir(), (names.len() as u64 + 1) * seg_size, reserve) {
         tracing::info!(
             dir = %spool.dir().display(),
             reserve_mib = reserve >> 20,
