@@ -264,11 +264,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(opts: ClusterOptions) -> Cluster {
-        let dir = pg_tempdir();
-        let pgdata = dir.path().join("pgdata");
-        let socket_dir = dir.path().join("sock");
-        std::fs::create_dir(&socket_dir).unwrap();
-        chown_to_pg(&socket_dir);
+        let (dir, pgdata, socket_dir) = Cluster::dirs();
         let out = as_pg(
             Command::new(pg_bin("initdb"))
                 .arg("-D")
@@ -310,28 +306,14 @@ impl Cluster {
         text.push_str(&conf.join("\n"));
         text.push('\n');
         std::fs::write(pgdata.join("postgresql.conf"), text).unwrap();
-        let log = dir.path().join("postgres.log");
-        let mut c = Cluster {
-            dir,
-            pgdata,
-            socket_dir,
-            port,
-            log,
-            running: false,
-        };
-        c.start();
-        c
+        Cluster::started(dir, pgdata, socket_dir, port)
     }
 
     /// A streaming standby of `primary`: `pg_basebackup -R` of it, listening on a socket
     /// and port of its own. It keeps the primary's settings, `archive_mode` and
     /// `archive_command` included (a standby archives only once promoted).
     pub fn standby_of(primary: &Cluster) -> Cluster {
-        let dir = pg_tempdir();
-        let pgdata = dir.path().join("pgdata");
-        let socket_dir = dir.path().join("sock");
-        std::fs::create_dir(&socket_dir).unwrap();
-        chown_to_pg(&socket_dir);
+        let (dir, pgdata, socket_dir) = Cluster::dirs();
         let out = as_pg(
             Command::new(pg_client_bin_dir().join("pg_basebackup"))
                 .arg("-D")
@@ -362,17 +344,7 @@ impl Cluster {
             primary.port
         ));
         std::fs::write(&auto, text).unwrap();
-        let log = dir.path().join("postgres.log");
-        let mut c = Cluster {
-            dir,
-            pgdata,
-            socket_dir,
-            port,
-            log,
-            running: false,
-        };
-        c.start();
-        c
+        Cluster::started(dir, pgdata, socket_dir, port)
     }
 
     /// `pg_ctl promote`, waiting until the server accepts writes.
@@ -386,6 +358,32 @@ impl Cluster {
         .output()
         .unwrap();
         check_output("pg_ctl promote", out);
+    }
+
+    /// A temp dir for a new cluster: itself, where its data directory goes, and its
+    /// socket directory (made, for the postgres user).
+    fn dirs() -> (TempDir, PathBuf, PathBuf) {
+        let dir = pg_tempdir();
+        let pgdata = dir.path().join("pgdata");
+        let socket_dir = dir.path().join("sock");
+        std::fs::create_dir(&socket_dir).unwrap();
+        chown_to_pg(&socket_dir);
+        (dir, pgdata, socket_dir)
+    }
+
+    /// The cluster in `pgdata`, configured, started.
+    fn started(dir: TempDir, pgdata: PathBuf, socket_dir: PathBuf, port: u16) -> Cluster {
+        let log = dir.path().join("postgres.log");
+        let mut c = Cluster {
+            dir,
+            pgdata,
+            socket_dir,
+            port,
+            log,
+            running: false,
+        };
+        c.start();
+        c
     }
 
     /// Start (or restart) the server and wait until it accepts connections.
