@@ -430,3 +430,56 @@ fn dry_run_lists_what_would_be_exported_and_changes_nothing() {
         stdout(&out)
     );
 }
+
+/// The read-back is what allows the drop: an export whose stored bytes do not read back
+/// whole (here every read of the repository ends after 2 KiB, through the
+/// fault-injecting repository) fails the run naming the export, and the archived
+/// partition stays in the database with every row; the next run exports and drops it.
+#[cfg(feature = "failpoints")]
+#[test]
+fn an_export_that_does_not_read_back_is_not_dropped() {
+    let (c, _t, config) = setup(
+        Backend::Local,
+        "CREATE TABLE usage_stats (period_start date NOT NULL, meter int NOT NULL, kwh numeric, PRIMARY KEY (period_start, meter)) PARTITION BY RANGE (period_start);
+         CREATE TABLE usage_stats_2020_01 PARTITION OF usage_stats FOR VALUES FROM ('2020-01-01') TO ('2020-02-01');
+         CREATE TABLE usage_stats_recent PARTITION OF usage_stats FOR VALUES FROM ('2020-02-01') TO (MAXVALUE);
+         INSERT INTO usage_stats SELECT '2020-01-01'::date + i % 31, i, i / 10.0 FROM generate_series(1, 3100) i;
+         INSERT INTO usage_stats SELECT current_date - i % 100, i, i FROM generate_series(1, 1000) i;",
+        "[[archive]]\ntable = \"public.usage_stats\"\ncolumn = \"period_start\"\nolder_than = \"12 months\"\nmode = \"partitions\"\narchive_schema = \"archive\"\nexport_after = \"24 months\"\n",
+    );
+    let before = md5_rows(
+        &c,
+        "SELECT * FROM usage_stats_2020_01",
+        "period_start, meter",
+    );
+    let out = common::backupctl_env(
+        &config,
+        &["archive"],
+        &[("BACKUPCTL_REPO_FAULTS", "truncate:get:1+:2048:eof".into())],
+    );
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("reading it back") && err.contains("nothing was dropped"),
+        "{err}"
+    );
+    assert_eq!(
+        md5_rows(
+            &c,
+            "SELECT * FROM archive.usage_stats_2020_01",
+            "period_start, meter"
+        ),
+        before,
+        "the archived partition keeps every row"
+    );
+
+    let out = backupctl(&config, &["--json", "archive"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        q(
+            &c,
+            "SELECT count(*) FROM pg_class WHERE relname = 'usage_stats_2020_01'"
+        ),
+        "0"
+    );
+}
