@@ -64,6 +64,8 @@ pub struct Config {
     pub wal: WalConfig,
     #[serde(default)]
     pub check: CheckConfig,
+    #[serde(default)]
+    pub display: DisplayConfig,
 
     /// Where this config came from: `None` for the embedded default.
     #[serde(skip)]
@@ -759,6 +761,14 @@ pub struct LogConfig {
     pub level: Option<String>,
 }
 
+/// `[display]`: how times are shown to people (CLI output, notifications).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisplayConfig {
+    /// IANA time zone for times shown to people; `schedule.timezone` when absent.
+    pub timezone: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
@@ -920,6 +930,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// The zone times are shown to people in: `display.timezone`, else
+    /// `schedule.timezone` (both validated at load), else UTC.
+    pub fn display_zone(&self) -> chrono_tz::Tz {
+        self.display
+            .timezone
+            .as_deref()
+            .unwrap_or(&self.schedule.timezone)
+            .parse()
+            .unwrap_or(chrono_tz::UTC)
+    }
+
     /// Load from `path`, or the embedded default when `path` is the default location and
     /// no file exists there.
     pub fn load(path: Option<&Path>) -> Result<Config, UserError> {
@@ -1162,6 +1183,16 @@ impl Config {
         }
         if self.backup.part_size_mib == 0 {
             return bad("backup.part_size_mib", "must be at least 1".into());
+        }
+        if let Some(tz) = &self.display.timezone {
+            if tz.parse::<chrono_tz::Tz>().is_err() {
+                return bad(
+                    "display.timezone",
+                    format!(
+                        "{tz:?} is not an IANA time zone; use e.g. \"UTC\" or \"Europe/Berlin\""
+                    ),
+                );
+            }
         }
         if self.schedule.timezone.parse::<chrono_tz::Tz>().is_err() {
             return bad(
@@ -1493,6 +1524,22 @@ mod tests {
             parse("[repository]\npath = \"/x\"\n[compression]\nalgorithm = \"gzip\"\nlevel = 12\n")
                 .unwrap_err();
         assert!(err.contains("compression.level"), "{err}");
+    }
+
+    #[test]
+    fn display_timezone_defaults_to_the_schedule_zone_and_is_checked() {
+        let base = "[repository]\npath = \"/x\"\n[schedule]\ntimezone = \"Europe/Berlin\"\n";
+        assert_eq!(
+            parse(base).unwrap().display_zone(),
+            chrono_tz::Europe::Berlin
+        );
+        let cfg = parse(&format!("{base}[display]\ntimezone = \"Asia/Tokyo\"\n")).unwrap();
+        assert_eq!(cfg.display_zone(), chrono_tz::Asia::Tokyo);
+        let err = parse(&format!("{base}[display]\ntimezone = \"Mars/Olympus\"\n")).unwrap_err();
+        assert!(
+            err.contains("display.timezone") && err.contains("Mars/Olympus"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1040,7 +1040,7 @@ fn dry_run_exact_counts_and_the_estimate_says_what_it_is() {
     let text = stdout(&out);
     assert!(
         text.contains(&format!(
-            "(planner estimate, not a count; statistics from ANALYZE on {today} "
+            "(planner estimate, not a count; statistics from ANALYZE on {today}T"
         )),
         "{text}"
     );

@@ -171,19 +171,19 @@ async fn dispatch(
             if ctx.json {
                 ctx.print_json(&listing)
             } else {
-                render::list(&listing, &display_zone(cfg));
+                render::list(&listing, &cfg.display_zone());
                 Ok(())
             }
         }
         Command::Info(args) => match ops::info::run(cfg, args.id.as_deref()).await? {
             ops::info::Info::Backup(m) if ctx.json => ctx.print_json(&m),
             ops::info::Info::Backup(m) => {
-                render::backup(&m, &display_zone(cfg));
+                render::backup(&m, &cfg.display_zone());
                 Ok(())
             }
             ops::info::Info::Summary(s) if ctx.json => ctx.print_json(&s),
             ops::info::Info::Summary(s) => {
-                render::info_summary(&s);
+                render::info_summary(&s, &cfg.display_zone());
                 Ok(())
             }
         },
@@ -219,7 +219,7 @@ async fn dispatch(
             if ctx.json {
                 ctx.print_json(&report)
             } else {
-                render::retention(&report);
+                render::retention(&report, &cfg.display_zone());
                 Ok(())
             }
         }
@@ -241,7 +241,7 @@ async fn dispatch(
             if ctx.json {
                 ctx.print_json(&summary)?;
             } else {
-                render::archive(&summary);
+                render::archive(&summary, &cfg.display_zone());
             }
             let causes: Vec<String> = summary
                 .tables
@@ -416,9 +416,4 @@ async fn migrate(
         message: summary,
     }
     .into())
-}
-
-/// The zone times are shown to people in: `schedule.timezone` (validated at load).
-fn display_zone(cfg: &crate::config::Config) -> chrono_tz::Tz {
-    cfg.schedule.timezone.parse().unwrap_or(chrono_tz::UTC)
 }

@@ -18,7 +18,8 @@ use crate::recovery::plan::Window;
 use crate::recovery::target::format_pg_time;
 use crate::text::human_bytes;
 
-/// Times for people, in the configured zone (`schedule.timezone`), to the second.
+/// Times for people, in the configured zone (`display.timezone`, else
+/// `schedule.timezone`), to the second.
 pub fn local_time(t: &DateTime<Utc>, tz: &chrono_tz::Tz) -> String {
     t.with_timezone(tz)
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -127,7 +128,7 @@ fn major_or_unknown(major: u32) -> String {
     }
 }
 
-pub fn info_summary(s: &Summary) {
+pub fn info_summary(s: &Summary, tz: &chrono_tz::Tz) {
     println!("repository:        {}", s.repository);
     match &s.identity {
         Some(i) => println!(
@@ -188,7 +189,7 @@ pub fn info_summary(s: &Summary) {
     match s.wal_verified_at {
         Some(t) => println!(
             "WAL verified:      every archived object read and intact as of {}",
-            t.to_rfc3339()
+            local_time(&t, tz)
         ),
         None => println!(
             "WAL verified:      never wholly (`backupctl verify --wal` reads every archived object)"
@@ -306,14 +307,14 @@ pub fn backup(m: &Manifest, tz: &chrono_tz::Tz) {
             "restore point: {} at {} ({})",
             rp.name,
             rp.lsn,
-            rp.time.to_rfc3339()
+            local_time(&rp.time, tz)
         );
     }
     match &m.verification {
         Some(v) => println!(
             "verified:      {:?} at {} in {:.1}s{}",
             v.outcome,
-            v.time.to_rfc3339(),
+            local_time(&v.time, tz),
             v.duration_secs,
             if v.failures.is_empty() {
                 String::new()
@@ -335,7 +336,7 @@ pub fn backup(m: &Manifest, tz: &chrono_tz::Tz) {
     }
 }
 
-pub fn retention(r: &RetentionReport) {
+pub fn retention(r: &RetentionReport, tz: &chrono_tz::Tz) {
     let p = &r.policy;
     println!("repository: {}", r.repository);
     let labels = if p.labels.is_empty() {
@@ -368,7 +369,7 @@ pub fn retention(r: &RetentionReport) {
             "  {:<6} {}{label}  started {}  {}  {}",
             d.action.as_str(),
             d.id,
-            d.start_time.format("%Y-%m-%d %H:%M:%S"),
+            local_time(&d.start_time, tz),
             human_bytes(b.bytes),
             d.reasons.join("; ")
         );
@@ -576,7 +577,7 @@ pub fn partitions(s: &PartitionsSummary) {
     }
 }
 
-pub fn archive(s: &ArchiveSummary) {
+pub fn archive(s: &ArchiveSummary, tz: &chrono_tz::Tz) {
     if s.tables.is_empty() {
         println!("no [[archive]] policies in the config");
     }
@@ -680,7 +681,7 @@ pub fn archive(s: &ArchiveSummary) {
         if s.dry_run {
             match (t.counted_rows, t.estimated_rows) {
                 (Some(n), _) => println!("  rows to move: {n} (counted)"),
-                (None, Some(n)) => println!("  {}", estimate_line(n, t.analyzed.as_ref())),
+                (None, Some(n)) => println!("  {}", estimate_line(n, t.analyzed.as_ref(), tz)),
                 (None, None) => {}
             }
             if !t.sql.is_empty() {
@@ -718,12 +719,12 @@ pub fn archive(s: &ArchiveSummary) {
 }
 
 /// An estimate says it is one, and how old its statistics are.
-fn estimate_line(n: i64, analyzed: Option<&Analyzed>) -> String {
+fn estimate_line(n: i64, analyzed: Option<&Analyzed>, tz: &chrono_tz::Tz) -> String {
     let mut line = format!("estimated rows to move: ~{n} (planner estimate, not a count");
     if let Some(t) = analyzed.and_then(|a| a.oldest) {
         line.push_str(&format!(
             "; statistics from ANALYZE on {}",
-            t.format("%Y-%m-%d %H:%M UTC")
+            local_time(&t, tz)
         ));
     }
     if let Some(a) = analyzed.filter(|a| !a.never.is_empty()) {
@@ -792,6 +793,31 @@ pub fn migrate(r: &crate::ops::migrate::MigrateReport) {
         eprintln!(
             "RESTORE FAILED: {e}\nthe database {} is as the migration left it; backup {} holds the state before it",
             r.database, r.backup_id
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn times_for_people_are_in_the_display_zone_to_the_second() {
+        let t = Utc.with_ymd_and_hms(2026, 12, 3, 22, 30, 15).unwrap()
+            + chrono::Duration::milliseconds(250);
+        assert_eq!(
+            local_time(&t, &chrono_tz::Asia::Tokyo),
+            "2026-12-04T07:30:15+09:00"
+        );
+        let analyzed = Analyzed {
+            oldest: Some(t),
+            never: vec![],
+        };
+        let line = estimate_line(10, Some(&analyzed), &chrono_tz::Europe::Berlin);
+        assert!(
+            line.contains("ANALYZE on 2026-12-03T23:30:15+01:00"),
+            "{line}"
         );
     }
 }

@@ -426,7 +426,13 @@ impl Daemon {
             }
             let next = next_run.map_or_else(
                 || "it is not scheduled again".to_string(),
-                |t| format!("the next scheduled run is at {}", t.to_rfc3339()),
+                |t| {
+                    format!(
+                        "the next scheduled run is at {}",
+                        t.with_timezone(&self.cfg.display_zone())
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )
+                },
             );
             a.next_action = Some(format!(
                 "find and fix the cause, then run `backupctl check`; {next}"
@@ -553,7 +559,8 @@ impl Daemon {
             Some((t, k)) => format!(
                 "idle; next: {} at {}",
                 k.describe(),
-                t.with_timezone(&self.schedule.tz).to_rfc3339()
+                t.with_timezone(&self.cfg.display_zone())
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ),
             None => "idle; no job scheduled".into(),
         }

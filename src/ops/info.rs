@@ -110,7 +110,7 @@ fn daemon_view(cfg: &crate::config::Config) -> DaemonView {
         history_error,
         updated: h.updated,
         pid: h.pid,
-        timezone: cfg.schedule.timezone.clone(),
+        timezone: cfg.display_zone().name().to_string(),
         jobs,
     }
 }
