@@ -502,6 +502,42 @@ fn lock_conflicts_are_retried_under_lock_timeout() {
     assert_eq!(q(&c, "SELECT count(*) FROM archive.busy"), "100");
 }
 
+/// A session that never lets go: after its last attempt the run fails naming it (pid,
+/// application, state, the lock it holds on which table) and the SQL that ends it; the
+/// rows stay where they were.
+#[test]
+fn a_run_still_blocked_after_its_retries_names_the_blocking_session() {
+    let (c, _t, config) = setup(
+        "CREATE TABLE busy (id int, created_at date NOT NULL);
+         INSERT INTO busy SELECT i, '2000-01-01' FROM generate_series(1, 100) i;",
+        "[[archive]]\ntable = \"busy\"\nolder_than = \"1 year\"\nlock_timeout = \"100ms\"\n",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(c.connect("postgres"));
+    rt.block_on(app.batch_execute(
+        "SET application_name = 'billing-app'; BEGIN; LOCK TABLE busy IN SHARE MODE",
+    ))
+    .unwrap();
+    let pid = rt
+        .block_on(app.query_one("SELECT pg_backend_pid()", &[]))
+        .unwrap()
+        .get::<_, i32>(0);
+    let out = backupctl(&config, &["archive"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("still blocked by other sessions")
+            && err.contains(&format!(
+                "pid {pid} (user postgres, application billing-app, idle in transaction"
+            ))
+            && err.contains("ShareLock on busy")
+            && err.contains(&format!("SELECT pg_terminate_backend({pid})")),
+        "{err}"
+    );
+    rt.block_on(app.batch_execute("COMMIT")).unwrap();
+    assert_eq!(q(&c, "SELECT count(*) FROM busy"), "100");
+}
+
 #[test]
 fn a_run_holding_the_lock_elsewhere_is_reported() {
     let (c, _t, config) = setup(

@@ -16,7 +16,7 @@ use super::log::Entry;
 use super::plan::{fate, move_partition_sql, Fate};
 use crate::partitions::bounds::Pos;
 use crate::partitions::catalog::{self, Child, RangeKey};
-use crate::pg::retry::{set_local_lock_timeout, transaction, with_lock_retries};
+use crate::pg::retry::{set_local_lock_timeout, transaction, with_lock_retries, On};
 use crate::pg::sql;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -174,7 +174,11 @@ pub async fn execute(
         p.sql = Some(q.clone());
         let what = format!("move partition {} to schema {archive_schema}", p.partition);
         let q = &q;
-        let res = with_lock_retries(&what, || {
+        let on = On {
+            client,
+            relations: vec![s.table.quoted(), c.quoted()],
+        };
+        let res = with_lock_retries(Some(on), &what, || {
             transaction(client, move |c| async move {
                 set_local_lock_timeout(c, lock_timeout).await?;
                 c.batch_execute(q).await?;

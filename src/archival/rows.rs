@@ -21,7 +21,7 @@ use super::inspect::Leaf;
 use super::log::Entry;
 use super::plan::{batch_settings, batch_sql, Batch};
 use crate::partitions::calendar::KeyType;
-use crate::pg::retry::{set_local_lock_timeout, transaction, with_lock_retries};
+use crate::pg::retry::{set_local_lock_timeout, transaction, with_lock_retries, On};
 
 /// What one table's row archival did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -95,7 +95,7 @@ async fn walk(
                 });
                 let settings = batch_settings(&leaf.cursor);
                 let what = format!("archive batch on {}", leaf.table);
-                let (moved, next, took) = with_lock_retries(&what, || async {
+                let (moved, next, took) = with_lock_retries(Some(On { client: job.client, relations: vec![leaf.quoted.clone(), job.archive.to_string()] }), &what, || async {
                     let t0 = Instant::now();
                     let (moved, next) = transaction(job.client, |c| async {
                         set_local_lock_timeout(c, job.lock_timeout).await?;

@@ -40,7 +40,9 @@ use crate::lock::Wait;
 use crate::partitions::catalog;
 use crate::pg::advisory::{self, Job};
 use crate::pg::conn::ConnParams;
-use crate::pg::retry::{lock_timeout_sql, set_local_lock_timeout, transaction, with_lock_retries};
+use crate::pg::retry::{
+    lock_timeout_sql, set_local_lock_timeout, transaction, with_lock_retries, On,
+};
 use crate::pg::sql;
 
 use super::export;
@@ -453,7 +455,11 @@ async fn execute(x: &PolicyCtx<'_>, planned: Planned, r: &mut TableArchive) -> a
     let audit = audit.as_ref();
     if !ddl.is_empty() {
         let ddl = &ddl;
-        with_lock_retries("create the archive schema, table and log", || {
+        let on = On {
+            client,
+            relations: vec![s.table.quoted(), archive_q.clone()],
+        };
+        with_lock_retries(Some(on), "create the archive schema, table and log", || {
             transaction(client, move |c| async move {
                 set_local_lock_timeout(c, p.lock_timeout).await?;
                 for stmt in ddl {

@@ -47,7 +47,7 @@ use crate::partitions::catalog;
 use crate::pg::bin::PgBin;
 use crate::pg::conn::ConnParams;
 use crate::pg::proc::{self, Proc};
-use crate::pg::retry::{set_local_lock_timeout, transaction, with_lock_retries};
+use crate::pg::retry::{set_local_lock_timeout, transaction, with_lock_retries, On};
 use crate::pg::sql;
 use crate::repo::{layout, PutOptions, Repository};
 use crate::transfer;
@@ -386,7 +386,11 @@ async fn stage(
     );
     let stmt = &stmt;
     let lock_timeout = x.p.lock_timeout;
-    with_lock_retries(&format!("stage {}.{staging}", c.schema), || {
+    let on = On {
+        client: x.client,
+        relations: vec![c.quoted()],
+    };
+    with_lock_retries(Some(on), &format!("stage {}.{staging}", c.schema), || {
         transaction(x.client, move |t| async move {
             set_local_lock_timeout(t, lock_timeout).await?;
             t.batch_execute(stmt).await?;
@@ -543,7 +547,11 @@ async fn drop_exported(
     let lock_timeout = x.p.lock_timeout;
     let (rows, fp) = (m.rows, m.fingerprint.as_str());
     let what = format!("drop the exported rows of {}", c.relation_display());
-    with_lock_retries(&what, || {
+    let on = On {
+        client: x.client,
+        relations: vec![c.quoted(), dumped_q.to_string()],
+    };
+    with_lock_retries(Some(on), &what, || {
         transaction(x.client, move |t| async move {
             set_local_lock_timeout(t, lock_timeout).await?;
             if let Some(lock) = lock {

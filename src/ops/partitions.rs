@@ -30,7 +30,7 @@ use crate::partitions::plan::{self, Existing, MonthPlan, MonthState};
 pub use crate::partitions::report::{MonthReport, PartitionsSummary, Status, TableReport};
 use crate::pg::advisory::{self, Job};
 use crate::pg::conn::ConnParams;
-use crate::pg::retry::{set_local_lock_timeout, transaction, with_lock_retries};
+use crate::pg::retry::{set_local_lock_timeout, transaction, with_lock_retries, On};
 use crate::pg::sql;
 
 /// Run every `[[partitions]]` policy now. Errors only for what stops the whole run (job
@@ -252,7 +252,11 @@ async fn month(
                 return r;
             }
             let what = format!("create partition {}", r.partition);
-            let res = with_lock_retries(&what, || {
+            let on = On {
+                client,
+                relations: vec![table.quoted()],
+            };
+            let res = with_lock_retries(Some(on), &what, || {
                 transaction(client, |c| async {
                     set_local_lock_timeout(c, p.lock_timeout).await?;
                     c.batch_execute(&create_sql).await?;

@@ -35,9 +35,22 @@ pub fn backoff(n: u32) -> Duration {
     Duration::from_millis(base - base / 4 + jitter)
 }
 
+/// Where a transaction takes its locks: the connection, and the relations (qualified,
+/// quoted names) whose holders are named when it gives up.
+pub struct On<'a> {
+    pub client: &'a Client,
+    pub relations: Vec<String>,
+}
+
 /// Run `op` until it succeeds, fails with something other than a lock conflict, or has
-/// lost [`LOCK_ATTEMPTS`] lock races. `what` names the transaction in logs and errors.
-pub async fn with_lock_retries<T, F, Fut>(what: &str, mut op: F) -> anyhow::Result<T>
+/// lost [`LOCK_ATTEMPTS`] lock races. `what` names the transaction in logs and errors;
+/// when it gives up, the sessions holding locks on `on`'s relations are named, with
+/// how to end them.
+pub async fn with_lock_retries<T, F, Fut>(
+    on: Option<On<'_>>,
+    what: &str,
+    mut op: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
@@ -53,14 +66,76 @@ where
                 attempt += 1;
             }
             Err(e) if is_lock_conflict(&e) => {
+                let who = match &on {
+                    Some(on) => blockers(on).await,
+                    None => "find them in pg_stat_activity and pg_locks".into(),
+                };
                 return Err(e.context(format!(
                     "{what}: still blocked by other sessions after {LOCK_ATTEMPTS} attempts; \
-                     find them in pg_stat_activity/pg_locks or raise lock_timeout"
-                )))
+                     {who}; or raise lock_timeout"
+                )));
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The sessions holding locks on `on`'s relations, for a message: who they are (pid,
+/// user, application, state, how long their transaction has been open), which lock on
+/// what, and the SQL that ends one. Their query text is left out (it may hold data).
+async fn blockers(on: &On<'_>) -> String {
+    let rows = on
+        .client
+        .query(
+            "SELECT DISTINCT a.pid, coalesce(a.usename::text, '?'), \
+                    coalesce(nullif(a.application_name, ''), '-'), coalesce(a.state, '?'), \
+                    coalesce(extract(epoch FROM now() - a.xact_start)::int8, 0), \
+                    l.mode, l.relation::regclass::text \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid() \
+               AND l.relation IN (SELECT to_regclass(r) FROM unnest($1::text[]) r) \
+             ORDER BY 1, 7",
+            &[&on.relations],
+        )
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => return format!("the sessions holding its locks could not be listed ({e}); find them in pg_stat_activity and pg_locks"),
+    };
+    if rows.is_empty() {
+        return format!(
+            "no other session holds a lock on {} any more: run it again",
+            on.relations.join(", ")
+        );
+    }
+    let mut pids = vec![];
+    let held: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let pid: i32 = r.get(0);
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+            format!(
+                "pid {pid} (user {}, application {}, {}, transaction open {} s) holds {} on {}",
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, String>(3),
+                r.get::<_, i64>(4),
+                r.get::<_, String>(5),
+                r.get::<_, String>(6),
+            )
+        })
+        .collect();
+    let end: Vec<String> = pids
+        .iter()
+        .map(|p| format!("SELECT pg_terminate_backend({p})"))
+        .collect();
+    format!(
+        "blocked by: {}; end them once you know they can go: {}",
+        held.join("; "),
+        end.join("; ")
+    )
 }
 
 /// Run `body` inside `BEGIN … COMMIT` on `client`; roll back when it fails. (A shared
@@ -120,7 +195,7 @@ mod tests {
     #[tokio::test]
     async fn other_errors_are_not_retried() {
         let mut calls = 0;
-        let r: anyhow::Result<()> = with_lock_retries("test", || {
+        let r: anyhow::Result<()> = with_lock_retries(None, "test", || {
             calls += 1;
             async { Err(anyhow::anyhow!("syntax error")) }
         })
