@@ -242,3 +242,47 @@ fn cli_verify_failure_names_the_damaged_object() {
     let err = a["error"].as_str().unwrap();
     assert!(err.contains(&id) && err.contains(&object), "{err}");
 }
+
+/// `restore` and `archive` run from the command line notify their failures with the
+/// cause, as the daemon's jobs do.
+#[test]
+fn cli_restore_and_archive_failures_are_sent_with_their_cause() {
+    let s = Setup::new(Backend::Local);
+    let hook = Webhook::start();
+    let config = s.t.write_config(
+        "backup.toml",
+        &format!(
+            "{}\n[notify]\n{}\n[[archive]]\ntable = \"public.no_such_table\"\nolder_than = \"1 year\"\n",
+            s.cluster.postgres_toml(),
+            hook_url(hook.port)
+        ),
+    );
+    s.backup_no_verify();
+
+    let busy = common::pg_tempdir();
+    std::fs::write(busy.path().join("PG_VERSION"), "15").unwrap();
+    let out = backupctl(
+        &config,
+        &["restore", "--pgdata", busy.path().to_str().unwrap()],
+    );
+    assert!(!out.status.success(), "{}", all_output(&out));
+    let out = backupctl(&config, &["archive"]);
+    assert!(!out.status.success(), "{}", all_output(&out));
+
+    let posts = hook.accepted();
+    let by_job = |job: &str| {
+        posts
+            .iter()
+            .find(|p| p["job"] == job)
+            .unwrap_or_else(|| panic!("no {job} notification in {posts:?}"))
+            .clone()
+    };
+    let restore = by_job("restore");
+    assert_eq!(restore["event"], "job_failed", "{restore}");
+    let err = restore["error"].as_str().unwrap();
+    assert!(err.contains(&busy.path().display().to_string()), "{err}");
+    let archive = by_job("archive");
+    assert_eq!(archive["event"], "job_failed", "{archive}");
+    let err = archive["error"].as_str().unwrap();
+    assert!(err.contains("no_such_table"), "{err}");
+}
