@@ -134,6 +134,21 @@ fn backup_from_a_standby_then_failover(backend: Backend) {
     );
     drop(work);
 
+    // A logical backup of the standby works, without a restore point, and says why.
+    let out = check_output(
+        "logical backup of the standby",
+        backupctl(&standby_config, &["backup", "--kind", "logical"]),
+    );
+    let logical = stdout(&out).trim().to_string();
+    assert!(
+        stderr(&out).contains("no restore point") && stderr(&out).contains("standby"),
+        "{}",
+        stderr(&out)
+    );
+    let info = common::json(&backupctl(&standby_config, &["--json", "info", &logical]));
+    assert!(info["restore_point"].is_null(), "{info}");
+    assert_eq!(info["verification"]["outcome"], "ok", "{info}");
+
     // Rows on the old primary, a target between them, all replayed by the standby.
     s.sql("INSERT INTO marks (tag) VALUES ('timeline-1-a')");
     common::switch_wal_and_wait(&s.cluster);
