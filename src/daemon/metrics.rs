@@ -494,6 +494,27 @@ fn observation(o: &mut Out, obs: &Observation, now: DateTime<Utc>) {
         "The last time `verify --wal` found every archived WAL object intact: checksum, decompression and page headers (Unix time).",
         r.wal_verified_at.map(ts),
     );
+    let timelines: Vec<(String, &(DateTime<Utc>, Option<DateTime<Utc>>))> = r
+        .timelines
+        .iter()
+        .map(|(t, span)| (t.to_string(), span))
+        .collect();
+    o.gauge_per(
+        "backupctl_timeline_recoverable_from_timestamp_seconds",
+        "Per timeline: the earliest time point-in-time recovery can reach on it (Unix time).",
+        "timeline",
+        timelines
+            .iter()
+            .map(|(t, (from, _))| (t.as_str(), Some(ts(*from)))),
+    );
+    o.gauge_per(
+        "backupctl_timeline_recoverable_to_timestamp_seconds",
+        "Per timeline: the latest time point-in-time recovery can reach on it (Unix time).",
+        "timeline",
+        timelines
+            .iter()
+            .map(|(t, (_, to))| (t.as_str(), to.map(ts))),
+    );
     if let Some(w) = &r.window {
         o.gauge(
             "backupctl_recoverable_window_start_timestamp_seconds",
@@ -581,6 +602,9 @@ mod tests {
             repo: Ok(RepoFacts {
                 unreadable_manifests: 2,
                 wal_verified_at: Some(t(30)),
+                timelines: [(1, (t(5), Some(t(20)))), (2, (t(20), None))]
+                    .into_iter()
+                    .collect(),
                 ..Default::default()
             }),
         });
@@ -607,9 +631,16 @@ mod tests {
             "backupctl_postgres_up 1",
             "backupctl_repository_up 1",
             "backupctl_unreadable_manifests 2",
+            "backupctl_timeline_recoverable_from_timestamp_seconds{timeline=\"1\"} 1700000005",
+            "backupctl_timeline_recoverable_to_timestamp_seconds{timeline=\"1\"} 1700000020",
+            "backupctl_timeline_recoverable_from_timestamp_seconds{timeline=\"2\"} 1700000020",
         ] {
             assert!(lines.contains(&want), "missing {want:?} in\n{text}");
         }
+        // An open end has no sample rather than a made-up time.
+        assert!(
+            !text.contains("backupctl_timeline_recoverable_to_timestamp_seconds{timeline=\"2\"}")
+        );
         // No failure yet: that family has no sample at all rather than a fake zero.
         assert!(!text.contains("backupctl_job_last_failure_timestamp_seconds{"));
         // Every sample's family is declared exactly once, before its samples.

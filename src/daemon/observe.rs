@@ -85,6 +85,9 @@ pub struct RepoFacts {
     /// The newest recoverable window, and how many there are (more than one = a gap).
     pub window: Option<Window>,
     pub windows: usize,
+    /// Per timeline: the earliest and the latest time PITR can reach on it (across its
+    /// windows, gaps included), `None` for an end still open.
+    pub timelines: BTreeMap<u32, (DateTime<Utc>, Option<DateTime<Utc>>)>,
     pub gaps: usize,
     /// The last time `verify --wal` found every archived WAL object intact.
     pub wal_verified_at: Option<DateTime<Utc>>,
@@ -134,6 +137,12 @@ impl RepoFacts {
             unreadable_manifests: st.catalog.unreadable.len(),
             window: st.windows.iter().max_by_key(|w| (w.to, w.from)).cloned(),
             windows: st.windows.len(),
+            timelines: st.windows.iter().fold(BTreeMap::new(), |mut acc, w| {
+                let e = acc.entry(w.timeline).or_insert((w.from, w.to));
+                e.0 = e.0.min(w.from);
+                e.1 = e.1.max(w.to);
+                acc
+            }),
             gaps: st.gaps.len(),
             wal_verified_at: None,
         }
