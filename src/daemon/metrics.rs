@@ -494,7 +494,7 @@ fn observation(o: &mut Out, obs: &Observation, now: DateTime<Utc>) {
         "The last time `verify --wal` found every archived WAL object intact: checksum, decompression and page headers (Unix time).",
         r.wal_verified_at.map(ts),
     );
-    let timelines: Vec<(String, &(DateTime<Utc>, Option<DateTime<Utc>>))> = r
+    let timelines: Vec<(String, _)> = r
         .timelines
         .iter()
         .map(|(t, span)| (t.to_string(), span))
