@@ -7,6 +7,7 @@ pub mod archival;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod crypto;
 pub mod daemon;
 pub mod error;
 pub mod failpoint;

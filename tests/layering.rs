@@ -32,6 +32,7 @@ const LAYERS: &[(u8, &[&str])] = &[
             "archival",
             "codec",
             "config",
+            "crypto",
             "error",
             "host",
             "jobs",
