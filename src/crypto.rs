@@ -27,6 +27,8 @@ use std::io::{self, Read, Write};
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::{hkdf, pbkdf2};
 
+use crate::transfer::read_full;
+
 const MAGIC: &[u8; 8] = b"BKCTLE01";
 /// Plaintext bytes per chunk.
 pub const CHUNK: usize = 64 * 1024;
@@ -270,20 +272,6 @@ pub fn open<R: Read>(keys: &[MasterKey], name: &str, mut inp: R) -> io::Result<O
         counter: 0,
         done: false,
     })
-}
-
-/// Read until `buf` is full or the input ends; the bytes read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 impl<R: Read> Opener<R> {

@@ -22,6 +22,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::beneath;
 use super::scan::{Entry, EntryKind};
+use crate::transfer::read_full;
 
 /// What went into a part.
 #[derive(Debug, Default, Clone, Copy)]
@@ -322,24 +323,6 @@ fn run_syncs(jobs: std::sync::mpsc::Receiver<SyncJob>) -> io::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Read from `r` until `buf` is full or `r` ends; returns how much was read.
-///
-/// The decompressor returns at the end of every zstd frame (512 KiB of input): filling
-/// the whole buffer first keeps to one write per [`COPY_BUFFER`], however the stream was
-/// framed (a restore of 6.6 GB made 17,170 writes instead of 11,030 without it).
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Write one file's contents from `r` into `f` (just created at `target`), then its mode
