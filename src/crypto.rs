@@ -12,7 +12,9 @@
 //!
 //! - The object key is HKDF-SHA256 of the master key, with the object's salt and its
 //!   **name** in the repository: an object copied or replayed under another name does
-//!   not authenticate there.
+//!   not authenticate there. (An older version of an object under its own name does:
+//!   catching that rollback is the job of what lists the objects, e.g. a manifest's
+//!   checksums.)
 //! - The counter in the nonce detects reordered or repeated chunks; the last chunk (which
 //!   may be empty) carries the `last` flag, so an object cut at a chunk boundary, or with
 //!   chunks appended, is detected; the header is authenticated with every chunk.
@@ -60,11 +62,23 @@ impl hkdf::KeyType for Len {
 }
 
 fn hkdf_into(salt: &[u8], secret: &[u8], info: &[&[u8]], out: &mut [u8]) {
-    hkdf::Salt::new(hkdf::HKDF_SHA256, salt)
-        .extract(secret)
-        .expand(info, Len(out.len()))
+    expand_into(
+        &hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(secret),
+        info,
+        out,
+    );
+}
+
+fn expand_into(prk: &hkdf::Prk, info: &[&[u8]], out: &mut [u8]) {
+    prk.expand(info, Len(out.len()))
         .and_then(|okm| okm.fill(out))
         .expect("HKDF-SHA256 output of at most 32 bytes");
+}
+
+/// The one extraction every key of a master key is expanded from, each with its own
+/// label.
+fn master_prk(secret: &[u8; 32]) -> hkdf::Prk {
+    hkdf::Salt::new(hkdf::HKDF_SHA256, b"backupctl v1").extract(secret)
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -116,7 +130,7 @@ impl MasterKey {
 
     fn with_secret(secret: [u8; 32]) -> MasterKey {
         let mut id = [0; 16];
-        hkdf_into(b"backupctl key id v1", &secret, &[b"key id"], &mut id);
+        expand_into(&master_prk(&secret), &[b"key id"], &mut id);
         MasterKey { secret, id }
     }
 
@@ -127,10 +141,10 @@ impl MasterKey {
 
     fn object_key(&self, salt: &[u8], name: &str) -> LessSafeKey {
         let mut key = [0; 32];
-        hkdf_into(
-            salt,
-            &self.secret,
-            &[b"backupctl object v1\0", name.as_bytes()],
+        // Fixed-length fields first, the name last: the info cannot be read two ways.
+        expand_into(
+            &master_prk(&self.secret),
+            &[b"object\0", salt, name.as_bytes()],
             &mut key,
         );
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).expect("a 32-byte AES-256 key"))
@@ -152,6 +166,10 @@ pub struct Sealer<W: Write> {
     header: [u8; HEADER],
     buf: Vec<u8>,
     counter: u64,
+    /// Set while a chunk is sealed in `buf` and not yet written: after a failed write,
+    /// sealing `buf` again with the same nonce would undo the encryption, so every later
+    /// call is refused.
+    poisoned: bool,
 }
 
 /// Start writing object `name`, encrypted with `key`, into `out`.
@@ -170,11 +188,18 @@ pub fn seal<W: Write>(key: &MasterKey, name: &str, mut out: W) -> io::Result<Sea
         header,
         buf: Vec::with_capacity(CHUNK + TAG),
         counter: 0,
+        poisoned: false,
     })
 }
 
 impl<W: Write> Sealer<W> {
     fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::other(
+                "an earlier write of this encrypted object failed; start the object again",
+            ));
+        }
+        self.poisoned = true;
         let tag = self
             .key
             .seal_in_place_separate_tag(
@@ -187,6 +212,7 @@ impl<W: Write> Sealer<W> {
         self.out.write_all(tag.as_ref())?;
         self.buf.clear();
         self.counter += 1;
+        self.poisoned = false;
         Ok(())
     }
 
@@ -200,6 +226,11 @@ impl<W: Write> Sealer<W> {
 
 impl<W: Write> Write for Sealer<W> {
     fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        if self.poisoned {
+            return Err(io::Error::other(
+                "an earlier write of this encrypted object failed; start the object again",
+            ));
+        }
         let n = data.len();
         while !data.is_empty() {
             // A full chunk is sealed only once more data comes: the last one is
@@ -235,6 +266,8 @@ pub struct Opener<R: Read> {
     plain: std::ops::Range<usize>,
     counter: u64,
     done: bool,
+    /// An error ends the stream: a chunk half read cannot be resumed.
+    broken: bool,
 }
 
 /// Start reading object `name` from `inp` with whichever of `keys` it was written with
@@ -271,6 +304,7 @@ pub fn open<R: Read>(keys: &[MasterKey], name: &str, mut inp: R) -> io::Result<O
         plain: 0..0,
         counter: 0,
         done: false,
+        broken: false,
     })
 }
 
@@ -336,7 +370,13 @@ impl<R: Read> Read for Opener<R> {
             if self.done {
                 return Ok(0);
             }
-            self.next_chunk()?;
+            if self.broken {
+                return Err(self.failed("reading after an error"));
+            }
+            if let Err(e) = self.next_chunk() {
+                self.broken = true;
+                return Err(e);
+            }
         }
         let n = self.plain.len().min(out.len());
         out[..n].copy_from_slice(&self.buf[self.plain.start..self.plain.start + n]);
@@ -460,6 +500,43 @@ mod tests {
         );
         let enc2 = sealed(&new, "manifest2", b"[]");
         assert_eq!(opened(&[new, old], "manifest2", &enc2).unwrap(), b"[]");
+    }
+
+    /// A writer that fails once, after `ok` bytes.
+    struct FailsOnce {
+        out: Vec<u8>,
+        ok: usize,
+        failed: bool,
+    }
+
+    impl Write for FailsOnce {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if !self.failed && self.out.len() + b.len() > self.ok {
+                self.failed = true;
+                return Err(io::Error::other("disk full"));
+            }
+            self.out.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn after_a_failed_write_nothing_more_is_written() {
+        let k = key(5);
+        let out = FailsOnce {
+            out: vec![],
+            ok: HEADER + 10,
+            failed: false,
+        };
+        let mut s = seal(&k, "o", out).unwrap();
+        let plain = data(2 * CHUNK);
+        assert!(s.write_all(&plain).is_err());
+        // Retrying must not seal the same chunk again (that would write plaintext).
+        assert!(s.write_all(&plain[..10]).is_err());
+        assert!(s.finish().is_err());
     }
 
     #[test]
