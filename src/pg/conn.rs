@@ -371,6 +371,33 @@ pub fn primary_params(cfg: &PostgresConfig, conninfo: &str) -> anyhow::Result<Co
     })
 }
 
+/// Connect to a standby's primary through `postgres.primary_conninfo` and make sure it
+/// is that standby's primary: not in recovery, the same system identifier. Returns how
+/// it was reached (for messages) and the connection.
+pub async fn connect_primary(
+    cfg: &PostgresConfig,
+    conninfo: &str,
+    standby_system_identifier: u64,
+) -> anyhow::Result<(String, Client)> {
+    let params = primary_params(cfg, conninfo)?;
+    let client = params.connect().await?;
+    let at = params.describe();
+    let primary = ServerInfo::query(&client).await?;
+    if primary.in_recovery {
+        anyhow::bail!(
+            "postgres.primary_conninfo reaches {at}, which is in recovery too: point it at the primary"
+        );
+    }
+    if primary.system_identifier != standby_system_identifier {
+        anyhow::bail!(
+            "postgres.primary_conninfo reaches {at}, system identifier {}; this standby's is \
+             {standby_system_identifier}: point it at this standby's primary",
+            primary.system_identifier
+        );
+    }
+    Ok((at, client))
+}
+
 /// Facts about the server every command wants.
 #[derive(Debug, Clone)]
 pub struct ServerInfo {

@@ -468,28 +468,14 @@ async fn ask_primary_to_end_segment(cfg: &Config, standby: &ServerInfo, stop_lsn
         return;
     };
     let result = async {
-        let params = crate::pg::conn::primary_params(&cfg.postgres, conninfo)?;
-        let client = params.connect().await?;
-        let row = client
-            .query_one(
-                "SELECT pg_is_in_recovery(), \
-                        (SELECT system_identifier::text FROM pg_control_system()), \
-                        pg_current_wal_lsn()::text",
-                &[],
-            )
+        let (_, client) =
+            crate::pg::conn::connect_primary(&cfg.postgres, conninfo, standby.system_identifier)
+                .await?;
+        let current: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .await
-            .context("read the primary's state")?;
-        let (in_recovery, sysid, current): (bool, String, String) =
-            (row.get(0), row.get(1), row.get(2));
-        if in_recovery {
-            anyhow::bail!("it is in recovery too: point postgres.primary_conninfo at the primary");
-        }
-        if sysid != standby.system_identifier.to_string() {
-            anyhow::bail!(
-                "its system identifier is {sysid}, this standby's is {}: point postgres.primary_conninfo at this standby's primary",
-                standby.system_identifier
-            );
-        }
+            .context("read the primary's WAL position")?
+            .get(0);
         let current: Lsn = current.parse().map_err(|e: String| anyhow::anyhow!(e))?;
         let seg = standby.wal_segment_size;
         let stop_segno = Lsn(stop_lsn.0.saturating_sub(1)).0 / seg;

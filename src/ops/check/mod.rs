@@ -613,51 +613,33 @@ async fn check_standby(
         return;
     };
     let probe = async {
-        let params = crate::pg::conn::primary_params(&cfg.postgres, conninfo)?;
-        let primary = params.connect().await?;
-        let row = primary
+        let (at, primary) =
+            crate::pg::conn::connect_primary(&cfg.postgres, conninfo, info.system_identifier)
+                .await?;
+        let may_switch: bool = primary
             .query_one(
-                "SELECT pg_is_in_recovery(), \
-                        (SELECT system_identifier::text FROM pg_control_system()), \
-                        has_function_privilege('pg_switch_wal()', 'EXECUTE')",
+                "SELECT has_function_privilege('pg_switch_wal()', 'EXECUTE')",
                 &[],
             )
             .await
-            .map_err(|e| anyhow::anyhow!("read the primary's state: {e}"))?;
-        anyhow::Ok((
-            params.describe(),
-            row.get::<_, bool>(0),
-            row.get::<_, String>(1),
-            row.get::<_, bool>(2),
-        ))
+            .map_err(|e| anyhow::anyhow!("read the primary's privileges: {e}"))?
+            .get(0);
+        anyhow::Ok((at, may_switch))
     }
     .await;
     match probe {
         Err(e) => r.fail(
             "primary",
-            format!("postgres.primary_conninfo: {e:#}"),
+            format!("{e:#}"),
             "make postgres.primary_conninfo reach this standby's primary (host, port, user; \
-             the password comes from postgres.password_file or PGPASSWORD)",
+             the password comes from the string, postgres.password_file or PGPASSWORD)",
         ),
-        Ok((at, true, _, _)) => r.fail(
-            "primary",
-            format!("postgres.primary_conninfo reaches {at}, which is in recovery too"),
-            "point postgres.primary_conninfo at the primary",
-        ),
-        Ok((at, _, sysid, _)) if sysid != info.system_identifier.to_string() => r.fail(
-            "primary",
-            format!(
-                "postgres.primary_conninfo reaches {at}, system identifier {sysid}; this standby's is {}",
-                info.system_identifier
-            ),
-            "point postgres.primary_conninfo at this standby's primary",
-        ),
-        Ok((at, _, _, false)) => r.fail(
+        Ok((at, false)) => r.fail(
             "primary",
             format!("the user of postgres.primary_conninfo ({at}) may not call pg_switch_wal()"),
             "connect as a superuser, or GRANT EXECUTE ON FUNCTION pg_switch_wal() TO that role",
         ),
-        Ok((at, _, _, true)) => r.ok(
+        Ok((at, true)) => r.ok(
             "primary",
             format!("{at}: physical backups of this standby ask it to end their last WAL segment (pg_switch_wal)"),
         ),
