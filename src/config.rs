@@ -66,6 +66,8 @@ pub struct Config {
     pub check: CheckConfig,
     #[serde(default)]
     pub display: DisplayConfig,
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
 
     /// Where this config came from: `None` for the embedded default.
     #[serde(skip)]
@@ -769,6 +771,31 @@ pub struct DisplayConfig {
     pub timezone: Option<String>,
 }
 
+/// `[encryption]`: encryption at rest of every object the repository holds (see
+/// docs/security.md). Chosen when a repository is initialised.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// File holding the key: at least 32 random bytes (or a passphrase, see
+    /// `passphrase`). A file that is text loses trailing whitespace.
+    pub key_file: Option<PathBuf>,
+    /// Environment variable holding the key, instead of `key_file`.
+    pub key_env: Option<String>,
+    /// The key is a passphrase, stretched with PBKDF2-HMAC-SHA256 (600 000 rounds,
+    /// salt kept in repo.json), instead of random key material.
+    #[serde(default)]
+    pub passphrase: bool,
+    /// Keys that wrote older objects (a rotation): read, never used to write.
+    #[serde(default)]
+    pub previous_key_files: Vec<PathBuf>,
+}
+
+impl EncryptionConfig {
+    pub fn enabled(&self) -> bool {
+        self.key_file.is_some() || self.key_env.is_some()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
@@ -1037,9 +1064,11 @@ impl Config {
             self.repository.secret_access_key_file.as_mut(),
             self.verify.scratch_dir.as_mut(),
             self.notify.webhook_url_file.as_mut(),
+            self.encryption.key_file.as_mut(),
         ]
         .into_iter()
         .flatten()
+        .chain(self.encryption.previous_key_files.iter_mut())
         {
             fix(p);
         }
@@ -1049,6 +1078,19 @@ impl Config {
     /// Cross-field checks serde cannot express. Each error names the key and the fix.
     pub fn validate(&self) -> Result<(), UserError> {
         let bad = |key: &str, msg: String| Err(UserError::new(format!("key `{key}`: {msg}")));
+        let e = &self.encryption;
+        if e.key_file.is_some() && e.key_env.is_some() {
+            return bad(
+                "encryption.key_env",
+                "key_file and key_env both name the key; keep one".into(),
+            );
+        }
+        if !e.enabled() && (e.passphrase || !e.previous_key_files.is_empty()) {
+            return bad(
+                "encryption.key_file",
+                "passphrase and previous_key_files need the current key: set key_file or key_env".into(),
+            );
+        }
         let r = &self.repository;
         if !valid_cluster_name(&r.cluster) {
             return bad(

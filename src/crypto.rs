@@ -24,12 +24,14 @@
 //! - Memory: one chunk (64 KiB) per stream.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::{hkdf, pbkdf2};
 
-use crate::transfer::read_full;
+use tokio::io::{AsyncRead, ReadBuf};
 
 const MAGIC: &[u8; 8] = b"BKCTLE01";
 /// Plaintext bytes per chunk.
@@ -158,95 +160,62 @@ fn nonce(counter: u64, last: bool) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-/// Writes the encrypted form of what is written to it into `out`; [`Sealer::finish`]
-/// writes the last chunk (an object without it does not open).
-pub struct Sealer<W: Write> {
-    out: W,
+/// Seals the chunks of one object in order (the header first).
+pub struct ChunkSealer {
     key: LessSafeKey,
     header: [u8; HEADER],
-    buf: Vec<u8>,
     counter: u64,
-    /// Set while a chunk is sealed in `buf` and not yet written: after a failed write,
-    /// sealing `buf` again with the same nonce would undo the encryption, so every later
-    /// call is refused.
-    poisoned: bool,
+    finished: bool,
 }
 
-/// Start writing object `name`, encrypted with `key`, into `out`.
-pub fn seal<W: Write>(key: &MasterKey, name: &str, mut out: W) -> io::Result<Sealer<W>> {
-    let mut salt = [0; 32];
-    aws_lc_rs::rand::fill(&mut salt).map_err(|_| io::Error::other("no randomness for a salt"))?;
-    let mut header = [0; HEADER];
-    header[..8].copy_from_slice(MAGIC);
-    header[8..24].copy_from_slice(&key.id);
-    header[24..56].copy_from_slice(&salt);
-    header[56..60].copy_from_slice(&(CHUNK as u32).to_le_bytes());
-    out.write_all(&header)?;
-    Ok(Sealer {
-        out,
-        key: key.object_key(&salt, name),
-        header,
-        buf: Vec::with_capacity(CHUNK + TAG),
-        counter: 0,
-        poisoned: false,
-    })
-}
+impl ChunkSealer {
+    /// Start object `name`, encrypted with `key` under a new random salt.
+    pub fn new(key: &MasterKey, name: &str) -> io::Result<ChunkSealer> {
+        let mut salt = [0; 32];
+        aws_lc_rs::rand::fill(&mut salt)
+            .map_err(|_| io::Error::other("no randomness for a salt"))?;
+        let mut header = [0; HEADER];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..24].copy_from_slice(&key.id);
+        header[24..56].copy_from_slice(&salt);
+        header[56..60].copy_from_slice(&(CHUNK as u32).to_le_bytes());
+        Ok(ChunkSealer {
+            key: key.object_key(&salt, name),
+            header,
+            counter: 0,
+            finished: false,
+        })
+    }
 
-impl<W: Write> Sealer<W> {
-    fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
-        if self.poisoned {
+    pub fn header(&self) -> &[u8; HEADER] {
+        &self.header
+    }
+
+    /// Encrypt `buf` (at most [`CHUNK`] bytes; less only for the last chunk) in place
+    /// and append its tag. Each chunk is sealed once, under the next counter: there is
+    /// no way to seal the same counter twice, or anything after the last chunk.
+    pub fn seal(&mut self, buf: &mut Vec<u8>, last: bool) -> io::Result<()> {
+        assert!(
+            buf.len() == CHUNK || (last && buf.len() < CHUNK),
+            "a chunk is full unless it is the last"
+        );
+        if self.finished {
             return Err(io::Error::other(
-                "an earlier write of this encrypted object failed; start the object again",
+                "the encrypted object already has its last chunk",
             ));
         }
-        self.poisoned = true;
         let tag = self
             .key
             .seal_in_place_separate_tag(
                 nonce(self.counter, last),
                 Aad::from(&self.header[..]),
-                &mut self.buf,
+                buf,
             )
             .map_err(|_| io::Error::other("AES-256-GCM sealing failed"))?;
-        self.out.write_all(&self.buf)?;
-        self.out.write_all(tag.as_ref())?;
-        self.buf.clear();
+        buf.extend_from_slice(tag.as_ref());
         self.counter += 1;
-        self.poisoned = false;
+        self.finished = last;
         Ok(())
-    }
-
-    /// Write the last chunk and hand `out` back.
-    pub fn finish(mut self) -> io::Result<W> {
-        self.seal_chunk(true)?;
-        self.out.flush()?;
-        Ok(self.out)
-    }
-}
-
-impl<W: Write> Write for Sealer<W> {
-    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
-        if self.poisoned {
-            return Err(io::Error::other(
-                "an earlier write of this encrypted object failed; start the object again",
-            ));
-        }
-        let n = data.len();
-        while !data.is_empty() {
-            // A full chunk is sealed only once more data comes: the last one is
-            // finish()'s, with the flag.
-            if self.buf.len() == CHUNK {
-                self.seal_chunk(false)?;
-            }
-            let take = (CHUNK - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
     }
 }
 
@@ -256,59 +225,50 @@ pub fn key_id_of(header: &[u8]) -> Option<String> {
     (header.len() >= HEADER && &header[..8] == MAGIC).then(|| hex::encode(&header[8..24]))
 }
 
-/// Reads the plaintext of an encrypted object, checking every chunk.
-pub struct Opener<R: Read> {
-    inp: R,
+/// Opens the chunks of one object in order, checking each.
+pub struct ChunkOpener {
     key: LessSafeKey,
     header: [u8; HEADER],
     name: String,
-    buf: Vec<u8>,
-    plain: std::ops::Range<usize>,
     counter: u64,
-    done: bool,
-    /// An error ends the stream: a chunk half read cannot be resumed.
-    broken: bool,
+    finished: bool,
 }
 
-/// Start reading object `name` from `inp` with whichever of `keys` it was written with
-/// (the current key first, then previous ones during a rotation).
-pub fn open<R: Read>(keys: &[MasterKey], name: &str, mut inp: R) -> io::Result<Opener<R>> {
-    let mut header = [0; HEADER];
-    let got = read_full(&mut inp, &mut header)?;
-    let id = key_id_of(&header[..got]).ok_or_else(|| {
-        invalid(format!(
-            "object {name} is not encrypted (no backupctl encryption header); an encrypted \
-             repository never holds plaintext objects: was it written by another tool or altered?"
-        ))
-    })?;
-    let key = keys.iter().find(|k| k.id() == id).ok_or_else(|| {
-        let known: Vec<String> = keys.iter().map(MasterKey::id).collect();
-        invalid(format!(
-            "object {name} was encrypted with key {id}, which is not among the configured keys \
-             ({}): add it to the previous keys",
-            known.join(", ")
-        ))
-    })?;
-    let chunk = u32::from_le_bytes(header[56..60].try_into().expect("4 bytes")) as usize;
-    if chunk != CHUNK || header[60..] != [0; 4] {
-        return Err(invalid(format!(
-            "object {name}: unknown encryption parameters (chunk size {chunk}); written by a newer backupctl?"
-        )));
+impl ChunkOpener {
+    /// Read the `header` of object `name` and pick whichever of `keys` wrote it (the
+    /// current key first, then previous ones during a rotation).
+    pub fn new(keys: &[MasterKey], name: &str, header: &[u8]) -> io::Result<ChunkOpener> {
+        let id = key_id_of(header).ok_or_else(|| {
+            invalid(format!(
+                "object {name} is not encrypted (no backupctl encryption header); an encrypted \
+                 repository never holds plaintext objects: was it written by another tool, cut short or altered?"
+            ))
+        })?;
+        let key = keys.iter().find(|k| k.id() == id).ok_or_else(|| {
+            let known: Vec<String> = keys.iter().map(MasterKey::id).collect();
+            invalid(format!(
+                "object {name} was encrypted with key {id}, which is not among the configured keys \
+                 ({}): add its key file to encryption.previous_key_files",
+                known.join(", ")
+            ))
+        })?;
+        let chunk = u32::from_le_bytes(header[56..60].try_into().expect("4 bytes")) as usize;
+        if chunk != CHUNK || header[60..HEADER] != [0; 4] {
+            return Err(invalid(format!(
+                "object {name}: unknown encryption parameters (chunk size {chunk}); written by a newer backupctl?"
+            )));
+        }
+        let mut h = [0; HEADER];
+        h.copy_from_slice(&header[..HEADER]);
+        Ok(ChunkOpener {
+            key: key.object_key(&header[24..56], name),
+            header: h,
+            name: name.to_string(),
+            counter: 0,
+            finished: false,
+        })
     }
-    Ok(Opener {
-        inp,
-        key: key.object_key(&header[24..56], name),
-        header,
-        name: name.to_string(),
-        buf: vec![0; CHUNK + TAG],
-        plain: 0..0,
-        counter: 0,
-        done: false,
-        broken: false,
-    })
-}
 
-impl<R: Read> Opener<R> {
     fn failed(&self, what: &str) -> io::Error {
         invalid(format!(
             "object {}: {what} at chunk {}: the object was altered, truncated, reordered or \
@@ -317,71 +277,306 @@ impl<R: Read> Opener<R> {
         ))
     }
 
-    /// Decrypt the next chunk into `buf`.
-    fn next_chunk(&mut self) -> io::Result<()> {
-        let mut sealed = std::mem::take(&mut self.buf);
-        sealed.resize(CHUNK + TAG, 0);
-        let n = read_full(&mut self.inp, &mut sealed)?;
-        if n < TAG {
-            self.buf = sealed;
+    /// Check and decrypt one sealed chunk in place (`buf` keeps the plaintext). `last`
+    /// is what the stream says: the object ends after this chunk.
+    pub fn open(&mut self, buf: &mut Vec<u8>, last: bool) -> io::Result<()> {
+        if self.finished {
+            return Err(self.failed("data after the last chunk"));
+        }
+        if buf.len() < TAG {
             return Err(self.failed("the object ends before its last chunk"));
         }
-        // A short chunk can only be the last; a full one is the last only if it says so.
-        let candidates: &[bool] = if n < CHUNK + TAG {
-            &[true]
-        } else {
-            &[false, true]
-        };
-        let mut opened = None;
-        for &last in candidates {
-            let mut attempt = sealed[..n].to_vec();
-            if let Ok(plain) = self.key.open_in_place(
-                nonce(self.counter, last),
-                Aad::from(&self.header[..]),
-                &mut attempt,
-            ) {
+        let sealed = buf.clone();
+        match self.key.open_in_place(
+            nonce(self.counter, last),
+            Aad::from(&self.header[..]),
+            buf,
+        ) {
+            Ok(plain) => {
                 let len = plain.len();
-                opened = Some((attempt, len, last));
-                break;
+                buf.truncate(len);
+                self.counter += 1;
+                self.finished = last;
+                Ok(())
+            }
+            Err(_) => {
+                // Say why when the answer is cheap: a chunk that opens as the last one
+                // but is followed by more data, or a full one where the object ends.
+                let mut other = sealed;
+                let flipped = self
+                    .key
+                    .open_in_place(
+                        nonce(self.counter, !last),
+                        Aad::from(&self.header[..]),
+                        &mut other,
+                    )
+                    .is_ok();
+                Err(self.failed(match (flipped, last) {
+                    (true, false) => "data after the last chunk",
+                    (true, true) => "the object ends before its last chunk",
+                    _ => "authentication failed",
+                }))
             }
         }
-        let Some((plain, len, last)) = opened else {
-            self.buf = sealed;
-            return Err(self.failed("authentication failed"));
-        };
-        if last {
-            let mut more = [0; 1];
-            if read_full(&mut self.inp, &mut more)? != 0 {
-                self.buf = plain;
-                return Err(self.failed("data after the last chunk"));
-            }
-            self.done = true;
+    }
+
+    /// Fail unless the last chunk has been opened.
+    pub fn finish(&self) -> io::Result<()> {
+        if self.finished {
+            Ok(())
+        } else {
+            Err(self.failed("the object ends before its last chunk"))
         }
-        self.counter += 1;
-        self.buf = plain;
-        self.plain = 0..len;
-        Ok(())
     }
 }
 
-impl<R: Read> Read for Opener<R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.plain.is_empty() {
-            if self.done {
-                return Ok(0);
+/// The stored size of an object of `plain` bytes.
+pub fn sealed_len(plain: u64) -> u64 {
+    let chunks = plain.div_ceil(CHUNK as u64).max(1);
+    HEADER as u64 + plain + chunks * TAG as u64
+}
+
+/// The plaintext size of a stored object of `sealed` bytes; `None` when no object
+/// [`ChunkSealer`] writes has that size (the object was cut or extended).
+pub fn plain_len(sealed: u64) -> Option<u64> {
+    let body = sealed.checked_sub(HEADER as u64)?;
+    let full = (CHUNK + TAG) as u64;
+    let chunks = body.div_ceil(full).max(1);
+    let plain = body.checked_sub(chunks * TAG as u64)?;
+    (sealed_len(plain) == sealed).then_some(plain)
+}
+
+/// Encrypt a small in-memory object.
+pub fn seal_bytes(key: &MasterKey, name: &str, plain: &[u8]) -> io::Result<Vec<u8>> {
+    let mut sealer = ChunkSealer::new(key, name)?;
+    let mut out = Vec::with_capacity(sealed_len(plain.len() as u64) as usize);
+    out.extend_from_slice(sealer.header());
+    let pieces: Vec<&[u8]> = if plain.is_empty() {
+        vec![&[]]
+    } else {
+        plain.chunks(CHUNK).collect()
+    };
+    let n = pieces.len();
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let mut buf = piece.to_vec();
+        sealer.seal(&mut buf, i + 1 == n)?;
+        out.extend_from_slice(&buf);
+    }
+    Ok(out)
+}
+
+/// Decrypt and check a small in-memory object.
+pub fn open_bytes(keys: &[MasterKey], name: &str, sealed: &[u8]) -> io::Result<Vec<u8>> {
+    let mut opener = ChunkOpener::new(keys, name, sealed)?;
+    let body = &sealed[HEADER..];
+    let mut out = Vec::with_capacity(body.len());
+    let pieces: Vec<&[u8]> = if body.is_empty() {
+        vec![&[]]
+    } else {
+        body.chunks(CHUNK + TAG).collect()
+    };
+    let n = pieces.len();
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let mut buf = piece.to_vec();
+        opener.open(&mut buf, i + 1 == n)?;
+        out.extend_from_slice(&buf);
+    }
+    opener.finish()?;
+    Ok(out)
+}
+
+/// Fill `buf[*filled..]` from `inner` until it is full or the stream ends; `Ok(true)` at
+/// the end of the stream.
+fn poll_fill<R: AsyncRead + Unpin>(
+    inner: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+    filled: &mut usize,
+) -> Poll<io::Result<bool>> {
+    while *filled < buf.len() {
+        let mut rb = ReadBuf::new(&mut buf[*filled..]);
+        ready!(Pin::new(&mut *inner).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        if n == 0 {
+            return Poll::Ready(Ok(true));
+        }
+        *filled += n;
+    }
+    Poll::Ready(Ok(false))
+}
+
+/// Hand out `out[*pos..]` into `buf`; `true` if anything was handed out.
+fn drain(out: &[u8], pos: &mut usize, buf: &mut ReadBuf<'_>) -> bool {
+    if *pos >= out.len() {
+        return false;
+    }
+    let n = (out.len() - *pos).min(buf.remaining());
+    buf.put_slice(&out[*pos..*pos + n]);
+    *pos += n;
+    true
+}
+
+/// Reads the encrypted form of the plaintext `inner` gives. Memory: two chunks.
+pub struct SealReader<R> {
+    inner: R,
+    sealer: ChunkSealer,
+    /// Plaintext read ahead: a full chunk plus one byte, which tells a full chunk that
+    /// is the last from one that is not.
+    plain: Vec<u8>,
+    filled: usize,
+    out: Vec<u8>,
+    pos: usize,
+    done: bool,
+    /// An error from `inner` ends the stream.
+    broken: bool,
+}
+
+impl<R: AsyncRead + Unpin> SealReader<R> {
+    pub fn new(key: &MasterKey, name: &str, inner: R) -> io::Result<SealReader<R>> {
+        let sealer = ChunkSealer::new(key, name)?;
+        let out = sealer.header().to_vec();
+        Ok(SealReader {
+            inner,
+            sealer,
+            plain: vec![0; CHUNK + 1],
+            filled: 0,
+            out,
+            pos: 0,
+            done: false,
+            broken: false,
+        })
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for SealReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if drain(&this.out, &mut this.pos, buf) || this.done {
+                return Poll::Ready(Ok(()));
             }
-            if self.broken {
-                return Err(self.failed("reading after an error"));
+            if this.broken {
+                return Poll::Ready(Err(io::Error::other(
+                    "reading the object to encrypt failed earlier",
+                )));
             }
-            if let Err(e) = self.next_chunk() {
-                self.broken = true;
-                return Err(e);
+            let eof = match ready!(poll_fill(
+                &mut this.inner,
+                cx,
+                &mut this.plain,
+                &mut this.filled
+            )) {
+                Ok(eof) => eof,
+                Err(e) => {
+                    this.broken = true;
+                    return Poll::Ready(Err(e));
+                }
+            };
+            let take = if eof { this.filled } else { CHUNK };
+            this.out.clear();
+            this.out.extend_from_slice(&this.plain[..take]);
+            this.pos = 0;
+            if let Err(e) = this.sealer.seal(&mut this.out, eof) {
+                this.broken = true;
+                return Poll::Ready(Err(e));
+            }
+            this.plain.copy_within(take..this.filled, 0);
+            this.filled -= take;
+            this.done = eof;
+        }
+    }
+}
+
+/// Reads the plaintext of the encrypted object `inner` gives, checking every chunk; an
+/// error (naming the object) ends the stream. Memory: two chunks.
+pub struct OpenReader<R> {
+    inner: R,
+    keys: Vec<MasterKey>,
+    name: String,
+    opener: Option<ChunkOpener>,
+    /// Sealed bytes read ahead: a full sealed chunk plus one byte (see [`SealReader`]).
+    sealed: Vec<u8>,
+    filled: usize,
+    out: Vec<u8>,
+    pos: usize,
+    done: bool,
+    broken: Option<String>,
+}
+
+impl<R: AsyncRead + Unpin> OpenReader<R> {
+    pub fn new(keys: &[MasterKey], name: &str, inner: R) -> OpenReader<R> {
+        OpenReader {
+            inner,
+            keys: keys.to_vec(),
+            name: name.to_string(),
+            opener: None,
+            sealed: vec![0; CHUNK + TAG + 1],
+            filled: 0,
+            out: Vec::with_capacity(CHUNK + TAG),
+            pos: 0,
+            done: false,
+            broken: None,
+        }
+    }
+
+    fn step(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.opener.is_none() {
+            let mut want = HEADER;
+            let eof = ready!(poll_fill(
+                &mut self.inner,
+                cx,
+                &mut self.sealed[..want],
+                &mut self.filled
+            ))?;
+            if eof {
+                want = self.filled;
+            }
+            let opener = ChunkOpener::new(&self.keys, &self.name, &self.sealed[..want])?;
+            self.opener = Some(opener);
+            self.filled = 0;
+        }
+        let eof = ready!(poll_fill(
+            &mut self.inner,
+            cx,
+            &mut self.sealed,
+            &mut self.filled
+        ))?;
+        let take = if eof { self.filled } else { CHUNK + TAG };
+        self.out.clear();
+        self.out.extend_from_slice(&self.sealed[..take]);
+        self.pos = 0;
+        let opener = self.opener.as_mut().expect("set above");
+        opener.open(&mut self.out, eof)?;
+        self.sealed.copy_within(take..self.filled, 0);
+        self.filled -= take;
+        self.done = eof;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for OpenReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if drain(&this.out, &mut this.pos, buf) || this.done {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(e) = &this.broken {
+                return Poll::Ready(Err(invalid(e.clone())));
+            }
+            if let Err(e) = ready!(this.step(cx)) {
+                this.broken = Some(e.to_string());
+                return Poll::Ready(Err(e));
             }
         }
-        let n = self.plain.len().min(out.len());
-        out[..n].copy_from_slice(&self.buf[self.plain.start..self.plain.start + n]);
-        self.plain.start += n;
-        Ok(n)
     }
 }
 
@@ -393,19 +588,61 @@ mod tests {
         MasterKey::from_material(&[byte; 32]).unwrap()
     }
 
-    fn sealed(k: &MasterKey, name: &str, data: &[u8]) -> Vec<u8> {
-        let mut s = seal(k, name, Vec::new()).unwrap();
-        // Odd write sizes cross chunk boundaries.
-        for piece in data.chunks(7919) {
-            s.write_all(piece).unwrap();
-        }
-        s.finish().unwrap()
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
-    fn opened(keys: &[MasterKey], name: &str, bytes: &[u8]) -> io::Result<Vec<u8>> {
+    /// A source that hands out at most `step` bytes per read, crossing chunk boundaries.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = self.step.min(self.data.len()).min(buf.remaining());
+            buf.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Sealed through the stream, checked against the in-memory form's length.
+    fn sealed(k: &MasterKey, name: &str, data: &[u8]) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
         let mut out = vec![];
-        open(keys, name, bytes)?.read_to_end(&mut out)?;
-        Ok(out)
+        let src = Trickle { data, step: 7919 };
+        block_on(SealReader::new(k, name, src).unwrap().read_to_end(&mut out)).unwrap();
+        assert_eq!(out.len(), seal_bytes(k, name, data).unwrap().len());
+        assert_eq!(plain_len(out.len() as u64), Some(data.len() as u64));
+        out
+    }
+
+    /// Opened through the stream and in memory: both must agree.
+    fn opened(keys: &[MasterKey], name: &str, bytes: &[u8]) -> io::Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut out = vec![];
+        let src = Trickle {
+            data: bytes,
+            step: 5003,
+        };
+        let streamed = block_on(OpenReader::new(keys, name, src).read_to_end(&mut out));
+        let whole = open_bytes(keys, name, bytes);
+        match (streamed, whole) {
+            (Ok(_), Ok(w)) => {
+                assert_eq!(out, w);
+                Ok(out)
+            }
+            (Err(a), Err(_)) => Err(a),
+            (a, b) => panic!("stream {a:?} and memory {b:?} disagree"),
+        }
     }
 
     fn data(len: usize) -> Vec<u8> {
@@ -502,41 +739,62 @@ mod tests {
         assert_eq!(opened(&[new, old], "manifest2", &enc2).unwrap(), b"[]");
     }
 
-    /// A writer that fails once, after `ok` bytes.
+    /// A source that fails once, after `ok` bytes.
     struct FailsOnce {
-        out: Vec<u8>,
         ok: usize,
         failed: bool,
     }
 
-    impl Write for FailsOnce {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            if !self.failed && self.out.len() + b.len() > self.ok {
+    impl AsyncRead for FailsOnce {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if !self.failed && self.ok == 0 {
                 self.failed = true;
-                return Err(io::Error::other("disk full"));
+                return Poll::Ready(Err(io::Error::other("disk error")));
             }
-            self.out.extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
+            let n = self.ok.min(buf.remaining()).min(1000);
+            buf.put_slice(&vec![7; n]);
+            self.ok -= n;
+            Poll::Ready(Ok(()))
         }
     }
 
     #[test]
-    fn after_a_failed_write_nothing_more_is_written() {
+    fn after_a_failed_read_nothing_more_is_sealed() {
+        use tokio::io::AsyncReadExt;
         let k = key(5);
-        let out = FailsOnce {
-            out: vec![],
-            ok: HEADER + 10,
+        let src = FailsOnce {
+            ok: CHUNK + 10,
             failed: false,
         };
-        let mut s = seal(&k, "o", out).unwrap();
-        let plain = data(2 * CHUNK);
-        assert!(s.write_all(&plain).is_err());
-        // Retrying must not seal the same chunk again (that would write plaintext).
-        assert!(s.write_all(&plain[..10]).is_err());
-        assert!(s.finish().is_err());
+        let mut r = SealReader::new(&k, "o", src).unwrap();
+        let mut out = vec![];
+        assert!(block_on(r.read_to_end(&mut out)).is_err());
+        // Reading on must not seal anything more (nor end the object as if complete).
+        let mut more = vec![];
+        assert!(block_on(r.read_to_end(&mut more)).is_err());
+        assert!(open_bytes(&[k], "o", &out).is_err());
+    }
+
+    #[test]
+    fn sizes_translate_both_ways_and_impossible_sizes_are_refused() {
+        for p in [0, 1, 100, CHUNK as u64 - 1, CHUNK as u64, CHUNK as u64 + 1, 10 * CHUNK as u64] {
+            assert_eq!(plain_len(sealed_len(p)), Some(p), "{p}");
+        }
+        for c in [
+            0,
+            63,
+            64,
+            65,
+            79,
+            (HEADER + CHUNK + TAG + 1) as u64,
+            (HEADER + CHUNK + TAG + 16) as u64,
+        ] {
+            assert_eq!(plain_len(c), None, "{c}");
+        }
     }
 
     #[test]

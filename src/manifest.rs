@@ -333,16 +333,22 @@ impl Manifest {
     /// Read the manifest of backup `id`; `Ok(None)` when it has none (incomplete or
     /// absent). A manifest that cannot be trusted is an error naming it and the fix.
     pub async fn load(repo: &dyn Repository, id: &str) -> anyhow::Result<Option<Manifest>> {
-        match repo.get_bytes(&layout::manifest_key(id)).await {
-            Ok(bytes) => match Manifest::parse(id, &bytes) {
-                Ok(m) => Ok(Some(m)),
-                Err(p @ ManifestProblem::NewerFormat(_)) => {
-                    Err(crate::user_error!("{}", p.message(id)))
-                }
-                Err(p) => Err(anyhow::anyhow!("{}", p.message(id))),
-            },
-            Err(RepoError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+        let bytes = match repo.get_bytes(&layout::manifest_key(id)).await {
+            Ok(bytes) => bytes,
+            Err(RepoError::NotFound { .. }) => return Ok(None),
+            Err(e) => {
+                return Err(match e.undecryptable() {
+                    Some(why) => {
+                        anyhow::anyhow!("{}", ManifestProblem::Undecryptable(why).message(id))
+                    }
+                    None => e.into(),
+                })
+            }
+        };
+        match Manifest::parse(id, &bytes) {
+            Ok(m) => Ok(Some(m)),
+            Err(p @ ManifestProblem::NewerFormat(_)) => Err(crate::user_error!("{}", p.message(id))),
+            Err(p) => Err(anyhow::anyhow!("{}", p.message(id))),
         }
     }
 }
@@ -388,6 +394,10 @@ pub enum ManifestProblem {
     /// Written by a newer backupctl.
     #[error("unreadable: manifest format {0}, this backupctl understands up to {FORMAT}")]
     NewerFormat(u64),
+    /// In an encrypted repository: it does not decrypt and authenticate with the
+    /// configured keys (altered, cut, moved, or written with another key).
+    #[error("undecryptable: {0}")]
+    Undecryptable(String),
 }
 
 impl ManifestProblem {
@@ -400,7 +410,9 @@ impl ManifestProblem {
                 )
             }
             ManifestProblem::Altered { .. } => format!("manifest of backup {id} was {self}"),
-            ManifestProblem::NewerFormat(_) => format!("manifest of backup {id} is {self}"),
+            ManifestProblem::NewerFormat(_) | ManifestProblem::Undecryptable(_) => {
+                format!("manifest of backup {id} is {self}")
+            }
         }
     }
 
@@ -408,6 +420,10 @@ impl ManifestProblem {
     pub fn fix(&self, id: &str) -> String {
         match self {
             ManifestProblem::NewerFormat(_) => "upgrade backupctl".to_string(),
+            ManifestProblem::Undecryptable(_) => format!(
+                "if another key wrote it, add that key to encryption.previous_key_files; otherwise {}",
+                unusable_fix(id)
+            ),
             _ => unusable_fix(id),
         }
     }
@@ -513,18 +529,21 @@ impl Catalog {
             }
             // One bad manifest must not hide every other backup: it is reported and
             // skipped. Repository errors (network, permissions) still fail the load.
-            let bytes = match repo.get_bytes(&layout::manifest_key(&id)).await {
-                Ok(bytes) => bytes,
+            let parsed = match repo.get_bytes(&layout::manifest_key(&id)).await {
+                Ok(bytes) => Manifest::parse(&id, &bytes),
                 Err(RepoError::NotFound { .. }) => {
                     cat.incomplete.push((id, newest));
                     continue;
                 }
-                Err(e) => {
-                    return Err(anyhow::Error::from(e))
-                        .with_context(|| format!("read manifest of backup {id}"))
-                }
+                Err(e) => match e.undecryptable() {
+                    Some(why) => Err(ManifestProblem::Undecryptable(why)),
+                    None => {
+                        return Err(anyhow::Error::from(e))
+                            .with_context(|| format!("read manifest of backup {id}"))
+                    }
+                },
             };
-            match Manifest::parse(&id, &bytes) {
+            match parsed {
                 Ok(m) => cat.complete.push(m),
                 Err(p) => {
                     tracing::warn!(backup = %id, "{}", p.message(&id));

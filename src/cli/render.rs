@@ -482,6 +482,9 @@ pub fn verify(report: &VerifyReport) {
             ),
             Outcome::Failed => println!("FAILED {} ({})", r.id, r.kind),
         }
+        if let Some(k) = &r.encryption_key {
+            println!("       encrypted with key {k}");
+        }
         for c in &v.checked {
             println!("       checked: {c}");
         }

@@ -9,7 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{layout, PutOptions, RepoError, Repository, RepositoryExt};
 
-pub const FORMAT: u32 = 1;
+/// The newest format this backupctl reads: 1 is a plaintext repository, 2 an encrypted
+/// one (older binaries refuse it by its format, before reading any object).
+pub const FORMAT: u32 = 2;
+/// The format of a repository without encryption.
+pub const FORMAT_PLAIN: u32 = 1;
+/// The format of an encrypted repository.
+pub const FORMAT_ENCRYPTED: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoIdentity {
@@ -19,16 +25,45 @@ pub struct RepoIdentity {
     pub pg_major: u32,
     pub wal_segment_size: u64,
     pub created: DateTime<Utc>,
+    /// Set when the repository was initialised with a key (see [`super::encrypted`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionInfo>,
+}
+
+/// What repo.json (which stays plaintext, so that a wrong or missing key is refused
+/// before any object is read) says about a repository's encryption. No key is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionInfo {
+    /// The object format: [`CIPHER`].
+    pub cipher: String,
+    /// Ids of the keys that have written to the repository, oldest first; the last one
+    /// writes now.
+    pub key_ids: Vec<String>,
+    /// How a passphrase becomes a key, once one has been used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<PassphraseKdf>,
+}
+
+/// The object format of [`crate::crypto`].
+pub const CIPHER: &str = "aes-256-gcm, 64 KiB chunks, HKDF-SHA256 object keys";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassphraseKdf {
+    pub kdf: String,
+    pub iterations: u32,
+    /// Hex; random, made when the first passphrase was used.
+    pub salt: String,
 }
 
 impl RepoIdentity {
     pub fn new(system_identifier: u64, pg_major: u32, wal_segment_size: u64) -> Self {
         RepoIdentity {
-            format: FORMAT,
+            format: FORMAT_PLAIN,
             system_identifier: system_identifier.to_string(),
             pg_major,
             wal_segment_size,
             created: Utc::now(),
+            encryption: None,
         }
     }
 

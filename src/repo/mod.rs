@@ -22,6 +22,7 @@
 //! [`RepositoryExt::get_bytes`]) live in the extension trait [`RepositoryExt`], which has
 //! one blanket implementation for every repository and so cannot be overridden.
 
+pub mod encrypted;
 pub mod faulty;
 pub mod identity;
 pub mod layout;
@@ -123,6 +124,17 @@ impl RepoError {
                     | std::io::ErrorKind::ConnectionAborted
             ),
             _ => false,
+        }
+    }
+
+    /// What is wrong, when an encrypted object failed to decrypt or authenticate (see
+    /// [`encrypted`]): altered, cut, moved, or written with a key that is not configured.
+    pub fn undecryptable(&self) -> Option<String> {
+        match self {
+            RepoError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => {
+                Some(format!("{self}: {source}"))
+            }
+            _ => None,
         }
     }
 
@@ -346,7 +358,8 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
         }
         RepositoryType::S3 => Arc::new(s3::S3Repository::from_config(r).await?),
     };
-    with_injected_faults(repo)
+    // Faults act on what is stored: under encryption, on the ciphertext.
+    encrypted::wrap(cfg, with_injected_faults(repo)?).await
 }
 
 /// In builds with the `failpoints` feature, the repository wrapped as

@@ -28,6 +28,9 @@ use crate::repo::{self, Repository};
 pub struct VerifyResult {
     pub id: String,
     pub kind: BackupKind,
+    /// In an encrypted repository, the key that wrote the backup's data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<String>,
     #[serde(flatten)]
     pub verification: Verification,
 }
@@ -156,6 +159,7 @@ pub async fn verify_selected(
         report.backups.push(VerifyResult {
             id: m.id.clone(),
             kind: m.kind,
+            encryption_key: encryption_key_of(repo.as_ref(), m).await,
             verification: v,
         });
     }
@@ -179,4 +183,19 @@ pub async fn verify_selected(
         });
     }
     Ok(report)
+}
+
+/// The key that wrote backup `m`'s data (its first object's), in an encrypted
+/// repository; `None` in a plaintext one. (The manifest may be newer: verification
+/// rewrites it with the current key.)
+async fn encryption_key_of(repo: &dyn Repository, m: &Manifest) -> Option<String> {
+    let first = m.objects.first()?;
+    let obj = repo
+        .get(&crate::repo::layout::backup_object_key(&m.id, &first.name))
+        .await
+        .ok()?;
+    obj.meta
+        .metadata
+        .get(crate::repo::layout::META_ENCRYPTION_KEY)
+        .cloned()
 }
