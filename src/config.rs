@@ -1088,7 +1088,8 @@ impl Config {
         if !e.enabled() && (e.passphrase || !e.previous_key_files.is_empty()) {
             return bad(
                 "encryption.key_file",
-                "passphrase and previous_key_files need the current key: set key_file or key_env".into(),
+                "passphrase and previous_key_files need the current key: set key_file or key_env"
+                    .into(),
             );
         }
         let r = &self.repository;

@@ -206,11 +206,7 @@ impl ChunkSealer {
         }
         let tag = self
             .key
-            .seal_in_place_separate_tag(
-                nonce(self.counter, last),
-                Aad::from(&self.header[..]),
-                buf,
-            )
+            .seal_in_place_separate_tag(nonce(self.counter, last), Aad::from(&self.header[..]), buf)
             .map_err(|_| io::Error::other("AES-256-GCM sealing failed"))?;
         buf.extend_from_slice(tag.as_ref());
         self.counter += 1;
@@ -287,11 +283,10 @@ impl ChunkOpener {
             return Err(self.failed("the object ends before its last chunk"));
         }
         let sealed = buf.clone();
-        match self.key.open_in_place(
-            nonce(self.counter, last),
-            Aad::from(&self.header[..]),
-            buf,
-        ) {
+        match self
+            .key
+            .open_in_place(nonce(self.counter, last), Aad::from(&self.header[..]), buf)
+        {
             Ok(plain) => {
                 let len = plain.len();
                 buf.truncate(len);
@@ -781,7 +776,15 @@ mod tests {
 
     #[test]
     fn sizes_translate_both_ways_and_impossible_sizes_are_refused() {
-        for p in [0, 1, 100, CHUNK as u64 - 1, CHUNK as u64, CHUNK as u64 + 1, 10 * CHUNK as u64] {
+        for p in [
+            0,
+            1,
+            100,
+            CHUNK as u64 - 1,
+            CHUNK as u64,
+            CHUNK as u64 + 1,
+            10 * CHUNK as u64,
+        ] {
             assert_eq!(plain_len(sealed_len(p)), Some(p), "{p}");
         }
         for c in [

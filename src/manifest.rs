@@ -347,7 +347,9 @@ impl Manifest {
         };
         match Manifest::parse(id, &bytes) {
             Ok(m) => Ok(Some(m)),
-            Err(p @ ManifestProblem::NewerFormat(_)) => Err(crate::user_error!("{}", p.message(id))),
+            Err(p @ ManifestProblem::NewerFormat(_)) => {
+                Err(crate::user_error!("{}", p.message(id)))
+            }
             Err(p) => Err(anyhow::anyhow!("{}", p.message(id))),
         }
     }

@@ -112,10 +112,7 @@ fn nothing_stored_is_plaintext_and_every_restore_works(backend: Backend) {
     s.sql(&format!(
         "INSERT INTO secret SELECT g, '{MARKER}' FROM generate_series(1, 200) g"
     ));
-    let logical = s
-        .ok(&["backup", "--kind", "logical"])
-        .trim()
-        .to_string();
+    let logical = s.ok(&["backup", "--kind", "logical"]).trim().to_string();
     let physical = s.backup_no_verify();
     s.sql(&format!("INSERT INTO secret VALUES (201, '{MARKER}')"));
     std::thread::sleep(Duration::from_millis(1100));
@@ -155,7 +152,10 @@ fn nothing_stored_is_plaintext_and_every_restore_works(backend: Backend) {
     for f in &stored {
         if f.ends_with("manifest.json") {
             let bytes = std::fs::read(f).unwrap();
-            assert!(serde_json::from_slice::<serde_json::Value>(&bytes).is_err(), "{f} is plaintext JSON");
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(&bytes).is_err(),
+                "{f} is plaintext JSON"
+            );
         }
     }
     // repo.json is plaintext, and records the key by id only.
@@ -174,7 +174,12 @@ fn nothing_stored_is_plaintext_and_every_restore_works(backend: Backend) {
 
     // Logical restore.
     s.ok(&[
-        "restore", "--logical", &logical, "--dbname", "copy", "--create",
+        "restore",
+        "--logical",
+        &logical,
+        "--dbname",
+        "copy",
+        "--create",
     ]);
     assert_eq!(s.cluster.psql("copy", "SELECT count(*) FROM secret"), "200");
 
@@ -228,7 +233,11 @@ fn wrong_keys_and_damaged_objects_are_refused_naming_them(backend: Backend) {
     )
     .unwrap();
     chown_to_pg(&plain_keyed);
-    s.refused(&plain_keyed, &["list"], &["initialised without encryption", "new repository"]);
+    s.refused(
+        &plain_keyed,
+        &["list"],
+        &["initialised without encryption", "new repository"],
+    );
 
     // A passphrase (from the environment) works, and another passphrase is refused.
     let phrase_text = plain_text.replace("cluster = \"plain\"", "cluster = \"phrase\"")
@@ -237,13 +246,29 @@ fn wrong_keys_and_damaged_objects_are_refused_naming_them(backend: Backend) {
     std::fs::write(&phrase, phrase_text).unwrap();
     chown_to_pg(&phrase);
     let env = |p: &str| vec![("BACKUPCTL_TEST_PASSPHRASE", p.to_string())];
-    let out = backupctl_env(&phrase, &["backup", "--kind", "logical"], &env("correct horse battery staple"));
+    let out = backupctl_env(
+        &phrase,
+        &["backup", "--kind", "logical"],
+        &env("correct horse battery staple"),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let out = backupctl_env(&phrase, &["list"], &env("correct horse battery staple"));
-    assert!(out.status.success() && stdout(&out).contains("logical"), "{}", stderr(&out));
+    assert!(
+        out.status.success() && stdout(&out).contains("logical"),
+        "{}",
+        stderr(&out)
+    );
     let out = backupctl_env(&phrase, &["list"], &env("incorrect horse battery staple"));
-    assert!(!out.status.success() && stderr(&out).contains("BACKUPCTL_TEST_PASSPHRASE"), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("horse"), "the passphrase is in a message: {}", stderr(&out));
+    assert!(
+        !out.status.success() && stderr(&out).contains("BACKUPCTL_TEST_PASSPHRASE"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("horse"),
+        "the passphrase is in a message: {}",
+        stderr(&out)
+    );
 
     // Damaged objects fail verification naming them; put back, the backup verifies.
     let objects = s.objects(&id);
@@ -312,7 +337,10 @@ fn wrong_keys_and_damaged_objects_are_refused_naming_them(backend: Backend) {
     bad_m[100] ^= 0x01;
     std::fs::write(&manifest, &bad_m).unwrap();
     let listing = s.ok(&["list"]);
-    assert!(listing.contains(&id) && listing.contains("undecryptable"), "{listing}");
+    assert!(
+        listing.contains(&id) && listing.contains("undecryptable"),
+        "{listing}"
+    );
     std::fs::write(&manifest, &orig_m).unwrap();
     s.ok(&["verify", &id]);
 }
@@ -369,11 +397,25 @@ fn a_rotation_keeps_old_backups_restorable(backend: Backend) {
             .clone()
     };
     assert_eq!(by_id(&first)["encryption_key"], old_id.as_str(), "{report}");
-    assert_eq!(by_id(&second)["encryption_key"], new_id.as_str(), "{report}");
-    assert!(report["backups"].as_array().unwrap().iter().all(|b| b["outcome"] == "ok"), "{report}");
+    assert_eq!(
+        by_id(&second)["encryption_key"],
+        new_id.as_str(),
+        "{report}"
+    );
+    assert!(
+        report["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["outcome"] == "ok"),
+        "{report}"
+    );
     assert_eq!(report["wal"]["ok"], true, "{report}");
     let human = s.ok(&["verify", &first]);
-    assert!(human.contains(&format!("encrypted with key {old_id}")), "{human}");
+    assert!(
+        human.contains(&format!("encrypted with key {old_id}")),
+        "{human}"
+    );
 
     let r = s.restore_start(&["--backup", &first, "--target", "immediate"]);
     assert_eq!(r.psql("postgres", "SELECT count(*) FROM t"), "1");

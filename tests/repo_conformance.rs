@@ -336,6 +336,47 @@ async fn s3_repository_conformance() {
     conformance(Backend::S3).await;
 }
 
+/// An encrypted repository behaves, for its callers, exactly as a plaintext one: bodies,
+/// sizes, metadata, listings, no-clobber puts, failed uploads.
+async fn encrypted_conformance(backend: Backend) {
+    let t = TestRepo::new(backend);
+    let key = t.dir.path().join("repo.key");
+    std::fs::write(&key, [0x5a; 32]).unwrap();
+    let path = t.write_config(
+        "encrypted.toml",
+        &format!("[encryption]\nkey_file = \"{}\"\n", key.display()),
+    );
+    let cfg = backupctl::config::Config::load(Some(&path)).unwrap();
+    let repo = backupctl::repo::open(&cfg).await.unwrap();
+    suite(&repo).await;
+    // What is stored is not what was put.
+    repo.put_bytes("plain/check", b"visible?".to_vec(), PutOptions::default())
+        .await
+        .unwrap();
+    let stored = walk(t.dir.path())
+        .into_iter()
+        .chain(
+            t.s3.as_ref()
+                .map(|s| walk(&s.bucket_dir()))
+                .unwrap_or_default(),
+        )
+        .find(|f| f.ends_with("plain/check"))
+        .expect("the object's file");
+    let bytes = std::fs::read(stored).unwrap();
+    assert_eq!(bytes.len() as u64, backupctl::crypto::sealed_len(8));
+    assert!(!bytes.windows(8).any(|w| w == b"visible?"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_local_repository_conformance() {
+    encrypted_conformance(Backend::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_s3_repository_conformance() {
+    encrypted_conformance(Backend::S3).await;
+}
+
 /// The wrapper with nothing to inject is indistinguishable from what it wraps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_repository_without_faults_conformance() {

@@ -19,12 +19,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 
-use super::identity::{
-    EncryptionInfo, PassphraseKdf, RepoIdentity, CIPHER, FORMAT_ENCRYPTED,
-};
+use super::identity::{EncryptionInfo, PassphraseKdf, RepoIdentity, CIPHER, FORMAT_ENCRYPTED};
 use super::{
-    late_metadata, layout, leftover, BodyReader, GetObject, LateMetadata, ObjectMeta,
-    PutOptions, RepoError, RepoResult, Repository, RepositoryExt,
+    late_metadata, layout, leftover, BodyReader, GetObject, LateMetadata, ObjectMeta, PutOptions,
+    RepoError, RepoResult, Repository, RepositoryExt,
 };
 use crate::config::{Config, EncryptionConfig};
 use crate::crypto::{self, MasterKey, PASSPHRASE_ITERATIONS};
@@ -294,7 +292,11 @@ impl Encrypted {
 
     /// The plaintext metadata of `key`. Anything stored beside the sealed value is
     /// ignored: only what the key authenticates is shown.
-    fn open_meta(&self, key: &str, meta: &BTreeMap<String, String>) -> RepoResult<BTreeMap<String, String>> {
+    fn open_meta(
+        &self,
+        key: &str,
+        meta: &BTreeMap<String, String>,
+    ) -> RepoResult<BTreeMap<String, String>> {
         let Some(sealed) = meta.get(META_SEALED) else {
             return Ok(BTreeMap::new());
         };
@@ -380,7 +382,7 @@ impl Repository for Encrypted {
         if key == layout::REPO_JSON {
             return Ok(obj);
         }
-        let mut meta = self.open_object_meta(obj.meta)?;
+        let meta = self.open_object_meta(obj.meta)?;
         // The header now, so that a wrong key or plaintext fails at the open, naming the
         // object (its size, checked above, is at least a header's).
         let mut body = obj.body;
@@ -390,14 +392,11 @@ impl Repository for Encrypted {
             .map_err(|e| RepoError::io("read", key, e))?;
         crypto::ChunkOpener::new(&self.keys, key, &header)
             .map_err(|e| RepoError::io("open", key, e))?;
-        if let Some(id) = crypto::key_id_of(&header) {
-            meta.metadata
-                .insert(layout::META_ENCRYPTION_KEY.to_string(), id);
-        }
         let rest = std::io::Cursor::new(header).chain(body);
         Ok(GetObject {
             meta,
             body: Box::new(crypto::OpenReader::new(&self.keys, key, rest)),
+            encryption_key: crypto::key_id_of(&header),
         })
     }
 
@@ -459,7 +458,10 @@ impl Repository for Encrypted {
                 }
             }
         });
-        let stored = self.inner.put_described_after(key, body, rx, if_absent).await?;
+        let stored = self
+            .inner
+            .put_described_after(key, body, rx, if_absent)
+            .await?;
         self.plain_size(key, stored)
     }
 

@@ -62,9 +62,6 @@ pub const META_SHA256: &str = "sha256";
 pub const META_SIZE: &str = "size";
 pub const META_SOURCE_SHA256: &str = "source-sha256";
 pub const META_SOURCE_SIZE: &str = "source-size";
-/// In an encrypted repository, the id of the key an object read with `get` was written
-/// with (from its header; never stored as metadata).
-pub const META_ENCRYPTION_KEY: &str = "encryption-key";
 
 /// The stored-bytes digest recorded in an object's metadata, if any.
 pub fn stored_digest(

@@ -353,6 +353,7 @@ impl Repository for LocalRepository {
         Ok(GetObject {
             meta,
             body: Box::new(file),
+            encryption_key: None,
         })
     }
 

@@ -87,6 +87,8 @@ pub struct ObjectMeta {
 pub struct GetObject {
     pub meta: ObjectMeta,
     pub body: BodyReader,
+    /// In an encrypted repository, the id of the key the object was written with.
+    pub encryption_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -497,6 +497,7 @@ impl Repository for S3Repository {
         Ok(GetObject {
             meta,
             body: Box::new(out.body.into_async_read()),
+            encryption_key: None,
         })
     }
 

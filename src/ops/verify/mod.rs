@@ -194,8 +194,5 @@ async fn encryption_key_of(repo: &dyn Repository, m: &Manifest) -> Option<String
         .get(&crate::repo::layout::backup_object_key(&m.id, &first.name))
         .await
         .ok()?;
-    obj.meta
-        .metadata
-        .get(crate::repo::layout::META_ENCRYPTION_KEY)
-        .cloned()
+    obj.encryption_key
 }
