@@ -82,7 +82,8 @@ CONF
 }
 
 # A cluster of pgbench scale $SCALE plus a table of less compressible, realistic rows,
-# archiving every segment to both tools' repositories ($1 = zst|gz).
+# archiving every segment to both tools' repositories ($1 = zst|gz), and also with the
+# command in EXTRA_ARCHIVE when it is set.
 make_cluster() {
     local alg=$1
     stop_cluster
@@ -96,7 +97,7 @@ listen_addresses = ''
 unix_socket_directories = '$SOCK'
 wal_level = replica
 archive_mode = on
-archive_command = '$BIN --config $BENCH_DIR/backup-$alg.toml wal-push %p && pgbackrest --config=$BENCH_DIR/pgbackrest-$alg.conf --stanza=bench archive-push %p'
+archive_command = '$BIN --config $BENCH_DIR/backup-$alg.toml wal-push %p && pgbackrest --config=$BENCH_DIR/pgbackrest-$alg.conf --stanza=bench archive-push %p${EXTRA_ARCHIVE:+ && $EXTRA_ARCHIVE}'
 max_wal_size = 4GB
 shared_buffers = 256MB
 checkpoint_timeout = 30min

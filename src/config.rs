@@ -1518,6 +1518,22 @@ mod tests {
     }
 
     #[test]
+    fn encryption_needs_exactly_one_key_source() {
+        let err = parse("[encryption]\nkey_file = \"/k\"\nkey_env = \"K\"\n").unwrap_err();
+        assert!(
+            err.contains("encryption.key_env") && err.contains("keep one"),
+            "{err}"
+        );
+        let err = parse("[encryption]\npassphrase = true\n").unwrap_err();
+        assert!(err.contains("need the current key"), "{err}");
+        let err = parse("[encryption]\nprevious_key_files = [\"/old\"]\n").unwrap_err();
+        assert!(err.contains("need the current key"), "{err}");
+        let cfg = parse("[encryption]\nkey_env = \"K\"\npassphrase = true\n").unwrap();
+        assert!(cfg.encryption.enabled() && cfg.encryption.passphrase);
+        assert!(!parse("").unwrap().encryption.enabled());
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err =
             parse("[repository]\ntype = \"local\"\npath = \"/x\"\nbukket = \"b\"\n").unwrap_err();

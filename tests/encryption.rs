@@ -158,6 +158,13 @@ fn nothing_stored_is_plaintext_and_every_restore_works(backend: Backend) {
             );
         }
     }
+    // check says so.
+    let check = s.ok(&["check"]);
+    let line = common::check_line(&check, "encryption");
+    assert!(
+        line.contains(&format!("new objects use key {key_id}")),
+        "{check}"
+    );
     // repo.json is plaintext, and records the key by id only.
     let repo_json = s.repo_json();
     assert_eq!(repo_json["format"], 2, "{repo_json}");
@@ -411,6 +418,14 @@ fn a_rotation_keeps_old_backups_restorable(backend: Backend) {
         "{report}"
     );
     assert_eq!(report["wal"]["ok"], true, "{report}");
+    let check = s.ok(&["check"]);
+    let line = common::check_line(&check, "encryption");
+    assert!(
+        line.contains(&format!(
+            "new objects use key {new_id}, 1 earlier key(s) recorded"
+        )),
+        "{check}"
+    );
     let human = s.ok(&["verify", &first]);
     assert!(
         human.contains(&format!("encrypted with key {old_id}")),

@@ -477,7 +477,7 @@ async fn dump_and_verify(
     };
     // Read it back: the stored bytes, rendered by pg_restore, loaded, fingerprinted.
     let read_back = async {
-        let work = scratch(cfg)?;
+        let work = super::workdir::create(cfg, "export")?;
         let (n, fp) = load(x.client, &repo, &bin, &m, work.path(), None).await?;
         anyhow::ensure!(
             n == rows && fp == fingerprint,
@@ -571,17 +571,6 @@ async fn drop_exported(
         })
     })
     .await
-}
-
-/// Where export work files go: a fresh directory under `backup.state_dir/tmp`.
-fn scratch(cfg: &Config) -> anyhow::Result<tempfile::TempDir> {
-    let dir = cfg.backup.state_dir.join("tmp");
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("create {} (backup.state_dir)", dir.display()))?;
-    tempfile::Builder::new()
-        .prefix("export-")
-        .tempdir_in(&dir)
-        .with_context(|| format!("create a work directory in {}", dir.display()))
 }
 
 /// Where [`load`] puts the rows: a table (quoted), and the statements that create it
@@ -881,7 +870,7 @@ pub async fn restore(cfg: &Config, req: &RestoreExport) -> anyhow::Result<Restor
         .await?
         .get(0);
     let bin = PgBin::clients(&cfg.postgres, Some(major as u32))?;
-    let work = scratch(cfg)?;
+    let work = super::workdir::create(cfg, "export")?;
     let ddl: Vec<String> = out
         .plan
         .iter()

@@ -17,3 +17,4 @@ pub mod retention;
 pub mod status;
 pub mod verify;
 pub mod wal;
+pub mod workdir;

@@ -66,6 +66,29 @@ impl Report {
     }
 }
 
+/// The "encryption" line: what the repository's `repo.json` says (the keys themselves
+/// were checked against it when the repository was opened).
+fn encryption_line(id: &RepoIdentity, r: &mut Report) {
+    match &id.encryption {
+        Some(info) => r.ok(
+            "encryption",
+            format!(
+                "on ({}); new objects use key {}{}",
+                info.cipher,
+                info.key_ids.last().map(String::as_str).unwrap_or("?"),
+                match info.key_ids.len() {
+                    1 => String::new(),
+                    n => format!(", {} earlier key(s) recorded", n - 1),
+                }
+            ),
+        ),
+        None => r.ok(
+            "encryption",
+            "off: objects are stored in plaintext (encryption is chosen for a new repository, see docs/security.md)",
+        ),
+    }
+}
+
 /// Run every check; `init` creates `repo.json` for this cluster when the repository is
 /// new. Failures are lines of the report, not errors.
 pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
@@ -126,6 +149,7 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
                         }
                     ),
                 );
+                encryption_line(&id, &mut r);
                 identity = Some(id);
             }
             Ok(None) if !init => r.warn(
@@ -153,6 +177,12 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
                     )
                 }
             }
+        }
+        if identity.is_none() && cfg.encryption.enabled() {
+            r.ok(
+                "encryption",
+                "on: the repository is initialised encrypted with the configured key",
+            );
         }
         check_manifests(repo.as_ref(), &mut r).await;
         check_leftovers(repo.as_ref(), &mut r).await;

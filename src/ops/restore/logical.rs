@@ -146,10 +146,7 @@ pub async fn run(cfg: &Config, args: &LogicalRestoreRequest) -> anyhow::Result<V
         lines.extend(restore_globals(&repo, &manifest, logical, &params, false).await?);
     }
     if let (Some(d), Some(target), true) = (dump, &args.dbname, args.data_only) {
-        let work = tempfile::Builder::new()
-            .prefix("backupctl-restore-")
-            .tempdir_in(scratch_parent(cfg)?)
-            .context("create a work directory for the restore")?;
+        let work = crate::ops::workdir::create(cfg, "restore")?;
         lines.extend(
             super::data_only::run(
                 &repo,
@@ -534,10 +531,7 @@ async fn restore_database(
             .with_context(|| format!("create database {}", t.name))?;
     }
 
-    let work = tempfile::Builder::new()
-        .prefix("backupctl-restore-")
-        .tempdir_in(scratch_parent(cfg)?)
-        .context("create a work directory for the restore")?;
+    let work = crate::ops::workdir::create(cfg, "restore")?;
     let result = feed_pg_restore(repo, m, d, wanted, bin, &target, t, !exists, work.path()).await;
     if let Err(e) = result {
         if !exists {
@@ -693,14 +687,6 @@ pub async fn schema_mismatches(
     let _ = std::fs::remove_file(&file);
     let restored = toc::counts(&String::from_utf8_lossy(&out.stdout));
     Ok(Some(toc::compare_counts(&d.toc_counts, &restored)))
-}
-
-/// Where restore work files go: `backup.state_dir/tmp`.
-fn scratch_parent(cfg: &crate::config::Config) -> anyhow::Result<std::path::PathBuf> {
-    let dir = cfg.backup.state_dir.join("tmp");
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("create {} (backup.state_dir)", dir.display()))?;
-    Ok(dir)
 }
 
 /// Refuse to restore over existing data unless `--clean`.
