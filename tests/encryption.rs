@@ -385,6 +385,15 @@ fn a_rotation_keeps_old_backups_restorable(backend: Backend) {
         "backup.toml",
         &format!("{postgres}\n{}", encryption_toml(&new, &[&old])),
     );
+    // Reading commands do not write: the new key is recorded by the first write.
+    assert!(s.ok(&["list"]).contains(&first));
+    assert_eq!(
+        s.repo_json()["encryption"]["key_ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     s.sql("INSERT INTO t VALUES (2)");
     let second = s.backup_no_verify();
     let ids = s.repo_json()["encryption"]["key_ids"].clone();

@@ -348,6 +348,35 @@ async fn encrypted_conformance(backend: Backend) {
     );
     let cfg = backupctl::config::Config::load(Some(&path)).unwrap();
     let repo = backupctl::repo::open(&cfg).await.unwrap();
+    // A new repository takes no WAL, backup or export before repo.json records its key.
+    let wal = "wal/0000000100000000/000000010000000000000001";
+    let err = repo
+        .put_bytes(wal, b"segment".to_vec(), PutOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not initialised") && err.contains("check --init"),
+        "{err}"
+    );
+    assert!(repo.head(wal).await.unwrap().is_none());
+    let id = backupctl::repo::identity::RepoIdentity::ensure(&*repo, 42, 15, 16 << 20, true)
+        .await
+        .unwrap();
+    assert_eq!(id.system_identifier(), 42);
+    repo.put_bytes(wal, b"segment".to_vec(), PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(repo.get_bytes(wal).await.unwrap(), b"segment");
+    let stored = backupctl::repo::identity::RepoIdentity::load(&*repo)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.format, 2);
+    assert!(stored.encryption.is_some());
+    // A plaintext config refuses it even where the identity is checked again.
+    let err = stored.check(&*repo, 42, false).unwrap_err().to_string();
+    assert!(err.contains("is encrypted"), "{err}");
     suite(&repo).await;
     // What is stored is not what was put.
     repo.put_bytes("plain/check", b"visible?".to_vec(), PutOptions::default())

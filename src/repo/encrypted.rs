@@ -19,7 +19,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 
-use super::identity::{EncryptionInfo, PassphraseKdf, RepoIdentity, CIPHER, FORMAT_ENCRYPTED};
+use super::identity::{
+    encrypted_without_key, plaintext_with_key, EncryptionInfo, PassphraseKdf, RepoIdentity, CIPHER,
+    FORMAT_ENCRYPTED,
+};
 use super::{
     late_metadata, layout, leftover, BodyReader, GetObject, LateMetadata, ObjectMeta, PutOptions,
     RepoError, RepoResult, Repository, RepositoryExt,
@@ -37,6 +40,34 @@ pub struct Encrypted {
     keys: Arc<[MasterKey]>,
     /// What a new repo.json records.
     info: EncryptionInfo,
+    /// What repo.json must say before the first data object is written.
+    pending: Pending,
+    /// Set once `pending` holds (see [`Encrypted::ensure_recorded`]).
+    recorded: tokio::sync::OnceCell<()>,
+}
+
+/// What repo.json lacks when the repository is opened. Recording it waits for the first
+/// write of a data object, so that reading commands (`wal-fetch`, `list`, a disaster
+/// recovery host with read-only credentials) never write.
+enum Pending {
+    /// repo.json records the key that writes.
+    Nothing,
+    /// A rotation: the new key's id is added to repo.json.
+    Rotation,
+    /// A new repository: repo.json must exist, with this encryption, before data objects
+    /// (the passphrase salt made here would be lost otherwise).
+    New,
+}
+
+/// Objects that must stay readable: written only once repo.json records their key.
+fn is_data(key: &str) -> bool {
+    [
+        layout::WAL_PREFIX,
+        layout::BACKUPS_PREFIX,
+        layout::EXPORTS_PREFIX,
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
 }
 
 /// Where a key comes from, for messages (never the key).
@@ -92,7 +123,7 @@ fn key_of(
         })?;
         let text = String::from_utf8(bytes)
             .map_err(|_| crate::user_error!("{source}: a passphrase must be text (UTF-8)"))?;
-        MasterKey::from_passphrase(&text, &salt)
+        stretched(&text, &salt)
     } else {
         MasterKey::from_material(&bytes)
     };
@@ -121,6 +152,27 @@ fn load_keys(e: &EncryptionConfig, kdf: Option<&PassphraseKdf>) -> anyhow::Resul
         keys.push(key_of(bytes, e.passphrase, kdf, &what)?);
     }
     Ok(keys)
+}
+
+/// A passphrase stretched once per process (the daemon opens the repository for every
+/// job and metrics poll; PBKDF2 takes a noticeable fraction of a second each time).
+fn stretched(passphrase: &str, salt: &[u8]) -> Result<MasterKey, String> {
+    use sha2::Digest as _;
+    type Cache = std::sync::Mutex<BTreeMap<Vec<u8>, MasterKey>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let tag = sha2::Sha256::new()
+        .chain_update((salt.len() as u64).to_le_bytes())
+        .chain_update(salt)
+        .chain_update(passphrase.as_bytes())
+        .finalize()
+        .to_vec();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(k) = cache.lock().expect("not poisoned").get(&tag) {
+        return Ok(k.clone());
+    }
+    let key = MasterKey::from_passphrase(passphrase, salt)?;
+    cache.lock().expect("not poisoned").insert(tag, key.clone());
+    Ok(key)
 }
 
 fn new_kdf() -> anyhow::Result<PassphraseKdf> {
@@ -161,22 +213,10 @@ pub async fn wrap(cfg: &Config, repo: Arc<dyn Repository>) -> anyhow::Result<Arc
     match (e.enabled(), &identity, &recorded) {
         (false, _, None) => return Ok(repo),
         (false, _, Some(info)) => {
-            return Err(crate::user_error!(
-                "repository {} is encrypted (key {}); set encryption.key_file or encryption.key_env in {} to its key",
-                repo.describe(),
-                info.key_ids.last().map(String::as_str).unwrap_or("?"),
-                cfg.origin()
-            ))
+            return Err(encrypted_without_key(&repo.describe(), info)
+                .context(format!("in {}", cfg.origin())))
         }
-        (true, Some(_), None) => {
-            return Err(crate::user_error!(
-                "repository {} was initialised without encryption, and encryption is chosen when a \
-                 repository is initialised (a repository is never part plaintext, part encrypted); \
-                 to encrypt, point backupctl at a new repository (another repository.cluster, path \
-                 or prefix) and take a full backup there, or remove [encryption] to use this one",
-                repo.describe()
-            ))
-        }
+        (true, Some(_), None) => return Err(plaintext_with_key(&repo.describe())),
         (true, _, _) => {}
     }
     if let Some(info) = &recorded {
@@ -204,9 +244,18 @@ pub async fn wrap(cfg: &Config, repo: Arc<dyn Repository>) -> anyhow::Result<Arc
     }
     let keys = load_keys(e, kdf.as_ref())?;
     let current = keys[0].id();
-    let info = match (&identity, recorded) {
-        (Some(id), Some(mut info)) => {
-            if !info.key_ids.contains(&current) {
+    let (info, pending) = match recorded {
+        Some(mut info) => {
+            if info.key_ids.contains(&current) {
+                if info.key_ids.last() != Some(&current) {
+                    tracing::warn!(
+                        repository = %repo.describe(),
+                        "new objects are written with key {current}, but the repository's newest key is {}: is this config older than a key rotation?",
+                        info.key_ids.last().map(String::as_str).unwrap_or("?")
+                    );
+                }
+                (info, Pending::Nothing)
+            } else {
                 let known = keys[1..].iter().any(|k| info.key_ids.contains(&k.id()));
                 if !known {
                     return Err(crate::user_error!(
@@ -217,32 +266,25 @@ pub async fn wrap(cfg: &Config, repo: Arc<dyn Repository>) -> anyhow::Result<Arc
                         info.key_ids.join(", ")
                     ));
                 }
-                info.key_ids.push(current.clone());
-                if info.passphrase.is_none() {
-                    info.passphrase = kdf.clone().filter(|_| e.passphrase);
-                }
-                let mut updated = id.clone();
-                updated.encryption = Some(info.clone());
-                repo.put_bytes(
-                    layout::REPO_JSON,
-                    serde_json::to_vec_pretty(&updated)?,
-                    PutOptions::default(),
-                )
-                .await?;
-                tracing::info!(repository = %repo.describe(), key = %current, "new encryption key recorded: it writes from now on, the previous keys still read");
+                info.key_ids.push(current);
+                (info, Pending::Rotation)
             }
-            info
         }
-        _ => EncryptionInfo {
-            cipher: CIPHER.into(),
-            key_ids: vec![current],
-            passphrase: kdf.filter(|_| e.passphrase),
-        },
+        None => (
+            EncryptionInfo {
+                cipher: CIPHER.into(),
+                key_ids: vec![current],
+                passphrase: kdf.filter(|_| e.passphrase),
+            },
+            Pending::New,
+        ),
     };
     Ok(Arc::new(Encrypted {
         inner: repo,
         keys: keys.into(),
         info,
+        pending,
+        recorded: tokio::sync::OnceCell::new(),
     }))
 }
 
@@ -279,6 +321,73 @@ fn meta_name(key: &str) -> String {
 }
 
 impl Encrypted {
+    fn refuse(&self, message: String) -> RepoError {
+        RepoError::Remote {
+            op: "write to",
+            key: layout::REPO_JSON.to_string(),
+            message,
+            transient: false,
+        }
+    }
+
+    /// Make sure repo.json records what [`Pending`] says before `key`, a data object,
+    /// is written: a rotation is recorded (merged into the repo.json of the moment, so
+    /// a concurrent rotation is kept); a new repository must have been initialised
+    /// (by `check --init`, a backup or the first WAL segment) with this encryption.
+    async fn ensure_recorded(&self, key: &str) -> RepoResult<()> {
+        if !is_data(key) {
+            return Ok(());
+        }
+        self.recorded
+            .get_or_try_init(|| async {
+                if let Pending::Nothing = self.pending {
+                    return Ok(());
+                }
+                let current = self.keys[0].id();
+                let loaded = RepoIdentity::load(&*self.inner)
+                    .await
+                    .map_err(|e| self.refuse(format!("{e:#}")))?;
+                let Some(mut id) = loaded else {
+                    return Err(self.refuse(format!(
+                        "the encrypted repository {} is not initialised: its repo.json, which \
+                         records the key, must exist before the first object; run `backupctl check --init` \
+                         (or take a backup)",
+                        self.inner.describe()
+                    )));
+                };
+                let Some(theirs) = id.encryption.as_mut() else {
+                    return Err(self.refuse(format!("{:#}", plaintext_with_key(&self.inner.describe()))));
+                };
+                if theirs.passphrase.is_some() && theirs.passphrase != self.info.passphrase {
+                    return Err(self.refuse(
+                        "repo.json was written with another passphrase salt (by another process at the same moment?); run the command again".into(),
+                    ));
+                }
+                if theirs.key_ids.contains(&current) {
+                    return Ok(());
+                }
+                if !matches!(self.pending, Pending::Rotation) {
+                    return Err(self.refuse(format!(
+                        "repo.json does not record key {current} (its keys: {}); was it initialised \
+                         by another process with another key?",
+                        theirs.key_ids.join(", ")
+                    )));
+                }
+                theirs.key_ids.push(current.clone());
+                if theirs.passphrase.is_none() {
+                    theirs.passphrase = self.info.passphrase.clone();
+                }
+                let body = serde_json::to_vec_pretty(&id).expect("serializable");
+                self.inner
+                    .put_bytes(layout::REPO_JSON, body, PutOptions::default())
+                    .await?;
+                tracing::info!(repository = %self.inner.describe(), key = %current, "new encryption key recorded: it writes from now on, the previous keys still read");
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
     fn plain_size(&self, key: &str, stored: u64) -> RepoResult<u64> {
         crypto::plain_len(stored).ok_or_else(|| {
             corrupt(
@@ -371,6 +480,7 @@ impl Repository for Encrypted {
         if key == layout::REPO_JSON {
             return self.put_identity(body, opts).await;
         }
+        self.ensure_recorded(key).await?;
         let body = self.seal_body(key, body)?;
         opts.metadata = seal_meta(&self.keys[0], key, std::mem::take(&mut opts.metadata))?;
         let stored = self.inner.put(key, body, opts).await?;
@@ -411,9 +521,9 @@ impl Repository for Encrypted {
         let mut all = self.inner.list(prefix).await?;
         for m in &mut all {
             if m.key != layout::REPO_JSON {
-                // A size no encrypted object has: shown as 0, so a size check against a
-                // manifest fails on it; reading it names the damage.
-                m.size = crypto::plain_len(m.size).unwrap_or(0);
+                // A size no encrypted object has is shown as stored (a size check
+                // against a manifest fails on it); reading it names the damage.
+                m.size = crypto::plain_len(m.size).unwrap_or(m.size);
             }
         }
         Ok(all)
@@ -446,6 +556,7 @@ impl Repository for Encrypted {
         metadata: LateMetadata,
         if_absent: bool,
     ) -> RepoResult<u64> {
+        self.ensure_recorded(key).await?;
         let body = self.seal_body(key, body)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let name = key.to_string();

@@ -100,9 +100,10 @@ impl RepoIdentity {
         system_identifier: u64,
         pg_major: u32,
         wal_segment_size: u64,
+        encrypted: bool,
     ) -> anyhow::Result<RepoIdentity> {
         if let Some(existing) = Self::load(repo).await? {
-            existing.check(repo, system_identifier)?;
+            existing.check(repo, system_identifier, encrypted)?;
             return Ok(existing);
         }
         let new = RepoIdentity::new(system_identifier, pg_major, wal_segment_size);
@@ -127,15 +128,28 @@ impl RepoIdentity {
                 let existing = Self::load(repo)
                     .await?
                     .ok_or_else(|| anyhow::anyhow!("repo.json vanished while initialising"))?;
-                existing.check(repo, system_identifier)?;
+                existing.check(repo, system_identifier, encrypted)?;
                 Ok(existing)
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Fail unless this repository belongs to `system_identifier`.
-    pub fn check(&self, repo: &dyn Repository, system_identifier: u64) -> anyhow::Result<()> {
+    /// Fail unless this repository belongs to `system_identifier` and is encrypted as
+    /// the config says (`encrypted`: it has `[encryption]`). The encryption is checked
+    /// when the repository is opened; this catches a repository initialised by another
+    /// process after that (so that plaintext never lands in an encrypted repository).
+    pub fn check(
+        &self,
+        repo: &dyn Repository,
+        system_identifier: u64,
+        encrypted: bool,
+    ) -> anyhow::Result<()> {
+        match (&self.encryption, encrypted) {
+            (Some(info), false) => return Err(encrypted_without_key(&repo.describe(), info)),
+            (None, true) => return Err(plaintext_with_key(&repo.describe())),
+            _ => {}
+        }
         if self.system_identifier != system_identifier.to_string() {
             return Err(crate::user_error!(
                 "repository {} belongs to the cluster with system identifier {}, but this cluster's is {}; \
@@ -151,4 +165,22 @@ impl RepoIdentity {
     pub fn system_identifier(&self) -> u64 {
         self.system_identifier.parse().unwrap_or(0)
     }
+}
+
+/// The refusal of an encrypted repository opened without a key.
+pub fn encrypted_without_key(repo: &str, info: &EncryptionInfo) -> anyhow::Error {
+    crate::user_error!(
+        "repository {repo} is encrypted (key {}); set encryption.key_file or encryption.key_env to its key",
+        info.key_ids.last().map(String::as_str).unwrap_or("?")
+    )
+}
+
+/// The refusal of a plaintext repository opened with a key.
+pub fn plaintext_with_key(repo: &str) -> anyhow::Error {
+    crate::user_error!(
+        "repository {repo} was initialised without encryption, and encryption is chosen when a \
+         repository is initialised (a repository is never part plaintext, part encrypted); \
+         to encrypt, point backupctl at a new repository (another repository.cluster, path \
+         or prefix) and take a full backup there, or remove [encryption] to use this one"
+    )
 }

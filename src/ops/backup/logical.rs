@@ -59,6 +59,7 @@ pub async fn run(
         info.system_identifier,
         info.major(),
         info.wal_segment_size,
+        cfg.encryption.enabled(),
     )
     .await
     .with_context(|| format!("check the identity of repository {}", repo.describe()))?;

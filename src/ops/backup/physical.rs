@@ -67,6 +67,7 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
         info.system_identifier,
         info.major(),
         info.wal_segment_size,
+        cfg.encryption.enabled(),
     )
     .await?;
     let pgdata = cfg

@@ -267,6 +267,7 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
                 info.system_identifier,
                 info.major(),
                 info.wal_segment_size,
+                cfg.encryption.enabled(),
             )
             .await
             {

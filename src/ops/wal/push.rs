@@ -208,7 +208,7 @@ async fn check_identity(
     let identity = match RepoIdentity::load(repo).await? {
         Some(id) => {
             if let Some(s) = file.system_identifier {
-                id.check(repo, s)?;
+                id.check(repo, s, cfg.encryption.enabled())?;
             }
             id
         }
@@ -229,7 +229,7 @@ async fn check_identity(
                     .or(file.pg_major)
                     .unwrap_or(0);
                 let seg_size = file.seg_size.expect("a segment says its size");
-                RepoIdentity::ensure(repo, s, major, seg_size).await?
+                RepoIdentity::ensure(repo, s, major, seg_size, cfg.encryption.enabled()).await?
             }
             None => {
                 return Err(crate::user_error!(
