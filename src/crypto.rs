@@ -410,7 +410,7 @@ pub struct SealReader<R> {
     pos: usize,
     done: bool,
     /// An error from `inner` ends the stream.
-    broken: bool,
+    broken: Option<String>,
 }
 
 impl<R: AsyncRead + Unpin> SealReader<R> {
@@ -425,37 +425,41 @@ impl<R: AsyncRead + Unpin> SealReader<R> {
             out,
             pos: 0,
             done: false,
-            broken: false,
+            broken: None,
         })
     }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for SealReader<R> {
+    /// Fills as much of `buf` as `inner` has ready (not one chunk per call: a caller
+    /// reading in large blocks gets them).
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let start = buf.filled().len();
         loop {
-            if drain(&this.out, &mut this.pos, buf) || this.done {
+            drain(&this.out, &mut this.pos, buf);
+            let progressed = buf.filled().len() > start;
+            if this.pos < this.out.len() || this.done {
                 return Poll::Ready(Ok(()));
             }
-            if this.broken {
-                return Poll::Ready(Err(io::Error::other(
-                    "reading the object to encrypt failed earlier",
-                )));
+            if let Some(e) = &this.broken {
+                return Poll::Ready(if progressed {
+                    Ok(())
+                } else {
+                    Err(io::Error::other(e.clone()))
+                });
             }
-            let eof = match ready!(poll_fill(
-                &mut this.inner,
-                cx,
-                &mut this.plain,
-                &mut this.filled
-            )) {
-                Ok(eof) => eof,
-                Err(e) => {
-                    this.broken = true;
-                    return Poll::Ready(Err(e));
+            let eof = match poll_fill(&mut this.inner, cx, &mut this.plain, &mut this.filled) {
+                Poll::Pending if progressed => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(eof)) => eof,
+                Poll::Ready(Err(e)) => {
+                    this.broken = Some(format!("reading the object to encrypt failed: {e}"));
+                    return Poll::Ready(if progressed { Ok(()) } else { Err(e) });
                 }
             };
             let take = if eof { this.filled } else { CHUNK };
@@ -463,8 +467,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for SealReader<R> {
             this.out.extend_from_slice(&this.plain[..take]);
             this.pos = 0;
             if let Err(e) = this.sealer.seal(&mut this.out, eof) {
-                this.broken = true;
-                return Poll::Ready(Err(e));
+                // Nothing of the failed chunk is handed out.
+                this.out.clear();
+                this.broken = Some(e.to_string());
+                return Poll::Ready(if progressed { Ok(()) } else { Err(e) });
             }
             this.plain.copy_within(take..this.filled, 0);
             this.filled -= take;
@@ -541,22 +547,38 @@ impl<R: AsyncRead + Unpin> OpenReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for OpenReader<R> {
+    /// Fills as much of `buf` as `inner` has ready, chunk after chunk; an error comes
+    /// after the plaintext checked before it, and stays.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let start = buf.filled().len();
         loop {
-            if drain(&this.out, &mut this.pos, buf) || this.done {
+            drain(&this.out, &mut this.pos, buf);
+            let progressed = buf.filled().len() > start;
+            if this.pos < this.out.len() || this.done {
                 return Poll::Ready(Ok(()));
             }
             if let Some(e) = &this.broken {
-                return Poll::Ready(Err(invalid(e.clone())));
+                return Poll::Ready(if progressed {
+                    Ok(())
+                } else {
+                    Err(invalid(e.clone()))
+                });
             }
-            if let Err(e) = ready!(this.step(cx)) {
-                this.broken = Some(e.to_string());
-                return Poll::Ready(Err(e));
+            match this.step(cx) {
+                Poll::Pending if progressed => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    this.out.clear();
+                    this.pos = 0;
+                    this.broken = Some(e.to_string());
+                    return Poll::Ready(if progressed { Ok(()) } else { Err(e) });
+                }
             }
         }
     }

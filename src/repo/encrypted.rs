@@ -33,6 +33,8 @@ use crate::crypto::{self, MasterKey, PASSPHRASE_ITERATIONS};
 /// The one metadata value of an encrypted object: its real metadata, sealed (hex).
 const META_SEALED: &str = "sealed";
 const KDF: &str = "pbkdf2-hmac-sha256";
+/// Bytes read from the backend at a time when opening an object.
+const READ_BUFFER: usize = 256 << 10;
 
 pub struct Encrypted {
     inner: Arc<dyn Repository>,
@@ -495,7 +497,9 @@ impl Repository for Encrypted {
         let meta = self.open_object_meta(obj.meta)?;
         // The header now, so that a wrong key or plaintext fails at the open, naming the
         // object (its size, checked above, is at least a header's).
-        let mut body = obj.body;
+        // Large reads from the backend (a local file costs one blocking-pool hop per
+        // read), chunks handed to the opener from memory.
+        let mut body = tokio::io::BufReader::with_capacity(READ_BUFFER, obj.body);
         let mut header = [0; crypto::HEADER];
         body.read_exact(&mut header)
             .await
