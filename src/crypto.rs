@@ -387,15 +387,65 @@ fn poll_fill<R: AsyncRead + Unpin>(
     Poll::Ready(Ok(false))
 }
 
-/// Hand out `out[*pos..]` into `buf`; `true` if anything was handed out.
-fn drain(out: &[u8], pos: &mut usize, buf: &mut ReadBuf<'_>) -> bool {
-    if *pos >= out.len() {
-        return false;
+/// What a stream has produced and not handed out yet, and how it ended.
+#[derive(Default)]
+struct Staged {
+    out: Vec<u8>,
+    pos: usize,
+    done: bool,
+    /// An error ends the stream: a chunk half produced cannot be resumed.
+    broken: Option<String>,
+}
+
+impl Staged {
+    fn new(out: Vec<u8>) -> Staged {
+        Staged {
+            out,
+            ..Default::default()
+        }
     }
-    let n = (out.len() - *pos).min(buf.remaining());
-    buf.put_slice(&out[*pos..*pos + n]);
-    *pos += n;
-    true
+
+    /// `poll_read` of a stream that produces one chunk at a time with `step`: fills as
+    /// much of `buf` as is ready (not one chunk per call: a caller reading in large
+    /// blocks gets them). An error comes after what was produced before it, and stays
+    /// (`again` makes it anew for later calls).
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        again: fn(String) -> io::Error,
+        mut step: impl FnMut(&mut Staged, &mut Context<'_>) -> Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
+        let start = buf.filled().len();
+        loop {
+            let n = (self.out.len() - self.pos).min(buf.remaining());
+            buf.put_slice(&self.out[self.pos..self.pos + n]);
+            self.pos += n;
+            let progressed = buf.filled().len() > start;
+            if self.pos < self.out.len() || self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(e) = &self.broken {
+                return Poll::Ready(if progressed {
+                    Ok(())
+                } else {
+                    Err(again(e.clone()))
+                });
+            }
+            match step(self, cx) {
+                Poll::Pending if progressed => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    // Nothing of a chunk that failed is handed out.
+                    self.out.clear();
+                    self.pos = 0;
+                    self.broken = Some(e.to_string());
+                    return Poll::Ready(if progressed { Ok(()) } else { Err(e) });
+                }
+            }
+        }
+    }
 }
 
 /// Reads the encrypted form of the plaintext `inner` gives. Memory: two chunks.
@@ -406,76 +456,48 @@ pub struct SealReader<R> {
     /// is the last from one that is not.
     plain: Vec<u8>,
     filled: usize,
-    out: Vec<u8>,
-    pos: usize,
-    done: bool,
-    /// An error from `inner` ends the stream.
-    broken: Option<String>,
+    staged: Staged,
 }
 
 impl<R: AsyncRead + Unpin> SealReader<R> {
     pub fn new(key: &MasterKey, name: &str, inner: R) -> io::Result<SealReader<R>> {
         let sealer = ChunkSealer::new(key, name)?;
-        let out = sealer.header().to_vec();
+        let staged = Staged::new(sealer.header().to_vec());
         Ok(SealReader {
             inner,
             sealer,
             plain: vec![0; CHUNK + 1],
             filled: 0,
-            out,
-            pos: 0,
-            done: false,
-            broken: None,
+            staged,
         })
     }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for SealReader<R> {
-    /// Fills as much of `buf` as `inner` has ready (not one chunk per call: a caller
-    /// reading in large blocks gets them).
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let start = buf.filled().len();
-        loop {
-            drain(&this.out, &mut this.pos, buf);
-            let progressed = buf.filled().len() > start;
-            if this.pos < this.out.len() || this.done {
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(e) = &this.broken {
-                return Poll::Ready(if progressed {
-                    Ok(())
-                } else {
-                    Err(io::Error::other(e.clone()))
-                });
-            }
-            let eof = match poll_fill(&mut this.inner, cx, &mut this.plain, &mut this.filled) {
-                Poll::Pending if progressed => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(eof)) => eof,
-                Poll::Ready(Err(e)) => {
-                    this.broken = Some(format!("reading the object to encrypt failed: {e}"));
-                    return Poll::Ready(if progressed { Ok(()) } else { Err(e) });
-                }
-            };
-            let take = if eof { this.filled } else { CHUNK };
-            this.out.clear();
-            this.out.extend_from_slice(&this.plain[..take]);
-            this.pos = 0;
-            if let Err(e) = this.sealer.seal(&mut this.out, eof) {
-                // Nothing of the failed chunk is handed out.
-                this.out.clear();
-                this.broken = Some(e.to_string());
-                return Poll::Ready(if progressed { Ok(()) } else { Err(e) });
-            }
-            this.plain.copy_within(take..this.filled, 0);
-            this.filled -= take;
-            this.done = eof;
-        }
+        let (inner, plain, filled, sealer) = (
+            &mut this.inner,
+            &mut this.plain,
+            &mut this.filled,
+            &mut this.sealer,
+        );
+        this.staged.poll(cx, buf, io::Error::other, |staged, cx| {
+            let eof = ready!(poll_fill(inner, cx, plain, filled))?;
+            let take = if eof { *filled } else { CHUNK };
+            staged.out.clear();
+            staged.out.extend_from_slice(&plain[..take]);
+            staged.pos = 0;
+            sealer.seal(&mut staged.out, eof)?;
+            plain.copy_within(take..*filled, 0);
+            *filled -= take;
+            staged.done = eof;
+            Poll::Ready(Ok(()))
+        })
     }
 }
 
@@ -489,10 +511,7 @@ pub struct OpenReader<R> {
     /// Sealed bytes read ahead: a full sealed chunk plus one byte (see [`SealReader`]).
     sealed: Vec<u8>,
     filled: usize,
-    out: Vec<u8>,
-    pos: usize,
-    done: bool,
-    broken: Option<String>,
+    staged: Staged,
 }
 
 impl<R: AsyncRead + Unpin> OpenReader<R> {
@@ -504,14 +523,12 @@ impl<R: AsyncRead + Unpin> OpenReader<R> {
             opener: None,
             sealed: vec![0; CHUNK + TAG + 1],
             filled: 0,
-            out: Vec::with_capacity(CHUNK + TAG),
-            pos: 0,
-            done: false,
-            broken: None,
+            staged: Staged::new(Vec::with_capacity(CHUNK + TAG)),
         }
     }
 
-    fn step(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Open the next chunk into `staged`.
+    fn step(&mut self, staged: &mut Staged, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.opener.is_none() {
             let mut want = HEADER;
             let eof = ready!(poll_fill(
@@ -534,53 +551,29 @@ impl<R: AsyncRead + Unpin> OpenReader<R> {
             &mut self.filled
         ))?;
         let take = if eof { self.filled } else { CHUNK + TAG };
-        self.out.clear();
-        self.out.extend_from_slice(&self.sealed[..take]);
-        self.pos = 0;
+        staged.out.clear();
+        staged.out.extend_from_slice(&self.sealed[..take]);
+        staged.pos = 0;
         let opener = self.opener.as_mut().expect("set above");
-        opener.open(&mut self.out, eof)?;
+        opener.open(&mut staged.out, eof)?;
         self.sealed.copy_within(take..self.filled, 0);
         self.filled -= take;
-        self.done = eof;
+        staged.done = eof;
         Poll::Ready(Ok(()))
     }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for OpenReader<R> {
-    /// Fills as much of `buf` as `inner` has ready, chunk after chunk; an error comes
-    /// after the plaintext checked before it, and stays.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let start = buf.filled().len();
-        loop {
-            drain(&this.out, &mut this.pos, buf);
-            let progressed = buf.filled().len() > start;
-            if this.pos < this.out.len() || this.done {
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(e) = &this.broken {
-                return Poll::Ready(if progressed {
-                    Ok(())
-                } else {
-                    Err(invalid(e.clone()))
-                });
-            }
-            match this.step(cx) {
-                Poll::Pending if progressed => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => {
-                    this.out.clear();
-                    this.pos = 0;
-                    this.broken = Some(e.to_string());
-                    return Poll::Ready(if progressed { Ok(()) } else { Err(e) });
-                }
-            }
-        }
+        let mut staged = std::mem::take(&mut this.staged);
+        let r = staged.poll(cx, buf, invalid, |staged, cx| this.step(staged, cx));
+        this.staged = staged;
+        r
     }
 }
 
