@@ -32,8 +32,18 @@ pub const DEFAULT_PATH: &str = "/etc/backupctl/backup.toml";
 pub struct Config {
     #[serde(default)]
     pub postgres: PostgresConfig,
-    #[serde(default)]
+    /// Every repository: one `[repository]` table or several `[[repository]]` entries.
+    #[serde(rename = "repository", default)]
+    pub repositories: Repositories,
+    /// The repository commands act on: the first one, or the one `--repo` selected
+    /// ([`Config::select_repository`]). Operations that write to every repository of a
+    /// kind (wal-push, backups) iterate over [`Config::repositories_for`].
+    #[serde(skip)]
     pub repository: RepositoryConfig,
+    /// The repository `--repo` selected, passed on to the commands a restore writes
+    /// into the restored server's configuration.
+    #[serde(skip)]
+    pub selected_repository: Option<String>,
     #[serde(default)]
     pub compression: CompressionConfig,
     #[serde(default)]
@@ -177,9 +187,87 @@ pub enum RepositoryType {
     S3,
 }
 
+/// The repositories of a config: `[repository]` (one) or `[[repository]]` (several).
+#[derive(Debug, Clone)]
+pub struct Repositories(pub Vec<RepositoryConfig>);
+
+impl Default for Repositories {
+    fn default() -> Self {
+        Repositories(vec![RepositoryConfig::default()])
+    }
+}
+
+impl<'de> Deserialize<'de> for Repositories {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+        struct OneOrMany;
+        impl<'de> serde::de::Visitor<'de> for OneOrMany {
+            type Value = Repositories;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a [repository] table or [[repository]] entries")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Repositories, A::Error> {
+                RepositoryConfig::deserialize(MapAccessDeserializer::new(map))
+                    .map(|r| Repositories(vec![r]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Repositories, A::Error> {
+                Vec::<RepositoryConfig>::deserialize(SeqAccessDeserializer::new(seq))
+                    .map(Repositories)
+            }
+        }
+        d.deserialize_any(OneOrMany)
+    }
+}
+
+/// What a repository receives (`kinds` of a `[[repository]]` entry).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredKind {
+    Wal,
+    Physical,
+    Logical,
+    Exports,
+}
+
+impl StoredKind {
+    pub const ALL: [StoredKind; 4] = [
+        StoredKind::Wal,
+        StoredKind::Physical,
+        StoredKind::Logical,
+        StoredKind::Exports,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StoredKind::Wal => "wal",
+            StoredKind::Physical => "physical",
+            StoredKind::Logical => "logical",
+            StoredKind::Exports => "exports",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
+    /// Its name for `--repo`, messages and `state_dir` (default `repo1`, `repo2`, … by
+    /// position).
+    #[serde(default)]
+    pub name: String,
+    /// What it receives (default: everything).
+    #[serde(default = "defaults::kinds")]
+    pub kinds: Vec<StoredKind>,
+    /// `false`: a failure to store here does not fail the command. WAL that could not
+    /// be stored is queued in `state_dir` and catches up later; a backup copy that
+    /// failed is reported and left to the next backup.
+    #[serde(default = "defaults::yes")]
+    pub required: bool,
     #[serde(rename = "type", default)]
     pub kind: RepositoryType,
     /// Local repository root (local only; default /var/lib/backupctl/repo).
@@ -846,6 +934,9 @@ mod defaults {
     pub fn notify_timeout() -> Duration {
         Duration::from_secs(10)
     }
+    pub fn kinds() -> Vec<super::StoredKind> {
+        super::StoredKind::ALL.to_vec()
+    }
     pub fn cluster() -> String {
         "main".into()
     }
@@ -1014,7 +1105,7 @@ impl Config {
             .unwrap_or_else(|| "embedded default config".into());
         let de = toml::Deserializer::parse(text)
             .map_err(|e| UserError::new(format!("{origin}: {}", one_line_toml_error(&e, text))))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let msg = one_line_toml_error(&inner, text);
@@ -1023,7 +1114,74 @@ impl Config {
             } else {
                 UserError::new(format!("{origin}: key `{key}`: {msg}"))
             }
-        })
+        })?;
+        if cfg.repositories.0.is_empty() {
+            return Err(UserError::new(format!(
+                "{origin}: `repository` is empty; add a [repository] table or [[repository]] entries"
+            )));
+        }
+        for (i, r) in cfg.repositories.0.iter_mut().enumerate() {
+            if r.name.is_empty() {
+                r.name = format!("repo{}", i + 1);
+            }
+        }
+        cfg.repository = cfg.repositories.0[0].clone();
+        Ok(cfg)
+    }
+
+    /// Act on the repository named `name` only (`--repo`): it becomes
+    /// [`Config::repository`] and the only one in [`Config::repositories`].
+    pub fn select_repository(&mut self, name: &str) -> Result<(), UserError> {
+        let Some(r) = self.repositories.0.iter().find(|r| r.name == name) else {
+            let names: Vec<&str> = self
+                .repositories
+                .0
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect();
+            return Err(UserError::new(format!(
+                "--repo {name:?}: {} has no repository of that name; it has {}",
+                self.origin(),
+                names.join(", ")
+            )));
+        };
+        self.repository = r.clone();
+        self.repositories = Repositories(vec![r.clone()]);
+        self.selected_repository = Some(name.to_string());
+        Ok(())
+    }
+
+    /// This config acting on `r` (one of [`Config::repositories`]).
+    pub fn with_repository(&self, r: &RepositoryConfig) -> Config {
+        let mut c = self.clone();
+        c.repository = r.clone();
+        c
+    }
+
+    /// The repositories that receive `kind`, in config order, the required ones first
+    /// (the first is where a write goes before it is copied to the others).
+    /// [`Config::repository`] stands for the entry of its name.
+    pub fn repositories_for(&self, kind: StoredKind) -> Vec<RepositoryConfig> {
+        let mut all: Vec<RepositoryConfig> = self
+            .repositories
+            .0
+            .iter()
+            .map(|r| {
+                if r.name == self.repository.name {
+                    self.repository.clone()
+                } else {
+                    r.clone()
+                }
+            })
+            .filter(|r| r.kinds.contains(&kind))
+            .collect();
+        all.sort_by_key(|r| !r.required);
+        all
+    }
+
+    /// Several repositories are configured.
+    pub fn several_repositories(&self) -> bool {
+        self.repositories.0.len() > 1
     }
 
     /// The directory relative paths are resolved against.
@@ -1035,11 +1193,29 @@ impl Config {
     }
 
     fn resolve_paths(&mut self) {
-        if self.repository.kind == RepositoryType::Local && self.repository.path.is_none() {
-            self.repository.path = Some(PathBuf::from(DEFAULT_LOCAL_REPOSITORY));
-            self.repository.path_defaulted = true;
-        }
         let base = self.base_dir();
+        for r in &mut self.repositories.0 {
+            if r.kind == RepositoryType::Local && r.path.is_none() {
+                r.path = Some(PathBuf::from(DEFAULT_LOCAL_REPOSITORY));
+                r.path_defaulted = true;
+            }
+            for p in [r.path.as_mut(), r.secret_access_key_file.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p).components().collect();
+                }
+            }
+        }
+        if let Some(r) = self
+            .repositories
+            .0
+            .iter()
+            .find(|r| r.name == self.repository.name)
+        {
+            self.repository = r.clone();
+        }
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
                 // components() drops interior `.`: "/etc/./backups" → "/etc/backups".
@@ -1060,8 +1236,6 @@ impl Config {
             self.postgres.bin_dir.as_mut(),
             self.postgres.client_bin_dir.as_mut(),
             self.postgres.pgdata.as_mut(),
-            self.repository.path.as_mut(),
-            self.repository.secret_access_key_file.as_mut(),
             self.verify.scratch_dir.as_mut(),
             self.notify.webhook_url_file.as_mut(),
             self.encryption.key_file.as_mut(),
@@ -1092,91 +1266,51 @@ impl Config {
                     .into(),
             );
         }
-        let r = &self.repository;
-        if !valid_cluster_name(&r.cluster) {
-            return bad(
-                "repository.cluster",
-                format!(
-                    "{:?} is not a valid cluster name; use letters, digits, '-', '_' or '.' (not first)",
-                    r.cluster
-                ),
-            );
-        }
-        match r.kind {
-            RepositoryType::Local => {
-                for (key, set) in [
-                    ("repository.bucket", r.bucket.is_some()),
-                    ("repository.prefix", r.prefix.is_some()),
-                    ("repository.endpoint", r.endpoint.is_some()),
-                    ("repository.region", r.region.is_some()),
-                    ("repository.storage_class", r.storage_class.is_some()),
-                    ("repository.sse", r.sse.is_some()),
-                ] {
-                    if set {
-                        return bad(
-                            key,
-                            "only applies to S3 repositories; set repository.type = \"s3\" or remove the key".into(),
-                        );
-                    }
-                }
+        let several = self.several_repositories();
+        let mut names = std::collections::BTreeSet::new();
+        for r in &self.repositories.0 {
+            let prefix = if several {
+                format!("repository.{}.", r.name)
+            } else {
+                "repository.".to_string()
+            };
+            validate_repository(r, &|key| format!("{prefix}{key}"))?;
+            if !valid_repository_name(&r.name) {
+                return bad(
+                    &format!("{prefix}name"),
+                    format!(
+                        "{:?} is not a valid repository name; use letters, digits, '-' or '_'",
+                        r.name
+                    ),
+                );
             }
-            RepositoryType::S3 => {
-                match &r.bucket {
-                    None => {
-                        return bad(
-                            "repository.bucket",
-                            "required when repository.type = \"s3\"; add bucket = \"my-bucket\""
-                                .into(),
-                        )
-                    }
-                    Some(b) if b.is_empty() || b.contains('/') => {
-                        return bad(
-                            "repository.bucket",
-                            format!("{b:?} is not a bucket name; put folders in repository.prefix"),
-                        )
-                    }
-                    _ => {}
-                }
-                if r.path.is_some() {
-                    return bad(
-                        "repository.path",
-                        "only applies to local repositories; use repository.prefix for S3".into(),
-                    );
-                }
-                if let Some(e) = &r.endpoint {
-                    if !(e.starts_with("http://") || e.starts_with("https://")) {
-                        return bad(
-                            "repository.endpoint",
-                            format!("{e:?} must start with http:// or https://"),
-                        );
-                    }
-                }
-                if let Some(sse) = &r.sse {
-                    if sse != "AES256" && sse != "aws:kms" && sse != "aws:kms:dsse" {
-                        return bad(
-                            "repository.sse",
-                            format!(
-                                "{sse:?} is not one of \"AES256\", \"aws:kms\", \"aws:kms:dsse\""
-                            ),
-                        );
-                    }
-                }
-                if r.secret_access_key_file.is_some() != r.access_key_id.is_some() {
-                    return bad(
-                        "repository.access_key_id",
-                        "access_key_id and secret_access_key_file go together; set both or neither (then the AWS credential chain is used)".into(),
-                    );
-                }
-                if !(5..=5120).contains(&r.part_size_mib) {
-                    return bad(
-                        "repository.part_size_mib",
-                        format!("{} is outside S3's limits; use 5 to 5120", r.part_size_mib),
-                    );
-                }
+            if !names.insert(r.name.as_str()) {
+                return bad(
+                    &format!("{prefix}name"),
+                    format!(
+                        "two repositories are named {:?}; give each its own name",
+                        r.name
+                    ),
+                );
+            }
+            if r.kinds.is_empty() {
+                return bad(
+                    &format!("{prefix}kinds"),
+                    "is empty: the repository would receive nothing; list what it receives (\"wal\", \"physical\", \"logical\", \"exports\") or remove it".into(),
+                );
             }
         }
-        if r.upload_concurrency == 0 {
-            return bad("repository.upload_concurrency", "must be at least 1".into());
+        for kind in StoredKind::ALL {
+            let to = self.repositories_for(kind);
+            if !to.is_empty() && !to.iter().any(|r| r.required) {
+                return bad(
+                    "repository.required",
+                    format!(
+                        "every repository that receives {} has required = false, so a command could succeed with its data stored nowhere; make one of them required",
+                        kind.name()
+                    ),
+                );
+            }
         }
         for (key, c) in std::iter::once(("compression.level".to_string(), self.compression.clone()))
             .chain(DataKind::ALL.into_iter().map(|k| {
@@ -1427,6 +1561,100 @@ impl ScheduleConfig {
         .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
         .collect()
     }
+}
+
+/// The checks of one repository's keys; `k` gives a key's full name for messages.
+fn validate_repository(r: &RepositoryConfig, k: &dyn Fn(&str) -> String) -> Result<(), UserError> {
+    let bad = |key: &str, msg: String| Err(UserError::new(format!("key `{key}`: {msg}")));
+    if !valid_cluster_name(&r.cluster) {
+        return bad(&k("cluster"),
+            format!(
+                "{:?} is not a valid cluster name; use letters, digits, '-', '_' or '.' (not first)",
+                r.cluster
+            ),
+        );
+    }
+    match r.kind {
+        RepositoryType::Local => {
+            for (key, set) in [
+                (k("bucket"), r.bucket.is_some()),
+                (k("prefix"), r.prefix.is_some()),
+                (k("endpoint"), r.endpoint.is_some()),
+                (k("region"), r.region.is_some()),
+                (k("storage_class"), r.storage_class.is_some()),
+                (k("sse"), r.sse.is_some()),
+            ] {
+                if set {
+                    return bad(
+                        &key,
+                        "only applies to S3 repositories; set repository.type = \"s3\" or remove the key".into(),
+                    );
+                }
+            }
+        }
+        RepositoryType::S3 => {
+            match &r.bucket {
+                None => {
+                    return bad(
+                        &k("bucket"),
+                        "required when repository.type = \"s3\"; add bucket = \"my-bucket\"".into(),
+                    )
+                }
+                Some(b) if b.is_empty() || b.contains('/') => {
+                    return bad(
+                        &k("bucket"),
+                        format!("{b:?} is not a bucket name; put folders in repository.prefix"),
+                    )
+                }
+                _ => {}
+            }
+            if r.path.is_some() {
+                return bad(
+                    &k("path"),
+                    "only applies to local repositories; use repository.prefix for S3".into(),
+                );
+            }
+            if let Some(e) = &r.endpoint {
+                if !(e.starts_with("http://") || e.starts_with("https://")) {
+                    return bad(
+                        &k("endpoint"),
+                        format!("{e:?} must start with http:// or https://"),
+                    );
+                }
+            }
+            if let Some(sse) = &r.sse {
+                if sse != "AES256" && sse != "aws:kms" && sse != "aws:kms:dsse" {
+                    return bad(
+                        &k("sse"),
+                        format!("{sse:?} is not one of \"AES256\", \"aws:kms\", \"aws:kms:dsse\""),
+                    );
+                }
+            }
+            if r.secret_access_key_file.is_some() != r.access_key_id.is_some() {
+                return bad(&k("access_key_id"),
+                    "access_key_id and secret_access_key_file go together; set both or neither (then the AWS credential chain is used)".into(),
+                );
+            }
+            if !(5..=5120).contains(&r.part_size_mib) {
+                return bad(
+                    &k("part_size_mib"),
+                    format!("{} is outside S3's limits; use 5 to 5120", r.part_size_mib),
+                );
+            }
+        }
+    }
+    if r.upload_concurrency == 0 {
+        return bad(&k("upload_concurrency"), "must be at least 1".into());
+    }
+    Ok(())
+}
+
+fn valid_repository_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn valid_cluster_name(s: &str) -> bool {

@@ -23,6 +23,17 @@ pub struct Cli {
     #[arg(long, global = true, env = "BACKUPCTL_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// Act on this repository only (its `name` in the config) [default: writes go to
+    /// every repository that receives their kind, reads to the first that has what is
+    /// needed]
+    #[arg(
+        long = "repo",
+        global = true,
+        env = "BACKUPCTL_REPO",
+        value_name = "NAME"
+    )]
+    pub repo: Option<String>,
+
     /// Print machine-readable JSON on stdout where the command has output
     #[arg(long, global = true)]
     pub json: bool,

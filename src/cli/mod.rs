@@ -9,6 +9,7 @@ pub mod render;
 
 pub use args::*;
 
+use anyhow::Context;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -40,7 +41,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_command(cli: Cli) -> anyhow::Result<()> {
-    let cfg = Config::load(cli.config.as_deref())?;
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(name) = &cli.repo {
+        cfg.select_repository(name)?;
+    }
     let config_path = cli.config.as_ref().map(|p| p.display().to_string());
     let wal_command = matches!(cli.command, Command::WalPush(_) | Command::WalFetch(_));
     crate::logging::init(&cfg.log, cli.verbose, cli.quiet, wal_command);
@@ -212,6 +216,26 @@ async fn dispatch(
                 done.cause = Some(failures.join("; "));
             }
             ops::verify::outcome(&report)
+        }
+        Command::Retention(args) if cfg.several_repositories() => {
+            // Each repository applies the policy to what it holds.
+            let mut all = Vec::new();
+            for r in &cfg.repositories.0 {
+                let c = cfg.with_repository(r);
+                let report =
+                    ops::retention::run(&c, args.dry_run, Wait::Up(ops::retention::LOCK_WAIT))
+                        .await
+                        .with_context(|| format!("repository {}", r.name))?;
+                if !ctx.json {
+                    println!("== repository {} ==", r.name);
+                    render::retention(&report, &cfg.display_zone());
+                }
+                all.push(serde_json::json!({ "repository": r.name, "report": report }));
+            }
+            if ctx.json {
+                ctx.print_json(&serde_json::json!({ "repositories": all }))?;
+            }
+            Ok(())
         }
         Command::Retention(args) => {
             let report =

@@ -130,6 +130,26 @@ fn major_or_unknown(major: u32) -> String {
 
 pub fn info_summary(s: &Summary, tz: &chrono_tz::Tz) {
     println!("repository:        {}", s.repository);
+    for b in &s.wal_backlog {
+        println!(
+            "wal backlog:       repository {}: {} file(s) waiting{}{}{}",
+            b.repository,
+            b.files,
+            b.oldest
+                .as_ref()
+                .map(|o| format!(", oldest {o}"))
+                .unwrap_or_default(),
+            b.paused_until
+                .as_ref()
+                .map(|t| format!(", next try after {t}"))
+                .unwrap_or_default(),
+            if b.lost.is_empty() {
+                String::new()
+            } else {
+                format!(", {} LOST: {}", b.lost.len(), b.lost.join(", "))
+            }
+        );
+    }
     match &s.identity {
         Some(i) => println!(
             "cluster:           system identifier {}, PostgreSQL {}, WAL segments of {}",

@@ -11,6 +11,7 @@ use crate::manifest::{BackupKind, Catalog, Manifest};
 use crate::ops::backup::{self, BackupKindSel};
 use crate::ops::{archival, partitions, retention, verify};
 use crate::partitions::report::Status as PartitionStatus;
+use anyhow::Context;
 
 /// Run one job of `kind` with the config in `cfg`, not waiting for a lock another run
 /// holds (that is a [`crate::error::LockHeld`] error).
@@ -79,19 +80,35 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
                 verification_failures: failures,
             })
         }
+        // Each repository applies the policy to what it holds.
         JobKind::Retention => {
-            let r = retention::run(cfg, false, Wait::No).await?;
-            let freed = r.freed.as_ref().map(|f| f.bytes).unwrap_or(0);
-            Ok(JobReport {
-                summary: format!(
+            let mut parts = Vec::new();
+            let (mut freed, mut ids) = (0, Vec::new());
+            for repository in &cfg.repositories.0 {
+                let c = cfg.with_repository(repository);
+                let r = retention::run(&c, false, Wait::No)
+                    .await
+                    .with_context(|| format!("repository {}", repository.name))?;
+                let f = r.freed.as_ref().map(|f| f.bytes).unwrap_or(0);
+                let part = format!(
                     "{} backup(s), {} incomplete backup(s) and {} WAL file(s) deleted, {} freed",
                     r.plan.delete.backups.len(),
                     r.plan.delete.incomplete.len(),
                     r.plan.delete.wal_files,
-                    crate::text::human_bytes(freed)
-                ),
+                    crate::text::human_bytes(f)
+                );
+                parts.push(if cfg.several_repositories() {
+                    format!("{}: {part}", repository.name)
+                } else {
+                    part
+                });
+                freed += f;
+                ids.extend(r.plan.delete.backups);
+            }
+            Ok(JobReport {
+                summary: parts.join("; "),
                 bytes: Some(freed),
-                backup_ids: r.plan.delete.backups.clone(),
+                backup_ids: ids,
                 verification_failures: vec![],
             })
         }

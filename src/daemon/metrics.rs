@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub last_reload: Option<(DateTime<Utc>, bool)>,
     pub alerts_sent: u64,
     pub alerts_failed: u64,
+    /// WAL waiting for each repository with `required = false`.
+    pub wal_backlog: Vec<crate::ops::wal::backlog::BacklogStatus>,
 }
 
 impl Snapshot {
@@ -47,6 +49,7 @@ impl Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             history,
             next_runs: BTreeMap::new(),
+            wal_backlog: Vec::new(),
             intervals: BTreeMap::new(),
             keep_within: BTreeMap::new(),
             runs: BTreeMap::new(),
@@ -159,6 +162,22 @@ pub fn render(s: &Snapshot, now: DateTime<Utc>) -> String {
         "Always 1; the version label says which backupctl runs.",
     );
     o.sample("backupctl_build_info", &[("version", s.version)], 1.0);
+    o.gauge_per(
+        "backupctl_wal_backlog_files",
+        "WAL files waiting for a repository with required = false (see docs/configuration.md).",
+        "repository",
+        s.wal_backlog
+            .iter()
+            .map(|b| (b.repository.as_str(), Some(b.files as f64))),
+    );
+    o.gauge_per(
+        "backupctl_wal_backlog_lost_files",
+        "WAL files that can no longer reach a repository with required = false.",
+        "repository",
+        s.wal_backlog
+            .iter()
+            .map(|b| (b.repository.as_str(), Some(b.lost.len() as f64))),
+    );
     o.gauge(
         "backupctl_daemon_start_timestamp_seconds",
         "When the daemon started (Unix time).",

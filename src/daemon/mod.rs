@@ -467,6 +467,7 @@ impl Daemon {
                 },
                 _ => obs,
             };
+            s.wal_backlog = crate::ops::wal::backlog::statuses(&self.cfg);
             s.alerts_sent = self.notifier.sent.load(std::sync::atomic::Ordering::SeqCst);
             s.alerts_failed = self
                 .notifier

@@ -36,6 +36,9 @@ pub struct Summary {
     /// Archived data exported to the repository (`backupctl list` lists them).
     pub exports: ExportsSummary,
     pub daemon: DaemonView,
+    /// WAL waiting for each repository with `required = false` (several repositories).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub wal_backlog: Vec<crate::ops::wal::backlog::BacklogStatus>,
 }
 
 /// The exports in the repository, in total.
@@ -124,7 +127,7 @@ pub enum Info {
 /// Backup `id`'s manifest, or (without an id) the repository summary.
 pub async fn run(cfg: &Config, id: Option<&str>) -> anyhow::Result<Info> {
     repo::require_existing(cfg)?;
-    let repo = repo::open(cfg).await?;
+    let repo = repo::open_for_reading(cfg, None).await?;
     if let Some(id) = id {
         let m = Manifest::load(repo.as_ref(), id).await?.ok_or_else(|| {
             crate::user_error!(
@@ -162,5 +165,6 @@ pub async fn run(cfg: &Config, id: Option<&str>) -> anyhow::Result<Info> {
         },
         unfinished_uploads: leftover::summary(repo.as_ref()).await?,
         daemon: daemon_view(cfg),
+        wal_backlog: crate::ops::wal::backlog::statuses(cfg),
     })))
 }

@@ -22,7 +22,9 @@
 //! [`RepositoryExt::get_bytes`]) live in the extension trait [`RepositoryExt`], which has
 //! one blanket implementation for every repository and so cannot be overridden.
 
+pub mod copy;
 pub mod encrypted;
+pub mod fallback;
 pub mod faulty;
 pub mod identity;
 pub mod layout;
@@ -362,6 +364,69 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
     };
     // Faults act on what is stored: under encryption, on the ciphertext.
     encrypted::wrap(cfg, with_injected_faults(repo)?).await
+}
+
+/// Open the repositories a read of `kind` (`None`: anything) may use: with one, the
+/// configured repository; with several (and no `--repo`), the first that receives
+/// `kind`, then the others for objects missing there ([`fallback::Fallback`]). One that
+/// cannot be opened is left out with a warning, unless it is the only one.
+pub async fn open_for_reading(
+    cfg: &Config,
+    kind: Option<crate::config::StoredKind>,
+) -> anyhow::Result<Arc<dyn Repository>> {
+    let candidates: Vec<crate::config::RepositoryConfig> = match kind {
+        Some(k) => cfg.repositories_for(k),
+        None => cfg
+            .repositories
+            .0
+            .iter()
+            .map(|r| {
+                if r.name == cfg.repository.name {
+                    cfg.repository.clone()
+                } else {
+                    r.clone()
+                }
+            })
+            .collect(),
+    };
+    if candidates.len() <= 1 {
+        let one = candidates.first().unwrap_or(&cfg.repository);
+        return open(&cfg.with_repository(one)).await;
+    }
+    let mut opened = Vec::new();
+    let mut first_err = None;
+    for r in &candidates {
+        match open(&cfg.with_repository(r)).await {
+            Ok(repo) => opened.push((r.name.clone(), repo)),
+            Err(e) => {
+                tracing::warn!(repository = %r.name, "cannot open repository {}: {e:#}; reading from the others", r.name);
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if opened.is_empty() {
+        return Err(first_err.expect("a repository failed"));
+    }
+    tracing::info!(
+        "reading from repository {}{}",
+        opened[0].0,
+        if opened.len() > 1 {
+            format!(
+                " (objects missing there from {})",
+                opened[1..]
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            String::new()
+        }
+    );
+    if opened.len() == 1 {
+        return Ok(opened.pop().expect("one").1);
+    }
+    Ok(Arc::new(fallback::Fallback::new(opened)))
 }
 
 /// In builds with the `failpoints` feature, the repository wrapped as

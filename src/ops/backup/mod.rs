@@ -7,6 +7,7 @@
 //! manifest and switches WAL so the point reaches the archive. The report holds
 //! everything needed to restore them. Succeeds only when every step succeeded.
 
+pub mod copies;
 pub mod logical;
 pub mod physical;
 
@@ -16,7 +17,7 @@ use anyhow::Context;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, StoredKind};
 use crate::jobs::JobKind;
 use crate::lock::Wait;
 use crate::manifest::{BackupKind, Manifest, RestorePoint};
@@ -137,7 +138,66 @@ pub struct Taken {
 /// backups): the backup(s), a restore point named after each id (recorded in its
 /// manifest, WAL switched and its archiving awaited), verification of the new backups
 /// when `verify`, then retention when `retention.after_backup` and the backups verified.
+///
+/// With several repositories, each kind goes to the first repository that receives it
+/// and is then copied to the others that do ([`copies`]); retention runs in each.
 pub async fn take(
+    cfg: &Config,
+    kind: BackupKindSel,
+    label: Option<&str>,
+    databases: &[String],
+    verify: bool,
+) -> anyhow::Result<Taken> {
+    let physical = copies::first_for(cfg, StoredKind::Physical);
+    let logical = copies::first_for(cfg, StoredKind::Logical);
+    let target = match kind {
+        BackupKindSel::Physical => physical?,
+        BackupKindSel::Logical => logical?,
+        BackupKindSel::Both => {
+            let (p, l) = (physical?, logical?);
+            if p.name != l.name {
+                // Each kind to its own repository: two runs, each with its restore point.
+                let a =
+                    Box::pin(take(cfg, BackupKindSel::Physical, label, databases, verify)).await?;
+                let b =
+                    Box::pin(take(cfg, BackupKindSel::Logical, label, databases, verify)).await?;
+                return Ok(a.merge(b));
+            }
+            p
+        }
+    };
+    take_in(
+        &cfg.with_repository(&target),
+        kind,
+        label,
+        databases,
+        verify,
+    )
+    .await
+}
+
+impl Taken {
+    fn merge(mut self, other: Taken) -> Taken {
+        self.manifests.extend(other.manifests);
+        self.archived = match (self.archived, other.archived) {
+            (Some(a), Some(b)) => Some(a && b),
+            (a, None) => a,
+            (None, b) => b,
+        };
+        self.verification = match (self.verification, other.verification) {
+            (Some(mut a), Some(b)) => {
+                a.backups.extend(b.backups);
+                Some(a)
+            }
+            (a, None) => a,
+            (None, b) => b,
+        };
+        self
+    }
+}
+
+/// [`take`] into the repository `cfg` acts on.
+async fn take_in(
     cfg: &Config,
     kind: BackupKindSel,
     label: Option<&str>,
@@ -193,20 +253,25 @@ pub async fn take(
         None
     };
     let verified = verification.as_ref().is_none_or(|v| v.failed().is_empty());
+    let copied_to = copies::copy_to_others(cfg, repo.as_ref(), &manifests).await?;
     if verified && cfg.retention.after_backup {
-        let r = crate::ops::retention::run(cfg, false, Wait::Up(crate::ops::retention::LOCK_WAIT))
-            .await
-            .with_context(|| {
-                format!(
-                    "the backup succeeded ({}), but retention after it failed",
-                    manifests
-                        .iter()
-                        .map(|m| m.id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?;
-        tracing::info!(freed = ?r.freed, "retention after backup done");
+        for c in std::iter::once(cfg.clone()).chain(copied_to) {
+            let r =
+                crate::ops::retention::run(&c, false, Wait::Up(crate::ops::retention::LOCK_WAIT))
+                    .await
+                    .with_context(|| {
+                        format!(
+                        "the backup succeeded ({}), but retention after it failed in repository {}",
+                        manifests
+                            .iter()
+                            .map(|m| m.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        c.repository.name
+                    )
+                    })?;
+            tracing::info!(repository = %c.repository.name, freed = ?r.freed, "retention after backup done");
+        }
     }
     Ok(Taken {
         manifests,

@@ -164,7 +164,14 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
         if info.in_recovery {
             ask_primary_to_end_segment(cfg, &info, stop_lsn).await;
         }
-        wait_for_wal(&repo, &client, &needed, cfg.backup.archive_timeout, info.in_recovery)
+        // The backup's WAL is awaited where it is archived: this repository, or (when it
+        // receives no WAL) the ones that do.
+        let wal_repo = if cfg.repository.kinds.contains(&crate::config::StoredKind::Wal) {
+            repo.clone()
+        } else {
+            repo::open_for_reading(cfg, Some(crate::config::StoredKind::Wal)).await?
+        };
+        wait_for_wal(&wal_repo, &client, &needed, cfg.backup.archive_timeout, info.in_recovery)
             .await?;
 
         let m = Manifest {

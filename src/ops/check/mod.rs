@@ -375,8 +375,99 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
             "set postgres.pgdata",
         ),
     }
+    if cfg.several_repositories() {
+        other_repositories(cfg, identity.as_ref(), &mut r).await;
+    }
 
     Ok(r)
+}
+
+/// With several repositories: each one besides the first is probed like it (write, read
+/// back, delete) and must belong to the same cluster; each with `required = false`
+/// that receives WAL shows its backlog.
+async fn other_repositories(cfg: &Config, first: Option<&RepoIdentity>, r: &mut Report) {
+    for rc in &cfg.repositories.0 {
+        let c = cfg.with_repository(rc);
+        let what = format!(
+            "repository {} ({}, receives {})",
+            rc.name,
+            if rc.required {
+                "required"
+            } else {
+                "required = false"
+            },
+            rc.kinds
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if rc.name != cfg.repository.name {
+            let probe = async {
+                let repo = repo::open(&c).await?;
+                let key = format!("check/probe-{}-{}", std::process::id(), fastrand::u32(..));
+                repo.put_bytes(&key, b"probe".to_vec(), PutOptions::default())
+                    .await?;
+                anyhow::ensure!(
+                    repo.get_bytes(&key).await? == b"probe",
+                    "read back different bytes than written"
+                );
+                repo.delete(&key).await?;
+                let id = RepoIdentity::load(repo.as_ref()).await?;
+                anyhow::Ok((repo.describe(), id))
+            };
+            match probe.await {
+                Ok((at, id)) => match (first, id) {
+                    (Some(f), Some(id)) if f.system_identifier() != id.system_identifier() => r.fail(
+                        "repositories",
+                        format!("{what} at {at} belongs to cluster {}, the first repository to {}", id.system_identifier(), f.system_identifier()),
+                        "point each repository of this config at this cluster's data (another prefix or path)",
+                    ),
+                    (_, None) => r.ok("repositories", format!("{what} at {at} is readable and writable; new (repo.json is written by its first WAL or backup)")),
+                    _ => r.ok("repositories", format!("{what} at {at} is readable and writable")),
+                },
+                Err(e) if rc.required => r.fail(
+                    "repositories",
+                    format!("{what}: {e:#}"),
+                    "make it reachable and writable, or set required = false if archiving must go on without it",
+                ),
+                Err(e) => r.warn(
+                    "repositories",
+                    format!("{what}: {e:#}"),
+                    "WAL for it is queued in state_dir and catches up once it is reachable",
+                ),
+            }
+        }
+        if !rc.required && rc.kinds.contains(&crate::config::StoredKind::Wal) {
+            let b = crate::ops::wal::backlog::Backlog::of(&c).status(&rc.name);
+            if !b.lost.is_empty() {
+                r.fail(
+                    "wal backlog",
+                    format!("repository {}: {} WAL file(s) could not be caught up (gone from pg_wal and every other repository): {}", rc.name, b.lost.len(), b.lost.join(", ")),
+                    "take a backup so that recovery from this repository no longer needs them, then remove the entries under state_dir/wal-backlog/*/lost",
+                );
+            } else if b.files > 0 {
+                r.warn(
+                    "wal backlog",
+                    format!(
+                        "repository {}: {} WAL file(s) waiting, oldest {}{}",
+                        rc.name,
+                        b.files,
+                        b.oldest.as_deref().unwrap_or("?"),
+                        b.paused_until
+                            .map(|t| format!("; next try after {t}"))
+                            .unwrap_or_default()
+                    ),
+                    "they catch up with the next archived segments once the repository answers",
+                );
+            } else {
+                r.ok(
+                    "wal backlog",
+                    format!("repository {}: nothing waiting", rc.name),
+                );
+            }
+        }
+    }
 }
 
 /// Whether a `repo.json` error is about its content (JSON), not about reaching it.

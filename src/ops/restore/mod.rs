@@ -119,7 +119,7 @@ pub async fn run(
     };
     let remap = parse_tablespace_map(&args.tablespace_map)?;
 
-    let repo = repo::open(cfg).await?;
+    let repo = repo::open_for_reading(cfg, None).await?;
     let catalog = Catalog::load(repo.as_ref()).await?;
     if let Some(id) = &args.backup {
         catalog.require(id)?; // an unreadable manifest is named, not "does not exist"
@@ -541,15 +541,21 @@ pub fn recovery_settings(
         .iter()
         .map(|(a, z)| format!(" --expect {a}..{z}"))
         .collect();
+    // The repository a restore was told to use is the one recovery reads.
+    let repo = cfg
+        .selected_repository
+        .as_ref()
+        .map(|r| format!(" --repo {}", shell_quote(r)))
+        .unwrap_or_default();
     let restore_command = match cfg.config_arg() {
         Some(config) => format!(
-            "{} --config {} wal-fetch{expect} %f %p",
+            "{} --config {}{repo} wal-fetch{expect} %f %p",
             shell_quote(&exe.display().to_string()),
             shell_quote(&config.display().to_string())
         ),
         // The embedded default resolves paths against the current directory: run there.
         None => format!(
-            "cd {} && {} wal-fetch{expect} %f {}/%p",
+            "cd {} && {}{repo} wal-fetch{expect} %f {}/%p",
             shell_quote(&std::env::current_dir()?.display().to_string()),
             shell_quote(&exe.display().to_string()),
             shell_quote(&pgdata.display().to_string())

@@ -2,6 +2,7 @@
 //! (and the `.ready` files after it, ahead of their calls), `wal-fetch %f %p` restores one
 //! (and prefetches the segments that follow into a spool).
 
+pub mod backlog;
 pub mod fetch;
 pub mod fetch_ahead;
 pub mod push;

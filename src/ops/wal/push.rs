@@ -23,15 +23,177 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::codec::{self, Codec, FileSource, Source as _};
-use crate::config::{Config, DataKind};
+use crate::config::{Config, DataKind, StoredKind};
+use crate::ops::wal::backlog::{self, Backlog};
 use crate::ops::wal::fetch_ahead;
 use crate::ops::wal::push_ahead::{ready_files, Markers};
 use crate::pg::wal::{self, WalFileKind};
 use crate::repo::identity::RepoIdentity;
 use crate::repo::{self, layout, leftover, ObjectMeta, RepoError, Repository, RepositoryExt};
 
-/// Archive WAL file `path` (`%p`), with the `.ready` files that follow it.
+/// Archive WAL file `path` (`%p`) into every repository that receives WAL, with the
+/// `.ready` files that follow it. Succeeds once every required repository has it; a
+/// repository with `required = false` that fails gets the file queued in its
+/// [`Backlog`], which later calls catch up.
 pub async fn run(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
+    let repos = cfg.repositories_for(StoredKind::Wal);
+    if repos.is_empty() {
+        return Err(crate::user_error!(
+            "no repository receives WAL: add \"wal\" to the kinds of one in {}",
+            cfg.origin()
+        ));
+    }
+    if repos.len() == 1 && repos[0].required {
+        return run_one(&cfg.with_repository(&repos[0]), path).await;
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let pushes = repos.iter().map(|r| {
+        let (c, path, name) = (cfg.with_repository(r), path.clone(), name.clone());
+        async move {
+            if r.required {
+                return run_one(&c, path)
+                    .await
+                    .with_context(|| format!("repository {}", r.name));
+            }
+            let backlog = Backlog::of(&c);
+            if backlog.paused_until().is_some() || !backlog.files().is_empty() {
+                // Behind already: this file waits its turn, in order.
+                backlog.add(&name).with_context(|| format!("queue {name} for repository {}", r.name))?;
+                return Ok(());
+            }
+            let pushed = match tokio::time::timeout(OPTIONAL_TIMEOUT, run_one(&c, path)).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow::anyhow!("no answer within {OPTIONAL_TIMEOUT:?}")),
+            };
+            if let Err(e) = pushed {
+                tracing::warn!(
+                    repository = %r.name,
+                    wal = %name,
+                    "repository {} (required = false) cannot take {name}: {e:#}; queued, it catches up later",
+                    r.name
+                );
+                backlog.add(&name).with_context(|| format!("queue {name} for repository {}", r.name))?;
+                backlog.pause();
+            }
+            Ok(())
+        }
+    });
+    let results = futures_util::future::join_all(pushes).await;
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(e);
+    }
+    // Every required repository has the file: catch the others up.
+    let wal_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    for r in repos.iter().filter(|r| !r.required) {
+        let c = cfg.with_repository(r);
+        let sources: Vec<_> = repos.iter().filter(|o| o.name != r.name).cloned().collect();
+        match tokio::time::timeout(OPTIONAL_TIMEOUT, catch_up(&c, &wal_dir, &sources)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(repository = %r.name, files = n, "backlog caught up"),
+            Ok(Err(e)) => {
+                tracing::warn!(repository = %r.name, "catching up the backlog failed: {e:#}; tried again in {:?}", backlog::PAUSE);
+                Backlog::of(&c).pause();
+            }
+            Err(_) => {
+                tracing::info!(repository = %r.name, "backlog catch-up goes on at the next call")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long a call waits for a repository with `required = false`, to store its file
+/// or to catch up its backlog, before leaving the rest to later calls.
+const OPTIONAL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Files of a backlog stored per call, at most.
+const CATCH_UP_BATCH: usize = 64;
+
+/// Store what the backlog of the repository `cfg` acts on holds: each file from
+/// `wal_dir` while PostgreSQL keeps it there, else copied from one of `sources`.
+/// Returns how many files went; stops at the first failure. A paused repository is left
+/// alone.
+pub async fn catch_up(
+    cfg: &Config,
+    wal_dir: &Path,
+    sources: &[crate::config::RepositoryConfig],
+) -> anyhow::Result<usize> {
+    let backlog = Backlog::of(cfg);
+    if backlog.paused_until().is_some() {
+        return Ok(0);
+    }
+    let names: Vec<String> = backlog.files().into_iter().take(CATCH_UP_BATCH).collect();
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let tag = repo::location_tag(cfg);
+    let repo = repo::open(cfg).await?;
+    let codec = wal_codec(
+        Codec::from_config(&cfg.compression.for_kind(DataKind::Wal)),
+        cfg.wal.push_concurrency(),
+    );
+    let mut opened: Vec<(String, Arc<dyn Repository>)> = Vec::new();
+    let mut done = 0;
+    for name in names {
+        let local = wal_dir.join(&name);
+        if local.is_file() {
+            let file = read_wal_file(&local)?;
+            check_identity(cfg, &tag, repo.as_ref(), &file).await?;
+            let slot = Slot::Queue(Arc::new(Semaphore::new(1)));
+            store(repo.as_ref(), codec, file, slot).await?;
+        } else {
+            if opened.is_empty() {
+                for s in sources {
+                    opened.push((s.name.clone(), repo::open(&cfg.with_repository(s)).await?));
+                }
+            }
+            match copy_wal_from(&opened, repo.as_ref(), &name).await? {
+                true => {}
+                false => {
+                    tracing::error!(
+                        repository = %cfg.repository.name,
+                        wal = %name,
+                        "{name} is no longer in pg_wal and no other repository has it: repository {} misses it for good (its backups before the next one cannot be recovered past it; verify --wal shows the gap)",
+                        cfg.repository.name
+                    );
+                    backlog.mark_lost(&name)?;
+                    continue;
+                }
+            }
+        }
+        backlog.remove(&name);
+        done += 1;
+    }
+    backlog.resume();
+    Ok(done)
+}
+
+/// Copy WAL file `name` into `dst` from the first of `sources` that has it; `false`
+/// when none has it.
+async fn copy_wal_from(
+    sources: &[(String, Arc<dyn Repository>)],
+    dst: &dyn Repository,
+    name: &str,
+) -> anyhow::Result<bool> {
+    let key = layout::wal_key(name, codec::Algorithm::Zstd).expect("a WAL file name");
+    for (src_name, src) in sources {
+        if let Some((found, _)) = find_archived(src.as_ref(), name, &key).await? {
+            repo::copy::copy_object(src.as_ref(), dst, &found, None, true)
+                .await
+                .with_context(|| format!("copy {name} from repository {src_name}"))?;
+            tracing::info!(wal = %name, from = %src_name, "copied from another repository (no longer in pg_wal)");
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// [`run`] for one repository.
+async fn run_one(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
     // Once recovery has ended, what wal-fetch prefetched is not needed.
     fetch_ahead::remove_spool_after_recovery(&fetch_ahead::wal_dir_of(&path));
     let tag = repo::location_tag(cfg);
