@@ -1725,6 +1725,52 @@ mod tests {
     }
 
     #[test]
+    fn one_table_or_several_entries() {
+        let one = parse("[repository]\npath = \"/r\"\n").unwrap();
+        assert_eq!(one.repositories.0.len(), 1);
+        assert_eq!(one.repository.name, "repo1");
+        assert_eq!(one.repository.kinds, StoredKind::ALL.to_vec());
+        assert!(one.repository.required);
+
+        let text =
+            "[[repository]]\npath = \"/a\"\nkinds = [\"wal\", \"physical\"]\nrequired = false\n\n\
+                    [[repository]]\nname = \"s3\"\ntype = \"s3\"\nbucket = \"b\"\n";
+        let mut two = parse(text).unwrap();
+        assert_eq!(two.repository.name, "repo1");
+        // The required repository comes first for writes.
+        let wal: Vec<String> = two
+            .repositories_for(StoredKind::Wal)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(wal, ["s3", "repo1"]);
+        let logical: Vec<String> = two
+            .repositories_for(StoredKind::Logical)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(logical, ["s3"]);
+        two.select_repository("s3").unwrap();
+        assert_eq!(two.repository.bucket.as_deref(), Some("b"));
+        assert!(!two.several_repositories());
+        let err = parse(text)
+            .unwrap()
+            .select_repository("nope")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("repo1, s3"), "{err}");
+
+        let err = parse("[[repository]]\nbukket = \"b\"\n").unwrap_err();
+        assert!(err.contains("bukket"), "{err}");
+        let err = parse("[[repository]]\nname = \"a b\"\n").unwrap_err();
+        assert!(err.contains("not a valid repository name"), "{err}");
+        let err =
+            parse("[[repository]]\nname = \"a\"\n[[repository]]\nname = \"b\"\ntype = \"s3\"\n")
+                .unwrap_err();
+        assert!(err.contains("repository.b.bucket"), "{err}");
+    }
+
+    #[test]
     fn section_defaults_match_serde_defaults() {
         let cfg = Config::default();
         assert_eq!(cfg.postgres.connect_timeout, Duration::from_secs(10));

@@ -67,10 +67,12 @@ pub async fn copy_to_others(
                         reached.push(c);
                     }
                 }
-                Err(e) if r.required => return Err(e.context(format!(
+                Err(e) if r.required => {
+                    return Err(e.context(format!(
                     "backup {} is complete in repository {}, but its copy to repository {} failed",
                     m.id, cfg.repository.name, r.name
-                ))),
+                )))
+                }
                 Err(e) => tracing::warn!(
                     backup = %m.id,
                     repository = %r.name,
