@@ -37,10 +37,53 @@ build() {
     return 0
 }
 
+# The repository sections of both tools: local directories, or with S3_ENDPOINT set
+# (bench/s3.sh) a fresh prefix of the S3 bucket S3_BUCKET behind the TLS endpoint.
+backupctl_repository() {
+    if [ -n "${S3_ENDPOINT:-}" ]; then
+        cat <<CONF
+[repository]
+type = "s3"
+bucket = "$S3_BUCKET"
+prefix = "$S3_RUN/bc-$1"
+endpoint = "$S3_ENDPOINT"
+force_path_style = true
+access_key_id = "$S3_KEY"
+secret_access_key_file = "$BENCH_DIR/s3-secret"
+ca_file = "$S3_CA"
+CONF
+    else
+        printf '[repository]\npath = "%s"\n' "$BENCH_DIR/repo-backupctl-$1"
+    fi
+}
+pgbackrest_repository() {
+    if [ -n "${S3_ENDPOINT:-}" ]; then
+        local hostport=${S3_ENDPOINT#https://}
+        cat <<CONF
+repo1-type=s3
+repo1-path=/$S3_RUN/pb-$1
+repo1-s3-bucket=$S3_BUCKET
+repo1-s3-endpoint=${hostport%:*}
+repo1-storage-port=${hostport##*:}
+repo1-s3-region=us-east-1
+repo1-s3-key=$S3_KEY
+repo1-s3-key-secret=$(cat "$BENCH_DIR/s3-secret")
+repo1-s3-uri-style=path
+repo1-storage-verify-tls=n
+CONF
+    else
+        echo "repo1-path=$BENCH_DIR/repo-pgbackrest-$1"
+    fi
+}
+
 # backupctl and pgBackRest configs for compression $1 (zst|gz) level $2.
 write_configs() {
     local alg=$1 level=$2 balg
     case $alg in zst) balg=zstd ;; gz) balg=gzip ;; esac
+    # A fresh S3 prefix per cluster (make_cluster empties only local repositories),
+    # short: s3s-fs keeps an object's metadata in a file named after the base64 of its
+    # key, and pgBackRest's multipart WAL keys must stay under 255 bytes that way.
+    S3_RUN="r$RANDOM"
     cat > "$BENCH_DIR/backup-$alg.toml" <<CONF
 [postgres]
 host = "$SOCK"
@@ -48,8 +91,7 @@ port = $PORT
 user = "postgres"
 bin_dir = "$PG_BIN"
 pgdata = "$PGDATA"
-[repository]
-path = "$BENCH_DIR/repo-backupctl-$alg"
+$(backupctl_repository "$alg")
 [compression]
 algorithm = "$balg"
 level = $level
@@ -61,7 +103,7 @@ after_backup = false
 CONF
     cat > "$BENCH_DIR/pgbackrest-$alg.conf" <<CONF
 [global]
-repo1-path=$BENCH_DIR/repo-pgbackrest-$alg
+$(pgbackrest_repository "$alg")
 repo1-retention-full=100
 process-max=$WORKERS
 compress-type=$alg

@@ -41,7 +41,7 @@ for alg in $ALGS; do
         if [ $((round % 2)) = 0 ]; then restore_p; restore_b; else restore_b; restore_p; fi
         rm -rf "$BENCH_DIR/restore-b" "$BENCH_DIR/restore-p"
     done
-    echo "   repository sizes: backupctl $(du -sh "$BENCH_DIR/repo-backupctl-$alg" | cut -f1), pgBackRest $(du -sh "$BENCH_DIR/repo-pgbackrest-$alg" | cut -f1) (all rounds)" >&2
+    [ -n "${S3_ENDPOINT:-}" ] || echo "   repository sizes: backupctl $(du -sh "$BENCH_DIR/repo-backupctl-$alg" | cut -f1), pgBackRest $(du -sh "$BENCH_DIR/repo-pgbackrest-$alg" | cut -f1) (all rounds)" >&2
 done
 stop_cluster
 

@@ -284,6 +284,10 @@ pub struct RepositoryConfig {
     pub prefix: Option<String>,
     pub region: Option<String>,
     pub endpoint: Option<String>,
+    /// A PEM file of CA certificates trusted for an `https://` endpoint besides the
+    /// system's (a private CA, or a self-signed certificate in front of an S3-compatible
+    /// server).
+    pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub force_path_style: bool,
     pub storage_class: Option<String>,
@@ -1199,9 +1203,13 @@ impl Config {
                 r.path = Some(PathBuf::from(DEFAULT_LOCAL_REPOSITORY));
                 r.path_defaulted = true;
             }
-            for p in [r.path.as_mut(), r.secret_access_key_file.as_mut()]
-                .into_iter()
-                .flatten()
+            for p in [
+                r.path.as_mut(),
+                r.secret_access_key_file.as_mut(),
+                r.ca_file.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 if p.is_relative() {
                     *p = base.join(&*p).components().collect();
@@ -1583,6 +1591,7 @@ fn validate_repository(r: &RepositoryConfig, k: &dyn Fn(&str) -> String) -> Resu
                 (k("region"), r.region.is_some()),
                 (k("storage_class"), r.storage_class.is_some()),
                 (k("sse"), r.sse.is_some()),
+                (k("ca_file"), r.ca_file.is_some()),
             ] {
                 if set {
                     return bad(

@@ -49,6 +49,29 @@ pub struct S3Repository {
     sse_kms_key_id: Option<String>,
 }
 
+/// The SDK's HTTPS client, trusting the CA certificates in `ca` besides the system's.
+fn https_trusting(ca: &std::path::Path) -> anyhow::Result<aws_sdk_s3::config::SharedHttpClient> {
+    use aws_smithy_http_client::tls;
+    let pem = std::fs::read(ca)
+        .map_err(|e| crate::user_error!("cannot read repository.ca_file {}: {e}", ca.display()))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(crate::user_error!(
+            "repository.ca_file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA's certificate in PEM form",
+            ca.display()
+        ));
+    }
+    let context = tls::TlsContext::builder()
+        .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem))
+        .build()
+        .map_err(|e| crate::user_error!("repository.ca_file {}: {e}", ca.display()))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https())
+}
+
 impl S3Repository {
     /// Abort the unfinished multipart upload `id` of `key` (a full key, root included).
     async fn abort_upload(&self, key: &str, id: &str) -> RepoResult<()> {
@@ -92,6 +115,9 @@ impl S3Repository {
                 None,
                 "backupctl-config",
             ));
+        }
+        if let Some(ca) = &r.ca_file {
+            loader = loader.http_client(https_trusting(ca)?);
         }
         let shared = loader.load().await;
         if shared.region().is_none() {
