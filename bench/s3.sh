@@ -4,11 +4,13 @@
 # runs with repo1-storage-verify-tls=n), with WORKERS workers each, in the same run:
 # full backup and restore (physical.sh), wal-push per segment (wal-push.sh), draining
 # an archiving backlog (wal-drain.sh), recovery through wal-fetch (wal-fetch.sh). Each
-# set runs once per added round-trip latency in LATENCIES (milliseconds; netem on the
-# TLS port of loopback only, half each way, so PostgreSQL and s3s-fs are not slowed):
+# set runs once per added round-trip latency in LATENCIES (milliseconds, half each way,
+# on the tools' connections to the terminator only, so PostgreSQL and s3s-fs are not
+# slowed). The latency comes from bench/latency-proxy.py, a user-space stand-in for
+# `tc netem`, which this VM's kernel lacks (no qdisc modules at all):
 #   sudo bench/s3.sh                                  # LATENCIES="0 50"
 #   sudo LATENCIES=50 SCALE=30 ROUNDS=3 bench/s3.sh
-# Needs root (tc, and the clusters run as postgres), s3s-fs, stunnel4, openssl,
+# Needs root (the clusters run as postgres), s3s-fs, stunnel4, openssl, python3,
 # pgbackrest. Prints one markdown section per latency.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -17,20 +19,21 @@ export SCALE="${SCALE:-30}" ROUNDS="${ROUNDS:-3}" WORKERS="${WORKERS:-2}"
 LATENCIES="${LATENCIES:-0 50}"
 S3_PORT="${S3_PORT:-58900}"
 TLS_PORT="${TLS_PORT:-58943}"
+PROXY_PORT="${PROXY_PORT:-58950}"
 S3_DIR="$BENCH_DIR/s3"
 
-for tool in stunnel4 openssl pgbackrest tc; do
+for tool in stunnel4 openssl pgbackrest python3; do
     command -v "$tool" >/dev/null || {
-        echo "bench/s3.sh needs $tool (apt-get install stunnel4 openssl pgbackrest iproute2)" >&2
+        echo "bench/s3.sh needs $tool (apt-get install stunnel4 openssl pgbackrest python3)" >&2
         exit 1
     }
 done
 S3S_FS="$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")"
 [ -x "$S3S_FS" ] || { echo "bench/s3.sh needs s3s-fs (cargo install --locked s3s-fs@0.14.1 --features binary)" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || { echo "bench/s3.sh needs root (tc netem, clusters run as postgres)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "bench/s3.sh needs root (the clusters run as postgres)" >&2; exit 1; }
 
 cleanup() {
-    tc qdisc del dev lo root 2>/dev/null || true
+    [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null || true
     [ -f "$S3_DIR/stunnel.pid" ] && kill "$(cat "$S3_DIR/stunnel.pid")" 2>/dev/null || true
     [ -n "${S3_PID:-}" ] && kill "$S3_PID" 2>/dev/null || true
 }
@@ -77,15 +80,20 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
+# Point both tools at the terminator, through the latency proxy when $1 > 0.
 latency() {
-    tc qdisc del dev lo root 2>/dev/null || true
-    [ "$1" = 0 ] && return 0
-    local half
-    half=$(awk -v l="$1" 'BEGIN { printf "%gms", l / 2 }')
-    tc qdisc add dev lo root handle 1: prio
-    tc qdisc add dev lo parent 1:3 handle 30: netem delay "$half"
-    tc filter add dev lo protocol ip parent 1:0 prio 3 u32 match ip dport "$TLS_PORT" 0xffff flowid 1:3
-    tc filter add dev lo protocol ip parent 1:0 prio 3 u32 match ip sport "$TLS_PORT" 0xffff flowid 1:3
+    [ -n "${PROXY_PID:-}" ] && { kill "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true; PROXY_PID=; }
+    if [ "$1" = 0 ]; then
+        export S3_ENDPOINT="https://127.0.0.1:$TLS_PORT"
+        return 0
+    fi
+    python3 "$HERE/latency-proxy.py" "$PROXY_PORT" "$TLS_PORT" "$(awk -v l="$1" 'BEGIN { print l / 2 }')" 2>"$S3_DIR/proxy.log" &
+    PROXY_PID=$!
+    for _ in $(seq 1 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/$PROXY_PORT) 2>/dev/null && break
+        sleep 0.1
+    done
+    export S3_ENDPOINT="https://127.0.0.1:$PROXY_PORT"
 }
 
 for lat in $LATENCIES; do

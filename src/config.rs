@@ -1149,8 +1149,12 @@ impl Config {
                 names.join(", ")
             )));
         };
+        // Named on the command line, it is the one place a write must reach: a failure
+        // there fails the command, whatever `required` says for the fan-out.
+        let mut r = r.clone();
+        r.required = true;
         self.repository = r.clone();
-        self.repositories = Repositories(vec![r.clone()]);
+        self.repositories = Repositories(vec![r]);
         self.selected_repository = Some(name.to_string());
         Ok(())
     }
@@ -1162,10 +1166,9 @@ impl Config {
         c
     }
 
-    /// The repositories that receive `kind`, in config order, the required ones first
-    /// (the first is where a write goes before it is copied to the others).
+    /// Every repository, required ones first (in config order among themselves);
     /// [`Config::repository`] stands for the entry of its name.
-    pub fn repositories_for(&self, kind: StoredKind) -> Vec<RepositoryConfig> {
+    pub fn all_repositories(&self) -> Vec<RepositoryConfig> {
         let mut all: Vec<RepositoryConfig> = self
             .repositories
             .0
@@ -1177,10 +1180,19 @@ impl Config {
                     r.clone()
                 }
             })
-            .filter(|r| r.kinds.contains(&kind))
             .collect();
         all.sort_by_key(|r| !r.required);
         all
+    }
+
+    /// The repositories that receive `kind`, in config order, the required ones first
+    /// (the first is where a write goes before it is copied to the others).
+    /// [`Config::repository`] stands for the entry of its name.
+    pub fn repositories_for(&self, kind: StoredKind) -> Vec<RepositoryConfig> {
+        self.all_repositories()
+            .into_iter()
+            .filter(|r| r.kinds.contains(&kind))
+            .collect()
     }
 
     /// Several repositories are configured.

@@ -220,8 +220,8 @@ async fn dispatch(
         Command::Retention(args) if cfg.several_repositories() => {
             // Each repository applies the policy to what it holds.
             let mut all = Vec::new();
-            for r in &cfg.repositories.0 {
-                let c = cfg.with_repository(r);
+            for r in cfg.all_repositories() {
+                let c = cfg.with_repository(&r);
                 let report =
                     ops::retention::run(&c, args.dry_run, Wait::Up(ops::retention::LOCK_WAIT))
                         .await

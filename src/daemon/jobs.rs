@@ -11,7 +11,6 @@ use crate::manifest::{BackupKind, Catalog, Manifest};
 use crate::ops::backup::{self, BackupKindSel};
 use crate::ops::{archival, partitions, retention, verify};
 use crate::partitions::report::Status as PartitionStatus;
-use anyhow::Context;
 
 /// Run one job of `kind` with the config in `cfg`, not waiting for a lock another run
 /// holds (that is a [`crate::error::LockHeld`] error).
@@ -84,11 +83,17 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
         JobKind::Retention => {
             let mut parts = Vec::new();
             let (mut freed, mut ids) = (0, Vec::new());
-            for repository in &cfg.repositories.0 {
-                let c = cfg.with_repository(repository);
-                let r = retention::run(&c, false, Wait::No)
-                    .await
-                    .with_context(|| format!("repository {}", repository.name))?;
+            for repository in cfg.all_repositories() {
+                let c = cfg.with_repository(&repository);
+                let r = match retention::run(&c, false, Wait::No).await {
+                    Ok(r) => r,
+                    Err(e) if !repository.required => {
+                        tracing::warn!(repository = %repository.name, "retention in repository {} (required = false) failed: {e:#}", repository.name);
+                        parts.push(format!("{}: FAILED ({e})", repository.name));
+                        continue;
+                    }
+                    Err(e) => return Err(e.context(format!("repository {}", repository.name))),
+                };
                 let f = r.freed.as_ref().map(|f| f.bytes).unwrap_or(0);
                 let part = format!(
                     "{} backup(s), {} incomplete backup(s) and {} WAL file(s) deleted, {} freed",

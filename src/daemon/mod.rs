@@ -585,7 +585,12 @@ impl Daemon {
     /// Everything fallible first; the new config is applied only when all of it worked.
     async fn try_reload(&mut self) -> anyhow::Result<()> {
         let source = self.cfg.source.clone();
-        let new = tokio::task::spawn_blocking(move || Config::load(source.as_deref())).await??;
+        let mut new =
+            tokio::task::spawn_blocking(move || Config::load(source.as_deref())).await??;
+        // `--repo` given at start still applies.
+        if let Some(name) = &self.cfg.selected_repository {
+            new.select_repository(name)?;
+        }
         let schedule = Schedule::from_config(&new.schedule)?;
         if new.backup.state_dir != self.cfg.backup.state_dir {
             anyhow::bail!(

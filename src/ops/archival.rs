@@ -73,6 +73,17 @@ pub struct Options {
 /// [`run`] with [`Options`].
 pub async fn run_with(cfg: &Config, opts: Options, wait: Wait) -> anyhow::Result<ArchiveSummary> {
     let Options { dry_run, exact } = opts;
+    // Exports go to the first (required) repository that receives them.
+    let routed;
+    let cfg = if cfg.archive.is_empty() {
+        cfg
+    } else {
+        routed = cfg.with_repository(&super::backup::copies::first_for(
+            cfg,
+            crate::config::StoredKind::Exports,
+        )?);
+        &routed
+    };
     let _host_lock = if dry_run || cfg.archive.is_empty() {
         None
     } else {

@@ -740,7 +740,8 @@ pub struct RestoredExport {
 /// the manifest's count and fingerprint before COMMIT.
 pub async fn restore(cfg: &Config, req: &RestoreExport) -> anyhow::Result<RestoredExport> {
     crate::repo::require_existing(cfg)?;
-    let repo = crate::repo::open(cfg).await?;
+    let repo =
+        crate::repo::open_for_reading(cfg, Some(crate::config::StoredKind::Exports), true).await?;
     let m = ExportManifest::load(repo.as_ref(), &req.id).await?;
     let db = req.database.clone().unwrap_or_else(|| m.database.clone());
     let params = ConnParams::from_config(&cfg.postgres)?.with_dbname(&db);

@@ -127,7 +127,7 @@ pub enum Info {
 /// Backup `id`'s manifest, or (without an id) the repository summary.
 pub async fn run(cfg: &Config, id: Option<&str>) -> anyhow::Result<Info> {
     repo::require_existing(cfg)?;
-    let repo = repo::open_for_reading(cfg, None).await?;
+    let repo = repo::open_for_reading(cfg, None, false).await?;
     if let Some(id) = id {
         let m = Manifest::load(repo.as_ref(), id).await?.ok_or_else(|| {
             crate::user_error!(

@@ -120,7 +120,7 @@ pub struct Listing {
 
 pub async fn run(cfg: &Config) -> anyhow::Result<Listing> {
     repo::require_existing(cfg)?;
-    let repo = repo::open_for_reading(cfg, None).await?;
+    let repo = repo::open_for_reading(cfg, None, false).await?;
     let st = RepoStatus::load(repo.as_ref()).await?;
     let (exports, unreadable_exports) = crate::archival::export::list(repo.as_ref()).await?;
     Ok(Listing {

@@ -13,6 +13,30 @@ use tokio::io::{AsyncRead, ReadBuf};
 use super::{layout, PutOptions, RepoError, RepoResult, Repository};
 use crate::codec::Digest;
 
+/// Before copying into `dst`: its `repo.json` must name the cluster `src`'s names (and
+/// agree on encryption); a new `dst` gets one written from `src`'s.
+pub async fn ensure_same_cluster(
+    src: &dyn Repository,
+    dst: &dyn Repository,
+    encrypted: bool,
+) -> anyhow::Result<()> {
+    let Some(id) = super::identity::RepoIdentity::load(src).await? else {
+        anyhow::bail!(
+            "{} has no repo.json: nothing says which cluster its data belongs to",
+            src.describe()
+        );
+    };
+    super::identity::RepoIdentity::ensure(
+        dst,
+        id.system_identifier(),
+        id.pg_major,
+        id.wal_segment_size,
+        encrypted,
+    )
+    .await?;
+    Ok(())
+}
+
 /// Copy `key` from `src` to `dst` with its metadata, checking its bytes against
 /// `expected` (or the digest its metadata records; unchecked when neither says). An
 /// identical object already in `dst` is kept; a different one is an error when

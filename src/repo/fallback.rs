@@ -13,8 +13,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use tokio::io::AsyncReadExt;
+
 use super::{
-    leftover, BodyReader, GetObject, LateMetadata, ObjectMeta, PutOptions, RepoResult, Repository,
+    layout, leftover, BodyReader, GetObject, LateMetadata, ObjectMeta, PutOptions, RepoResult,
+    Repository, RepositoryExt,
 };
 
 pub struct Fallback {
@@ -23,13 +26,21 @@ pub struct Fallback {
     /// Repositories after the first that failed to answer: not asked again by this
     /// process (each failure has already cost its retries).
     down: Vec<AtomicBool>,
+    /// An object missing from the repositories that answered is an error, not "not
+    /// found", while another did not answer (restore, wal-fetch); otherwise (list,
+    /// info) what answered is the answer.
+    strict: bool,
 }
 
 impl Fallback {
-    pub fn new(repos: Vec<(String, Arc<dyn Repository>)>) -> Fallback {
+    pub fn new(repos: Vec<(String, Arc<dyn Repository>)>, strict: bool) -> Fallback {
         assert!(!repos.is_empty(), "a fallback over no repository");
         let down = repos.iter().map(|_| AtomicBool::new(false)).collect();
-        Fallback { repos, down }
+        Fallback {
+            repos,
+            down,
+            strict,
+        }
     }
 
     fn first(&self) -> &dyn Repository {
@@ -44,6 +55,31 @@ impl Fallback {
             .skip(1)
             .filter(|(i, _)| !self.down[*i].load(Ordering::Relaxed))
             .map(|(i, (n, r))| (i, n, r))
+    }
+
+    /// "Not there" is an answer only when every repository gave it: one that could not
+    /// answer may hold the object (wal-fetch must not end recovery on it).
+    fn unanswered(&self, key: &str) -> Option<super::RepoError> {
+        if !self.strict {
+            return None;
+        }
+        let down: Vec<&str> = self
+            .repos
+            .iter()
+            .zip(&self.down)
+            .filter(|(_, d)| d.load(Ordering::Relaxed))
+            .map(|((n, _), _)| n.as_str())
+            .collect();
+        (!down.is_empty()).then(|| super::RepoError::Remote {
+            op: "read",
+            key: key.to_string(),
+            message: format!(
+                "not in repository {}, and repository {} did not answer",
+                self.repos[0].0,
+                down.join(", ")
+            ),
+            transient: true,
+        })
     }
 
     fn failed(&self, i: usize, e: &super::RepoError) {
@@ -65,12 +101,31 @@ impl Repository for Fallback {
         )
     }
 
+    /// To the first repository; a restore lease (`leases/`) to every repository, so
+    /// that retention in the one a backup or its WAL is read from sees it too.
     async fn put(&self, key: &str, body: BodyReader, opts: PutOptions) -> RepoResult<u64> {
-        self.first().put(key, body, opts).await
+        if !key.starts_with(layout::LEASES_PREFIX) {
+            return self.first().put(key, body, opts).await;
+        }
+        let mut bytes = Vec::new();
+        let mut body = body;
+        body.read_to_end(&mut bytes)
+            .await
+            .map_err(|e| super::RepoError::io("read the body of", key, e))?;
+        let n = self
+            .first()
+            .put_bytes(key, bytes.clone(), opts.clone())
+            .await?;
+        for (i, _, repo) in self.others() {
+            if let Err(e) = repo.put_bytes(key, bytes.clone(), opts.clone()).await {
+                self.failed(i, &e);
+            }
+        }
+        Ok(n)
     }
 
     async fn get(&self, key: &str) -> RepoResult<GetObject> {
-        let missing = match self.first().get(key).await {
+        let mut missing = match self.first().get(key).await {
             Err(e) if e.is_not_found() => e,
             other => return other,
         };
@@ -86,10 +141,15 @@ impl Repository for Fallback {
                     return Ok(obj);
                 }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => self.failed(i, &e),
+                Err(e) => {
+                    self.failed(i, &e);
+                    if self.strict {
+                        missing = e;
+                    }
+                }
             }
         }
-        Err(missing)
+        Err(self.unanswered(key).unwrap_or(missing))
     }
 
     /// The first repository's answer decides unless it has no such object.
@@ -97,14 +157,21 @@ impl Repository for Fallback {
         if let Some(m) = self.first().head(key).await? {
             return Ok(Some(m));
         }
+        let mut failure = None;
         for (i, _, repo) in self.others() {
             match repo.head(key).await {
                 Ok(Some(m)) => return Ok(Some(m)),
                 Ok(None) => {}
-                Err(e) => self.failed(i, &e),
+                Err(e) => {
+                    self.failed(i, &e);
+                    failure = Some(e).filter(|_| self.strict);
+                }
             }
         }
-        Ok(None)
+        match failure.or_else(|| self.unanswered(key)) {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
     }
 
     /// The union; the first repository must answer (what only a repository that does
@@ -128,6 +195,13 @@ impl Repository for Fallback {
     }
 
     async fn delete(&self, key: &str) -> RepoResult<()> {
+        if key.starts_with(layout::LEASES_PREFIX) {
+            for (i, _, repo) in self.others() {
+                if let Err(e) = repo.delete(key).await {
+                    self.failed(i, &e);
+                }
+            }
+        }
         self.first().delete(key).await
     }
 
@@ -161,5 +235,71 @@ impl Repository for Fallback {
 
     async fn sync(&self, key: &str) -> RepoResult<()> {
         self.first().sync(key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::local::LocalRepository;
+
+    fn local(dir: &std::path::Path) -> Arc<dyn Repository> {
+        Arc::new(LocalRepository::new(dir.to_path_buf()))
+    }
+
+    #[tokio::test]
+    async fn reads_what_the_first_lacks_from_the_next_and_never_mistakes_silence_for_absence() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (ra, rb) = (local(a.path()), local(b.path()));
+        ra.put_bytes("both", b"a".to_vec(), PutOptions::default())
+            .await
+            .unwrap();
+        rb.put_bytes("both", b"b".to_vec(), PutOptions::default())
+            .await
+            .unwrap();
+        rb.put_bytes("only-b", b"b".to_vec(), PutOptions::default())
+            .await
+            .unwrap();
+        let f = Fallback::new(
+            vec![("a".into(), ra.clone()), ("b".into(), rb.clone())],
+            true,
+        );
+        assert_eq!(f.get_bytes("both").await.unwrap(), b"a");
+        assert_eq!(f.get_bytes("only-b").await.unwrap(), b"b");
+        assert!(f.get("nowhere").await.err().unwrap().is_not_found());
+        assert_eq!(f.list_keys("").await.unwrap(), ["both", "only-b"]);
+        // A lease reaches every repository; other writes only the first.
+        f.put_bytes("leases/x.json", b"l".to_vec(), PutOptions::default())
+            .await
+            .unwrap();
+        assert!(rb.head("leases/x.json").await.unwrap().is_some());
+        f.put_bytes("other", b"o".to_vec(), PutOptions::default())
+            .await
+            .unwrap();
+        assert!(rb.head("other").await.unwrap().is_none());
+        f.delete("leases/x.json").await.unwrap();
+        assert!(rb.head("leases/x.json").await.unwrap().is_none());
+
+        // A second repository that cannot answer (its root is a file): an object the
+        // first lacks is an error when strict, absent otherwise; listings go on.
+        let file = a.path().join("not-a-dir");
+        std::fs::write(&file, b"").unwrap();
+        let broken = local(&file);
+        let strict = Fallback::new(
+            vec![("a".into(), ra.clone()), ("x".into(), broken.clone())],
+            true,
+        );
+        let err = strict.get("nowhere").await.err().unwrap();
+        assert!(!err.is_not_found(), "{err}");
+        assert!(err.to_string().contains("did not answer"), "{err}");
+        assert!(strict.head("nowhere").await.is_err());
+        let lenient = Fallback::new(vec![("a".into(), ra), ("x".into(), broken)], false);
+        assert!(lenient.get("nowhere").await.err().unwrap().is_not_found());
+        assert!(lenient.head("nowhere").await.unwrap().is_none());
+        assert!(lenient
+            .list_keys("")
+            .await
+            .unwrap()
+            .contains(&"both".to_string()));
     }
 }

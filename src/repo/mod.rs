@@ -369,25 +369,17 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
 /// Open the repositories a read of `kind` (`None`: anything) may use: with one, the
 /// configured repository; with several (and no `--repo`), the first that receives
 /// `kind`, then the others for objects missing there ([`fallback::Fallback`]). One that
-/// cannot be opened is left out with a warning, unless it is the only one.
+/// cannot be opened is left out with a warning, unless it is the only one. `strict`:
+/// an object is "not found" only when every repository answered so (restore,
+/// wal-fetch); otherwise what answered is the answer (list, info).
 pub async fn open_for_reading(
     cfg: &Config,
     kind: Option<crate::config::StoredKind>,
+    strict: bool,
 ) -> anyhow::Result<Arc<dyn Repository>> {
     let candidates: Vec<crate::config::RepositoryConfig> = match kind {
         Some(k) => cfg.repositories_for(k),
-        None => cfg
-            .repositories
-            .0
-            .iter()
-            .map(|r| {
-                if r.name == cfg.repository.name {
-                    cfg.repository.clone()
-                } else {
-                    r.clone()
-                }
-            })
-            .collect(),
+        None => cfg.all_repositories(),
     };
     if candidates.len() <= 1 {
         let one = candidates.first().unwrap_or(&cfg.repository);
@@ -426,7 +418,7 @@ pub async fn open_for_reading(
     if opened.len() == 1 {
         return Ok(opened.pop().expect("one").1);
     }
-    Ok(Arc::new(fallback::Fallback::new(opened)))
+    Ok(Arc::new(fallback::Fallback::new(opened, strict)))
 }
 
 /// In builds with the `failpoints` feature, the repository wrapped as

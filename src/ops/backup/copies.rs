@@ -21,8 +21,13 @@ pub fn first_for(cfg: &Config, kind: StoredKind) -> anyhow::Result<RepositoryCon
         .next()
         .ok_or_else(|| {
             crate::user_error!(
-                "no repository receives {} backups: add \"{}\" to the kinds of one in {}{}",
+                "no repository receives {}{}: add \"{}\" to the kinds of one in {}{}",
                 kind.name(),
+                if kind == StoredKind::Exports {
+                    ""
+                } else {
+                    " backups"
+                },
                 kind.name(),
                 cfg.origin(),
                 cfg.selected_repository
@@ -57,6 +62,8 @@ pub async fn copy_to_others(
             let c = cfg.with_repository(&r);
             let copied = async {
                 let dst = repo::open(&c).await?;
+                repo::copy::ensure_same_cluster(src, dst.as_ref(), cfg.encryption.enabled())
+                    .await?;
                 copy_backup(src, dst.as_ref(), m).await
             }
             .await;

@@ -169,7 +169,7 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
         let wal_repo = if cfg.repository.kinds.contains(&crate::config::StoredKind::Wal) {
             repo.clone()
         } else {
-            repo::open_for_reading(cfg, Some(crate::config::StoredKind::Wal)).await?
+            repo::open_for_reading(cfg, Some(crate::config::StoredKind::Wal), true).await?
         };
         wait_for_wal(&wal_repo, &client, &needed, cfg.backup.archive_timeout, info.in_recovery)
             .await?;

@@ -438,8 +438,9 @@ async fn other_repositories(cfg: &Config, first: Option<&RepoIdentity>, r: &mut 
                 ),
             }
         }
-        if !rc.required && rc.kinds.contains(&crate::config::StoredKind::Wal) {
-            let b = crate::ops::wal::backlog::Backlog::of(&c).status(&rc.name);
+        let b = crate::ops::wal::backlog::Backlog::of(&c).status(&rc.name);
+        let queued = b.files > 0 || !b.lost.is_empty();
+        if (!rc.required || queued) && rc.kinds.contains(&crate::config::StoredKind::Wal) {
             if !b.lost.is_empty() {
                 r.fail(
                     "wal backlog",

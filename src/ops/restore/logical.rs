@@ -79,7 +79,7 @@ pub async fn run(cfg: &Config, args: &LogicalRestoreRequest) -> anyhow::Result<V
     if args.jobs == Some(0) {
         return Err(crate::user_error!("--jobs must be at least 1"));
     }
-    let repo = repo::open_for_reading(cfg, Some(crate::config::StoredKind::Logical)).await?;
+    let repo = repo::open_for_reading(cfg, Some(crate::config::StoredKind::Logical), true).await?;
     let manifest = Manifest::load(repo.as_ref(), id).await?.ok_or_else(|| {
         crate::user_error!(
             "no complete backup {id} in {} (`backupctl list` shows the backups)",
@@ -221,7 +221,7 @@ pub async fn restore_all_into(
 /// The `pg_restore -l` listing stored with database `database` of logical backup `id`
 /// (checksum verified).
 pub async fn toc_listing(cfg: &Config, id: &str, database: &str) -> anyhow::Result<String> {
-    let repo = repo::open_for_reading(cfg, Some(crate::config::StoredKind::Logical)).await?;
+    let repo = repo::open_for_reading(cfg, Some(crate::config::StoredKind::Logical), true).await?;
     let m = Manifest::load(repo.as_ref(), id)
         .await?
         .with_context(|| format!("no complete backup {id}"))?;

@@ -119,7 +119,7 @@ pub async fn run(
     };
     let remap = parse_tablespace_map(&args.tablespace_map)?;
 
-    let repo = repo::open_for_reading(cfg, None).await?;
+    let repo = repo::open_for_reading(cfg, None, true).await?;
     let catalog = Catalog::load(repo.as_ref()).await?;
     if let Some(id) = &args.backup {
         catalog.require(id)?; // an unreadable manifest is named, not "does not exist"

@@ -144,12 +144,15 @@ impl Backlog {
     }
 }
 
-/// The backlog of every optional repository that receives WAL.
+/// The backlog of every repository that receives WAL and has `required = false` or
+/// files waiting (queued before it was made required).
 pub fn statuses(cfg: &Config) -> Vec<BacklogStatus> {
     cfg.repositories_for(crate::config::StoredKind::Wal)
         .into_iter()
-        .filter(|r| !r.required)
         .map(|r| Backlog::of(&cfg.with_repository(&r)).status(&r.name))
+        .zip(cfg.repositories_for(crate::config::StoredKind::Wal))
+        .filter(|(s, r)| !r.required || s.files > 0 || !s.lost.is_empty())
+        .map(|(s, _)| s)
         .collect()
 }
 

@@ -155,7 +155,7 @@ pub async fn run(
             }
         }
     }
-    let repo = repo::open_for_reading(cfg, Some(crate::config::StoredKind::Wal)).await?;
+    let repo = repo::open_for_reading(cfg, Some(crate::config::StoredKind::Wal), true).await?;
     let algorithm = cfg.compression.for_kind(DataKind::Wal).algorithm;
     let Some((key, obj)) = open(repo.as_ref(), algorithm, &name).await? else {
         if expected.covers(&name) {

@@ -86,10 +86,14 @@ pub async fn run(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
     if let Some(e) = results.into_iter().find_map(Result::err) {
         return Err(e);
     }
-    // Every required repository has the file: catch the others up.
+    // Every required repository has the file: catch up the backlogs (of optional
+    // repositories, or of one made required while files were queued for it).
     let wal_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    for r in repos.iter().filter(|r| !r.required) {
+    for r in &repos {
         let c = cfg.with_repository(r);
+        if r.required && Backlog::of(&c).files().is_empty() {
+            continue;
+        }
         let sources: Vec<_> = repos.iter().filter(|o| o.name != r.name).cloned().collect();
         match tokio::time::timeout(OPTIONAL_TIMEOUT, catch_up(&c, &wal_dir, &sources)).await {
             Ok(Ok(0)) => {}
@@ -148,7 +152,15 @@ pub async fn catch_up(
         } else {
             if opened.is_empty() {
                 for s in sources {
-                    opened.push((s.name.clone(), repo::open(&cfg.with_repository(s)).await?));
+                    let src = repo::open(&cfg.with_repository(s)).await?;
+                    repo::copy::ensure_same_cluster(
+                        src.as_ref(),
+                        repo.as_ref(),
+                        cfg.encryption.enabled(),
+                    )
+                    .await
+                    .with_context(|| format!("copy WAL from repository {}", s.name))?;
+                    opened.push((s.name.clone(), src));
                 }
             }
             match copy_wal_from(&opened, repo.as_ref(), &name).await? {
