@@ -83,7 +83,7 @@ write_configs() {
     # A fresh S3 prefix per cluster (make_cluster empties only local repositories),
     # short: s3s-fs keeps an object's metadata in a file named after the base64 of its
     # key, and pgBackRest's multipart WAL keys must stay under 255 bytes that way.
-    S3_RUN="r$RANDOM"
+    S3_RUN="r$(printf %x $(( $(date +%s%N) / 1000000 % 4294967296 )))"
     cat > "$BENCH_DIR/backup-$alg.toml" <<CONF
 [postgres]
 host = "$SOCK"
