@@ -148,7 +148,7 @@ pub async fn catch_up(
             let file = read_wal_file(&local)?;
             check_identity(cfg, &tag, repo.as_ref(), &file).await?;
             let slot = Slot::Queue(Arc::new(Semaphore::new(1)));
-            store(repo.as_ref(), codec, file, slot).await?;
+            store(repo.as_ref(), codec, file, slot, by_listing(cfg)).await?;
         } else {
             if opened.is_empty() {
                 for s in sources {
@@ -193,7 +193,7 @@ async fn copy_wal_from(
 ) -> anyhow::Result<bool> {
     let key = layout::wal_key(name, codec::Algorithm::Zstd).expect("a WAL file name");
     for (src_name, src) in sources {
-        if let Some((found, _)) = find_archived(src.as_ref(), name, &key).await? {
+        if let Some((found, _)) = find_archived(src.as_ref(), name, &key, true).await? {
             repo::copy::copy_object(src.as_ref(), dst, &found, None, true)
                 .await
                 .with_context(|| format!("copy {name} from repository {src_name}"))?;
@@ -233,6 +233,7 @@ async fn run_one(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
         concurrency.min(1 + ahead.len()),
     );
     let slots = Arc::new(Semaphore::new(concurrency));
+    let listing = by_listing(cfg);
     // This call's own file takes the first slot.
     let mine = Slot::Held(slots.clone().acquire_owned().await?);
     let mut others = tokio::task::JoinSet::new();
@@ -245,7 +246,7 @@ async fn run_one(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
                 if f.system_identifier.is_some_and(|s| s != cluster) {
                     anyhow::bail!("belongs to another cluster");
                 }
-                store(repo.as_ref(), codec, f, slot).await
+                store(repo.as_ref(), codec, f, slot, listing).await
             }
             .await;
             match pushed {
@@ -275,7 +276,7 @@ async fn run_one(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
         }
     };
     crate::failpoint::point("wal-push.before-upload");
-    let (result, ()) = tokio::join!(store(repo.as_ref(), codec, file, mine), tidy);
+    let (result, ()) = tokio::join!(store(repo.as_ref(), codec, file, mine, listing), tidy);
     let result = result.map(|_| ());
     while others.join_next().await.is_some() {}
     if result.is_ok() {
@@ -445,6 +446,7 @@ async fn store(
     codec: Codec,
     file: WalFile,
     slot: Slot,
+    by_listing: bool,
 ) -> anyhow::Result<String> {
     // History files stay readable as they are; everything else is compressed.
     let codec = if file.kind == WalFileKind::TimelineHistory {
@@ -456,7 +458,7 @@ async fn store(
     let key = layout::wal_key(&name, codec.algorithm).expect("classified WAL name");
     let data = file.data;
     let original = data.size();
-    if let Some((found, existing)) = find_archived(repo, &name, &key).await? {
+    if let Some((found, existing)) = find_archived(repo, &name, &key, by_listing).await? {
         let permit = slot.take().await?;
         let digest = tokio::task::spawn_blocking({
             let data = data.clone();
@@ -535,11 +537,14 @@ async fn store(
 /// The copy of WAL file `name` already archived, under `key` (this configuration's
 /// compression) or under any other compression (the setting changed since): a file
 /// must be compared with what is archived under its name whatever the suffix, or a
-/// different file could be stored beside it. The HEADs go out together.
+/// different file could be stored beside it. `by_listing` (an object store, where each
+/// request costs a round trip and parallel ones each a connection): one LIST of the
+/// name's prefix, then a HEAD only of a copy found; otherwise the HEADs go out together.
 async fn find_archived(
     repo: &dyn Repository,
     name: &str,
     key: &str,
+    by_listing: bool,
 ) -> anyhow::Result<Option<(String, ObjectMeta)>> {
     let mut keys = vec![key.to_string()];
     for algorithm in [
@@ -552,6 +557,19 @@ async fn find_archived(
             keys.push(k);
         }
     }
+    if by_listing {
+        let base = layout::wal_key_base(name).expect("classified WAL name");
+        let listed: Vec<String> = repo.list(&base).await?.into_iter().map(|o| o.key).collect();
+        for k in keys {
+            if listed.contains(&k) {
+                // Listed but gone by now (retention): as if never archived.
+                if let Some(meta) = repo.head(&k).await? {
+                    return Ok(Some((k, meta)));
+                }
+            }
+        }
+        return Ok(None);
+    }
     let found = futures_util::future::join_all(keys.iter().map(|k| repo.head(k))).await;
     for (k, meta) in keys.into_iter().zip(found) {
         if let Some(meta) = meta? {
@@ -559,6 +577,12 @@ async fn find_archived(
         }
     }
     Ok(None)
+}
+
+/// Whether [`find_archived`] lists (S3) or sends HEADs (a local directory, where a
+/// listing stats every file of the directory).
+fn by_listing(cfg: &Config) -> bool {
+    cfg.repository.kind == crate::config::RepositoryType::S3
 }
 
 /// Compressed bytes in flight between the compression threads and the repository.
