@@ -10,6 +10,7 @@
 # `tc netem`, which this VM's kernel lacks (no qdisc modules at all):
 #   sudo bench/s3.sh                                  # LATENCIES="0 50"
 #   sudo LATENCIES=50 SCALE=30 ROUNDS=3 bench/s3.sh
+#   sudo SETS="wal-fetch" bench/s3.sh                 # one of physical wal-push wal-drain wal-fetch
 # Needs root (the clusters run as postgres), s3s-fs, stunnel4, openssl, python3,
 # pgbackrest. Prints one markdown section per latency.
 set -euo pipefail
@@ -17,6 +18,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 export BENCH_DIR="${BENCH_DIR:-/tmp/backupctl-bench}"
 export SCALE="${SCALE:-30}" ROUNDS="${ROUNDS:-3}" WORKERS="${WORKERS:-2}"
 LATENCIES="${LATENCIES:-0 50}"
+SETS="${SETS:-physical wal-push wal-drain wal-fetch}"
 S3_PORT="${S3_PORT:-58900}"
 TLS_PORT="${TLS_PORT:-58943}"
 PROXY_PORT="${PROXY_PORT:-58950}"
@@ -102,13 +104,14 @@ for lat in $LATENCIES; do
     {
         echo "### S3 over TLS, ${lat} ms added round-trip latency"
         echo
-        ALGS=zst "$HERE/physical.sh"
-        echo
-        SCALE=5 "$HERE/wal-push.sh"
-        echo
-        SCALE=5 "$HERE/wal-drain.sh"
-        echo
-        SCALE=5 TOOLS="backupctl pgbackrest pgbackrest-async" "$HERE/wal-fetch.sh"
-        echo
+        for set in $SETS; do
+            case $set in
+                physical) ALGS=zst "$HERE/physical.sh" ;;
+                wal-push) SCALE=5 "$HERE/wal-push.sh" ;;
+                wal-drain) SCALE=5 "$HERE/wal-drain.sh" ;;
+                wal-fetch) SCALE=5 TOOLS="backupctl pgbackrest pgbackrest-async" "$HERE/wal-fetch.sh" ;;
+            esac
+            echo
+        done
     } | tee "$BENCH_DIR/s3-${lat}ms.md"
 done

@@ -615,6 +615,8 @@ fn wal_fetch_prefetches_the_following_segments(backend: Backend) {
             .flatten()
             .flat_map(|boot| std::fs::read_dir(boot.path()).unwrap().flatten())
             .map(|e| e.file_name().to_string_lossy().into_owned())
+            // The background prefetcher's lock and temp files.
+            .filter(|n| !n.starts_with('.'))
             .collect();
         names.sort();
         names
@@ -637,12 +639,22 @@ fn wal_fetch_prefetches_the_following_segments(backend: Backend) {
     assert_eq!(std::fs::metadata(&dest).unwrap().len(), 16 << 20);
     assert_eq!(spooled(), Vec::<String>::new());
 
+    // The call returns once its own segment is written; a background process spools
+    // the following ones meanwhile.
     check_output("wal-fetch first", fetch(&segs[0]));
+    let expected = vec![segs[1].clone(), segs[3].clone()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while spooled() != expected && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(
         spooled(),
-        vec![segs[1].clone(), segs[3].clone()],
+        expected,
         "the sound following segments are spooled, the corrupt one is not"
     );
+    // Once the prefetcher is done: nothing else arrives.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(spooled(), expected);
 
     // The second now comes from the spool: the repository's copy is broken meanwhile.
     flip_byte(&object(&segs[1]), 0.5);

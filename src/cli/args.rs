@@ -285,6 +285,10 @@ pub struct WalFetchArgs {
     /// a missing one stops recovery (exit 126) instead of ending it
     #[arg(long = "expect", value_name = "FIRST..LAST")]
     pub expect: Vec<String>,
+    /// Internal: prefetch the segments after NAME into the spool beside DEST, in the
+    /// background (wal-fetch starts it itself)
+    #[arg(long, hide = true)]
+    pub prefetch: bool,
     /// WAL file name (%f)
     pub name: String,
     /// Where to write it (%p)

@@ -34,6 +34,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // restore_command: any failure but "not archived" must stop recovery, config
     // errors included (see ops::wal::fetch::stop_recovery_on_failure).
     if let Command::WalFetch(args) = &cli.command {
+        if args.prefetch {
+            // The background prefetcher: recovery does not wait for it.
+            return run_command(cli).await;
+        }
         let dest = args.dest.clone();
         return ops::wal::fetch::stop_recovery_on_failure(run_command(cli).await, &dest);
     }
@@ -166,6 +170,9 @@ async fn dispatch(
         }
         Command::Migrate(args) => migrate(ctx, args, config_path, notify).await,
         Command::WalPush(args) => ops::wal::push::run(cfg, args.path).await,
+        Command::WalFetch(args) if args.prefetch => {
+            ops::wal::fetch::prefetch_in_background(cfg, &args.name, &args.dest).await
+        }
         Command::WalFetch(args) => {
             let expected = ops::wal::fetch::Expected::parse(&args.expect)?;
             ops::wal::fetch::run(cfg, args.name, &args.dest, &expected).await

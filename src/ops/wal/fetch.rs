@@ -147,6 +147,10 @@ pub async fn run(
         match spool.take(&name, dest) {
             Ok(true) => {
                 tracing::info!(wal = %name, "restored from the prefetched copy");
+                // Keep the spool filled while recovery replays what it holds.
+                if concurrency > 1 && spool.count() < BACKGROUND_DEPTH / 2 {
+                    start_prefetcher(cfg, &name, dest, spool, reserve);
+                }
                 return Ok(());
             }
             Ok(false) => {}
@@ -178,10 +182,18 @@ pub async fn run(
     };
     let slots = Arc::new(Semaphore::new(concurrency));
     let mine = slots.clone().acquire_owned().await?;
+    // The following segments are fetched by a process of their own, which goes on
+    // while recovery replays this one; where it cannot be started, by this call
+    // before it returns.
+    let spool = match spool {
+        Some(s) if start_prefetcher(cfg, &name, dest, &s, reserve) => None,
+        other => other,
+    };
     let ahead = spool.map(|spool| {
         let (repo, name, slots) = (repo.clone(), name.clone(), slots.clone());
         tokio::spawn(async move {
-            prefetch(repo, algorithm, &name, spool, slots, concurrency, reserve).await
+            let depth = AHEAD_BATCHES * concurrency - 1;
+            prefetch(repo, algorithm, &name, spool, slots, depth, reserve).await
         })
     });
     let mut written = write(obj, &key, &name, dest).await;
@@ -204,15 +216,120 @@ pub async fn run(
     Ok(())
 }
 
-/// Restore the segments after `name` into `spool`. Failures only cost the prefetch: the
-/// call that asks for a segment later fetches it again and reports what is wrong.
+/// Segments the background prefetcher keeps ahead of recovery (128 MiB of 16 MiB
+/// segments); a new one is started when fewer than half are left.
+const BACKGROUND_DEPTH: usize = 8;
+
+/// Lock held by the background prefetcher, in the spool.
+const PREFETCH_LOCK: &str = ".prefetch.lock";
+
+/// Start `backupctl wal-fetch --prefetch NAME DEST` detached, unless one is running or
+/// the disk is short of room. True when it runs (or one already did).
+fn start_prefetcher(cfg: &Config, name: &str, dest: &Path, spool: &Spool, reserve: u64) -> bool {
+    if std::fs::create_dir_all(spool.dir()).is_err() {
+        return false;
+    }
+    if prefetcher_running(spool) {
+        return true;
+    }
+    // The segment just restored gives the size (the repository is not asked here).
+    let seg_size = std::fs::metadata(dest)
+        .map(|m| m.len())
+        .unwrap_or(16 << 20)
+        .max(1 << 20);
+    if !fetch_ahead::room_for(spool.dir(), BACKGROUND_DEPTH as u64 * seg_size, reserve) {
+        tracing::info!(
+            dir = %spool.dir().display(),
+            reserve_mib = reserve >> 20,
+            "little free space: no WAL prefetch (wal.fetch_reserve_mib)"
+        );
+        return true;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return false;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(config) = cfg.config_arg() {
+        cmd.arg("--config").arg(config);
+    }
+    if let Some(r) = &cfg.selected_repository {
+        cmd.arg("--repo").arg(r);
+    }
+    cmd.args(["wal-fetch", "--prefetch", name])
+        .arg(dest)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    match cmd.spawn() {
+        Ok(_) => {
+            tracing::debug!(after = %name, "background WAL prefetch started");
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot start the background prefetch");
+            false
+        }
+    }
+}
+
+/// Whether a background prefetcher holds the spool's lock.
+fn prefetcher_running(spool: &Spool) -> bool {
+    let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(spool.dir().join(PREFETCH_LOCK))
+    else {
+        return false;
+    };
+    matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
+/// `wal-fetch --prefetch NAME DEST`: fetch the [`BACKGROUND_DEPTH`] segments after
+/// `name` that the spool beside `dest` lacks, `wal.fetch_concurrency` at a time, then
+/// exit. One at a time per spool (a lock); failures only cost the prefetch.
+pub async fn prefetch_in_background(cfg: &Config, name: &str, dest: &Path) -> anyhow::Result<()> {
+    let Some(spool) = Spool::beside(dest) else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(spool.dir())?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(spool.dir().join(PREFETCH_LOCK))?;
+    if lock.try_lock().is_err() {
+        return Ok(());
+    }
+    let concurrency = cfg.wal.fetch_concurrency().max(1);
+    let repo = repo::open_for_reading(cfg, Some(crate::config::StoredKind::Wal), true).await?;
+    let algorithm = cfg.compression.for_kind(DataKind::Wal).algorithm;
+    let slots = Arc::new(Semaphore::new(concurrency));
+    prefetch(
+        repo,
+        algorithm,
+        name,
+        spool,
+        slots,
+        BACKGROUND_DEPTH,
+        cfg.wal.fetch_reserve_bytes(),
+    )
+    .await;
+    drop(lock);
+    Ok(())
+}
+
+/// Restore the `depth` segments after `name` into `spool`. Failures only cost the
+/// prefetch: the call that asks for a segment later fetches it again and reports what
+/// is wrong.
 async fn prefetch(
     repo: Arc<dyn Repository>,
     algorithm: Algorithm,
     name: &str,
     spool: Spool,
     slots: Arc<Semaphore>,
-    concurrency: usize,
+    depth: usize,
     reserve: u64,
 ) {
     spool.clean(name);
@@ -223,7 +340,7 @@ async fn prefetch(
             return;
         }
     };
-    let names: Vec<String> = following(name, seg_size, AHEAD_BATCHES * concurrency - 1)
+    let names: Vec<String> = following(name, seg_size, depth)
         .into_iter()
         .filter(|n| !spool.has(n))
         .collect();

@@ -73,6 +73,16 @@ impl Spool {
         self.dir.join(name)
     }
 
+    /// How many segments are spooled.
+    pub fn count(&self) -> usize {
+        std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| wal::classify(&e.file_name().to_string_lossy()).is_some())
+            .count()
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.path(name).exists()
     }
