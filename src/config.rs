@@ -945,7 +945,7 @@ mod defaults {
         "main".into()
     }
     pub fn part_size_mib() -> u64 {
-        5
+        8
     }
     pub fn upload_concurrency() -> usize {
         2
