@@ -7,26 +7,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use common::setup::Setup;
-use common::{backupctl, chown_to_pg, free_port, stderr, stdout, Backend};
+use common::{backupctl, chown_to_pg, free_port, openssl, stderr, stdout, Backend};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA and a server certificate for 127.0.0.1 it signed, in `dir`:
 /// `ca.pem`, `server.pem`, `server.key`.

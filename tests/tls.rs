@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{backupctl, stderr, stdout, Backend, Cluster, ClusterOptions, TestRepo};
+use common::{backupctl, openssl, stderr, stdout, Backend, Cluster, ClusterOptions, TestRepo};
 
 /// A CA, a server certificate it signed for `localhost` (and nothing else), and an
 /// unrelated CA.
@@ -18,19 +18,6 @@ struct Pki {
     other_ca: PathBuf,
     server_crt: PathBuf,
     server_key: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn make_ca(dir: &Path, name: &str) {

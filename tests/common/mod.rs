@@ -903,6 +903,20 @@ impl Drop for Restored {
     }
 }
 
+/// Run `openssl args…` in `dir`; it must succeed (test certificates).
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The `check` output line that contains `name`, with its indented continuation lines
 /// (the fix).
 pub fn check_line(text: &str, name: &str) -> String {
