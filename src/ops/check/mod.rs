@@ -114,17 +114,7 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
     let mut identity = None;
     let mut repo_writable = false;
     if let Some(repo) = &repo {
-        let key = format!("check/probe-{}-{}", std::process::id(), fastrand::u32(..));
-        let payload = b"backupctl check probe".to_vec();
-        let probe = async {
-            repo.put_bytes(&key, payload.clone(), PutOptions::default())
-                .await?;
-            let back = repo.get_bytes(&key).await?;
-            repo.delete(&key).await?;
-            anyhow::ensure!(back == payload, "read back different bytes than written");
-            anyhow::Ok(())
-        };
-        match probe.await {
+        match probe(repo.as_ref()).await {
             Ok(()) => {
                 repo_writable = true;
                 r.ok("repository", format!("{} is readable and writable", repo.describe()))
@@ -382,6 +372,18 @@ pub async fn run(cfg: &Config, init: bool) -> anyhow::Result<Report> {
     Ok(r)
 }
 
+/// Write a probe object to `repo`, read it back and delete it.
+async fn probe(repo: &dyn crate::repo::Repository) -> anyhow::Result<()> {
+    let key = format!("check/probe-{}-{}", std::process::id(), fastrand::u32(..));
+    let payload = b"backupctl check probe".to_vec();
+    repo.put_bytes(&key, payload.clone(), PutOptions::default())
+        .await?;
+    let back = repo.get_bytes(&key).await?;
+    repo.delete(&key).await?;
+    anyhow::ensure!(back == payload, "read back different bytes than written");
+    Ok(())
+}
+
 /// With several repositories: each one besides the first is probed like it (write, read
 /// back, delete) and must belong to the same cluster; each with `required = false`
 /// that receives WAL shows its backlog.
@@ -403,20 +405,13 @@ async fn other_repositories(cfg: &Config, first: Option<&RepoIdentity>, r: &mut 
                 .join(", ")
         );
         if rc.name != cfg.repository.name {
-            let probe = async {
+            let probed = async {
                 let repo = repo::open(&c).await?;
-                let key = format!("check/probe-{}-{}", std::process::id(), fastrand::u32(..));
-                repo.put_bytes(&key, b"probe".to_vec(), PutOptions::default())
-                    .await?;
-                anyhow::ensure!(
-                    repo.get_bytes(&key).await? == b"probe",
-                    "read back different bytes than written"
-                );
-                repo.delete(&key).await?;
+                probe(repo.as_ref()).await?;
                 let id = RepoIdentity::load(repo.as_ref()).await?;
                 anyhow::Ok((repo.describe(), id))
             };
-            match probe.await {
+            match probed.await {
                 Ok((at, id)) => match (first, id) {
                     (Some(f), Some(id)) if f.system_identifier() != id.system_identifier() => r.fail(
                         "repositories",

@@ -275,15 +275,19 @@ fn start_prefetcher(cfg: &Config, name: &str, dest: &Path, spool: &Spool, reserv
 
 /// Whether a background prefetcher holds the spool's lock.
 fn prefetcher_running(spool: &Spool) -> bool {
-    let Ok(f) = std::fs::OpenOptions::new()
+    let Ok(f) = open_lock(spool) else {
+        return false;
+    };
+    matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
+/// The spool's prefetcher lock file, created if needed.
+fn open_lock(spool: &Spool) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(spool.dir().join(PREFETCH_LOCK))
-    else {
-        return false;
-    };
-    matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 /// `wal-fetch --prefetch NAME DEST`: fetch the [`BACKGROUND_DEPTH`] segments after
@@ -294,11 +298,7 @@ pub async fn prefetch_in_background(cfg: &Config, name: &str, dest: &Path) -> an
         return Ok(());
     };
     std::fs::create_dir_all(spool.dir())?;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(spool.dir().join(PREFETCH_LOCK))?;
+    let lock = open_lock(&spool)?;
     if lock.try_lock().is_err() {
         return Ok(());
     }
