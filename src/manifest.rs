@@ -333,25 +333,54 @@ impl Manifest {
     /// Read the manifest of backup `id`; `Ok(None)` when it has none (incomplete or
     /// absent). A manifest that cannot be trusted is an error naming it and the fix.
     pub async fn load(repo: &dyn Repository, id: &str) -> anyhow::Result<Option<Manifest>> {
-        let bytes = match repo.get_bytes(&layout::manifest_key(id)).await {
-            Ok(bytes) => bytes,
-            Err(RepoError::NotFound { .. }) => return Ok(None),
-            Err(e) => {
-                return Err(match e.undecryptable() {
-                    Some(why) => {
-                        anyhow::anyhow!("{}", ManifestProblem::Undecryptable(why).message(id))
-                    }
-                    None => e.into(),
-                })
-            }
-        };
-        match Manifest::parse(id, &bytes) {
-            Ok(m) => Ok(Some(m)),
-            Err(p @ ManifestProblem::NewerFormat(_)) => {
+        match Self::read(repo, id).await? {
+            None => Ok(None),
+            Some(Ok(m)) => Ok(Some(m)),
+            Some(Err(p @ ManifestProblem::NewerFormat(_))) => {
                 Err(crate::user_error!("{}", p.message(id)))
             }
-            Err(p) => Err(anyhow::anyhow!("{}", p.message(id))),
+            Some(Err(p)) => match Self::from_copies(repo, id, &p).await {
+                Some(m) => Ok(Some(m)),
+                None => Err(anyhow::anyhow!("{}", p.message(id))),
+            },
         }
+    }
+
+    /// The manifest of backup `id` as `repo` holds it: `None` when absent, the problem
+    /// when it cannot be used. Repository errors other than a key that does not open
+    /// it are errors.
+    async fn read(
+        repo: &dyn Repository,
+        id: &str,
+    ) -> anyhow::Result<Option<Result<Manifest, ManifestProblem>>> {
+        match repo.get_bytes(&layout::manifest_key(id)).await {
+            Ok(bytes) => Ok(Some(Manifest::parse(id, &bytes))),
+            Err(RepoError::NotFound { .. }) => Ok(None),
+            Err(e) => match e.undecryptable() {
+                Some(why) => Ok(Some(Err(ManifestProblem::Undecryptable(why)))),
+                None => Err(anyhow::Error::from(e))
+                    .with_context(|| format!("read manifest of backup {id}")),
+            },
+        }
+    }
+
+    /// A sound copy of the manifest of `id` from another repository than the one where
+    /// it had `problem` ([`Repository::copies`]), saying so; `None` when none has one.
+    async fn from_copies(
+        repo: &dyn Repository,
+        id: &str,
+        problem: &ManifestProblem,
+    ) -> Option<Manifest> {
+        if matches!(problem, ManifestProblem::NewerFormat(_)) {
+            return None;
+        }
+        for (name, copy) in repo.copies() {
+            if let Ok(Some(Ok(m))) = Self::read(copy.as_ref(), id).await {
+                tracing::warn!(backup = %id, repository = %name, "{}; using the sound copy in repository {name}", problem.describe(id));
+                return Some(m);
+            }
+        }
+        None
     }
 }
 
@@ -531,19 +560,16 @@ impl Catalog {
             }
             // One bad manifest must not hide every other backup: it is reported and
             // skipped. Repository errors (network, permissions) still fail the load.
-            let parsed = match repo.get_bytes(&layout::manifest_key(&id)).await {
-                Ok(bytes) => Manifest::parse(&id, &bytes),
-                Err(RepoError::NotFound { .. }) => {
+            let parsed = match Manifest::read(repo, &id).await? {
+                Some(Err(p)) => match Manifest::from_copies(repo, &id, &p).await {
+                    Some(m) => Ok(m),
+                    None => Err(p),
+                },
+                Some(ok) => ok,
+                None => {
                     cat.incomplete.push((id, newest));
                     continue;
                 }
-                Err(e) => match e.undecryptable() {
-                    Some(why) => Err(ManifestProblem::Undecryptable(why)),
-                    None => {
-                        return Err(anyhow::Error::from(e))
-                            .with_context(|| format!("read manifest of backup {id}"))
-                    }
-                },
             };
             match parsed {
                 Ok(m) => cat.complete.push(m),

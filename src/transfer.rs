@@ -275,8 +275,14 @@ pub async fn get_to_file(
     expected: Option<Digest>,
     dest: &Path,
 ) -> anyhow::Result<u64> {
-    let obj = repo.get(key).await?;
-    object_to_file(obj, key, algorithm, expected, dest, true).await
+    from_a_sound_copy(repo, key, |repo| {
+        let expected = expected.clone();
+        async move {
+            let obj = repo.get(key).await?;
+            object_to_file(obj, key, algorithm, expected, dest, true).await
+        }
+    })
+    .await
 }
 
 /// [`get_to_file`] for an object already opened; with `durable` false, the file and
@@ -320,6 +326,48 @@ pub async fn object_to_file(
     })
     .await??;
     Ok(size)
+}
+
+/// Whether `e` says the bytes of an object are bad: they failed their checksum, or
+/// (in an encrypted repository, or a stream without a recorded digest) their
+/// authentication or their format.
+pub fn is_damaged(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<ChecksumMismatch>()
+            || c.downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::InvalidData)
+    })
+}
+
+/// Run `read` against `repo`; when what it read of `key` was damaged, again against
+/// each of the repository's copies in turn ([`Repository::copies`]), saying so. `read`
+/// must start from nothing each time (it overwrites what an earlier attempt wrote).
+pub async fn from_a_sound_copy<T, F, Fut>(
+    repo: &Arc<dyn Repository>,
+    key: &str,
+    read: F,
+) -> anyhow::Result<T>
+where
+    F: Fn(Arc<dyn Repository>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let e = match read(repo.clone()).await {
+        Err(e) if is_damaged(&e) => e,
+        other => return other,
+    };
+    for (name, copy) in repo.copies() {
+        tracing::warn!(object = %key, repository = %name, "{e:#}; reading {key} again from repository {name}");
+        match read(copy).await {
+            Ok(v) => {
+                tracing::warn!(object = %key, repository = %name, "read a sound copy of {key} from repository {name}");
+                return Ok(v);
+            }
+            Err(again) => {
+                tracing::warn!(object = %key, repository = %name, "the copy of {key} in repository {name} is no better: {again:#}")
+            }
+        }
+    }
+    Err(e)
 }
 
 /// Shared by parallel workers: once one fails, the others stop at their next read or

@@ -216,18 +216,39 @@ fn an_outage_of_an_optional_repository_holds_nothing_back_and_catches_up() {
         stderr(&out)
     );
 
-    // The local repository loses a part of the backup and a WAL segment: the restore
-    // reads them from S3, and says so.
+    // The local repository loses a part of the backup and a WAL segment, and another
+    // part, a WAL segment and the manifest are damaged there: the restore reads each
+    // from S3, and says so.
     let info = json(&backupctl(
         &s.config,
         &["--json", "--repo", "local", "info", &id],
     ));
-    let part = info["objects"][0]["name"].as_str().unwrap().to_string();
+    let objects = info["objects"].as_array().unwrap();
+    let part = objects[0]["name"].as_str().unwrap().to_string();
     std::fs::remove_file(s.local_root().join(format!("backups/{id}/{part}"))).unwrap();
-    let lost_segment = behind.iter().next().unwrap().clone();
+    let damaged_part = objects.last().unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    if damaged_part != part {
+        flip_middle_byte(&s.local_root().join(format!("backups/{id}/{damaged_part}")));
+    }
+    let manifest = s.local_root().join(format!("backups/{id}/manifest.json"));
+    let altered = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replacen("\"host\"", "\"h0st\"", 1);
+    std::fs::write(&manifest, altered).unwrap();
+    let mut behind = behind.iter();
+    let lost_segment = behind.next().unwrap().clone();
+    let damaged_segment = behind.next().cloned();
     for f in common::walk(&s.local_root().join("wal")) {
         if f.contains(&lost_segment) {
             std::fs::remove_file(&f).unwrap();
+        } else if damaged_segment
+            .as_ref()
+            .is_some_and(|d| f.contains(d.as_str()))
+        {
+            flip_middle_byte(Path::new(&f));
         }
     }
     let dir = pg_tempdir();
@@ -256,6 +277,27 @@ fn an_outage_of_an_optional_repository_holds_nothing_back_and_catches_up() {
         text.contains("missing from repository local: read from repository offsite"),
         "the restore does not say where the lost part came from:\n{text}"
     );
+    assert!(
+        text.contains("using the sound copy in repository offsite"),
+        "the restore does not say where the sound manifest came from:\n{text}"
+    );
+    if damaged_part != part {
+        assert!(
+            text.contains(&format!(
+                "read a sound copy of backups/{id}/{damaged_part} from repository offsite"
+            )),
+            "the restore does not say where the sound part came from:\n{text}"
+        );
+    }
+    if let Some(d) = &damaged_segment {
+        let log = std::fs::read_to_string(pgdata.join("log/backupctl-recovery.log")).unwrap();
+        assert!(
+            log.contains(&format!(
+                "restored a sound copy of {d} from repository offsite"
+            )),
+            "recovery does not say where the sound copy of {d} came from:\n{log}"
+        );
+    }
     assert_eq!(
         restored.psql(
             "postgres",
@@ -362,4 +404,12 @@ fn configs_that_could_store_data_nowhere_are_refused() {
     assert!(write(&none).contains("would receive nothing"));
     let unknown = entry(&local, "a", "kinds = [\"wall\"]\n");
     assert!(write(&unknown).contains("wall"));
+}
+
+/// Damage a stored object the way a bad disk would: one byte in its middle changes.
+fn flip_middle_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(path, bytes).unwrap();
 }

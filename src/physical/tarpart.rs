@@ -506,12 +506,19 @@ fn extract_entries(
                 };
                 let to = dest.tablespace(oid).unwrap_or(&link).to_path_buf();
                 let at = dest.root().join(&name);
-                beneath::symlink(
+                match beneath::symlink(
                     &to,
                     dirs.open(dest.root(), "pg_tblspc")?,
                     &oid.to_string(),
                     &at,
-                )?;
+                ) {
+                    // The same link, made by an earlier extraction of this part (one
+                    // read again from another repository after a checksum failure).
+                    Err(e)
+                        if e.kind() == io::ErrorKind::AlreadyExists
+                            && fs::read_link(&at).is_ok_and(|l| l == to) => {}
+                    other => other?,
+                }
             }
             // Hard links, devices, FIFOs: never part of a backup; nothing is made.
             _ => {}

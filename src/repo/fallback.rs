@@ -236,6 +236,13 @@ impl Repository for Fallback {
     async fn sync(&self, key: &str) -> RepoResult<()> {
         self.first().sync(key).await
     }
+
+    /// Every repository after the first that still answers.
+    fn copies(&self) -> Vec<(String, Arc<dyn Repository>)> {
+        self.others()
+            .map(|(_, name, repo)| (name.clone(), repo.clone()))
+            .collect()
+    }
 }
 
 #[cfg(test)]

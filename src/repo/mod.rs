@@ -218,6 +218,13 @@ pub trait Repository: Send + Sync {
     /// rename but before its directory was fsynced, which a crash of the host could
     /// still undo. An object store, whose visible objects are durable, does nothing.
     async fn sync(&self, key: &str) -> RepoResult<()>;
+
+    /// Other repositories that hold copies of what this one holds, by name, in the
+    /// order to ask them: where an object whose bytes fail their checksum here is read
+    /// again. Only a reader over several repositories ([`fallback::Fallback`]) has any.
+    fn copies(&self) -> Vec<(String, Arc<dyn Repository>)> {
+        Vec::new()
+    }
 }
 
 /// Conveniences for every [`Repository`], built only on its required methods. The

@@ -370,17 +370,18 @@ pub(super) async fn fetch_small(
     name: &str,
 ) -> anyhow::Result<Vec<u8>> {
     let o = object(m, name)?;
-    transfer::get_stream(
-        repo,
-        &layout::backup_object_key(&m.id, name),
-        algorithm_of(name),
-        Some(digest(o)),
-        |r| {
-            let mut v = Vec::new();
-            r.read_to_end(&mut v)?;
-            Ok(v)
-        },
-    )
+    let key = layout::backup_object_key(&m.id, name);
+    transfer::from_a_sound_copy(repo, &key, |repo| {
+        let key = key.clone();
+        async move {
+            transfer::get_stream(&repo, &key, algorithm_of(name), Some(digest(o)), |r| {
+                let mut v = Vec::new();
+                r.read_to_end(&mut v)?;
+                Ok(v)
+            })
+            .await
+        }
+    })
     .await
 }
 

@@ -491,12 +491,20 @@ async fn extract_all(
             };
             let (repo, dest, stop) = (repo.clone(), dest.clone(), stop.clone());
             running.spawn(async move {
-                // An error names the object ("read <key>") and the entry.
-                let files =
-                    transfer::get_stream(&repo, &key, algorithm, Some(expected), move |r| {
-                        Ok(tarpart::extract_part(&mut stop.reader(r), dest.as_ref())?)
-                    })
-                    .await?;
+                // An error names the object ("read <key>") and the entry. A part
+                // damaged in one repository is extracted again from another: its files
+                // are rewritten whole.
+                let files = transfer::from_a_sound_copy(&repo, &key, |repo| {
+                    let (dest, stop, expected) = (dest.clone(), stop.clone(), expected.clone());
+                    let key = key.clone();
+                    async move {
+                        transfer::get_stream(&repo, &key, algorithm, Some(expected), move |r| {
+                            Ok(tarpart::extract_part(&mut stop.reader(r), dest.as_ref())?)
+                        })
+                        .await
+                    }
+                })
+                .await?;
                 tracing::debug!(object = %key, files, "part extracted");
                 crate::failpoint::point("restore.mid-copy");
                 Ok(files)

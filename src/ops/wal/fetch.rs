@@ -196,7 +196,12 @@ pub async fn run(
             prefetch(repo, algorithm, &name, spool, slots, depth, reserve).await
         })
     });
-    let mut written = write(obj, &key, &name, dest).await;
+    let mut written = match write(obj, &key, &name, dest).await {
+        Err(e) if transfer::is_damaged(&e) => {
+            from_copies(repo.as_ref(), algorithm, &name, dest, e).await
+        }
+        other => other,
+    };
     drop(mine);
     if let Some(ahead) = ahead {
         let _ = ahead.await;
@@ -419,6 +424,35 @@ async fn open(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// After the copy `repo` gave of segment `name` was damaged (`damage`): the segment
+/// from the first other repository whose copy is sound, saying so.
+async fn from_copies(
+    repo: &dyn Repository,
+    algorithm: Algorithm,
+    name: &str,
+    dest: &Path,
+    damage: anyhow::Error,
+) -> anyhow::Result<u64> {
+    for (other, copy) in repo.copies() {
+        tracing::warn!(wal = %name, repository = %other, "{damage:#}; fetching {name} from repository {other}");
+        let again = match open(copy.as_ref(), algorithm, name).await {
+            Ok(Some((key, obj))) => write(obj, &key, name, dest).await,
+            Ok(None) => continue,
+            Err(e) => Err(e),
+        };
+        match again {
+            Ok(n) => {
+                tracing::warn!(wal = %name, repository = %other, "restored a sound copy of {name} from repository {other}");
+                return Ok(n);
+            }
+            Err(e) => {
+                tracing::warn!(wal = %name, repository = %other, "the copy of {name} in repository {other} is no better: {e:#}")
+            }
+        }
+    }
+    Err(damage)
 }
 
 /// Write the object to `dest` atomically, verifying its checksum. Returns the size.
