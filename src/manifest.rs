@@ -515,7 +515,7 @@ pub fn wal_segment_size(repo_json: Option<u64>, backups: &[Manifest]) -> Result<
 }
 
 /// What the repository holds under `backups/`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Catalog {
     /// Complete backups, ordered by start time (oldest first).
     pub complete: Vec<Manifest>,

@@ -348,7 +348,73 @@ fn each_kind_goes_where_the_config_routes_it_and_repo_selects_one() {
     }
     let only_local = s.ok(&["--repo", "local", "list"]);
     let logical = ids[kinds.iter().position(|k| k == "logical").unwrap()];
+    let physical = ids[kinds.iter().position(|k| k == "physical").unwrap()];
     assert!(!only_local.contains(logical), "{only_local}");
+    // ... and says which repository holds what, and what each alone can restore.
+    let listing = json(&backupctl(&s.config, &["--json", "list"]));
+    let held_by = |id: &str| -> Vec<String> {
+        let b = listing["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {listing}"));
+        serde_json::from_value(b["repositories"].clone()).unwrap()
+    };
+    assert_eq!(held_by(physical), ["local", "offsite"]);
+    assert_eq!(held_by(logical), ["offsite"]);
+    let views = listing["repositories"].as_array().unwrap();
+    let view = |name: &str| views.iter().find(|v| v["name"] == name).unwrap().clone();
+    assert_eq!(view("local")["backups"].as_array().unwrap().len(), 1);
+    assert!(!view("local")["recoverable_windows"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(view("offsite")["backups"].as_array().unwrap().len(), 2);
+    assert_eq!(view("offsite")["wal_segments"], 0);
+    assert!(all.contains("in repositories: local, offsite"), "{all}");
+    let info = json(&backupctl(&s.config, &["--json", "info"]));
+    assert_eq!(info["repositories"].as_array().unwrap().len(), 2, "{info}");
+    assert!(
+        json(&backupctl(
+            &s.config,
+            &["--json", "--repo", "local", "list"]
+        ))
+        .get("repositories")
+        .is_none(),
+        "--repo chose one repository, yet list shows several"
+    );
+
+    // Verification restores each repository's copy, and checks the WAL of the one
+    // that receives it against backups wherever they are.
+    let out = backupctl(&s.config, &["--json", "verify", "--latest", "--wal"]);
+    let report = json(&out);
+    assert!(out.status.success(), "verify: {report}{}", stderr(&out));
+    let restored: BTreeSet<(String, String)> = report["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            assert_eq!(b["outcome"], "ok", "{b}");
+            (
+                b["id"].as_str().unwrap().to_string(),
+                b["repository"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = [
+        (physical, "local"),
+        (physical, "offsite"),
+        (logical, "offsite"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(restored, expected);
+    let wal = report["wal_by_repository"].as_array().unwrap();
+    assert_eq!(wal.len(), 1, "{report}");
+    assert_eq!(wal[0]["repository"], "local");
+    assert_eq!(wal[0]["ok"], true, "{report}");
 
     // What a repository does not receive is refused with --repo, naming the fix.
     let out = backupctl(

@@ -7,6 +7,7 @@ use crate::archival::count::Analyzed;
 use crate::archival::plan::Cursor;
 use crate::archival::report::{ArchiveSummary, TableStatus};
 use crate::manifest::{Manifest, Outcome, Unreadable};
+use crate::ops::across::RepositoryView;
 use crate::ops::check::{Report as CheckReport, Status as CheckStatus};
 use crate::ops::info::{DaemonView, Summary};
 use crate::ops::list::Listing;
@@ -52,6 +53,9 @@ pub fn list(listing: &Listing, tz: &chrono_tz::Tz) {
                 human_bytes(b.original_bytes),
                 b.verified.as_deref().unwrap_or("no")
             );
+            if !b.repositories.is_empty() {
+                println!("    in repositories: {}", b.repositories.join(", "));
+            }
             for d in &b.databases {
                 println!(
                     "    database {:<20} {:>10}  {} tables, {} rows",
@@ -64,6 +68,7 @@ pub fn list(listing: &Listing, tz: &chrono_tz::Tz) {
         }
     }
     windows(&listing.recoverable_windows, &listing.wal_gaps);
+    each_repository(&listing.repositories);
     if !listing.incomplete_backups.is_empty() {
         println!(
             "incomplete backups (no manifest; in progress or failed): {}",
@@ -91,6 +96,45 @@ pub fn list(listing: &Listing, tz: &chrono_tz::Tz) {
     }
     for u in &listing.unreadable_exports {
         println!("UNREADABLE export {u}");
+    }
+}
+
+/// With several repositories: what each holds on its own.
+fn each_repository(views: &[RepositoryView]) {
+    for v in views {
+        let role = if v.required { "required" } else { "optional" };
+        print!(
+            "repository {} ({role}; {}): {}",
+            v.name,
+            v.kinds.join(", "),
+            v.location
+        );
+        if let Some(e) = &v.error {
+            println!(": CANNOT BE READ: {e}");
+            continue;
+        }
+        println!(
+            ": {} backups, {} WAL segments",
+            v.backups.len(),
+            v.wal_segments
+        );
+        if v.recoverable_windows.is_empty() {
+            println!(
+                "  recoverable from it alone: nothing (no physical backup with its WAL in it)"
+            );
+        }
+        for w in &v.recoverable_windows {
+            println!(
+                "  recoverable from it alone: {} → {} (timeline {})",
+                format_pg_time(&w.from),
+                w.to.map(|t| format_pg_time(&t))
+                    .unwrap_or_else(|| "?".into()),
+                w.timeline
+            );
+        }
+        for g in &v.wal_gaps {
+            println!("  WAL gap in it: {g}");
+        }
     }
 }
 
@@ -228,6 +272,7 @@ pub fn info_summary(s: &Summary, tz: &chrono_tz::Tz) {
         );
     }
     windows(&s.recoverable_windows, &s.wal_gaps);
+    each_repository(&s.repositories);
     unreadable(&s.unreadable_manifests);
     if s.exports.count > 0 {
         println!(
@@ -492,15 +537,20 @@ pub fn retention(r: &RetentionReport, tz: &chrono_tz::Tz) {
 pub fn verify(report: &VerifyReport) {
     for r in &report.backups {
         let v = &r.verification;
+        let at = r
+            .repository
+            .as_ref()
+            .map(|n| format!(" in repository {n}"))
+            .unwrap_or_default();
         match v.outcome {
             Outcome::Ok => println!(
-                "OK     {} ({}) restored and queryable in {:.1}s, {} scratch",
+                "OK     {} ({}){at} restored and queryable in {:.1}s, {} scratch",
                 r.id,
                 r.kind,
                 v.duration_secs,
                 human_bytes(v.scratch_bytes)
             ),
-            Outcome::Failed => println!("FAILED {} ({})", r.id, r.kind),
+            Outcome::Failed => println!("FAILED {} ({}){at}", r.id, r.kind),
         }
         if let Some(k) = &r.encryption_key {
             println!("       encrypted with key {k}");
@@ -512,7 +562,13 @@ pub fn verify(report: &VerifyReport) {
             println!("       FAILURE: {f}");
         }
     }
-    if let Some(w) = &report.wal {
+    for r in &report.unreadable_repositories {
+        println!("FAILED repository {r}");
+    }
+    for w in report.wal_reports() {
+        if let Some(n) = &w.repository {
+            println!("WAL in repository {n}:");
+        }
         windows(&w.recoverable_windows, &w.gaps);
         if w.recoverable_windows.is_empty() {
             println!("FAILED no physical backup has the WAL it needs");

@@ -51,27 +51,57 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
                     ..Default::default()
                 });
             }
-            let v = verify::verify_selected(cfg, &repo, &latest, true, Wait::No).await?;
+            // With several repositories, each one's copy and each one's WAL.
+            let v = if cfg.several_repositories() {
+                let req = verify::VerifyRequest {
+                    latest: true,
+                    wal: true,
+                    ..Default::default()
+                };
+                verify::run_with(cfg, &req, Wait::No).await?
+            } else {
+                verify::verify_selected(cfg, &repo, &latest, true, Wait::No).await?
+            };
             let mut failures = backup::verification_failures(&v);
-            if let Some(w) = &v.wal {
+            for w in v.wal_reports() {
+                let at = w
+                    .repository
+                    .as_ref()
+                    .map(|r| format!(" in repository {r}"))
+                    .unwrap_or_default();
                 if !w.gaps.is_empty() {
-                    failures.push(format!("WAL continuity: gaps {}", w.gaps.join(", ")));
+                    failures.push(format!("WAL continuity{at}: gaps {}", w.gaps.join(", ")));
                 } else if w.recoverable_windows.is_empty() {
-                    failures.push("WAL continuity: no recoverable window".to_string());
+                    failures.push(format!("WAL continuity{at}: no recoverable window"));
                 }
-                failures.extend(w.content.failures.iter().map(|f| f.to_string()));
+                failures.extend(w.content.failures.iter().map(|f| format!("{f}{at}")));
             }
-            let ok = v.backups.len() - v.failed().iter().filter(|f| !f.starts_with("WAL")).count();
+            failures.extend(
+                v.unreadable_repositories
+                    .iter()
+                    .map(|r| format!("repository {r}")),
+            );
+            let ok = v
+                .backups
+                .iter()
+                .filter(|r| r.verification.outcome == crate::manifest::Outcome::Ok)
+                .count();
             Ok(JobReport {
                 summary: format!(
                     "{} of {} backup(s) restored and checked{}",
                     ok,
                     v.backups.len(),
-                    match &v.wal {
-                        Some(w) if w.ok => ", WAL continuous and every archived object intact",
-                        Some(w) if !w.content.failures.is_empty() => ", archived WAL DAMAGED",
-                        Some(_) => ", WAL continuity BROKEN",
-                        None => "",
+                    {
+                        let wal: Vec<_> = v.wal_reports().collect();
+                        if wal.is_empty() {
+                            ""
+                        } else if wal.iter().all(|w| w.ok) {
+                            ", WAL continuous and every archived object intact"
+                        } else if wal.iter().any(|w| !w.content.failures.is_empty()) {
+                            ", archived WAL DAMAGED"
+                        } else {
+                            ", WAL continuity BROKEN"
+                        }
                     }
                 ),
                 bytes: None,

@@ -39,6 +39,10 @@ pub struct Summary {
     /// WAL waiting for each repository with `required = false` (several repositories).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub wal_backlog: Vec<crate::ops::wal::backlog::BacklogStatus>,
+    /// With several repositories (and no `--repo`): what each holds on its own; the
+    /// fields above are their union.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<crate::ops::across::RepositoryView>,
 }
 
 /// The exports in the repository, in total.
@@ -166,5 +170,6 @@ pub async fn run(cfg: &Config, id: Option<&str>) -> anyhow::Result<Info> {
         unfinished_uploads: leftover::summary(repo.as_ref()).await?,
         daemon: daemon_view(cfg),
         wal_backlog: crate::ops::wal::backlog::statuses(cfg),
+        repositories: crate::ops::across::each_repository(cfg).await,
     })))
 }

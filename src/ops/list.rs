@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::archival::export::ExportManifest;
 use crate::config::Config;
 use crate::manifest::{Manifest, Unreadable};
+use crate::ops::across::{self, RepositoryView};
 use crate::ops::status::RepoStatus;
 use crate::recovery::inventory::Gap;
 use crate::recovery::plan::Window;
@@ -26,6 +27,9 @@ pub struct BackupLine {
     pub verified: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<DatabaseLine>,
+    /// With several repositories: the ones holding it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -65,6 +69,7 @@ impl BackupLine {
                     rows: d.total_rows(),
                 })
                 .collect(),
+            repositories: Vec::new(),
         }
     }
 }
@@ -113,6 +118,10 @@ pub struct Listing {
     pub exports: Vec<ExportLine>,
     /// Exports whose manifest cannot be used (`id: reason`).
     pub unreadable_exports: Vec<String>,
+    /// With several repositories (and no `--repo`): what each holds on its own; the
+    /// fields above are their union.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<RepositoryView>,
     /// The complete backups' manifests, in the order of `backups`.
     #[serde(skip)]
     pub manifests: Vec<Manifest>,
@@ -123,11 +132,22 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Listing> {
     let repo = repo::open_for_reading(cfg, None, false).await?;
     let st = RepoStatus::load(repo.as_ref()).await?;
     let (exports, unreadable_exports) = crate::archival::export::list(repo.as_ref()).await?;
+    let repositories = across::each_repository(cfg).await;
+    let backups = st
+        .catalog
+        .complete
+        .iter()
+        .map(|m| BackupLine {
+            repositories: across::holding(&repositories, &m.id),
+            ..BackupLine::of(m)
+        })
+        .collect();
     Ok(Listing {
         exports: exports.iter().map(ExportLine::of).collect(),
         unreadable_exports,
         repository: repo.describe(),
-        backups: st.catalog.complete.iter().map(BackupLine::of).collect(),
+        backups,
+        repositories,
         recoverable_windows: st.windows.clone(),
         wal_gaps: st.gaps.iter().map(Gap::to_string).collect(),
         incomplete_backups: st

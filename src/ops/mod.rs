@@ -4,6 +4,7 @@
 //! what it did. It never prints to stdout, knows nothing of clap or `--json`, and never
 //! picks an exit code: `cli/` renders reports and `error::classify` maps errors to codes.
 
+pub mod across;
 pub mod archival;
 pub mod backup;
 pub mod check;

@@ -51,8 +51,14 @@ pub struct TimelineLine {
 
 impl RepoStatus {
     pub async fn load(repo: &dyn Repository) -> anyhow::Result<RepoStatus> {
-        let identity = RepoIdentity::load(repo).await?;
         let catalog = Catalog::load(repo).await?;
+        Self::load_with(repo, catalog).await
+    }
+
+    /// The WAL of `repo` judged against the backups of `catalog` (a repository that
+    /// holds WAL for backups kept in others).
+    pub async fn load_with(repo: &dyn Repository, catalog: Catalog) -> anyhow::Result<RepoStatus> {
+        let identity = RepoIdentity::load(repo).await?;
         let seg = catalog.wal_segment_size(identity.as_ref().map(|i| i.wal_segment_size))?;
         let inventory = WalInventory::load(repo, seg).await?;
         let timeline = inventory.current_timeline().or_else(|| {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::ops::status::RepoStatus;
 
@@ -27,6 +28,9 @@ use crate::repo::{self, Repository};
 #[derive(Debug, Serialize)]
 pub struct VerifyResult {
     pub id: String,
+    /// With several repositories: the one whose copy was restored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
     pub kind: BackupKind,
     /// In an encrypted repository, the key that wrote the backup's data.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,6 +41,9 @@ pub struct VerifyResult {
 
 #[derive(Debug, Serialize)]
 pub struct WalReport {
+    /// With several repositories: the one whose WAL was checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
     pub recoverable_windows: Vec<Window>,
     pub gaps: Vec<String>,
     /// What reading every archived WAL object found.
@@ -49,6 +56,12 @@ pub struct VerifyReport {
     pub backups: Vec<VerifyResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wal: Option<WalReport>,
+    /// With several repositories: the WAL of each that receives it, checked on its own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub wal_by_repository: Vec<WalReport>,
+    /// With several repositories: those that could not be read (`name: error`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_repositories: Vec<String>,
 }
 
 impl VerifyReport {
@@ -57,15 +70,38 @@ impl VerifyReport {
             .backups
             .iter()
             .filter(|r| r.verification.outcome == Outcome::Failed)
-            .map(|r| r.id.clone())
+            .map(|r| match &r.repository {
+                Some(repo) => format!("{} in repository {repo}", r.id),
+                None => r.id.clone(),
+            })
             .collect();
-        if let Some(w) = &self.wal {
+        for w in self.wal_reports() {
+            let at = w
+                .repository
+                .as_ref()
+                .map(|r| format!(" in repository {r}"))
+                .unwrap_or_default();
             if !w.gaps.is_empty() || w.recoverable_windows.is_empty() {
-                v.push("WAL continuity".into());
+                v.push(format!("WAL continuity{at}"));
             }
-            v.extend(w.content.failures.iter().map(|f| format!("WAL {}", f.file)));
+            v.extend(
+                w.content
+                    .failures
+                    .iter()
+                    .map(|f| format!("WAL {}{at}", f.file)),
+            );
         }
+        v.extend(
+            self.unreadable_repositories
+                .iter()
+                .map(|r| format!("repository {r}")),
+        );
         v
+    }
+
+    /// Every WAL check: the one repository's, or each repository's.
+    pub fn wal_reports(&self) -> impl Iterator<Item = &WalReport> {
+        self.wal.iter().chain(&self.wal_by_repository)
     }
 }
 
@@ -92,10 +128,71 @@ pub async fn run(cfg: &Config, args: &VerifyRequest) -> anyhow::Result<VerifyRep
             "say what to verify: a backup ID, --latest, --all, --since DURATION, and/or --wal"
         ));
     }
-    let repo = repo::open(cfg).await?;
-    let catalog = Catalog::load(repo.as_ref()).await?;
-    let selected = select(&catalog, args)?;
-    verify_selected(cfg, &repo, &selected, args.wal, Wait::Up(LOCK_WAIT)).await
+    run_with(cfg, args, Wait::Up(LOCK_WAIT)).await
+}
+
+/// [`run`], waiting for a running verification as `wait` says (the daemon does not).
+/// With several repositories and no `--repo`, each repository's copy of each selected
+/// backup is restored, and each repository's WAL is checked: a copy nobody restored
+/// is not known to restore.
+pub async fn run_with(
+    cfg: &Config,
+    args: &VerifyRequest,
+    wait: Wait,
+) -> anyhow::Result<VerifyReport> {
+    if !cfg.several_repositories() || cfg.selected_repository.is_some() {
+        let repo = repo::open(cfg).await?;
+        let catalog = Catalog::load(repo.as_ref()).await?;
+        let selected = select(&catalog, args)?;
+        return verify_selected(cfg, &repo, &selected, args.wal, wait).await;
+    }
+    // Select from every backup any repository holds (`--latest`: the newest of each
+    // kind anywhere), then restore each copy of it.
+    let union = repo::open_for_reading(cfg, None, false).await?;
+    let everything = Catalog::load(union.as_ref()).await?;
+    let selected = select(&everything, args)?;
+    let _lock = JobKind::Verify.lock(&cfg.backup.state_dir, wait).await?;
+    let mut report = VerifyReport::default();
+    for r in cfg.all_repositories() {
+        let wal = args.wal && r.kinds.contains(&crate::config::StoredKind::Wal);
+        let loaded = async {
+            let repo = repo::open(&cfg.with_repository(&r)).await?;
+            let catalog = Catalog::load(repo.as_ref()).await?;
+            anyhow::Ok((repo, catalog))
+        }
+        .await;
+        let (repo, catalog) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(repository = %r.name, "cannot verify repository {}: {e:#}", r.name);
+                report
+                    .unreadable_repositories
+                    .push(format!("{}: {e:#}", r.name));
+                continue;
+            }
+        };
+        let here: Vec<Manifest> = selected
+            .iter()
+            .filter_map(|m| catalog.find(&m.id).cloned())
+            .collect();
+        let span = tracing::info_span!("repository", name = %r.name);
+        let wal = match wal {
+            true => WalCheck::Against(&everything),
+            false => WalCheck::No,
+        };
+        let part = verify_locked(cfg, &repo, &here, wal)
+            .instrument(span)
+            .await?;
+        report.backups.extend(part.backups.into_iter().map(|mut b| {
+            b.repository = Some(r.name.clone());
+            b
+        }));
+        report.wal_by_repository.extend(part.wal.map(|mut w| {
+            w.repository = Some(r.name.clone());
+            w
+        }));
+    }
+    Ok(report)
 }
 
 /// The result of a verification run: an error naming what failed.
@@ -149,6 +246,26 @@ pub async fn verify_selected(
     wait: Wait,
 ) -> anyhow::Result<VerifyReport> {
     let _lock = JobKind::Verify.lock(&cfg.backup.state_dir, wait).await?;
+    let wal = if wal { WalCheck::Own } else { WalCheck::No };
+    verify_locked(cfg, repo, backups, wal).await
+}
+
+/// Whether [`verify_locked`] checks the repository's WAL, and against which backups.
+enum WalCheck<'a> {
+    No,
+    /// Against the repository's own backups.
+    Own,
+    /// Against these (every repository's: WAL may be kept apart from its backups).
+    Against(&'a Catalog),
+}
+
+/// [`verify_selected`] under the lock already held.
+async fn verify_locked(
+    cfg: &Config,
+    repo: &std::sync::Arc<dyn Repository>,
+    backups: &[Manifest],
+    wal: WalCheck<'_>,
+) -> anyhow::Result<VerifyReport> {
     for line in scratch::clean_stale(&scratch::root(cfg)) {
         tracing::warn!("{line} (left by an earlier verification that did not finish)");
     }
@@ -158,13 +275,18 @@ pub async fn verify_selected(
         backup::record(cfg, repo.as_ref(), m, v.clone()).await?;
         report.backups.push(VerifyResult {
             id: m.id.clone(),
+            repository: None,
             kind: m.kind,
             encryption_key: encryption_key_of(repo.as_ref(), m).await,
             verification: v,
         });
     }
-    if wal {
-        let st = RepoStatus::load(repo.as_ref()).await?;
+    let status = match wal {
+        WalCheck::No => None,
+        WalCheck::Own => Some(RepoStatus::load(repo.as_ref()).await?),
+        WalCheck::Against(c) => Some(RepoStatus::load_with(repo.as_ref(), c.clone()).await?),
+    };
+    if let Some(st) = status {
         let gaps: Vec<String> = st.gaps.iter().map(|g| g.to_string()).collect();
         if !gaps.is_empty() {
             tracing::error!(gaps = ?gaps, "WAL continuity broken");
@@ -176,6 +298,7 @@ pub async fn verify_selected(
         let content =
             wal::check(repo, st.identity.as_ref(), st.inventory.seg_size, &objects).await?;
         report.wal = Some(WalReport {
+            repository: None,
             ok: gaps.is_empty() && !st.windows.is_empty() && content.failures.is_empty(),
             recoverable_windows: st.windows,
             gaps,
