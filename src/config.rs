@@ -44,6 +44,10 @@ pub struct Config {
     /// into the restored server's configuration.
     #[serde(skip)]
     pub selected_repository: Option<String>,
+    /// The repositories `--repo` left out: what retention of WAL must still consider
+    /// (their backups read WAL from the selected one).
+    #[serde(skip)]
+    pub unselected_repositories: Vec<RepositoryConfig>,
     #[serde(default)]
     pub compression: CompressionConfig,
     #[serde(default)]
@@ -1154,6 +1158,13 @@ impl Config {
         let mut r = r.clone();
         r.required = true;
         self.repository = r.clone();
+        self.unselected_repositories = self
+            .repositories
+            .0
+            .iter()
+            .filter(|o| o.name != name)
+            .cloned()
+            .collect();
         self.repositories = Repositories(vec![r]);
         self.selected_repository = Some(name.to_string());
         Ok(())
@@ -1192,6 +1203,16 @@ impl Config {
         self.all_repositories()
             .into_iter()
             .filter(|r| r.kinds.contains(&kind))
+            .collect()
+    }
+
+    /// Every configured repository other than [`Config::repository`], whether or not
+    /// `--repo` selected one.
+    pub fn other_repositories(&self) -> Vec<RepositoryConfig> {
+        self.all_repositories()
+            .into_iter()
+            .chain(self.unselected_repositories.iter().cloned())
+            .filter(|r| r.name != self.repository.name)
             .collect()
     }
 

@@ -17,8 +17,8 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::Config;
 use crate::config::RetentionConfig;
+use crate::config::{Config, StoredKind};
 use crate::jobs::JobKind;
 use crate::lock::Wait;
 use crate::manifest::Catalog;
@@ -27,7 +27,7 @@ use crate::recovery::lease;
 use crate::repo::{
     self, identity::RepoIdentity, layout, leftover, PutOptions, Repository, RepositoryExt,
 };
-use crate::retention::plan::{self, Inputs, Plan, Step};
+use crate::retention::plan::{self, Elsewhere, Inputs, Plan, Step};
 use crate::retention::policy::describe_rule;
 
 /// The policy in force, for the report.
@@ -108,19 +108,72 @@ pub async fn run(cfg: &Config, dry_run: bool, wait: Wait) -> anyhow::Result<Rete
     } else {
         leftover::remove_dead_writers(repo.as_ref(), "").await
     };
-    let mut report = execute(repo.as_ref(), &cfg.retention, dry_run, Utc::now()).await?;
+    let elsewhere = backups_elsewhere(cfg).await;
+    let mut report = execute(
+        repo.as_ref(),
+        &cfg.retention,
+        dry_run,
+        Utc::now(),
+        &elsewhere,
+    )
+    .await?;
     if let Some(n) = report.upload_leftovers_removed.as_mut() {
         *n += dead;
     }
     Ok(report)
 }
 
+/// With several repositories, when this one receives WAL: the physical backups of
+/// the others, which read their WAL from it. One that cannot be read makes what they
+/// need unknown, and all WAL is kept.
+async fn backups_elsewhere(cfg: &Config) -> Elsewhere {
+    let mut e = Elsewhere::default();
+    if !cfg.repository.kinds.contains(&StoredKind::Wal) {
+        return e;
+    }
+    for r in cfg.other_repositories() {
+        if !r.kinds.contains(&StoredKind::Physical) {
+            continue;
+        }
+        let loaded = async {
+            let repo = repo::open(&cfg.with_repository(&r)).await?;
+            Catalog::load(repo.as_ref()).await
+        }
+        .await;
+        match loaded {
+            Ok(c) => {
+                e.backups.extend(
+                    c.complete
+                        .into_iter()
+                        .filter(|m| m.kind == crate::manifest::BackupKind::Physical),
+                );
+                e.unreadable.extend(
+                    c.unreadable
+                        .into_iter()
+                        .filter(|u| u.kind != Some(crate::manifest::BackupKind::Logical))
+                        .map(|u| format!("{} (in repository {})", u.id, r.name)),
+                );
+            }
+            Err(err) => {
+                tracing::warn!(repository = %r.name, "cannot read repository {}: {err:#}; all WAL in {} is kept", r.name, cfg.repository.name);
+                e.unknown.get_or_insert(format!(
+                    "repository {} could not be read, so the WAL its physical backups need is unknown",
+                    r.name
+                ));
+            }
+        }
+    }
+    e
+}
+
 /// Plan against `repo` at `now` and, unless `dry_run`, carry the plan out.
+/// `elsewhere`: backups of other repositories that read their WAL from this one.
 pub async fn execute(
     repo: &dyn Repository,
     policy: &RetentionConfig,
     dry_run: bool,
     now: DateTime<Utc>,
+    elsewhere: &Elsewhere,
 ) -> anyhow::Result<RetentionReport> {
     let recorded = RepoIdentity::load(repo).await?.map(|i| i.wal_segment_size);
     let backup_objects = repo
@@ -144,6 +197,7 @@ pub async fn execute(
         wal_objects: &wal_objects,
         inventory: &inventory,
         leased: &leased,
+        elsewhere,
     };
     let plan = plan::plan(&inputs, policy, now).map_err(|e| anyhow::anyhow!(e))?;
     let exports = plan_exports(repo, policy, now).await?;

@@ -101,18 +101,30 @@ async fn dry_run_lists_exactly_what_the_real_run_deletes() {
     let repo = LocalRepository::new(d.path().to_path_buf());
     let ids = fill(&repo).await;
     let before = keys(&repo).await;
-    let dry = execute(&repo, &keep_last(1), true, Utc::now())
-        .await
-        .unwrap();
+    let dry = execute(
+        &repo,
+        &keep_last(1),
+        true,
+        Utc::now(),
+        &Elsewhere::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(keys(&repo).await, before, "a dry run deletes nothing");
     assert!(dry.freed.is_none());
     assert_eq!(
         dry.plan.delete.backups,
         vec![ids[0].clone(), ids[1].clone()]
     );
-    let real = execute(&repo, &keep_last(1), false, Utc::now())
-        .await
-        .unwrap();
+    let real = execute(
+        &repo,
+        &keep_last(1),
+        false,
+        Utc::now(),
+        &Elsewhere::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(real.plan.delete.keys, dry.plan.delete.keys);
     let after = keys(&repo).await;
     let gone: Vec<String> = before
@@ -127,9 +139,15 @@ async fn dry_run_lists_exactly_what_the_real_run_deletes() {
     let wal: Vec<&String> = after.iter().filter(|k| k.starts_with("wal/")).collect();
     assert_eq!(wal.len(), 2, "{wal:?}");
     // A second run has nothing left to do.
-    let again = execute(&repo, &keep_last(1), false, Utc::now())
-        .await
-        .unwrap();
+    let again = execute(
+        &repo,
+        &keep_last(1),
+        false,
+        Utc::now(),
+        &Elsewhere::default(),
+    )
+    .await
+    .unwrap();
     assert!(again.plan.delete.keys.is_empty());
 }
 
@@ -144,9 +162,15 @@ async fn a_crash_mid_deletion_never_leaves_a_manifest_without_its_data() {
             .fail(When::nth_of(Op::Delete, 2).onwards(), false),
     );
     let ids = fill(repo.as_ref()).await;
-    let err = execute(repo.as_ref(), &keep_last(1), false, Utc::now())
-        .await
-        .unwrap_err();
+    let err = execute(
+        repo.as_ref(),
+        &keep_last(1),
+        false,
+        Utc::now(),
+        &Elsewhere::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(format!("{err:#}").contains(&ids[0]), "{err:#}");
 
     // The first backup lost its manifest (no longer listed as complete) and kept its
@@ -167,9 +191,15 @@ async fn a_crash_mid_deletion_never_leaves_a_manifest_without_its_data() {
     assert_eq!(repo.injected(), 1);
     repo.heal();
     let later = Utc::now() + chrono::Duration::days(2);
-    let r = execute(repo.as_ref(), &keep_last(1), false, later)
-        .await
-        .unwrap();
+    let r = execute(
+        repo.as_ref(),
+        &keep_last(1),
+        false,
+        later,
+        &Elsewhere::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.plan.delete.incomplete, vec![ids[0].clone()]);
     assert_eq!(r.plan.delete.backups, vec![ids[1].clone()]);
     let left = keys(repo.as_ref()).await;
@@ -190,9 +220,15 @@ async fn segment_size_comes_from_the_manifests_without_repo_json() {
     let d = tempfile::tempdir().unwrap();
     let repo = LocalRepository::new(d.path().to_path_buf());
     let ids = fill_seg(&repo, SEG64).await;
-    let r = execute(&repo, &keep_last(1), true, Utc::now())
-        .await
-        .unwrap();
+    let r = execute(
+        &repo,
+        &keep_last(1),
+        true,
+        Utc::now(),
+        &Elsewhere::default(),
+    )
+    .await
+    .unwrap();
     let from = r.plan.wal.keep_from.as_ref().unwrap();
     assert_eq!(
         (from.segment.as_str(), from.backup.as_str()),
@@ -210,9 +246,15 @@ async fn segment_size_comes_from_the_manifests_without_repo_json() {
         .unwrap();
     m.physical.as_mut().unwrap().wal_segment_size = SEG;
     m.store(&repo).await.unwrap();
-    let err = execute(&repo, &keep_last(1), true, Utc::now())
-        .await
-        .unwrap_err();
+    let err = execute(
+        &repo,
+        &keep_last(1),
+        true,
+        Utc::now(),
+        &Elsewhere::default(),
+    )
+    .await
+    .unwrap_err();
     let msg = format!("{err:#}");
     assert!(
         msg.contains("different WAL segment sizes")
@@ -245,9 +287,15 @@ async fn unreadable_manifests_are_kept_and_hold_the_wal() {
             .await
             .unwrap();
         let before = keys(&repo).await;
-        let r = execute(&repo, &keep_last(1), false, Utc::now())
-            .await
-            .unwrap();
+        let r = execute(
+            &repo,
+            &keep_last(1),
+            false,
+            Utc::now(),
+            &Elsewhere::default(),
+        )
+        .await
+        .unwrap();
         let e = r
             .plan
             .backups

@@ -38,6 +38,22 @@ pub struct Inputs<'a> {
     /// Backups a running restore or verification holds a lease on, with why
     /// (`recovery::lease::held`): kept whatever the policy says, with their WAL.
     pub leased: &'a [(String, String)],
+    /// Backups of other repositories that read their WAL from this one.
+    pub elsewhere: &'a Elsewhere,
+}
+
+/// With several repositories: the physical backups kept in the others, whose restores
+/// read WAL from every repository that receives it. This repository keeps the WAL
+/// they need as it keeps its own backups'.
+#[derive(Debug, Default)]
+pub struct Elsewhere {
+    /// Their complete physical backups.
+    pub backups: Vec<Manifest>,
+    /// Their backups whose manifest cannot be read (and may be physical).
+    pub unreadable: Vec<String>,
+    /// Why what they need is unknown (a repository could not be read): all WAL is
+    /// kept.
+    pub unknown: Option<String>,
 }
 
 /// A complete backup's verdict with what deleting it frees.
@@ -265,11 +281,17 @@ pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Re
         .filter(|u| u.kind != Some(BackupKind::Logical))
         .map(|u| u.id.as_str())
         .collect();
+    // The WAL this repository keeps serves other repositories' backups too.
+    let mut wal_for: Vec<&Manifest> = kept_physical.clone();
+    wal_for.extend(&inputs.elsewhere.backups);
+    let mut unreadable_physical = unreadable_physical;
+    unreadable_physical.extend(inputs.elsewhere.unreadable.iter().map(String::as_str));
     let wal = wal::decide(
         inputs.wal_objects,
         seg_size,
-        &kept_physical,
+        &wal_for,
         &unreadable_physical,
+        inputs.elsewhere.unknown.as_deref(),
         wal_rule,
         now,
     );
@@ -299,7 +321,9 @@ pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Re
     let after =
         WalInventory::from_listing(&remaining, seg_size, inputs.inventory.histories.clone());
     let kept_owned: Vec<Manifest> = kept.iter().map(|m| (*m).clone()).collect();
-    prove_windows_unchanged(&kept_owned, inputs.inventory, &after)?;
+    let mut served = kept_owned.clone();
+    served.extend(inputs.elsewhere.backups.iter().cloned());
+    prove_windows_unchanged(&served, inputs.inventory, &after)?;
     let latest = inputs.inventory.current_timeline().or_else(|| {
         kept_physical
             .iter()

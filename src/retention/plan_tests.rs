@@ -104,6 +104,16 @@ impl World {
         now: DateTime<Utc>,
         leased: &[(String, String)],
     ) -> Plan {
+        self.plan_serving(policy, now, leased, &Elsewhere::default())
+    }
+
+    fn plan_serving(
+        &self,
+        policy: &RetentionConfig,
+        now: DateTime<Utc>,
+        leased: &[(String, String)],
+        elsewhere: &Elsewhere,
+    ) -> Plan {
         let inputs = Inputs {
             backups: &self.backups,
             incomplete: &self.incomplete,
@@ -112,6 +122,7 @@ impl World {
             wal_objects: &self.wal_objects,
             leased,
             inventory: &self.inventory,
+            elsewhere,
         };
         let p = plan(&inputs, policy, now).unwrap();
         check_invariants(self, &p);
@@ -239,6 +250,54 @@ fn a_leased_backup_and_its_wal_are_kept() {
     // Without the lease it goes, with the WAL before b2.
     let p = w.plan(&keep_last(2, "backups"), t(60));
     assert_eq!(p.delete.backups, vec![b1]);
+}
+
+/// Regression (several repositories): a repository that receives WAL deleted the WAL
+/// before its own oldest kept backup, which older backups kept in another repository
+/// (reading WAL from it) still needed; and one that receives only WAL kept every
+/// segment forever.
+#[test]
+fn wal_serves_the_backups_other_repositories_keep() {
+    let w = three_backups_on_one_timeline();
+    let older_elsewhere = manifest_at(&phys("x0", "2026-11-22T10:02:00Z"), 1, 2, 2);
+    let elsewhere = Elsewhere {
+        backups: vec![older_elsewhere],
+        ..Default::default()
+    };
+    let p = w.plan_serving(&keep_last(2, "backups"), t(60), &[], &elsewhere);
+    assert_eq!(p.delete.backups, vec!["b1"]);
+    assert_eq!(wal_deleted(&p), vec![seg(1, 1)]);
+    assert_eq!(p.wal.keep_from.as_ref().unwrap().backup, "x0");
+
+    // Only WAL here: what the other repository's backups need is kept, no more.
+    let wal_only = World::new(&[], segs(1, 1..=9), &[]);
+    let p = wal_only.plan(&keep_last(2, "backups"), t(60));
+    assert!(
+        wal_deleted(&p).is_empty(),
+        "no backup anywhere: all WAL is kept"
+    );
+    let p = wal_only.plan_serving(&keep_last(2, "backups"), t(60), &[], &elsewhere);
+    assert_eq!(wal_deleted(&p), vec![seg(1, 1)]);
+
+    // The other repository could not be read, or holds an unreadable manifest: what
+    // its backups need is unknown, and nothing goes.
+    let blind = Elsewhere {
+        unknown: Some("repository offsite could not be read".into()),
+        ..Default::default()
+    };
+    let p = w.plan_serving(&keep_last(2, "backups"), t(60), &[], &blind);
+    assert!(wal_deleted(&p).is_empty());
+    assert!(p
+        .wal
+        .ranges
+        .iter()
+        .any(|r| r.reason.contains("offsite could not be read")));
+    let unreadable = Elsewhere {
+        unreadable: vec!["x9 (in repository offsite)".into()],
+        ..Default::default()
+    };
+    let p = w.plan_serving(&keep_last(2, "backups"), t(60), &[], &unreadable);
+    assert!(wal_deleted(&p).is_empty());
 }
 
 #[test]
@@ -584,6 +643,7 @@ fn scale_2000_backups_200k_wal_segments() {
         wal_objects: &wal,
         leased: &[],
         inventory: &inventory,
+        elsewhere: &Elsewhere::default(),
     };
     let policy = RetentionConfig {
         physical: RetentionRule {

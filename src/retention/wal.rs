@@ -72,10 +72,20 @@ enum Floor {
     /// A backup that may be physical has an unreadable manifest, so where its WAL
     /// begins is unknown: keep everything.
     Unreadable(String),
+    /// Another repository's backups, which read WAL from this one, are unknown.
+    UnknownElsewhere(String),
     Segment(KeepFrom),
 }
 
-fn floor(kept_physical: &[&Manifest], unreadable: &[&str], seg_size: u64) -> Floor {
+fn floor(
+    kept_physical: &[&Manifest],
+    unreadable: &[&str],
+    unknown_elsewhere: Option<&str>,
+    seg_size: u64,
+) -> Floor {
+    if let Some(why) = unknown_elsewhere {
+        return Floor::UnknownElsewhere(why.to_string());
+    }
     if let Some(id) = unreadable.first() {
         return Floor::Unreadable(id.to_string());
     }
@@ -132,10 +142,11 @@ pub fn decide(
     seg_size: u64,
     kept_physical: &[&Manifest],
     unreadable: &[&str],
+    unknown_elsewhere: Option<&str>,
     rule: WalRetention,
     now: DateTime<Utc>,
 ) -> WalPlan {
-    let floor = floor(kept_physical, unreadable, seg_size);
+    let floor = floor(kept_physical, unreadable, unknown_elsewhere, seg_size);
     let mut items: Vec<(Pos, &ObjectMeta, WalFile)> = objects
         .iter()
         .map(|o| {
@@ -174,6 +185,10 @@ pub fn decide(
                 Floor::Unreadable(id) => (
                     Action::Keep,
                     format!("the manifest of backup {id} is unreadable, so the WAL it needs is unknown: all WAL is kept until it is repaired or the backup is deleted by hand"),
+                ),
+                Floor::UnknownElsewhere(why) => (
+                    Action::Keep,
+                    format!("{why}: all WAL is kept"),
                 ),
                 Floor::Segment(k) if pos.2 >= k.segno => (
                     Action::Keep,
