@@ -479,3 +479,64 @@ fn flip_middle_byte(path: &Path) {
     bytes[mid] ^= 0x55;
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Archived data leaves the database only once every required repository that
+/// receives exports holds it: with the S3 repository down the export stays in the
+/// local one and the rows stay in the database; the next run copies it and drops them.
+#[test]
+fn exports_reach_every_required_repository_before_rows_leave_the_database() {
+    let mut s = Two::new("", "");
+    s.sql(
+        "CREATE TABLE usage_stats (period_start date NOT NULL, meter int NOT NULL, kwh numeric, PRIMARY KEY (period_start, meter)) PARTITION BY RANGE (period_start);
+         CREATE TABLE usage_stats_2020_01 PARTITION OF usage_stats FOR VALUES FROM ('2020-01-01') TO ('2020-02-01');
+         CREATE TABLE usage_stats_recent PARTITION OF usage_stats FOR VALUES FROM ('2020-02-01') TO (MAXVALUE);
+         INSERT INTO usage_stats SELECT '2020-01-01'::date + i % 31, i, i / 10.0 FROM generate_series(1, 3100) i;
+         INSERT INTO usage_stats SELECT current_date - i % 100, i, i FROM generate_series(1, 1000) i;",
+    );
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(
+        "\n[[archive]]\ntable = \"public.usage_stats\"\ncolumn = \"period_start\"\nolder_than = \"12 months\"\nmode = \"partitions\"\narchive_schema = \"archive\"\nexport_after = \"24 months\"\n",
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let exports = |root: &Path| -> BTreeSet<String> {
+        common::walk(&root.join("exports"))
+            .into_iter()
+            .filter(|f| f.ends_with("/manifest.json"))
+            .map(|f| f.rsplit('/').nth(1).unwrap().to_string())
+            .collect()
+    };
+
+    s.s3_server().stop();
+    let out = backupctl(&s.config, &["--json", "archive"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let report = json(&out);
+    let item = &report["tables"][0]["exports"]["items"][0];
+    assert_eq!(item["status"], "failed", "{report}");
+    assert!(
+        item["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was dropped from the database"),
+        "{item}"
+    );
+    assert_eq!(
+        s.sql("SELECT count(*) FROM archive.usage_stats_2020_01"),
+        "3100",
+        "rows left the database while only one repository held them"
+    );
+    assert_eq!(exports(&s.local_root()).len(), 1);
+
+    s.s3_server().resume();
+    s.ok(&["archive"]);
+    assert_eq!(
+        s.sql("SELECT count(*) FROM pg_tables WHERE tablename = 'usage_stats_2020_01'"),
+        "0"
+    );
+    let local = exports(&s.local_root());
+    assert_eq!(local.len(), 1);
+    assert_eq!(
+        local,
+        exports(&s.s3_root()),
+        "the S3 repository lacks the export"
+    );
+}

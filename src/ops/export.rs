@@ -316,6 +316,9 @@ async fn export_one(
             (m, false)
         }
     };
+    // Every repository that must hold the rows holds them before they are dropped
+    // (an export reused from an earlier run is copied where it is still missing).
+    copy_to_others(x.cfg, &m).await?;
     drop_exported(x, c, &m, &dumped_q).await?;
     Ok((m, reused))
 }
@@ -496,6 +499,68 @@ async fn dump_and_verify(
     m.store(repo.as_ref()).await?;
     crate::failpoint::point("export.after-manifest");
     Ok(m)
+}
+
+/// Copy export `m`, complete in the repository `cfg` acts on, to every other
+/// repository that receives exports and lacks it, its manifest last. The rows leave the database
+/// only afterwards: a failed copy to a `required` repository is an error (nothing is
+/// dropped; the export stays complete in `src`); to an optional one, a warning.
+async fn copy_to_others(cfg: &Config, m: &ExportManifest) -> anyhow::Result<()> {
+    let others: Vec<_> = cfg
+        .repositories_for(crate::config::StoredKind::Exports)
+        .into_iter()
+        .filter(|r| r.name != cfg.repository.name)
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let src = crate::repo::open(cfg).await?;
+    let src = src.as_ref();
+    for r in others {
+        let copied = async {
+            let dst = crate::repo::open(&cfg.with_repository(&r)).await?;
+            if dst
+                .head(&layout::export_manifest_key(&m.id))
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            // Exports do not create repo.json: where the first repository has one
+            // (written by a backup or by WAL archiving), the other must agree.
+            if crate::repo::identity::RepoIdentity::load(src)
+                .await?
+                .is_some()
+            {
+                crate::repo::copy::ensure_same_cluster(src, dst.as_ref(), cfg.encryption.enabled())
+                    .await?;
+            }
+            let key = layout::export_object_key(&m.id, &m.object);
+            crate::repo::copy::copy_object(src, dst.as_ref(), &key, Some(m.stored.clone()), false)
+                .await
+                .with_context(|| format!("copy {key}"))?;
+            m.store(dst.as_ref()).await
+        }
+        .await;
+        match copied {
+            Ok(()) => tracing::info!(export = %m.id, repository = %r.name, "export copied"),
+            Err(e) if r.required => {
+                return Err(e.context(format!(
+                    "export {} is complete in repository {}, but its copy to repository {} failed; \
+                     nothing was dropped from the database",
+                    m.id, cfg.repository.name, r.name
+                )))
+            }
+            Err(e) => tracing::warn!(
+                export = %m.id,
+                repository = %r.name,
+                "export {} could not be copied to repository {} (required = false): {e:#}",
+                m.id,
+                r.name
+            ),
+        }
+    }
+    Ok(())
 }
 
 async fn primary_key(client: &Client, schema: &str, name: &str) -> anyhow::Result<Vec<String>> {
