@@ -336,6 +336,66 @@ async fn s3_repository_conformance() {
     conformance(Backend::S3).await;
 }
 
+/// A large S3 object comes in ranges fetched ahead of the reader (see
+/// `repo::s3::ranged`): the bytes are the object's, whatever the reader's pace, and an
+/// object replaced while it is read fails the read instead of mixing two versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_ranged_reads_are_the_object_or_fail() {
+    use tokio::io::AsyncReadExt;
+    let t = TestRepo::new(Backend::S3);
+    let repo = t.open().await;
+    for len in [(4 << 20) - 1, 4 << 20, (4 << 20) + 1, 21 << 20] {
+        let data = pattern(len, len as u64);
+        repo.put_bytes("r/obj", data.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        let mut obj = repo.get("r/obj").await.unwrap();
+        assert_eq!(obj.meta.size, len as u64);
+        // A slow reader: the ranges ahead wait for it.
+        let mut back = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = obj.body.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            back.extend_from_slice(&buf[..n]);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            back == data,
+            "{len} bytes: the ranged read changed the data"
+        );
+    }
+
+    let old = pattern(21 << 20, 7);
+    repo.put_bytes("r/moving", old.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    let mut obj = repo.get("r/moving").await.unwrap();
+    let mut first = vec![0u8; 1000];
+    obj.body.read_exact(&mut first).await.unwrap();
+    assert_eq!(first, old[..1000]);
+    // Replaced while the first range is read: the ranges fetched before that still
+    // hold the old bytes, those after cannot be had.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    repo.put_bytes("r/moving", pattern(21 << 20, 8), PutOptions::default())
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let err = obj
+        .body
+        .read_to_end(&mut rest)
+        .await
+        .expect_err("a read mixed two versions of the object");
+    assert!(err.to_string().contains("replaced"), "{err}");
+    assert!(rest.len() < old.len(), "{}", rest.len());
+    assert!(
+        rest[..] == old[1000..1000 + rest.len()],
+        "bytes of the new version were read"
+    );
+}
+
 /// An encrypted repository behaves, for its callers, exactly as a plaintext one: bodies,
 /// sizes, metadata, listings, no-clobber puts, failed uploads.
 async fn encrypted_conformance(backend: Backend) {

@@ -37,6 +37,14 @@ use super::{
 };
 use crate::config::RepositoryConfig;
 
+mod ranged;
+
+/// Size of the ranges a large object is downloaded in.
+const RANGE_SIZE: u64 = 4 << 20;
+/// Ranges in flight ahead of the one being read: with the one read and the one
+/// waiting, a download holds at most `RANGE_SIZE × (RANGES_AHEAD + 2)` (20 MiB).
+const RANGES_AHEAD: usize = 3;
+
 pub struct S3Repository {
     client: Client,
     bucket: String,
@@ -497,32 +505,70 @@ impl Repository for S3Repository {
         Ok(())
     }
 
+    /// Objects larger than [`RANGE_SIZE`] come in ranges, [`RANGES_AHEAD`] of them
+    /// fetched while the one before is read (see [`ranged`]); one request otherwise.
     async fn get(&self, key: &str) -> RepoResult<GetObject> {
         let full = self.full_key(key);
-        let out = retry(&format!("download {key}"), ATTEMPTS, || async {
-            self.client
+        let first = retry(&format!("download {key}"), ATTEMPTS, || async {
+            let ranged = self
+                .client
                 .get_object()
                 .bucket(&self.bucket)
                 .key(&full)
+                .range(format!("bytes=0-{}", RANGE_SIZE - 1))
                 .send()
-                .await
-                .map_err(|e| classify("download", key, e))
+                .await;
+            match ranged {
+                // An empty object has no byte 0.
+                Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(416) => self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                    .map_err(|e| classify("download", key, e)),
+                other => other.map_err(|e| classify("download", key, e)),
+            }
         })
         .await?;
+        // A server that ignores Range sends the whole object, without Content-Range.
+        let length = first.content_length.unwrap_or(0).max(0) as u64;
+        let total = first
+            .content_range
+            .as_deref()
+            .and_then(ranged::total_of)
+            .unwrap_or(length);
         let meta = ObjectMeta {
             key: key.to_string(),
-            size: out.content_length.unwrap_or(0).max(0) as u64,
-            last_modified: to_chrono(out.last_modified.as_ref()),
-            metadata: out
+            size: total,
+            last_modified: to_chrono(first.last_modified.as_ref()),
+            metadata: first
                 .metadata
                 .clone()
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
         };
+        let body: BodyReader = if total > length {
+            Box::new(ranged::Ranged::start(
+                ranged::Source {
+                    client: self.client.clone(),
+                    bucket: self.bucket.clone(),
+                    full_key: full.clone(),
+                    key: key.to_string(),
+                    etag: first.e_tag.clone(),
+                },
+                first.body,
+                length,
+                total,
+            ))
+        } else {
+            Box::new(first.body.into_async_read())
+        };
         Ok(GetObject {
             meta,
-            body: Box::new(out.body.into_async_read()),
+            body,
             encryption_key: None,
         })
     }
