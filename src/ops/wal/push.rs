@@ -29,7 +29,9 @@ use crate::ops::wal::fetch_ahead;
 use crate::ops::wal::push_ahead::{ready_files, Markers};
 use crate::pg::wal::{self, WalFileKind};
 use crate::repo::identity::RepoIdentity;
-use crate::repo::{self, layout, leftover, ObjectMeta, RepoError, Repository, RepositoryExt};
+use crate::repo::{
+    self, layout, leftover, ObjectMeta, PutOptions, RepoError, Repository, RepositoryExt,
+};
 
 /// Archive WAL file `path` (`%p`) into every repository that receives WAL, with the
 /// `.ready` files that follow it. Succeeds once every required repository has it; a
@@ -147,7 +149,7 @@ pub async fn catch_up(
         if local.is_file() {
             let file = read_wal_file(&local)?;
             check_identity(cfg, &tag, repo.as_ref(), &file).await?;
-            let slot = Slot::Queue(Arc::new(Semaphore::new(1)));
+            let slot = Start::Slot(Slot::Queue(Arc::new(Semaphore::new(1))));
             store(repo.as_ref(), codec, file, slot, by_listing(cfg)).await?;
         } else {
             if opened.is_empty() {
@@ -218,10 +220,6 @@ async fn run_one(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
         }
     }
     let file = read_wal_file(&path)?;
-    let repo = repo::open(cfg).await?;
-    let cluster = check_identity(cfg, &tag, repo.as_ref(), &file)
-        .await
-        .with_context(|| format!("archive {}", file.name))?;
     // Push the files PostgreSQL will ask for next alongside this one: up to
     // `AHEAD_BATCHES` × `push_concurrency` files in all, `push_concurrency` at a time, so
     // that the cost of each call (and of waiting for the slowest file of a round) is
@@ -234,12 +232,28 @@ async fn run_one(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
     );
     let slots = Arc::new(Semaphore::new(concurrency));
     let listing = by_listing(cfg);
-    // This call's own file takes the first slot.
+    // This call's own file takes the first slot. On an object store it is compressed
+    // (into memory: the upload carries it whole) while the repository is opened and its
+    // identity and this file are looked up, each a round trip; nothing is stored
+    // before those checks pass.
     let mine = Slot::Held(slots.clone().acquire_owned().await?);
+    let mine = if listing {
+        Start::Compressing(compress_in_memory(
+            codec_for(&file, codec),
+            file.data.clone(),
+            mine.take().await?,
+        ))
+    } else {
+        Start::Slot(mine)
+    };
+    let repo = repo::open(cfg).await?;
+    let cluster = check_identity(cfg, &tag, repo.as_ref(), &file)
+        .await
+        .with_context(|| format!("archive {}", file.name))?;
     let mut others = tokio::task::JoinSet::new();
     for p in ahead {
         let (repo, state_dir, tag) = (repo.clone(), cfg.backup.state_dir.clone(), tag.clone());
-        let slot = Slot::Queue(slots.clone());
+        let slot = Start::Slot(Slot::Queue(slots.clone()));
         others.spawn(async move {
             let pushed = async {
                 let f = read_wal_file(&p)?;
@@ -435,30 +449,96 @@ impl Slot {
     }
 }
 
+/// A WAL file's compressed bytes and their digest, produced on a blocking thread.
+type Compressed = tokio::task::JoinHandle<std::io::Result<(Vec<u8>, codec::Digest)>>;
+
+/// How [`store`] gets a file's compression going.
+enum Start {
+    /// Wait for a compression slot, after asking the repository for the file.
+    Slot(Slot),
+    /// Already compressing, into memory.
+    Compressing(Compressed),
+}
+
+/// History files stay readable as they are; everything else is compressed.
+fn codec_for(file: &WalFile, codec: Codec) -> Codec {
+    if file.kind == WalFileKind::TimelineHistory {
+        Codec::NONE
+    } else {
+        codec
+    }
+}
+
+/// Compress `data` into memory, holding `permit` (a compression slot) meanwhile.
+fn compress_in_memory(
+    codec: Codec,
+    data: Arc<FileSource>,
+    permit: OwnedSemaphorePermit,
+) -> Compressed {
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut out = Vec::with_capacity((data.size() / 2) as usize);
+        let digest = codec::compress_frames(&codec, data.as_ref(), |piece| {
+            out.extend_from_slice(piece);
+            Ok(())
+        })?;
+        Ok((out, digest))
+    })
+}
+
 /// Compress, checksum and store one WAL file unless an identical copy is there.
 /// Returns its name.
 ///
-/// The repository is asked for the file before its `slot` comes up, and the slot is
-/// given back as soon as the file is compressed: the next file's compression does not
-/// wait for this one's HEADs, final fsync and rename.
+/// Locally, the repository is asked for the file before its slot comes up, the file
+/// streams into the repository as it is compressed, and the slot is given back as soon
+/// as the file is compressed: the next file's compression does not wait for this one's
+/// HEADs, final fsync and rename. On an object store (`by_listing`), where an upload
+/// carries the whole body, the file is compressed into memory while the repository is
+/// asked for it.
 async fn store(
     repo: &dyn Repository,
     codec: Codec,
     file: WalFile,
-    slot: Slot,
+    start: Start,
     by_listing: bool,
 ) -> anyhow::Result<String> {
-    // History files stay readable as they are; everything else is compressed.
-    let codec = if file.kind == WalFileKind::TimelineHistory {
-        Codec::NONE
-    } else {
-        codec
-    };
+    let codec = codec_for(&file, codec);
     let name = file.name.clone();
     let key = layout::wal_key(&name, codec.algorithm).expect("classified WAL name");
     let data = file.data;
+    let (found, compressed) = match start {
+        Start::Compressing(c) => (find_archived(repo, &name, &key, true).await, c),
+        Start::Slot(slot) if by_listing => {
+            let compressed = async {
+                let permit = slot.take().await?;
+                anyhow::Ok(compress_in_memory(codec, data.clone(), permit))
+            };
+            let (found, compressed) =
+                tokio::join!(find_archived(repo, &name, &key, true), compressed);
+            (found, compressed?)
+        }
+        Start::Slot(slot) => return store_streaming(repo, codec, &key, &name, data, slot).await,
+    };
+    if let Some((found, existing)) = found? {
+        let (_, digest) = compressed.await?.context("compress WAL file")?;
+        compare_existing(repo, &found, &name, &existing, &digest, &data).await?;
+        return Ok(name);
+    }
+    store_whole(repo, &key, &name, &data, compressed).await
+}
+
+/// [`store`] into a local repository: the file streams in as it is compressed.
+async fn store_streaming(
+    repo: &dyn Repository,
+    codec: Codec,
+    key: &str,
+    name: &str,
+    data: Arc<FileSource>,
+    slot: Slot,
+) -> anyhow::Result<String> {
+    let (key, name) = (key.to_string(), name.to_string());
     let original = data.size();
-    if let Some((found, existing)) = find_archived(repo, &name, &key, by_listing).await? {
+    if let Some((found, existing)) = find_archived(repo, &name, &key, false).await? {
         let permit = slot.take().await?;
         let digest = tokio::task::spawn_blocking({
             let data = data.clone();
@@ -531,6 +611,49 @@ async fn store(
             }
             Err(anyhow::Error::from(e).context(format!("archive {name}")))
         }
+    }
+}
+
+/// Store the file `compressed` gives under `key` unless a copy is there already (one
+/// under another compression was looked for before), comparing with that copy.
+async fn store_whole(
+    repo: &dyn Repository,
+    key: &str,
+    name: &str,
+    data: &Arc<FileSource>,
+    compressed: Compressed,
+) -> anyhow::Result<String> {
+    let (bytes, digest) = compressed.await?.context("compress WAL file")?;
+    let original = data.size();
+    let metadata = BTreeMap::from([
+        (layout::META_SHA256.to_string(), digest.sha256.clone()),
+        (layout::META_SIZE.to_string(), digest.size.to_string()),
+        (layout::META_SOURCE_SIZE.to_string(), original.to_string()),
+    ]);
+    let put = repo
+        .put_bytes(
+            key,
+            bytes,
+            PutOptions {
+                metadata,
+                if_absent: true,
+            },
+        )
+        .await;
+    match put {
+        Ok(_) => {
+            tracing::info!(wal = %name, key = %key, stored = digest.size, original, "archived");
+            Ok(name.to_string())
+        }
+        Err(RepoError::AlreadyExists { .. }) => {
+            let existing = repo
+                .head(key)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{key} vanished while archiving"))?;
+            compare_existing(repo, key, name, &existing, &digest, data).await?;
+            Ok(name.to_string())
+        }
+        Err(e) => Err(anyhow::Error::from(e).context(format!("archive {name}"))),
     }
 }
 
