@@ -40,9 +40,10 @@ use crate::config::RepositoryConfig;
 mod ranged;
 
 /// Size of the ranges a large object is downloaded in.
-const RANGE_SIZE: u64 = 4 << 20;
-/// Ranges in flight ahead of the one being read: with the one read and the one
-/// waiting, a download holds at most `RANGE_SIZE × (RANGES_AHEAD + 2)` (20 MiB).
+const RANGE_SIZE: u64 = 2 << 20;
+/// Ranges in flight ahead of the one being read: with the one being read, a download
+/// holds at most `RANGE_SIZE × (RANGES_AHEAD + 1)` (8 MiB; a restore runs one download
+/// per worker).
 const RANGES_AHEAD: usize = 3;
 
 pub struct S3Repository {

@@ -44,8 +44,9 @@ pub fn total_of(content_range: &str) -> Option<u64> {
 }
 
 impl Source {
-    /// Bytes `start..end` of the object.
-    async fn fetch(&self, start: u64, end: u64) -> RepoResult<Bytes> {
+    /// Bytes `start..end` of the object, in the pieces they arrived in (joining them
+    /// would hold the range twice).
+    async fn fetch(&self, start: u64, end: u64) -> RepoResult<Vec<Bytes>> {
         let what = format!("download {} (bytes {start}-{})", self.key, end - 1);
         retry(&what, ATTEMPTS, || async {
             let mut req = self
@@ -77,7 +78,7 @@ impl Source {
                     return Err(replaced());
                 }
             }
-            let bytes = out
+            let pieces: Vec<Bytes> = out
                 .body
                 .collect()
                 .await
@@ -87,20 +88,22 @@ impl Source {
                     message: format!("bytes {start}-{}: {e}", end - 1),
                     transient: true,
                 })?
-                .into_bytes();
-            if bytes.len() as u64 != end - start {
+                .into_segments()
+                .collect();
+            let got: usize = pieces.iter().map(Bytes::len).sum();
+            if got as u64 != end - start {
                 return Err(RepoError::Remote {
                     op: "download",
                     key: self.key.clone(),
                     message: format!(
                         "asked for bytes {start}-{}, the server sent {} bytes",
                         end - 1,
-                        bytes.len()
+                        got
                     ),
                     transient: true,
                 });
             }
-            Ok(bytes)
+            Ok(pieces)
         })
         .await
     }
@@ -145,7 +148,7 @@ impl futures_util::Stream for Chunks {
     }
 }
 
-type Fetch = AbortOnDropHandle<RepoResult<Bytes>>;
+type Fetch = AbortOnDropHandle<RepoResult<Vec<Bytes>>>;
 
 /// Start fetches from `next` on until [`RANGES_AHEAD`] are in flight.
 fn fill(source: &Arc<Source>, ahead: &mut VecDeque<Fetch>, next: &mut u64, total: u64) {
@@ -186,18 +189,29 @@ async fn feed(
     }
     while let Some(fetch) = ahead.pop_front() {
         let got = fetch.await;
-        fill(&source, &mut ahead, &mut next, total);
-        let chunk = match got {
-            Ok(Ok(b)) => Ok(b),
-            Ok(Err(e)) => Err(io::Error::other(e)),
-            Err(e) => Err(io::Error::other(format!(
-                "download {}: a range fetch stopped: {e}",
-                source.key
-            ))),
+        let pieces = match got {
+            Ok(Ok(pieces)) => pieces,
+            Ok(Err(e)) => {
+                let _ = tx.send(Err(io::Error::other(e))).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Err(io::Error::other(format!(
+                        "download {}: a range fetch stopped: {e}",
+                        source.key
+                    ))))
+                    .await;
+                return;
+            }
         };
-        let failed = chunk.is_err();
-        if tx.send(chunk).await.is_err() || failed {
-            return;
+        // The next range starts once this one is handed on: what is held stays
+        // within RANGES_AHEAD + 1 ranges.
+        for piece in pieces {
+            if tx.send(Ok(piece)).await.is_err() {
+                return;
+            }
+            fill(&source, &mut ahead, &mut next, total);
         }
     }
 }
