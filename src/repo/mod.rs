@@ -358,8 +358,25 @@ pub fn require_existing(cfg: &Config) -> anyhow::Result<()> {
 
 /// Open the repository the config describes.
 pub async fn open(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
+    // Faults act on what is stored: under encryption, on the ciphertext.
+    encrypted::wrap(cfg, with_injected_faults(backend(cfg).await?)?).await
+}
+
+/// [`open`] without reading `repo.json` to check that the repository is not
+/// encrypted: for a configuration without a key, and a repository this host found
+/// plaintext a short while ago (wal-push remembers it in `state_dir` for an hour, as it
+/// remembers the repository's cluster; the round trip is a good part of each call).
+pub async fn open_known_plaintext(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
+    assert!(
+        !cfg.encryption.enabled(),
+        "a repository opened with a key is always checked"
+    );
+    with_injected_faults(backend(cfg).await?)
+}
+
+async fn backend(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
     let r = &cfg.repository;
-    let repo: Arc<dyn Repository> = match r.kind {
+    Ok(match r.kind {
         RepositoryType::Local => {
             let path = r
                 .path
@@ -368,9 +385,7 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<dyn Repository>> {
             Arc::new(local::LocalRepository::new(path.join(&r.cluster)))
         }
         RepositoryType::S3 => Arc::new(s3::S3Repository::from_config(r).await?),
-    };
-    // Faults act on what is stored: under encryption, on the ciphertext.
-    encrypted::wrap(cfg, with_injected_faults(repo)?).await
+    })
 }
 
 /// Open the repositories a read of `kind` (`None`: anything) may use: with one, the

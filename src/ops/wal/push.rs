@@ -246,7 +246,13 @@ async fn run_one(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
     } else {
         Start::Slot(mine)
     };
-    let repo = repo::open(cfg).await?;
+    let known_plaintext =
+        !cfg.encryption.enabled() && IdentityCache::new(&cfg.backup.state_dir, &tag).plaintext();
+    let repo = if known_plaintext {
+        repo::open_known_plaintext(cfg).await?
+    } else {
+        repo::open(cfg).await?
+    };
     let cluster = check_identity(cfg, &tag, repo.as_ref(), &file)
         .await
         .with_context(|| format!("archive {}", file.name))?;
@@ -429,7 +435,9 @@ async fn check_identity(
             }
         },
     };
-    cache.put(identity.system_identifier());
+    // Without a key, the repository was opened plaintext-checked (`repo::open`), or
+    // the cache already said it was plaintext.
+    cache.put(identity.system_identifier(), !cfg.encryption.enabled());
     Ok(identity.system_identifier())
 }
 
@@ -749,6 +757,8 @@ struct IdentityCache {
 }
 
 const IDENTITY_TTL: Duration = Duration::from_secs(3600);
+/// In the identity cache: the repository was found plaintext by a call without a key.
+const PLAINTEXT: &str = "plaintext";
 
 impl IdentityCache {
     fn new(state_dir: &Path, repo_tag: &str) -> IdentityCache {
@@ -757,27 +767,42 @@ impl IdentityCache {
         }
     }
 
-    fn get(&self) -> Option<u64> {
+    /// `(system identifier, found plaintext by a call without a key)`, when fresh.
+    fn read(&self) -> Option<(u64, bool)> {
         let md = std::fs::metadata(&self.path).ok()?;
         if md.modified().ok()?.elapsed().ok()? > IDENTITY_TTL {
             return None;
         }
-        std::fs::read_to_string(&self.path)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        let mut words = text.split_whitespace();
+        let id = words.next()?.parse().ok()?;
+        Some((id, words.next() == Some(PLAINTEXT)))
     }
 
-    fn put(&self, system_identifier: u64) {
-        if self.get() == Some(system_identifier) {
+    fn get(&self) -> Option<u64> {
+        self.read().map(|(id, _)| id)
+    }
+
+    /// A call without a key opened the repository (checking that `repo.json` records
+    /// no encryption) within the TTL.
+    fn plaintext(&self) -> bool {
+        self.read().is_some_and(|(_, plain)| plain)
+    }
+
+    fn put(&self, system_identifier: u64, plaintext: bool) {
+        if self.read() == Some((system_identifier, plaintext)) {
             return;
         }
         let tmp = self
             .path
             .with_extension(format!("tmp{}", std::process::id()));
+        let text = if plaintext {
+            format!("{system_identifier} {PLAINTEXT}")
+        } else {
+            system_identifier.to_string()
+        };
         let written = std::fs::create_dir_all(self.path.parent().unwrap_or(Path::new(".")))
-            .and_then(|_| std::fs::write(&tmp, system_identifier.to_string()))
+            .and_then(|_| std::fs::write(&tmp, text))
             .and_then(|_| std::fs::rename(&tmp, &self.path));
         if let Err(e) = written {
             tracing::debug!(error = %e, "cannot cache the repository identity");
@@ -874,6 +899,23 @@ impl std::io::Write for HashSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_identity_cache_says_plaintext_only_when_a_call_without_a_key_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = IdentityCache::new(dir.path(), "tag");
+        assert_eq!(cache.get(), None);
+        assert!(!cache.plaintext());
+        cache.put(42, false);
+        assert_eq!(cache.get(), Some(42));
+        assert!(!cache.plaintext(), "written by a call with a key");
+        cache.put(42, true);
+        assert!(cache.plaintext());
+        // An older cache file (the identity alone) is read as before.
+        std::fs::write(dir.path().join("repo-identity-tag"), "7").unwrap();
+        assert_eq!(cache.get(), Some(7));
+        assert!(!cache.plaintext());
+    }
 
     #[test]
     fn wal_codec_shares_the_cpus_between_concurrent_files() {
