@@ -26,7 +26,7 @@ use aws_sdk_s3::types::{
     StorageClass,
 };
 use aws_sdk_s3::Client;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
@@ -337,17 +337,25 @@ fn join_part(
 
 /// Read up to `size` bytes (fewer only at end of stream).
 async fn read_chunk(body: &mut BodyReader, size: usize, key: &str) -> RepoResult<Bytes> {
-    let mut buf = BytesMut::with_capacity(size);
-    while buf.len() < size {
+    // Its own mapping (pages taken as they are written), unmapped once every copy of
+    // the part is dropped: see `memmap2` in Cargo.toml.
+    let mut buf = memmap2::MmapMut::map_anon(size)
+        .map_err(|e| RepoError::io("allocate a part buffer for", key, e))?;
+    let mut filled = 0;
+    while filled < size {
         let n = body
-            .read_buf(&mut buf)
+            .read(&mut buf[filled..])
             .await
             .map_err(|e| RepoError::io("read body for", key, e))?;
         if n == 0 {
             break;
         }
+        filled += n;
     }
-    Ok(buf.freeze())
+    if filled == 0 {
+        return Ok(Bytes::new());
+    }
+    Ok(Bytes::from_owner(buf).slice(..filled))
 }
 
 /// Aborts a multipart upload unless disarmed: on error paths and on cancellation.
