@@ -344,7 +344,7 @@ async fn s3_ranged_reads_are_the_object_or_fail() {
     use tokio::io::AsyncReadExt;
     let t = TestRepo::new(Backend::S3);
     let repo = t.open().await;
-    for len in [(4 << 20) - 1, 4 << 20, (4 << 20) + 1, 21 << 20] {
+    for len in [(16 << 20) - 1, 16 << 20, (16 << 20) + 1, 29 << 20] {
         let data = pattern(len, len as u64);
         repo.put_bytes("r/obj", data.clone(), PutOptions::default())
             .await
@@ -368,7 +368,7 @@ async fn s3_ranged_reads_are_the_object_or_fail() {
         );
     }
 
-    let old = pattern(21 << 20, 7);
+    let old = pattern(33 << 20, 7);
     repo.put_bytes("r/moving", old.clone(), PutOptions::default())
         .await
         .unwrap();
@@ -379,7 +379,7 @@ async fn s3_ranged_reads_are_the_object_or_fail() {
     // Replaced while the first range is read: the ranges fetched before that still
     // hold the old bytes, those after cannot be had.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    repo.put_bytes("r/moving", pattern(21 << 20, 8), PutOptions::default())
+    repo.put_bytes("r/moving", pattern(33 << 20, 8), PutOptions::default())
         .await
         .unwrap();
     let mut rest = Vec::new();

@@ -39,12 +39,16 @@ use crate::config::RepositoryConfig;
 
 mod ranged;
 
-/// Size of the ranges a large object is downloaded in.
-const RANGE_SIZE: u64 = 2 << 20;
+/// The first request asks for this much, streamed as it comes: an object no larger (a
+/// WAL segment) takes one request, as each further one costs a round trip, and a new
+/// connection's handshakes besides.
+const FIRST_RANGE: u64 = 16 << 20;
+/// Size of the ranges the rest of a larger object is downloaded in.
+const RANGE_SIZE: u64 = 4 << 20;
 /// Ranges in flight ahead of the one being read: with the one being read, a download
-/// holds at most `RANGE_SIZE × (RANGES_AHEAD + 1)` (8 MiB; a restore runs one download
+/// holds at most `RANGE_SIZE × (RANGES_AHEAD + 1)` (12 MiB; a restore runs one download
 /// per worker).
-const RANGES_AHEAD: usize = 3;
+const RANGES_AHEAD: usize = 2;
 
 pub struct S3Repository {
     client: Client,
@@ -516,7 +520,7 @@ impl Repository for S3Repository {
         Ok(())
     }
 
-    /// Objects larger than [`RANGE_SIZE`] come in ranges, [`RANGES_AHEAD`] of them
+    /// Objects larger than [`FIRST_RANGE`] come in ranges, [`RANGES_AHEAD`] of them
     /// fetched while the one before is read (see [`ranged`]); one request otherwise.
     async fn get(&self, key: &str) -> RepoResult<GetObject> {
         let full = self.full_key(key);
@@ -526,7 +530,7 @@ impl Repository for S3Repository {
                 .get_object()
                 .bucket(&self.bucket)
                 .key(&full)
-                .range(format!("bytes=0-{}", RANGE_SIZE - 1))
+                .range(format!("bytes=0-{}", FIRST_RANGE - 1))
                 .send()
                 .await;
             match ranged {

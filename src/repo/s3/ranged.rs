@@ -2,8 +2,9 @@
 //! limited by the connection's window over the round trip, so on a distant server a
 //! restore or a WAL fetch would wait on latency, not bandwidth.
 //!
-//! The first range's response (which tells the object's size) streams as it arrives;
-//! meanwhile the next [`RANGES_AHEAD`] ranges are fetched, each by a task of its own,
+//! The first range's response (which tells the object's size; [`super::FIRST_RANGE`]
+//! bytes, all of most WAL segments) streams as it arrives; meanwhile the next
+//! [`RANGES_AHEAD`] ranges are fetched, each by a task of its own,
 //! and handed on in order. Every range is retried on its own like any request, checked
 //! for its length, and asked for with the first response's ETag (`If-Match`, and the
 //! ETag each response names is compared too), so an object replaced while it is read
