@@ -37,6 +37,23 @@ fn help_lists_every_command() {
     }
 }
 
+/// aws-lc is built without its CPU-jitter entropy source (`.cargo/config.toml`): that
+/// source costs each process about 50 ms of CPU on its first random number, the
+/// first TLS handshake of every wal-push and wal-fetch call on S3. Losing the setting
+/// would go unnoticed but for this.
+#[test]
+fn aws_lc_is_built_without_the_cpu_jitter_entropy_source() {
+    let exe = std::fs::read(env!("CARGO_BIN_EXE_backupctl")).unwrap();
+    assert!(
+        memchr::memmem::find(&exe, b"RAND_bytes").is_some(),
+        "the binary has no symbols to search; this test needs an unstripped build"
+    );
+    assert!(
+        memchr::memmem::find(&exe, b"jent_entropy_init").is_none(),
+        "aws-lc was built with CPU-jitter entropy: build with AWS_LC_SYS_NO_JITTER_ENTROPY=1 (.cargo/config.toml)"
+    );
+}
+
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.path().join(name);
     std::fs::write(&p, text).unwrap();
