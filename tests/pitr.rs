@@ -682,6 +682,98 @@ fn wal_fetch_prefetches_the_following_segments(backend: Backend) {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
 
+/// The background prefetcher lives through recovery: as wal-fetch calls take segments
+/// from the spool, it keeps the 8 after the last one taken spooled, over the same
+/// connections. (A prefetcher that fetched its 8 and exited was not restarted while 4
+/// or more were left, so the spool ran down.) A call that jumps elsewhere moves it
+/// there; the end of the archive stops it.
+#[test]
+fn wal_fetch_prefetcher_follows_recovery() {
+    let s = Setup::new(Backend::Local);
+    let config = s.t.write_config(
+        "prefetch.toml",
+        &format!(
+            "{}\n[wal]\nfetch_concurrency = 2\nfetch_reserve_mib = 0\n",
+            s.cluster.postgres_toml()
+        ),
+    );
+    s.sql("CREATE TABLE t (g int)");
+    let mut segs = vec![];
+    for _ in 0..13 {
+        s.sql("INSERT INTO t SELECT generate_series(1, 100)");
+        segs.push(s.sql("SELECT pg_walfile_name(pg_current_wal_lsn())"));
+        switch_wal_and_wait(&s.cluster);
+    }
+    for pair in segs.windows(2) {
+        assert!(pair[0] < pair[1], "consecutive segments: {segs:?}");
+    }
+    let work = pg_tempdir();
+    let pg_wal = work.path().join("pg_wal");
+    as_pg(Command::new("mkdir").arg(&pg_wal)).status().unwrap();
+    let dest = pg_wal.join("RECOVERYXLOG");
+    let fetch = |seg: &str| {
+        check_output(
+            "wal-fetch",
+            backupctl(&config, &["-v", "wal-fetch", seg, dest.to_str().unwrap()]),
+        )
+    };
+    let spool = || -> PathBuf {
+        std::fs::read_dir(pg_wal.join(".backupctl-prefetch"))
+            .expect("a prefetch spool")
+            .flatten()
+            .next()
+            .expect("this boot's spool")
+            .path()
+    };
+    let spooled = || {
+        let mut names: Vec<String> = std::fs::read_dir(spool())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    };
+    let wait_for = |expected: &[String], what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while spooled() != expected && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(spooled(), expected, "{what}");
+    };
+
+    fetch(&segs[0]);
+    wait_for(&segs[1..=8], "the 8 segments after the first are spooled");
+    for seg in &segs[1..=3] {
+        let out = fetch(seg);
+        assert!(stderr(&out).contains("prefetched"), "{}", stderr(&out));
+    }
+    wait_for(
+        &segs[4..=11],
+        "the spool follows recovery: the 8 after the last segment taken",
+    );
+
+    // Recovery asks for a segment beyond the spool: the prefetcher moves there, drops
+    // what recovery has passed, and stops at the end of the archive.
+    let out = fetch(&segs[12]);
+    assert!(
+        stderr(&out).contains("restored from the archive"),
+        "{}",
+        stderr(&out)
+    );
+    wait_for(&[], "segments before recovery's position are dropped");
+    let lock = std::fs::File::open(spool().join(".prefetch.lock")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while lock.try_lock().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the prefetcher exits at the end of the archive"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn timelines_after_pitr(backend: Backend) {
     let s = Setup::new(backend);
     let target = s.rows_around_a_target();

@@ -147,9 +147,14 @@ pub async fn run(
         match spool.take(&name, dest) {
             Ok(true) => {
                 tracing::info!(wal = %name, "restored from the prefetched copy");
-                // Keep the spool filled while recovery replays what it holds.
-                if concurrency > 1 && spool.count() < BACKGROUND_DEPTH / 2 {
-                    start_prefetcher(cfg, &name, dest, spool, reserve);
+                if concurrency > 1 {
+                    // The running prefetcher moves on from here; if it has stopped
+                    // (the archive ended, or recovery was idle), a new one starts
+                    // once the spool runs low.
+                    spool.note_position(&name);
+                    if spool.count() < BACKGROUND_DEPTH / 2 {
+                        start_prefetcher(cfg, &name, dest, spool, reserve);
+                    }
                 }
                 return Ok(());
             }
@@ -186,7 +191,14 @@ pub async fn run(
     // while recovery replays this one; where it cannot be started, by this call
     // before it returns.
     let spool = match spool {
-        Some(s) if start_prefetcher(cfg, &name, dest, &s, reserve) => None,
+        Some(s)
+            if std::fs::create_dir_all(s.dir()).is_ok() && {
+                s.note_position(&name);
+                start_prefetcher(cfg, &name, dest, &s, reserve)
+            } =>
+        {
+            None
+        }
         other => other,
     };
     let ahead = spool.map(|spool| {
@@ -222,8 +234,14 @@ pub async fn run(
 }
 
 /// Segments the background prefetcher keeps ahead of recovery (128 MiB of 16 MiB
-/// segments); a new one is started when fewer than half are left.
+/// segments).
 const BACKGROUND_DEPTH: usize = 8;
+
+/// How often the background prefetcher looks for recovery's progress.
+const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The background prefetcher exits when recovery has not moved for this long.
+const IDLE_EXIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Lock held by the background prefetcher, in the spool.
 const PREFETCH_LOCK: &str = ".prefetch.lock";
@@ -295,9 +313,15 @@ fn open_lock(spool: &Spool) -> std::io::Result<std::fs::File> {
         .open(spool.dir().join(PREFETCH_LOCK))
 }
 
-/// `wal-fetch --prefetch NAME DEST`: fetch the [`BACKGROUND_DEPTH`] segments after
-/// `name` that the spool beside `dest` lacks, `wal.fetch_concurrency` at a time, then
-/// exit. One at a time per spool (a lock); failures only cost the prefetch.
+/// `wal-fetch --prefetch NAME DEST`: keep the [`BACKGROUND_DEPTH`] segments after
+/// recovery's position (first `name`, then what each wal-fetch call records) in the
+/// spool beside `dest`, `wal.fetch_concurrency` at a time, for as long as recovery
+/// moves on. One process per spool (a lock) that lives through the recovery: its
+/// connections stay open, and no call waits for a new one to start. It exits at the
+/// end of the archive (a segment it does not have), when recovery has not moved for
+/// [`IDLE_EXIT`], or when the spool is removed (recovery ended). Failures only cost
+/// the prefetch: the call that asks for the segment fetches it and reports what is
+/// wrong.
 pub async fn prefetch_in_background(cfg: &Config, name: &str, dest: &Path) -> anyhow::Result<()> {
     let Some(spool) = Spool::beside(dest) else {
         return Ok(());
@@ -310,24 +334,113 @@ pub async fn prefetch_in_background(cfg: &Config, name: &str, dest: &Path) -> an
     let concurrency = cfg.wal.fetch_concurrency().max(1);
     let repo = repo::open_for_reading(cfg, Some(crate::config::StoredKind::Wal), true).await?;
     let algorithm = cfg.compression.for_kind(DataKind::Wal).algorithm;
-    let slots = Arc::new(Semaphore::new(concurrency));
-    prefetch(
-        repo,
-        algorithm,
-        name,
-        spool,
-        slots,
-        BACKGROUND_DEPTH,
-        cfg.wal.fetch_reserve_bytes(),
-    )
-    .await;
+    let Some(seg_size) = segment_size(repo.as_ref()).await else {
+        return Ok(());
+    };
+    let reserve = cfg.wal.fetch_reserve_bytes();
+    let spool = Arc::new(spool);
+    let mut position = name.to_string();
+    spool.clean(&position);
+    // Segments after the position this process has fetched, failed to fetch or is
+    // fetching: each is tried once.
+    let mut tried = std::collections::HashSet::new();
+    let mut fetching = tokio::task::JoinSet::new();
+    let mut moved = std::time::Instant::now();
+    let mut archive_ended = false;
+    let mut short_of_room = false;
+    loop {
+        if !spool.dir().is_dir() {
+            break;
+        }
+        if let Some(p) = spool.position().filter(|p| *p != position) {
+            position = p;
+            moved = std::time::Instant::now();
+            spool.clean(&position);
+            tried.retain(|n: &String| fetch_ahead::is_after(n, &position));
+        }
+        if !archive_ended {
+            for n in following(&position, seg_size, BACKGROUND_DEPTH) {
+                if fetching.len() >= concurrency {
+                    break;
+                }
+                if tried.contains(&n) || spool.has(&n) {
+                    continue;
+                }
+                // This segment and the one being restored to pg_wal beside it.
+                if !fetch_ahead::room_for(spool.dir(), 2 * seg_size, reserve) {
+                    if !short_of_room {
+                        tracing::info!(dir = %spool.dir().display(), reserve_mib = reserve >> 20, "little free space: WAL prefetch waits (wal.fetch_reserve_mib)");
+                    }
+                    short_of_room = true;
+                    break;
+                }
+                short_of_room = false;
+                tried.insert(n.clone());
+                fetching.spawn(fetch_into_spool(repo.clone(), algorithm, n, spool.clone()));
+            }
+        }
+        if fetching.is_empty() && (archive_ended || moved.elapsed() > IDLE_EXIT) {
+            break;
+        }
+        tokio::select! {
+            Some(done) = fetching.join_next() => {
+                if matches!(done, Ok(Spooled::NotArchived)) {
+                    archive_ended = true;
+                }
+            }
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
     drop(lock);
     Ok(())
 }
 
-/// Restore the `depth` segments after `name` into `spool`. Failures only cost the
-/// prefetch: the call that asks for a segment later fetches it again and reports what
-/// is wrong.
+/// The repository's WAL segment size, from its identity; None (no prefetch) where it
+/// does not say.
+async fn segment_size(repo: &dyn Repository) -> Option<u64> {
+    match RepoIdentity::load(repo).await {
+        Ok(Some(id)) if wal::valid_segment_size(id.wal_segment_size) => Some(id.wal_segment_size),
+        _ => {
+            tracing::debug!("no WAL segment size in the repository identity: no prefetch");
+            None
+        }
+    }
+}
+
+/// What became of one segment to prefetch.
+enum Spooled {
+    Done,
+    NotArchived,
+    Failed,
+}
+
+/// Fetch segment `n` into the spool, logging what went wrong.
+async fn fetch_into_spool(
+    repo: Arc<dyn Repository>,
+    algorithm: Algorithm,
+    n: String,
+    spool: Arc<Spool>,
+) -> Spooled {
+    let fetched = match open(repo.as_ref(), algorithm, &n).await {
+        Ok(Some((key, obj))) => write(obj, &key, &n, &spool.path(&n)).await.map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    match fetched {
+        Ok(Some(_)) => {
+            tracing::debug!(wal = %n, "prefetched");
+            Spooled::Done
+        }
+        Ok(None) => Spooled::NotArchived,
+        Err(e) => {
+            tracing::warn!(wal = %n, error = %format!("{e:#}"), "prefetch failed; the segment will be fetched when recovery asks for it");
+            Spooled::Failed
+        }
+    }
+}
+
+/// Restore the `depth` segments after `name` into `spool`, within this call (where no
+/// background prefetcher could be started).
 async fn prefetch(
     repo: Arc<dyn Repository>,
     algorithm: Algorithm,
@@ -338,12 +451,8 @@ async fn prefetch(
     reserve: u64,
 ) {
     spool.clean(name);
-    let seg_size = match RepoIdentity::load(repo.as_ref()).await {
-        Ok(Some(id)) if wal::valid_segment_size(id.wal_segment_size) => id.wal_segment_size,
-        _ => {
-            tracing::debug!("no WAL segment size in the repository identity: no prefetch");
-            return;
-        }
+    let Some(seg_size) = segment_size(repo.as_ref()).await else {
+        return;
     };
     let names: Vec<String> = following(name, seg_size, depth)
         .into_iter()
@@ -381,15 +490,8 @@ async fn prefetch(
             if ended.load(Ordering::Relaxed) {
                 return;
             }
-            let fetched = match open(repo.as_ref(), algorithm, &n).await {
-                Ok(Some((key, obj))) => write(obj, &key, &n, &spool.path(&n)).await.map(Some),
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
-            };
-            match fetched {
-                Ok(Some(_)) => tracing::debug!(wal = %n, "prefetched"),
-                Ok(None) => ended.store(true, Ordering::Relaxed),
-                Err(e) => tracing::warn!(wal = %n, error = %format!("{e:#}"), "prefetch failed; the segment will be fetched when recovery asks for it"),
+            if let Spooled::NotArchived = fetch_into_spool(repo, algorithm, n, spool).await {
+                ended.store(true, Ordering::Relaxed);
             }
         });
     }

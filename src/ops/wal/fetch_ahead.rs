@@ -32,6 +32,9 @@ use crate::pg::wal;
 /// The spool's directory under `pg_wal`.
 pub const SPOOL_DIR: &str = ".backupctl-prefetch";
 
+/// The file in the spool naming the segment recovery restored last.
+const POSITION: &str = ".position";
+
 /// Temp files of a process that died are removed after this long.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
@@ -85,6 +88,25 @@ impl Spool {
 
     pub fn has(&self, name: &str) -> bool {
         self.path(name).exists()
+    }
+
+    /// Record that recovery has restored segment `name` (from the spool or the
+    /// archive): the background prefetcher keeps the segments after it spooled.
+    /// Best effort: without it, the prefetcher goes on from where it was.
+    pub fn note_position(&self, name: &str) {
+        let tmp = self.dir.join(format!("{POSITION}.{}", std::process::id()));
+        if std::fs::write(&tmp, name).is_err()
+            || std::fs::rename(&tmp, self.dir.join(POSITION)).is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
+    /// The segment recovery restored last, as [`Spool::note_position`] recorded it.
+    pub fn position(&self) -> Option<String> {
+        let name = std::fs::read_to_string(self.dir.join(POSITION)).ok()?;
+        let name = name.trim();
+        is_segment(name).then(|| name.to_string())
     }
 
     /// Move the spooled `name` to `dest`; false if it is not spooled.
@@ -182,6 +204,14 @@ pub fn remove_spool(wal_dir: &Path) {
             tracing::warn!(dir = %spool.display(), error = %e, "cannot remove the WAL prefetch spool");
         }
     }
+}
+
+/// Whether segment `name` comes after segment `position` on the same timeline.
+pub fn is_after(name: &str, position: &str) -> bool {
+    is_segment(name)
+        && is_segment(position)
+        && name[..8] == position[..8]
+        && name[8..] > position[8..]
 }
 
 /// The `n` segments after the segment `name` on its timeline (none for other files).
