@@ -498,11 +498,13 @@ pub fn compress_frames<S: Source + ?Sized>(
     // Each thread takes the next block not yet taken, reads and compresses it (a thread
     // that loses its core for a while to the writing side takes fewer blocks, rather than
     // holding up the end); this thread hashes the frames and hands them on in order.
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, io::Result<Vec<u8>>)>();
     let next_block = std::sync::atomic::AtomicUsize::new(0);
     // Set when this thread gives up, so the others stop at their next block.
     let stop = std::sync::atomic::AtomicBool::new(false);
     let result = std::thread::scope(|s| -> io::Result<()> {
+        // Bounded: when the sink is slower than compression (an upload), the threads
+        // wait for it rather than compressing the whole input into memory ahead of it.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, io::Result<Vec<u8>>)>(2 * threads);
         for t in 0..threads {
             let (tx, blocks, stop, next_block) = (tx.clone(), &blocks, &stop, &next_block);
             s.spawn(move || {
@@ -546,6 +548,8 @@ pub fn compress_frames<S: Source + ?Sized>(
         if received.is_err() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        // A thread waiting to send gets an error and stops, before the scope waits for it.
+        drop(rx);
         received
     });
     result?;

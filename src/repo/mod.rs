@@ -47,6 +47,52 @@ use crate::config::{Config, RepositoryType};
 /// A streaming object body.
 pub type BodyReader = Box<dyn AsyncRead + Send + Unpin>;
 
+/// A body whose end counts only once its producer confirms it (`confirmed` sent); an
+/// end without that, the producer having failed after its last bytes, is an error,
+/// so that nothing is stored. Before it, bytes pass as they come.
+pub struct EndConfirmed {
+    inner: BodyReader,
+    confirmation: tokio::sync::oneshot::Receiver<()>,
+    /// The confirmation came (an end may be read more than once).
+    confirmed: bool,
+}
+
+impl EndConfirmed {
+    pub fn new(inner: BodyReader, confirmation: tokio::sync::oneshot::Receiver<()>) -> Self {
+        EndConfirmed {
+            inner,
+            confirmation,
+            confirmed: false,
+        }
+    }
+}
+
+impl AsyncRead for EndConfirmed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(Ok(()))
+                if buf.filled().len() == before && buf.remaining() > 0 =>
+            {
+                this.confirmed = this.confirmed || this.confirmation.try_recv().is_ok();
+                if this.confirmed {
+                    std::task::Poll::Ready(Ok(()))
+                } else {
+                    std::task::Poll::Ready(Err(std::io::Error::other(
+                        "the body ended without its producer confirming it",
+                    )))
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 /// Metadata sent once an object's body has been produced; see
 /// [`Repository::put_described_after`].
 pub type LateMetadata = tokio::sync::oneshot::Receiver<BTreeMap<String, String>>;
@@ -555,5 +601,34 @@ mod tests {
         .await;
         assert!(r.unwrap_err().is_not_found());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A body's end is an end only once its producer says so: bytes written by a
+    /// producer that then failed must not be stored as a whole object.
+    #[tokio::test]
+    async fn a_body_ends_only_when_its_producer_confirms() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        for confirm in [true, false] {
+            let (mut w, r) = tokio::io::duplex(64);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let producer = tokio::spawn(async move {
+                w.write_all(b"every byte").await.unwrap();
+                if confirm {
+                    tx.send(()).unwrap();
+                } else {
+                    drop(tx);
+                }
+                w.shutdown().await.unwrap();
+            });
+            let mut body = EndConfirmed::new(Box::new(r), rx);
+            let mut got = Vec::new();
+            let read = body.read_to_end(&mut got).await;
+            producer.await.unwrap();
+            assert_eq!(got, b"every byte");
+            assert_eq!(read.is_ok(), confirm, "{read:?}");
+            // An end read again is the same end.
+            let again = body.read(&mut [0u8; 8]).await;
+            assert_eq!(again.is_ok(), confirm, "{again:?}");
+        }
     }
 }

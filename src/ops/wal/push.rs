@@ -237,7 +237,7 @@ async fn run_one(cfg: &Config, path: PathBuf) -> anyhow::Result<()> {
     // identity and this file are looked up, each a round trip; nothing is stored
     // before those checks pass.
     let mine = Slot::Held(slots.clone().acquire_owned().await?);
-    let mine = if listing {
+    let mine = if listing && file.data.size() <= WHOLE_IN_MEMORY {
         Start::Compressing(compress_in_memory(
             codec_for(&file, codec),
             file.data.clone(),
@@ -516,6 +516,9 @@ async fn store(
     let data = file.data;
     let (found, compressed) = match start {
         Start::Compressing(c) => (find_archived(repo, &name, &key, true).await, c),
+        Start::Slot(slot) if by_listing && data.size() > WHOLE_IN_MEMORY => {
+            return store_in_two_passes(repo, codec, &key, &name, data, slot).await
+        }
         Start::Slot(slot) if by_listing => {
             let compressed = async {
                 let permit = slot.take().await?;
@@ -622,6 +625,98 @@ async fn store_streaming(
     }
 }
 
+/// [`store`] on an object store for a file larger than [`WHOLE_IN_MEMORY`] (a
+/// segment size above the default). An upload carries the object's metadata, its
+/// checksum, in its first request, and such a file is not held in memory, so it is
+/// compressed twice: once for the checksum while the repository is asked for the
+/// file, then again into the upload, a part sent as each fills (multipart). The
+/// second pass must give the same bytes; if it does not, the upload is abandoned
+/// and nothing is stored.
+async fn store_in_two_passes(
+    repo: &dyn Repository,
+    codec: Codec,
+    key: &str,
+    name: &str,
+    data: Arc<FileSource>,
+    slot: Slot,
+) -> anyhow::Result<String> {
+    let permit = slot.take().await?;
+    let first_pass = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || {
+            let digest = codec::compress_frames(&codec, data.as_ref(), |_| Ok(()));
+            (permit, digest)
+        }
+    });
+    let (found, first_pass) = tokio::join!(find_archived(repo, name, key, true), first_pass);
+    let (permit, digest) = first_pass?;
+    let digest = digest.context("compress WAL file")?;
+    if let Some((found, existing)) = found? {
+        compare_existing(repo, &found, name, &existing, &digest, &data).await?;
+        return Ok(name.to_string());
+    }
+    let original = data.size();
+    let metadata = BTreeMap::from([
+        (layout::META_SHA256.to_string(), digest.sha256.clone()),
+        (layout::META_SIZE.to_string(), digest.size.to_string()),
+        (layout::META_SOURCE_SIZE.to_string(), original.to_string()),
+    ]);
+    let (mut writer, body) = tokio::io::duplex(STREAM_BUFFER);
+    let (same_tx, same_rx) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
+    let second_pass = tokio::task::spawn_blocking({
+        let (data, expected) = (data.clone(), digest.sha256.clone());
+        move || -> std::io::Result<()> {
+            use tokio::io::AsyncWriteExt as _;
+            let _permit = permit;
+            let again = codec::compress_frames(&codec, data.as_ref(), |piece| {
+                runtime.block_on(writer.write_all(piece))
+            })?;
+            if again.sha256 != expected {
+                return Err(std::io::Error::other(
+                    "the file compressed differently the second time (it changed while being archived?)",
+                ));
+            }
+            let _ = same_tx.send(());
+            runtime.block_on(writer.shutdown())
+        }
+    });
+    let body = crate::repo::EndConfirmed::new(Box::new(body), same_rx);
+    let put = repo
+        .put(
+            key,
+            Box::new(body),
+            PutOptions {
+                metadata,
+                if_absent: true,
+            },
+        )
+        .await;
+    let compressed = second_pass.await?;
+    match put {
+        Ok(_) => {
+            tracing::info!(wal = %name, key = %key, stored = digest.size, original, "archived");
+            Ok(name.to_string())
+        }
+        Err(RepoError::AlreadyExists { .. }) => {
+            let existing = repo
+                .head(key)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{key} vanished while archiving"))?;
+            compare_existing(repo, key, name, &existing, &digest, &data).await?;
+            Ok(name.to_string())
+        }
+        Err(e) => {
+            if let Err(c) = compressed {
+                if c.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(anyhow::Error::from(c).context(format!("compress {name}")));
+                }
+            }
+            Err(anyhow::Error::from(e).context(format!("archive {name}")))
+        }
+    }
+}
+
 /// Store the file `compressed` gives under `key` unless a copy is there already (one
 /// under another compression was looked for before), comparing with that copy.
 async fn store_whole(
@@ -715,6 +810,11 @@ async fn find_archived(
 fn by_listing(cfg: &Config) -> bool {
     cfg.repository.kind == crate::config::RepositoryType::S3
 }
+
+/// On an object store, a WAL file up to this size (the default segment size) is
+/// compressed into memory and sent in one request; a larger one is streamed (see
+/// [`store_in_two_passes`]).
+const WHOLE_IN_MEMORY: u64 = 16 << 20;
 
 /// Compressed bytes in flight between the compression threads and the repository.
 const STREAM_BUFFER: usize = 2 << 20;
