@@ -754,6 +754,32 @@ fn wal_fetch_prefetcher_follows_recovery() {
         "the spool follows recovery: the 8 after the last segment taken",
     );
 
+    // The directory is removed and made again at the same path (a restore tried
+    // again): the prefetcher of the old one stops rather than serve the new one.
+    let prefetchers = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains("--prefetch") && c.contains(dest.to_str().unwrap()))
+            .count()
+    };
+    assert_eq!(prefetchers(), 1, "one prefetcher serves the spool");
+    let old_spool = spool();
+    std::fs::remove_dir_all(&pg_wal).unwrap();
+    as_pg(Command::new("mkdir").arg("-p").arg(&old_spool))
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while prefetchers() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old prefetcher stops once its spool is replaced"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // Recovery asks for a segment beyond the spool: the prefetcher moves there, drops
     // what recovery has passed, and stops at the end of the archive.
     let out = fetch(&segs[12]);

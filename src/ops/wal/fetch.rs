@@ -319,7 +319,7 @@ fn open_lock(spool: &Spool) -> std::io::Result<std::fs::File> {
 /// moves on. One process per spool (a lock) that lives through the recovery: its
 /// connections stay open, and no call waits for a new one to start. It exits at the
 /// end of the archive (a segment it does not have), when recovery has not moved for
-/// [`IDLE_EXIT`], or when the spool is removed (recovery ended). Failures only cost
+/// [`IDLE_EXIT`], or when the spool is removed (recovery ended) or replaced. Failures only cost
 /// the prefetch: the call that asks for the segment fetches it and reports what is
 /// wrong.
 pub async fn prefetch_in_background(cfg: &Config, name: &str, dest: &Path) -> anyhow::Result<()> {
@@ -331,6 +331,19 @@ pub async fn prefetch_in_background(cfg: &Config, name: &str, dest: &Path) -> an
     if lock.try_lock().is_err() {
         return Ok(());
     }
+    // The spool this process serves: a spool made anew at the same path (the data
+    // directory removed and restored again) has a lock file of its own, and its own
+    // prefetcher.
+    let ours = {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = lock.metadata()?;
+        (m.dev(), m.ino())
+    };
+    let lock_path = spool.dir().join(PREFETCH_LOCK);
+    let still_ours = || {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&lock_path).is_ok_and(|m| (m.dev(), m.ino()) == ours)
+    };
     let concurrency = cfg.wal.fetch_concurrency().max(1);
     let repo = repo::open_for_reading(cfg, Some(crate::config::StoredKind::Wal), true).await?;
     let algorithm = cfg.compression.for_kind(DataKind::Wal).algorithm;
@@ -349,7 +362,7 @@ pub async fn prefetch_in_background(cfg: &Config, name: &str, dest: &Path) -> an
     let mut archive_ended = false;
     let mut short_of_room = false;
     loop {
-        if !spool.dir().is_dir() {
+        if !still_ours() {
             break;
         }
         if let Some(p) = spool.position().filter(|p| *p != position) {
