@@ -109,7 +109,7 @@ for lat in $LATENCIES; do
                 physical) ALGS=zst "$HERE/physical.sh" ;;
                 wal-push) SCALE=5 "$HERE/wal-push.sh" ;;
                 wal-drain) SCALE=5 "$HERE/wal-drain.sh" ;;
-                wal-fetch) SCALE=5 TOOLS="backupctl pgbackrest pgbackrest-async" "$HERE/wal-fetch.sh" ;;
+                wal-fetch) SCALE=5 TOOLS="${TOOLS:-backupctl pgbackrest pgbackrest-async}" "$HERE/wal-fetch.sh" ;;
             esac
             echo
         done
