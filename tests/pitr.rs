@@ -876,6 +876,62 @@ fn a_large_segment_streams_to_s3_in_bounded_memory() {
     );
 }
 
+/// A call whose segment the background prefetcher is fetching at that moment waits for
+/// that copy rather than fetch the segment a second time over a new connection. The
+/// "prefetcher" here is this test: it holds the spool's lock and marks the segment,
+/// whose repository copy is corrupt, so a call that fetched it itself would fail; the
+/// sound copy arrives in the spool a second later.
+#[test]
+fn wal_fetch_waits_for_the_segment_the_prefetcher_is_fetching() {
+    let s = Setup::new(Backend::Local);
+    let config = s.t.write_config(
+        "prefetch.toml",
+        &format!(
+            "{}\n[wal]\nfetch_concurrency = 2\nfetch_reserve_mib = 0\n",
+            s.cluster.postgres_toml()
+        ),
+    );
+    let (_copy_dir, seg, _copy, sound) = s.archived_segment_copy();
+    flip_byte(
+        &s.object_path(&format!("wal/{}/{seg}.zst", &seg[..16])),
+        0.5,
+    );
+
+    let work = pg_tempdir();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let spool = work
+        .path()
+        .join("pg_wal/.backupctl-prefetch")
+        .join(boot_id.trim());
+    as_pg(Command::new("mkdir").arg("-p").arg(&spool))
+        .status()
+        .unwrap();
+    let lock_path = spool.join(".prefetch.lock");
+    let marker = spool.join(format!(".fetching-{seg}"));
+    std::fs::write(&lock_path, b"").unwrap();
+    std::fs::write(&marker, b"").unwrap();
+    common::chown_to_pg(&spool);
+    let lock = std::fs::File::open(&lock_path).unwrap();
+    lock.lock().unwrap();
+
+    let dest = work.path().join("pg_wal/RECOVERYXLOG");
+    let call = common::spawn_backupctl(&config, &["-v", "wal-fetch", &seg, dest.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_secs(1));
+    let tmp = spool.join(".backupctl-arriving");
+    std::fs::write(&tmp, &sound).unwrap();
+    common::chown_to_pg(&tmp);
+    std::fs::rename(&tmp, spool.join(&seg)).unwrap();
+    std::fs::remove_file(&marker).unwrap();
+
+    let out = check_output("wal-fetch", call.wait_with_output().unwrap());
+    assert!(stderr(&out).contains("prefetched"), "{}", stderr(&out));
+    assert!(
+        std::fs::read(&dest).unwrap() == sound,
+        "the prefetcher's copy"
+    );
+    drop(lock);
+}
+
 fn timelines_after_pitr(backend: Backend) {
     let s = Setup::new(backend);
     let target = s.rows_around_a_target();

@@ -144,7 +144,11 @@ pub async fn run(
         None
     };
     if let Some(spool) = &spool {
-        match spool.take(&name, dest) {
+        let taken = match spool.take(&name, dest) {
+            Ok(false) if concurrency > 1 => await_prefetched(spool, &name, dest).await,
+            other => other,
+        };
+        match taken {
             Ok(true) => {
                 tracing::info!(wal = %name, "restored from the prefetched copy");
                 if concurrency > 1 {
@@ -296,6 +300,34 @@ fn start_prefetcher(cfg: &Config, name: &str, dest: &Path, spool: &Spool, reserv
     }
 }
 
+/// How long a call waits for the segment the background prefetcher is fetching before
+/// it fetches the segment itself.
+const AWAIT_PREFETCH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When the background prefetcher is fetching `name` right now (its marker is in the
+/// spool), wait for that copy rather than fetch the segment a second time beside it
+/// over a new connection: at the start of a recovery, before the prefetcher is ahead.
+/// True once the copy is at `dest`. False if the prefetcher stops, gives the segment
+/// up, or takes longer than [`AWAIT_PREFETCH`]: then the call fetches it itself.
+async fn await_prefetched(spool: &Spool, name: &str, dest: &Path) -> std::io::Result<bool> {
+    let deadline = std::time::Instant::now() + AWAIT_PREFETCH;
+    let mut waited = false;
+    while spool.is_fetching(name)
+        && prefetcher_running(spool)
+        && std::time::Instant::now() < deadline
+    {
+        waited = true;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        if spool.take(name, dest)? {
+            return Ok(true);
+        }
+    }
+    if waited {
+        tracing::debug!(wal = %name, "waited for the prefetcher's copy");
+    }
+    spool.take(name, dest)
+}
+
 /// Whether a background prefetcher holds the spool's lock.
 fn prefetcher_running(spool: &Spool) -> bool {
     let Ok(f) = open_lock(spool) else {
@@ -434,6 +466,7 @@ async fn fetch_into_spool(
     n: String,
     spool: Arc<Spool>,
 ) -> Spooled {
+    let _marker = spool.fetching(&n);
     let fetched = match open(repo.as_ref(), algorithm, &n).await {
         Ok(Some((key, obj))) => write(obj, &key, &n, &spool.path(&n)).await.map(Some),
         Ok(None) => Ok(None),

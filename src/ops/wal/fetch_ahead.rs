@@ -35,6 +35,18 @@ pub const SPOOL_DIR: &str = ".backupctl-prefetch";
 /// The file in the spool naming the segment recovery restored last.
 const POSITION: &str = ".position";
 
+/// Prefix of the markers of segments being fetched into the spool.
+const FETCHING: &str = ".fetching-";
+
+/// Removes its marker when dropped (see [`Spool::fetching`]).
+pub struct FetchingMarker(PathBuf);
+
+impl Drop for FetchingMarker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Temp files of a process that died are removed after this long.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
@@ -107,6 +119,20 @@ impl Spool {
         let name = std::fs::read_to_string(self.dir.join(POSITION)).ok()?;
         let name = name.trim();
         is_segment(name).then(|| name.to_string())
+    }
+
+    /// Mark `name` as being fetched into the spool until the guard is dropped (after
+    /// the copy has its name, or the fetch failed): a call asking for it meanwhile
+    /// waits for this copy ([`Spool::is_fetching`]).
+    pub fn fetching(&self, name: &str) -> FetchingMarker {
+        let path = self.dir.join(format!("{FETCHING}{name}"));
+        let _ = std::fs::write(&path, b"");
+        FetchingMarker(path)
+    }
+
+    /// Whether segment `name` is being fetched into the spool.
+    pub fn is_fetching(&self, name: &str) -> bool {
+        self.dir.join(format!("{FETCHING}{name}")).exists()
     }
 
     /// Move the spooled `name` to `dest`; false if it is not spooled.
