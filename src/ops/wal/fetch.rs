@@ -155,9 +155,10 @@ pub async fn run(
                     // The running prefetcher moves on from here; if it has stopped
                     // (the archive ended, or recovery was idle), a new one starts
                     // once the spool runs low.
-                    spool.note_position(&name);
                     if spool.count() < BACKGROUND_DEPTH / 2 {
                         start_prefetcher(cfg, &name, dest, spool, reserve);
+                    } else {
+                        spool.note_position(&name);
                     }
                 }
                 return Ok(());
@@ -195,14 +196,7 @@ pub async fn run(
     // while recovery replays this one; where it cannot be started, by this call
     // before it returns.
     let spool = match spool {
-        Some(s)
-            if std::fs::create_dir_all(s.dir()).is_ok() && {
-                s.note_position(&name);
-                start_prefetcher(cfg, &name, dest, &s, reserve)
-            } =>
-        {
-            None
-        }
+        Some(s) if start_prefetcher(cfg, &name, dest, &s, reserve) => None,
         other => other,
     };
     let ahead = spool.map(|spool| {
@@ -250,12 +244,14 @@ const IDLE_EXIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Lock held by the background prefetcher, in the spool.
 const PREFETCH_LOCK: &str = ".prefetch.lock";
 
-/// Start `backupctl wal-fetch --prefetch NAME DEST` detached, unless one is running or
-/// the disk is short of room. True when it runs (or one already did).
+/// Record `name` as recovery's position in the spool and start `backupctl wal-fetch
+/// --prefetch NAME DEST` detached, unless one is running (it moves on to the position)
+/// or the disk is short of room. True when it runs (or one already did).
 fn start_prefetcher(cfg: &Config, name: &str, dest: &Path, spool: &Spool, reserve: u64) -> bool {
     if std::fs::create_dir_all(spool.dir()).is_err() {
         return false;
     }
+    spool.note_position(name);
     if prefetcher_running(spool) {
         return true;
     }

@@ -583,11 +583,7 @@ async fn store_streaming(
                 runtime.block_on(writer.write_all(piece))
             })?;
             runtime.block_on(writer.shutdown())?;
-            let metadata = BTreeMap::from([
-                (layout::META_SHA256.to_string(), digest.sha256.clone()),
-                (layout::META_SIZE.to_string(), digest.size.to_string()),
-                (layout::META_SOURCE_SIZE.to_string(), original.to_string()),
-            ]);
+            let metadata = wal_metadata(&digest, original);
             // No receiver: the put failed, and reports why.
             let _ = metadata_tx.send(metadata);
             Ok(digest)
@@ -597,32 +593,7 @@ async fn store_streaming(
         .put_described_after(&key, Box::new(body), metadata_rx, true)
         .await;
     let compressed = compress.await?;
-    match put {
-        Ok(_) => {
-            let digest = compressed.context("compress WAL file")?;
-            tracing::info!(wal = %name, key = %key, stored = digest.size, original, "archived");
-            Ok(name)
-        }
-        Err(RepoError::AlreadyExists { .. }) => {
-            let digest = compressed.context("compress WAL file")?;
-            let existing = repo
-                .head(&key)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("{key} vanished while archiving"))?;
-            compare_existing(repo, &key, &name, &existing, &digest, &data).await?;
-            Ok(name)
-        }
-        Err(e) => {
-            // Whichever side failed first: a compression error, unless it only says
-            // that the repository stopped reading.
-            if let Err(c) = compressed {
-                if c.kind() != std::io::ErrorKind::BrokenPipe {
-                    return Err(anyhow::Error::from(c).context(format!("compress {name}")));
-                }
-            }
-            Err(anyhow::Error::from(e).context(format!("archive {name}")))
-        }
-    }
+    settle(repo, put, compressed, &key, &name, &data).await
 }
 
 /// [`store`] on an object store for a file larger than [`WHOLE_IN_MEMORY`] (a
@@ -656,11 +627,7 @@ async fn store_in_two_passes(
         return Ok(name.to_string());
     }
     let original = data.size();
-    let metadata = BTreeMap::from([
-        (layout::META_SHA256.to_string(), digest.sha256.clone()),
-        (layout::META_SIZE.to_string(), digest.size.to_string()),
-        (layout::META_SOURCE_SIZE.to_string(), original.to_string()),
-    ]);
+    let metadata = wal_metadata(&digest, original);
     let (mut writer, body) = tokio::io::duplex(STREAM_BUFFER);
     let (same_tx, same_rx) = tokio::sync::oneshot::channel();
     let runtime = tokio::runtime::Handle::current();
@@ -692,18 +659,46 @@ async fn store_in_two_passes(
             },
         )
         .await;
-    let compressed = second_pass.await?;
+    let compressed = second_pass.await?.map(|()| digest);
+    settle(repo, put, compressed, key, name, &data).await
+}
+
+/// The metadata a stored WAL file carries: the stored bytes' SHA-256 and size, and the
+/// original size.
+fn wal_metadata(digest: &codec::Digest, original: u64) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (layout::META_SHA256.to_string(), digest.sha256.clone()),
+        (layout::META_SIZE.to_string(), digest.size.to_string()),
+        (layout::META_SOURCE_SIZE.to_string(), original.to_string()),
+    ])
+}
+
+/// What an upload of WAL file `name` under `key` came to, given how its compression
+/// (`compressed`: the stored bytes' digest) ended: stored; already there, compared
+/// with this file; or failed, with whichever side failed first (a compression error,
+/// unless it only says that the repository stopped reading).
+async fn settle(
+    repo: &dyn Repository,
+    put: Result<u64, RepoError>,
+    compressed: std::io::Result<codec::Digest>,
+    key: &str,
+    name: &str,
+    data: &Arc<FileSource>,
+) -> anyhow::Result<String> {
     match put {
         Ok(_) => {
+            let digest = compressed.context("compress WAL file")?;
+            let original = data.size();
             tracing::info!(wal = %name, key = %key, stored = digest.size, original, "archived");
             Ok(name.to_string())
         }
         Err(RepoError::AlreadyExists { .. }) => {
+            let digest = compressed.context("compress WAL file")?;
             let existing = repo
                 .head(key)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{key} vanished while archiving"))?;
-            compare_existing(repo, key, name, &existing, &digest, &data).await?;
+            compare_existing(repo, key, name, &existing, &digest, data).await?;
             Ok(name.to_string())
         }
         Err(e) => {
@@ -728,11 +723,7 @@ async fn store_whole(
 ) -> anyhow::Result<String> {
     let (bytes, digest) = compressed.await?.context("compress WAL file")?;
     let original = data.size();
-    let metadata = BTreeMap::from([
-        (layout::META_SHA256.to_string(), digest.sha256.clone()),
-        (layout::META_SIZE.to_string(), digest.size.to_string()),
-        (layout::META_SOURCE_SIZE.to_string(), original.to_string()),
-    ]);
+    let metadata = wal_metadata(&digest, original);
     let put = repo
         .put_bytes(
             key,
@@ -743,21 +734,7 @@ async fn store_whole(
             },
         )
         .await;
-    match put {
-        Ok(_) => {
-            tracing::info!(wal = %name, key = %key, stored = digest.size, original, "archived");
-            Ok(name.to_string())
-        }
-        Err(RepoError::AlreadyExists { .. }) => {
-            let existing = repo
-                .head(key)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("{key} vanished while archiving"))?;
-            compare_existing(repo, key, name, &existing, &digest, data).await?;
-            Ok(name.to_string())
-        }
-        Err(e) => Err(anyhow::Error::from(e).context(format!("archive {name}"))),
-    }
+    settle(repo, put, Ok(digest), key, name, data).await
 }
 
 /// The copy of WAL file `name` already archived, under `key` (this configuration's
