@@ -427,6 +427,27 @@ pub struct BackupConfig {
     /// `pg_backup_start(fast => …)`: request an immediate checkpoint.
     #[serde(default = "defaults::yes")]
     pub fast_checkpoint: bool,
+    /// `[backup.incremental]`: incremental physical backups.
+    #[serde(default)]
+    pub incremental: IncrementalConfig,
+}
+
+/// `[backup.incremental]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncrementalConfig {
+    /// The longest chain of incremental backups after a full one: an incremental backup
+    /// whose newest parent is this many links from its full backup is taken full.
+    #[serde(default = "defaults::max_chain")]
+    pub max_chain: u32,
+}
+
+impl Default for IncrementalConfig {
+    fn default() -> Self {
+        IncrementalConfig {
+            max_chain: defaults::max_chain(),
+        }
+    }
 }
 
 impl BackupConfig {
@@ -929,6 +950,10 @@ mod defaults {
     use super::RetentionRule;
     use std::path::PathBuf;
     use std::time::Duration;
+
+    pub fn max_chain() -> u32 {
+        7
+    }
 
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(10)

@@ -23,7 +23,13 @@ use crate::codec::Codec;
 use crate::pg::wal::Lsn;
 use crate::repo::{layout, PutOptions, RepoError, Repository, RepositoryExt};
 
+/// The format of a full backup's manifest (physical or logical).
 pub const FORMAT: u32 = 1;
+/// The format of an incremental backup's manifest: a binary that reads only
+/// [`FORMAT`] refuses it (it could not restore the backup without its chain).
+pub const FORMAT_INCREMENTAL: u32 = 2;
+/// The newest manifest format this binary reads.
+pub const FORMAT_READ: u32 = FORMAT_INCREMENTAL;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,11 +69,23 @@ pub fn backup_id(start: DateTime<Utc>, kind: BackupKind) -> String {
     format!("{}-{kind}", start.format("%Y%m%dT%H%M%SZ"))
 }
 
-/// The start time and kind encoded in a backup id.
+/// `YYYYMMDDTHHMMSSZ-incremental`: an incremental physical backup.
+pub fn incremental_backup_id(start: DateTime<Utc>) -> String {
+    format!("{}-{INCREMENTAL_SUFFIX}", start.format("%Y%m%dT%H%M%SZ"))
+}
+
+const INCREMENTAL_SUFFIX: &str = "incremental";
+
+/// The start time and kind encoded in a backup id (an incremental one is physical).
 pub fn parse_backup_id(id: &str) -> Option<(DateTime<Utc>, BackupKind)> {
     let (ts, kind) = id.split_once('-')?;
     let t = NaiveDateTime::parse_from_str(ts, "%Y%m%dT%H%M%SZ").ok()?;
-    Some((Utc.from_utc_datetime(&t), kind.parse().ok()?))
+    let kind = if kind == INCREMENTAL_SUFFIX {
+        BackupKind::Physical
+    } else {
+        kind.parse().ok()?
+    };
+    Some((Utc.from_utc_datetime(&t), kind))
 }
 
 /// One data object of a backup.
@@ -111,6 +129,43 @@ pub struct PhysicalInfo {
     /// The server's `config_file` (outside PGDATA on Debian-style installs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_file: Option<String>,
+    /// Every file and directory a restore of this backup holds, in name order, files
+    /// with the size they were copied at: what an incremental child compares with, and
+    /// what a restore of a chain removes what is no longer there by. Absent in backups
+    /// taken before incremental backups existed (they cannot be parents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_list: Option<Vec<ListedFile>>,
+    /// Set when this backup is incremental: it holds what changed since its parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalInfo>,
+}
+
+/// One entry of [`PhysicalInfo::file_list`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedFile {
+    pub name: String,
+    /// Bytes, for a file; absent for a directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// What makes a physical backup incremental.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncrementalInfo {
+    /// The backup this one holds the changes since (full or incremental).
+    pub parent: String,
+    /// The parent's start LSN: pages changed at or after it are in this backup.
+    pub since_lsn: Lsn,
+    /// Incremental backups from the full one to this one, this one included (1: the
+    /// parent is full).
+    pub chain_length: u32,
+    /// How changed blocks were found: `page-lsn` (every block read, its page LSN
+    /// compared) or `wal-summary` (the server's WAL summaries).
+    pub method: String,
+    /// Relation files stored as their changed blocks.
+    pub delta_files: u64,
+    /// Relation files unchanged since the parent (nothing stored).
+    pub unchanged_files: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +300,16 @@ impl Manifest {
         self.objects.iter().find(|o| o.name == name)
     }
 
+    /// The incremental part of a physical backup's record, if it is incremental.
+    pub fn incremental(&self) -> Option<&IncrementalInfo> {
+        self.physical.as_ref()?.incremental.as_ref()
+    }
+
+    /// The backup an incremental backup holds the changes since.
+    pub fn parent(&self) -> Option<&str> {
+        self.incremental().map(|i| i.parent.as_str())
+    }
+
     pub fn stored_bytes(&self) -> u64 {
         self.objects.iter().map(|o| o.stored_size).sum()
     }
@@ -315,7 +380,7 @@ impl Manifest {
         }
         // The format first: a newer manifest may not parse as this version's.
         if let Some(format) = v.get("format").and_then(|f| f.as_u64()) {
-            if format > u64::from(FORMAT) {
+            if format > u64::from(FORMAT_READ) {
                 return Err(ManifestProblem::NewerFormat(format));
             }
         }
@@ -423,7 +488,7 @@ pub enum ManifestProblem {
     )]
     Altered { recorded: String, computed: String },
     /// Written by a newer backupctl.
-    #[error("unreadable: manifest format {0}, this backupctl understands up to {FORMAT}")]
+    #[error("unreadable: manifest format {0}, this backupctl understands up to {FORMAT_READ}")]
     NewerFormat(u64),
     /// In an encrypted repository: it does not decrypt and authenticate with the
     /// configured keys (altered, cut, moved, or written with another key).
@@ -617,6 +682,75 @@ impl Catalog {
     pub fn of_kind(&self, kind: BackupKind) -> impl Iterator<Item = &Manifest> {
         self.complete.iter().filter(move |m| m.kind == kind)
     }
+
+    /// What a restore of `m` applies: its full backup first, then each incremental
+    /// backup up to `m` (just `[m]` for a full backup); or why it cannot be restored.
+    pub fn chain<'a>(&'a self, m: &'a Manifest) -> Result<Vec<&'a Manifest>, String> {
+        chain_of(&self.complete, m, |id| {
+            self.unreadable
+                .iter()
+                .find(|u| u.id == id)
+                .map(|u| u.reason.clone())
+        })
+    }
+
+    /// The complete backups that can be restored: every full one, and the incremental
+    /// ones whose whole chain is complete and readable. A broken chain is logged.
+    pub fn restorable(&self) -> Vec<Manifest> {
+        self.complete
+            .iter()
+            .filter(|m| match self.chain(m) {
+                Ok(_) => true,
+                Err(why) => {
+                    tracing::warn!(backup = %m.id, "cannot be restored: {why}");
+                    false
+                }
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// The chain of `m` among `complete` (see [`Catalog::chain`]); `unreadable(id)` says why
+/// a missing parent's manifest could not be used, when it exists.
+pub fn chain_of<'a>(
+    complete: &'a [Manifest],
+    m: &'a Manifest,
+    unreadable: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<&'a Manifest>, String> {
+    let mut chain = vec![m];
+    let mut cur = m;
+    while let Some(inc) = cur.incremental() {
+        let Some(parent) = complete.iter().find(|p| p.id == inc.parent) else {
+            return Err(match unreadable(&inc.parent) {
+                Some(why) => format!(
+                    "backup {} is incremental and its parent {} is unusable ({why})",
+                    cur.id, inc.parent
+                ),
+                None => format!(
+                    "backup {} is incremental and its parent {} is missing or incomplete",
+                    cur.id, inc.parent
+                ),
+            });
+        };
+        let fits = parent.kind == BackupKind::Physical
+            && parent.system_identifier == cur.system_identifier
+            && parent.start_time < cur.start_time
+            && parent
+                .physical
+                .as_ref()
+                .is_some_and(|p| p.start_lsn == inc.since_lsn && p.file_list.is_some());
+        if !fits || chain.len() > complete.len() {
+            return Err(format!(
+                "backup {} is incremental, but {} is not the parent it was taken from (cluster, start LSN or time differ)",
+                cur.id, parent.id
+            ));
+        }
+        chain.push(parent);
+        cur = parent;
+    }
+    chain.reverse();
+    Ok(chain)
 }
 
 #[cfg(test)]
@@ -669,6 +803,8 @@ mod tests {
                 tablespace_map: None,
                 files: 1,
                 config_file: None,
+                file_list: None,
+                incremental: None,
             }),
             logical: None,
             restore_point: None,

@@ -58,6 +58,8 @@ pub(crate) fn physical_info(tli: u32, start_seg: u64, stop_seg: u64) -> Physical
         tablespace_map: None,
         files: 0,
         config_file: None,
+        file_list: None,
+        incremental: None,
     }
 }
 

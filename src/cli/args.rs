@@ -108,6 +108,8 @@ pub struct RestoreExportArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KindArg {
     Physical,
+    /// A physical backup of what changed since its parent (--parent)
+    Incremental,
     Logical,
     Both,
 }
@@ -121,6 +123,11 @@ pub struct BackupArgs {
     /// retention.labels.<label>
     #[arg(long)]
     pub label: Option<String>,
+    /// Incremental backups: the backup to store the changes since, or `full` for the
+    /// newest verified full one (a differential backup) [default: the newest verified
+    /// physical backup of this cluster and timeline]
+    #[arg(long, value_name = "ID|full")]
+    pub parent: Option<String>,
     /// Logical backups: database to dump (repeatable) [default: logical.databases, or
     /// every connectable non-template database]
     #[arg(long = "database", value_name = "NAME")]

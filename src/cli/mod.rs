@@ -93,8 +93,21 @@ async fn dispatch(
         Command::Daemon(args) => crate::daemon::run(cfg, args.run_once, ctx.json).await,
         Command::Backup(args) => {
             let req = ops::backup::BackupRequest {
+                incremental: match (args.kind, args.parent.as_deref()) {
+                    (KindArg::Incremental, None) => Some(ops::backup::physical::ParentChoice::Newest),
+                    (KindArg::Incremental, Some("full")) => Some(ops::backup::physical::ParentChoice::Full),
+                    (KindArg::Incremental, Some(id)) => {
+                        Some(ops::backup::physical::ParentChoice::Id(id.to_string()))
+                    }
+                    (_, Some(_)) => {
+                        return Err(crate::user_error!(
+                            "--parent names the parent of an incremental backup; use it with --kind incremental"
+                        ))
+                    }
+                    (_, None) => None,
+                },
                 kind: match args.kind {
-                    KindArg::Physical => ops::backup::BackupKindSel::Physical,
+                    KindArg::Physical | KindArg::Incremental => ops::backup::BackupKindSel::Physical,
                     KindArg::Logical => ops::backup::BackupKindSel::Logical,
                     KindArg::Both => ops::backup::BackupKindSel::Both,
                 },

@@ -43,7 +43,7 @@ impl CliJob {
         match command {
             Command::Backup(a) => {
                 let (job, keys): (_, &'static [&'static str]) = match a.kind {
-                    KindArg::Physical => ("physical", &["physical"]),
+                    KindArg::Physical | KindArg::Incremental => ("physical", &["physical"]),
                     KindArg::Logical => ("logical", &["logical"]),
                     KindArg::Both => ("backup", &["physical", "logical"]),
                 };

@@ -53,6 +53,9 @@ pub fn list(listing: &Listing, tz: &chrono_tz::Tz) {
                 human_bytes(b.original_bytes),
                 b.verified.as_deref().unwrap_or("no")
             );
+            if let (Some(parent), Some(n)) = (&b.parent, b.chain_length) {
+                println!("    incremental since {parent} (chain length {n})");
+            }
             if !b.repositories.is_empty() {
                 println!("    in repositories: {}", b.repositories.join(", "));
             }

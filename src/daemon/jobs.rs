@@ -25,7 +25,8 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
                 BackupKindSel::Logical
             };
             let taken =
-                backup::take_locked(cfg, sel, None, &[], cfg.verify.after_backup, Wait::No).await?;
+                backup::take_locked(cfg, sel, None, None, &[], cfg.verify.after_backup, Wait::No)
+                    .await?;
             let mut report = JobReport::backup(&taken.manifests[0]);
             if let Some(v) = &taken.verification {
                 report.verification_failures = backup::verification_failures(v);

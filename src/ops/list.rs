@@ -30,6 +30,12 @@ pub struct BackupLine {
     /// With several repositories: the ones holding it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub repositories: Vec<String>,
+    /// An incremental backup's parent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// An incremental backup's place in its chain: 1 after a full backup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_length: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -52,6 +58,8 @@ impl BackupLine {
             stop_lsn: m.physical.as_ref().map(|p| p.stop_lsn.to_string()),
             stored_bytes: m.stored_bytes(),
             original_bytes: m.original_bytes(),
+            parent: m.parent().map(str::to_string),
+            chain_length: m.incremental().map(|i| i.chain_length),
             verified: m.verification.as_ref().map(|v| {
                 serde_json::to_value(v.outcome)
                     .ok()

@@ -2,5 +2,6 @@
 //! writing a restore beneath its directory without following links.
 
 pub mod beneath;
+pub mod incremental;
 pub mod scan;
 pub mod tarpart;

@@ -32,6 +32,9 @@ pub struct Entry {
     pub kind: EntryKind,
     pub mode: u32,
     pub mtime: i64,
+    /// A file of an incremental backup stored as the blocks that changed since the
+    /// parent (see [`super::incremental`]); `None`: stored whole.
+    pub delta: Option<super::incremental::DeltaPlan>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +127,7 @@ fn meta_entry(name: String, source: PathBuf, md: &fs::Metadata, kind: EntryKind)
         kind,
         mode: md.permissions().mode() & 0o7777,
         mtime: md.mtime(),
+        delta: None,
     }
 }
 
@@ -434,6 +438,7 @@ mod tests {
             kind: EntryKind::File { size },
             mode: 0o600,
             mtime: 0,
+            delta: None,
         }
     }
 
@@ -445,6 +450,7 @@ mod tests {
             kind: EntryKind::Dir,
             mode: 0o700,
             mtime: 0,
+            delta: None,
         }];
         for (i, size) in [1000u64, 900, 400, 300, 300, 100, 50, 1, 1]
             .iter()

@@ -21,15 +21,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::beneath;
+use super::incremental;
 use super::scan::{Entry, EntryKind};
 use crate::transfer::read_full;
 
 /// What went into a part.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct PartStats {
     pub files: u64,
     pub bytes: u64,
     pub vanished: u64,
+    /// Files stored as the blocks that changed since the parent backup.
+    pub deltas: u64,
+    /// Files of an incremental backup unchanged since the parent: nothing stored.
+    pub unchanged: u64,
+    /// Every file the part accounts for, with the size it was copied at (the file set a
+    /// restore of this backup has; vanished files are not in it).
+    pub copied: Vec<(String, u64)>,
 }
 
 /// Reads exactly `remaining` bytes: the file's, then zeros if it ended early.
@@ -146,6 +154,8 @@ pub fn write_part(entries: &[Entry], w: &mut dyn Write) -> io::Result<PartStats>
                     h.set_size(data.len() as u64);
                     b.append_data(&mut h, &e.name, &data[..])?;
                     data.len() as u64
+                } else if let Some(size) = write_delta(&mut b, e, &f, &mut stats)? {
+                    size
                 } else {
                     // The size now: the header is written before the contents, so it
                     // must be the size that is about to be copied.
@@ -171,11 +181,50 @@ pub fn write_part(entries: &[Entry], w: &mut dyn Write) -> io::Result<PartStats>
                 };
                 stats.files += 1;
                 stats.bytes += size;
+                stats.copied.push((e.name.clone(), size));
             }
         }
     }
     b.finish()?;
     Ok(stats)
+}
+
+/// For an entry of an incremental backup (`e.delta`): store the blocks of `f` that
+/// changed since the parent as a delta entry, or nothing when none did and the size is
+/// the parent's. `Some(size)`: the file's size, handled; `None`: copy the file whole (no
+/// delta asked for, or a size that is not whole blocks).
+fn write_delta(
+    b: &mut tar::Builder<&mut dyn Write>,
+    e: &Entry,
+    f: &File,
+    stats: &mut PartStats,
+) -> io::Result<Option<u64>> {
+    let Some(plan) = &e.delta else {
+        return Ok(None);
+    };
+    let size = f
+        .metadata()
+        .map_err(|err| io::Error::new(err.kind(), format!("stat {}: {err}", e.source.display())))?
+        .len();
+    if size % u64::from(plan.block_size) != 0 {
+        return Ok(None);
+    }
+    let blocks = incremental::changed_blocks(f, size, plan.block_size, &plan.how)
+        .map_err(|err| io::Error::new(err.kind(), format!("read {}: {err}", e.source.display())))?;
+    if blocks.is_empty() && size == plan.how.parent_size() {
+        stats.unchanged += 1;
+        return Ok(Some(size));
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(e.mode);
+    h.set_mtime(e.mtime.max(0) as u64);
+    h.set_entry_type(tar::EntryType::new(incremental::DELTA_TYPE));
+    h.set_size(incremental::entry_size(blocks.len(), plan.block_size));
+    let reader = incremental::DeltaReader::new(f, size, plan.block_size, blocks);
+    b.append_data(&mut h, &e.name, reader)
+        .map_err(|err| io::Error::new(err.kind(), format!("copy {}: {err}", e.source.display())))?;
+    stats.deltas += 1;
+    Ok(Some(size))
 }
 
 /// The control file, copied only with a valid CRC.
@@ -236,6 +285,11 @@ pub trait Destination: Sync {
     }
     /// Entries the restore handles itself and must skip.
     fn skip(&self, _name: &str) -> bool {
+        false
+    }
+    /// Whether entries holding the changed blocks of a file (an incremental backup's)
+    /// may be applied: only onto the copy of the backup's parent.
+    fn applies_deltas(&self) -> bool {
         false
     }
     /// Whether each file must be on disk (fsynced) before the extraction of its part
@@ -519,6 +573,24 @@ fn extract_entries(
                             && fs::read_link(&at).is_ok_and(|l| l == to) => {}
                     other => other?,
                 }
+            }
+            t if t.as_byte() == incremental::DELTA_TYPE => {
+                if !dest.applies_deltas() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("backup entry {name} holds changed blocks, but it is in a backup that is not incremental"),
+                    ));
+                }
+                let (parent, file) = rel.rsplit_once('/').unwrap_or(("", rel));
+                let size = entry.header().size()?;
+                let h = incremental::read_header(&mut entry, &name, size)?;
+                let f = beneath::update_file(dirs.open(root, parent)?, file, &target)?;
+                incremental::apply(&mut entry, &h, &f, &name).map_err(|e| {
+                    io::Error::new(e.kind(), format!("write {}: {e}", target.display()))
+                })?;
+                let mtime = entry.header().mtime().ok();
+                write_file(&mut io::empty(), f, &target, mode, mtime, syncer, &mut buf)?;
+                files += 1;
             }
             // Hard links, devices, FIFOs: never part of a backup; nothing is made.
             _ => {}

@@ -203,7 +203,7 @@ pub async fn wrap(cfg: &Config, repo: Arc<dyn Repository>) -> anyhow::Result<Arc
     };
     let recorded = identity.as_ref().and_then(|i| i.encryption.clone());
     if let Some(id) = &identity {
-        if (id.format == FORMAT_ENCRYPTED) != recorded.is_some() {
+        if crate::repo::identity::format_is_encrypted(id.format) != recorded.is_some() {
             return Err(crate::user_error!(
                 "{}/{}: format {} does not match its encryption section; was it altered?",
                 repo.describe(),

@@ -4,18 +4,30 @@
 //! backup compares the cluster's system identifier with it, so WAL from two clusters can
 //! never mix in one repository.
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{layout, PutOptions, RepoError, Repository, RepositoryExt};
 
 /// The newest format this backupctl reads: 1 is a plaintext repository, 2 an encrypted
-/// one (older binaries refuse it by its format, before reading any object).
-pub const FORMAT: u32 = 2;
+/// one, 3 and 4 the same once they hold incremental backups (older binaries refuse a
+/// format they do not know, before reading any object: one that cannot restore a chain
+/// must not restore, or let retention delete, a part of one).
+pub const FORMAT: u32 = 4;
 /// The format of a repository without encryption.
 pub const FORMAT_PLAIN: u32 = 1;
 /// The format of an encrypted repository.
 pub const FORMAT_ENCRYPTED: u32 = 2;
+/// A repository without encryption that holds incremental backups.
+pub const FORMAT_INCREMENTAL_PLAIN: u32 = 3;
+/// An encrypted repository that holds incremental backups.
+pub const FORMAT_INCREMENTAL_ENCRYPTED: u32 = 4;
+
+/// Whether repository format `format` is an encrypted one.
+pub fn format_is_encrypted(format: u32) -> bool {
+    matches!(format, FORMAT_ENCRYPTED | FORMAT_INCREMENTAL_ENCRYPTED)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoIdentity {
@@ -159,6 +171,38 @@ impl RepoIdentity {
                 system_identifier
             ));
         }
+        Ok(())
+    }
+
+    /// Raise the repository's format to one that says it holds incremental backups
+    /// (before the first one is written), keeping its encryption.
+    pub async fn require_incremental(repo: &dyn Repository) -> anyhow::Result<()> {
+        let Some(mut id) = Self::load(repo).await? else {
+            anyhow::bail!("{}/{} is missing", repo.describe(), layout::REPO_JSON);
+        };
+        let wanted = if format_is_encrypted(id.format) {
+            FORMAT_INCREMENTAL_ENCRYPTED
+        } else {
+            FORMAT_INCREMENTAL_PLAIN
+        };
+        if id.format >= wanted {
+            return Ok(());
+        }
+        id.format = wanted;
+        repo.put_bytes(
+            layout::REPO_JSON,
+            serde_json::to_vec_pretty(&id)?,
+            PutOptions::default(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "raise {}/{} to format {wanted}",
+                repo.describe(),
+                layout::REPO_JSON
+            )
+        })?;
+        tracing::info!(repository = %repo.describe(), format = wanted, "the repository holds incremental backups from now on: backupctl releases before them refuse it");
         Ok(())
     }
 

@@ -133,6 +133,36 @@ fn by_backup(objects: &[ObjectMeta]) -> HashMap<&str, Vec<&ObjectMeta>> {
 
 /// Compute the plan, or refuse (naming the timeline) if it would shrink a kept backup's
 /// recoverable window.
+/// A kept incremental backup keeps its parent, and so on to its full backup: deleting a
+/// parent would leave every backup after it unrestorable.
+fn keep_chains(decisions: &mut [BackupDecision], backups: &[Manifest]) {
+    let parent_of: HashMap<&str, &str> = backups
+        .iter()
+        .filter_map(|m| Some((m.id.as_str(), m.parent()?)))
+        .collect();
+    let mut needed: Vec<(String, String)> = decisions
+        .iter()
+        .filter(|d| d.action == Action::Keep)
+        .filter_map(|d| Some((parent_of.get(d.id.as_str())?.to_string(), d.id.clone())))
+        .collect();
+    while let Some((parent, child)) = needed.pop() {
+        let Some(d) = decisions.iter_mut().find(|d| d.id == parent) else {
+            continue;
+        };
+        let why = format!("parent of kept incremental backup {child}");
+        if d.action != Action::Keep {
+            d.action = Action::Keep;
+            d.reasons.clear();
+            d.reasons.push(why);
+            if let Some(p) = parent_of.get(parent.as_str()) {
+                needed.push((p.to_string(), parent.clone()));
+            }
+        } else if !d.reasons.contains(&why) {
+            d.reasons.push(why);
+        }
+    }
+}
+
 pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Result<Plan, String> {
     let wal_rule = policy.wal_rule()?;
     let mut decisions = policy::decide(inputs.backups, policy, now);
@@ -142,6 +172,7 @@ pub fn plan(inputs: &Inputs, policy: &RetentionConfig, now: DateTime<Utc>) -> Re
             d.reasons.push(why.clone());
         }
     }
+    keep_chains(&mut decisions, inputs.backups);
     let objects = by_backup(inputs.backup_objects);
     let objects_of = |id: &str| objects.get(id).cloned().unwrap_or_default();
     let mut steps = vec![];

@@ -51,6 +51,8 @@ pub struct BackupRequest {
     pub verify: Option<bool>,
     /// How long to wait for a running backup of the same kind.
     pub wait: Wait,
+    /// Take the physical backup incremental, since this parent.
+    pub incremental: Option<physical::ParentChoice>,
 }
 
 /// Validate the request, take the job lock of each kind, take the backup(s), and
@@ -64,10 +66,16 @@ pub async fn run(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Report> {
             "--database selects databases of a logical backup; use it with --kind logical or both"
         ));
     }
+    if req.incremental.is_some() && req.kind != BackupKindSel::Physical {
+        return Err(crate::user_error!(
+            "an incremental backup is physical: use --kind incremental alone"
+        ));
+    }
     let verify = req.verify.unwrap_or(cfg.verify.after_backup);
     let taken = take_locked(
         cfg,
         req.kind,
+        req.incremental.as_ref(),
         req.label.as_deref(),
         &req.databases,
         verify,
@@ -101,6 +109,7 @@ pub async fn run(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Report> {
 pub async fn take_locked(
     cfg: &Config,
     kind: BackupKindSel,
+    incremental: Option<&physical::ParentChoice>,
     label: Option<&str>,
     databases: &[String],
     verify: bool,
@@ -119,7 +128,7 @@ pub async fn take_locked(
         }
         BackupKindSel::Physical => None,
     };
-    take(cfg, kind, label, databases, verify).await
+    take(cfg, kind, incremental, label, databases, verify).await
 }
 
 /// What [`take`] did.
@@ -144,6 +153,7 @@ pub struct Taken {
 pub async fn take(
     cfg: &Config,
     kind: BackupKindSel,
+    incremental: Option<&physical::ParentChoice>,
     label: Option<&str>,
     databases: &[String],
     verify: bool,
@@ -157,10 +167,24 @@ pub async fn take(
             let (p, l) = (physical?, logical?);
             if p.name != l.name {
                 // Each kind to its own repository: two runs, each with its restore point.
-                let a =
-                    Box::pin(take(cfg, BackupKindSel::Physical, label, databases, verify)).await?;
-                let b =
-                    Box::pin(take(cfg, BackupKindSel::Logical, label, databases, verify)).await?;
+                let a = Box::pin(take(
+                    cfg,
+                    BackupKindSel::Physical,
+                    incremental,
+                    label,
+                    databases,
+                    verify,
+                ))
+                .await?;
+                let b = Box::pin(take(
+                    cfg,
+                    BackupKindSel::Logical,
+                    None,
+                    label,
+                    databases,
+                    verify,
+                ))
+                .await?;
                 return Ok(a.merge(b));
             }
             p
@@ -169,6 +193,7 @@ pub async fn take(
     take_in(
         &cfg.with_repository(&target),
         kind,
+        incremental,
         label,
         databases,
         verify,
@@ -200,13 +225,14 @@ impl Taken {
 async fn take_in(
     cfg: &Config,
     kind: BackupKindSel,
+    incremental: Option<&physical::ParentChoice>,
     label: Option<&str>,
     databases: &[String],
     verify: bool,
 ) -> anyhow::Result<Taken> {
     let mut manifests: Vec<Manifest> = Vec::new();
     if matches!(kind, BackupKindSel::Physical | BackupKindSel::Both) {
-        manifests.push(physical::run(cfg, label).await?);
+        manifests.push(physical::run(cfg, label, incremental).await?);
     }
     if matches!(kind, BackupKindSel::Logical | BackupKindSel::Both) {
         manifests.push(logical::run(cfg, label, databases).await?);

@@ -26,7 +26,25 @@ use crate::repo::identity::RepoIdentity;
 use crate::repo::{self, layout, PutOptions, Repository};
 use crate::transfer;
 
-pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> {
+/// Which backup an incremental backup holds the changes since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentChoice {
+    /// The newest complete, verified physical backup of this cluster and timeline (full
+    /// when its chain has `backup.incremental.max_chain` links already).
+    Newest,
+    /// The newest complete, verified full backup (a differential backup).
+    Full,
+    /// This backup.
+    Id(String),
+}
+
+/// Take a physical backup: full, or with `incremental` the blocks changed since the
+/// parent it names (full when there is none, saying why).
+pub async fn run(
+    cfg: &Config,
+    label: Option<&str>,
+    incremental: Option<&ParentChoice>,
+) -> anyhow::Result<Manifest> {
     let params = ConnParams::from_config(&cfg.postgres)?;
     let client = params.connect().await?;
     let info = ServerInfo::query(&client).await?;
@@ -97,18 +115,41 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
         })
         .collect();
 
+    let parent = match incremental {
+        Some(choice) => choose_parent(cfg, &repo, &info, choice).await?,
+        None => None,
+    };
+    let block_size: u32 = client
+        .query_one("SELECT current_setting('block_size')::int4", &[])
+        .await
+        .context("read block_size")?
+        .get::<_, i32>(0) as u32;
+    let make_id = |t| match parent {
+        Some(_) => manifest::incremental_backup_id(t),
+        None => manifest::backup_id(t, BackupKind::Physical),
+    };
     // A fresh id (ids have one-second resolution).
     let mut start_time = Utc::now();
-    let mut id = manifest::backup_id(start_time, BackupKind::Physical);
+    let mut id = make_id(start_time);
     while !repo.list(&layout::backup_prefix(&id)).await?.is_empty() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         start_time = Utc::now();
-        id = manifest::backup_id(start_time, BackupKind::Physical);
+        id = make_id(start_time);
+    }
+    if parent.is_some() {
+        // Binaries that cannot restore a chain must refuse the repository before they
+        // delete a parent (retention) or restore one as if it were whole.
+        RepoIdentity::require_incremental(repo.as_ref()).await?;
     }
     // Instrument the futures rather than entering the span across awaits: an entered
     // guard held over an await leaks the span into other tasks on the same thread (the
     // daemon runs several jobs, each in its own span).
-    let span = tracing::info_span!("backup", id = %id, kind = "physical");
+    let kind = if parent.is_some() {
+        "incremental"
+    } else {
+        "physical"
+    };
+    let span = tracing::info_span!("backup", id = %id, kind);
     span.in_scope(|| tracing::info!(pgdata = %pgdata.display(), "starting physical backup"));
 
     let result = async {
@@ -127,7 +168,20 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
         crate::failpoint::point("backup.started");
 
         let codec = Codec::from_config(&cfg.compression.for_kind(DataKind::Physical));
-        let (objects, files) = copy_data(&repo, &id, &pgdata, codec, cfg).await?;
+        let since = parent.as_ref().map(|p| DeltaBase {
+            since: p.physical.as_ref().expect("physical").start_lsn,
+            sizes: p
+                .physical
+                .as_ref()
+                .and_then(|p| p.file_list.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|f| Some((f.name.clone(), f.size?)))
+                .collect(),
+            block_size,
+        });
+        let copied = copy_data(&repo, &id, &pgdata, codec, cfg, since.as_ref()).await?;
+        let (objects, files) = (copied.objects, copied.files);
 
         let row = client
             .query_one(
@@ -174,8 +228,20 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
         wait_for_wal(&wal_repo, &client, &needed, cfg.backup.archive_timeout, info.in_recovery)
             .await?;
 
+        let incremental = parent.as_ref().map(|p| manifest::IncrementalInfo {
+            parent: p.id.clone(),
+            since_lsn: p.physical.as_ref().expect("physical").start_lsn,
+            chain_length: p.incremental().map_or(0, |i| i.chain_length) + 1,
+            method: "page-lsn".into(),
+            delta_files: copied.deltas,
+            unchanged_files: copied.unchanged,
+        });
         let m = Manifest {
-            format: manifest::FORMAT,
+            format: if incremental.is_some() {
+                manifest::FORMAT_INCREMENTAL
+            } else {
+                manifest::FORMAT
+            },
             id: id.clone(),
             kind: BackupKind::Physical,
             label: label.map(str::to_string),
@@ -201,6 +267,8 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
                 tablespace_map: tablespace_map.filter(|m| !m.trim().is_empty()),
                 files,
                 config_file: Some(config_file.clone()),
+                file_list: Some(copied.list),
+                incremental,
             }),
             logical: None,
             restore_point: None,
@@ -236,6 +304,120 @@ pub async fn run(cfg: &Config, label: Option<&str>) -> anyhow::Result<Manifest> 
     }
 }
 
+/// What an incremental backup compares with: its parent's start LSN and file sizes.
+struct DeltaBase {
+    since: Lsn,
+    sizes: std::collections::HashMap<String, u64>,
+    block_size: u32,
+}
+
+/// What [`copy_data`] stored.
+struct Copied {
+    objects: Vec<ObjectEntry>,
+    files: u64,
+    deltas: u64,
+    unchanged: u64,
+    /// The backup's file set (see [`PhysicalInfo::file_list`]).
+    list: Vec<manifest::ListedFile>,
+}
+
+/// The parent an incremental backup asked for with `choice`, or `None` (a full backup,
+/// the log saying why) when there is none to take.
+async fn choose_parent(
+    cfg: &Config,
+    repo: &Arc<dyn Repository>,
+    info: &ServerInfo,
+    choice: &ParentChoice,
+) -> anyhow::Result<Option<Manifest>> {
+    let catalog = manifest::Catalog::load(repo.as_ref()).await?;
+    let sysid = info.system_identifier.to_string();
+    // Why `m` cannot be the parent, if it cannot.
+    let unfit = |m: &Manifest| -> Option<String> {
+        let p = m.physical.as_ref()?;
+        if m.kind != BackupKind::Physical {
+            return Some("it is not a physical backup".into());
+        }
+        if m.system_identifier != sysid {
+            return Some(format!(
+                "it is of another cluster (system identifier {})",
+                m.system_identifier
+            ));
+        }
+        if p.timeline != info.timeline {
+            return Some(format!(
+                "it is on timeline {}, the server on {} (the first backup on a new timeline is full)",
+                p.timeline, info.timeline
+            ));
+        }
+        if p.file_list.is_none() {
+            return Some("it was taken before incremental backups existed (no file list)".into());
+        }
+        if let Err(why) = catalog.chain(m) {
+            return Some(why);
+        }
+        None
+    };
+    let verified = |m: &&Manifest| m.is_verified_ok() && unfit(m).is_none();
+    let parent = match choice {
+        ParentChoice::Id(id) => {
+            let m = catalog.require(id)?;
+            if let Some(why) = unfit(m) {
+                return Err(crate::user_error!(
+                    "backup {id} cannot be the parent of an incremental backup: {why};                      give another with --parent ID, or --parent full"
+                ));
+            }
+            if m.verification
+                .as_ref()
+                .is_some_and(|v| v.outcome == manifest::Outcome::Failed)
+            {
+                return Err(crate::user_error!(
+                    "backup {id} failed its verification and cannot be a parent; give another with --parent ID, or take a full backup"
+                ));
+            }
+            m.clone()
+        }
+        ParentChoice::Full => {
+            match catalog
+                .complete
+                .iter()
+                .rev()
+                .filter(|m| m.incremental().is_none())
+                .find(verified)
+            {
+                Some(m) => m.clone(),
+                None => {
+                    tracing::info!("no complete, verified full physical backup of this cluster on timeline {} to be the parent of a differential backup: taking a full backup", info.timeline);
+                    return Ok(None);
+                }
+            }
+        }
+        ParentChoice::Newest => {
+            let newest = catalog
+                .complete
+                .iter()
+                .rev()
+                .filter(|m| m.kind == BackupKind::Physical)
+                .find(verified);
+            let Some(m) = newest else {
+                tracing::info!("no complete, verified physical backup of this cluster on timeline {} to be the parent of an incremental backup: taking a full backup", info.timeline);
+                return Ok(None);
+            };
+            let links = m.incremental().map_or(0, |i| i.chain_length);
+            if links >= cfg.backup.incremental.max_chain {
+                tracing::info!(
+                    parent = %m.id,
+                    "the chain after the newest backup has {links} incremental backups (backup.incremental.max_chain = {}): taking a full backup",
+                    cfg.backup.incremental.max_chain
+                );
+                return Ok(None);
+            }
+            m.clone()
+        }
+    };
+    tracing::info!(parent = %parent.id, "incremental backup: storing what changed since the parent's start");
+    Ok(Some(parent))
+}
+
 /// Copy PGDATA into tar parts with `backup.workers` parts in flight, then
 /// `global/pg_control` alone in a last part. A restore of a standby's backup ends its
 /// consistency wait at the minimum recovery point in the copied pg_control, so that copy
@@ -247,11 +429,40 @@ async fn copy_data(
     pgdata: &std::path::Path,
     codec: Codec,
     cfg: &crate::config::Config,
-) -> anyhow::Result<(Vec<ObjectEntry>, u64)> {
+    base: Option<&DeltaBase>,
+) -> anyhow::Result<Copied> {
     let dir = pgdata.to_path_buf();
-    let entries = tokio::task::spawn_blocking(move || scan::scan(&dir))
+    let mut entries = tokio::task::spawn_blocking(move || scan::scan(&dir))
         .await?
         .with_context(|| format!("scan {}", pgdata.display()))?;
+    let mut list: Vec<manifest::ListedFile> = entries
+        .iter()
+        .filter(|e| !matches!(e.kind, scan::EntryKind::File { .. }))
+        .map(|e| manifest::ListedFile {
+            name: e.name.clone(),
+            size: None,
+        })
+        .collect();
+    if let Some(base) = base {
+        // A relation file the parent had is stored as its changed blocks; any other
+        // file whole.
+        for e in &mut entries {
+            if !matches!(e.kind, scan::EntryKind::File { .. })
+                || !crate::physical::incremental::is_block_file(&e.name)
+            {
+                continue;
+            }
+            if let Some(size) = base.sizes.get(&e.name) {
+                e.delta = Some(crate::physical::incremental::DeltaPlan {
+                    how: crate::physical::incremental::ChangedBlocks::PageLsn {
+                        since: base.since,
+                        parent_size: *size,
+                    },
+                    block_size: base.block_size,
+                });
+            }
+        }
+    }
     let (control, entries): (Vec<_>, Vec<_>) = entries
         .into_iter()
         .partition(|e| e.name == tarpart::PG_CONTROL);
@@ -288,15 +499,28 @@ async fn copy_data(
                     stored_size: stored.stored.size,
                     size: stored.size,
                 },
-                stats.files,
+                stats,
             ))
         }
     };
     let last = parts.len();
     let mut pending = parts.into_iter().enumerate();
-    let mut running: JoinSet<anyhow::Result<(ObjectEntry, u64)>> = JoinSet::new();
+    let mut running: JoinSet<anyhow::Result<(ObjectEntry, tarpart::PartStats)>> = JoinSet::new();
     let mut objects = vec![];
-    let mut files = 0;
+    let mut all = tarpart::PartStats::default();
+    let mut add = |n: tarpart::PartStats| {
+        all.files += n.files;
+        all.deltas += n.deltas;
+        all.unchanged += n.unchanged;
+        list.extend(
+            n.copied
+                .into_iter()
+                .map(|(name, size)| manifest::ListedFile {
+                    name,
+                    size: Some(size),
+                }),
+        );
+    };
     loop {
         while running.len() < workers {
             let Some((i, part)) = pending.next() else {
@@ -309,7 +533,7 @@ async fn copy_data(
                 Ok((obj, n)) => {
                     tracing::debug!(object = %obj.name, stored = obj.stored_size, "part stored");
                     objects.push(obj);
-                    files += n;
+                    add(n);
                 }
                 Err(e) => {
                     // Stop the other parts and let them end before the caller deletes them.
@@ -325,10 +549,17 @@ async fn copy_data(
         let (obj, n) = store(last, control).await?;
         tracing::debug!(object = %obj.name, "pg_control stored last");
         objects.push(obj);
-        files += n;
+        add(n);
     }
     objects.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok((objects, files))
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Copied {
+        objects,
+        files: all.files,
+        deltas: all.deltas,
+        unchanged: all.unchanged,
+        list,
+    })
 }
 
 /// The segments of `needed` that are not in the repository (one listing per WAL

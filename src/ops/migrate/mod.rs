@@ -121,6 +121,7 @@ pub async fn run(cfg: &Config, req: &MigrateRequest) -> anyhow::Result<MigrateRe
             databases: vec![req.database.clone()],
             verify: Some(req.verify),
             wait: req.wait,
+            incremental: None,
         },
     )
     .await

@@ -122,8 +122,14 @@ pub async fn run(
     let repo = repo::open_for_reading(cfg, None, true).await?;
     let catalog = Catalog::load(repo.as_ref()).await?;
     if let Some(id) = &args.backup {
-        catalog.require(id)?; // an unreadable manifest is named, not "does not exist"
+        // An unreadable manifest is named, not "does not exist"; so is a broken chain.
+        let m = catalog.require(id)?;
+        catalog.chain(m).map_err(|why| {
+            crate::user_error!("{why}; restore another backup (`backupctl list`)")
+        })?;
     }
+    // Incremental backups whose chain is broken are left out (and logged).
+    let restorable = catalog.restorable();
     // An uninitialised repository simply has no backups: the planner says so.
     let recorded = RepoIdentity::load(repo.as_ref())
         .await?
@@ -132,7 +138,7 @@ pub async fn run(
     let inventory = WalInventory::load(repo.as_ref(), seg_size).await?;
     let points = plan::restore_points(&catalog.complete);
     let choice = plan::choose(
-        &catalog.complete,
+        &restorable,
         &inventory,
         &target,
         args.backup.as_deref(),
@@ -316,7 +322,11 @@ pub async fn restore_files(
         )
         .and_then(|f| f.sync_all())
         .with_context(|| format!("write {RESTORING}"))?;
-        extract_all(cfg, repo, m, pgdata, tablespaces, durable).await?;
+        if m.incremental().is_some() {
+            extract_chain(cfg, repo, m, pgdata, tablespaces, durable).await?;
+        } else {
+            extract_all(cfg, repo, m, pgdata, tablespaces, durable, None).await?;
+        }
         crate::failpoint::point("restore.before-recovery-config");
         write_control_files(m, pgdata, tablespaces, settings)?;
         if durable {
@@ -427,16 +437,122 @@ fn parse_tablespace_map(args: &[String]) -> anyhow::Result<HashMap<String, PathB
         .collect()
 }
 
+/// Restore incremental backup `m`: its full backup, then each incremental backup of its
+/// chain in order, each removing what its parent had and it has not, then writing its
+/// files whole and its changed blocks in place (so the newest version of each block
+/// wins). Every object's checksum is checked as it is read.
+async fn extract_chain(
+    cfg: &Config,
+    repo: &Arc<dyn Repository>,
+    m: &Manifest,
+    pgdata: &Path,
+    tablespaces: &HashMap<u32, PathBuf>,
+    durable: bool,
+) -> anyhow::Result<()> {
+    let catalog = Catalog::load(repo.as_ref()).await?;
+    let chain = catalog
+        .chain(m)
+        .map_err(|why| crate::user_error!("{why}; restore another backup (`backupctl list`)"))?;
+    tracing::info!(
+        backup = %m.id,
+        chain = %chain.iter().map(|b| b.id.as_str()).collect::<Vec<_>>().join(" → "),
+        "restoring an incremental backup: its full backup, then each incremental one"
+    );
+    let listed = |b: &Manifest| -> Vec<String> {
+        b.physical
+            .as_ref()
+            .and_then(|p| p.file_list.as_ref())
+            .map(|l| l.iter().map(|f| f.name.clone()).collect())
+            .unwrap_or_default()
+    };
+    let mut previous: Option<Vec<String>> = None;
+    for (i, b) in chain.iter().enumerate() {
+        let names = listed(b);
+        if let Some(prev) = &previous {
+            // What the parent had and this backup has not: dropped relations, databases,
+            // files PostgreSQL removed. Children before their directories.
+            let now: std::collections::HashSet<&String> = names.iter().collect();
+            let mut gone: Vec<String> = prev.iter().filter(|n| !now.contains(n)).cloned().collect();
+            gone.sort_by(|a, b| b.cmp(a));
+            let (root, ts) = (pgdata.to_path_buf(), tablespaces.clone());
+            let removed = gone.len();
+            tokio::task::spawn_blocking(move || remove_gone(&root, &ts, &gone)).await??;
+            tracing::debug!(backup = %b.id, removed, "removed what the parent had and this backup has not");
+        }
+        extract_all(cfg, repo, b, pgdata, tablespaces, durable, Some(i > 0)).await?;
+        previous = Some(names);
+    }
+    Ok(())
+}
+
+/// Remove each of `gone` (backup names, children first) from the restore.
+fn remove_gone(
+    pgdata: &Path,
+    tablespaces: &HashMap<u32, PathBuf>,
+    gone: &[String],
+) -> anyhow::Result<()> {
+    let dest = RestoreDest {
+        pgdata: pgdata.to_path_buf(),
+        tablespaces: tablespaces.clone(),
+        durable: false,
+        deltas: true,
+        chain: true,
+    };
+    let mut roots: HashMap<PathBuf, std::os::fd::OwnedFd> = HashMap::new();
+    for name in gone {
+        if dest.skip(name) {
+            continue;
+        }
+        let (root, rel) = dest.place(name);
+        // A tablespace's own directory: its link in pg_tblspc is what goes.
+        let (root, rel) = if rel.is_empty() {
+            (pgdata, name.as_str())
+        } else {
+            (root, rel)
+        };
+        if !roots.contains_key(root) {
+            match beneath::open_root(root) {
+                Ok(fd) => {
+                    roots.insert(root.to_path_buf(), fd);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        beneath::remove_beneath(&roots[root], root, rel).with_context(|| {
+            format!("remove {name}, which the incremental backup no longer has")
+        })?;
+    }
+    Ok(())
+}
+
 /// Maps backup entries to the restore directory and tablespace destinations.
 struct RestoreDest {
     pgdata: PathBuf,
     tablespaces: HashMap<u32, PathBuf>,
     durable: bool,
+    /// Applying an incremental backup onto its parent's copy.
+    deltas: bool,
+    /// Restoring a chain: a tablespace the restored backup has not is skipped.
+    chain: bool,
 }
 
 impl Destination for RestoreDest {
     fn durable(&self) -> bool {
         self.durable
+    }
+    fn applies_deltas(&self) -> bool {
+        self.deltas
+    }
+    fn skip(&self, name: &str) -> bool {
+        // A tablespace an older backup of a chain had and the restored one has not: it is
+        // removed again, and has nowhere to go meanwhile.
+        self.chain
+            && name
+                .strip_prefix("pg_tblspc/")
+                .map(|rest| rest.split_once('/').map_or(rest, |(oid, _)| oid))
+                .and_then(|oid| oid.parse::<u32>().ok())
+                .is_some_and(|oid| !self.tablespaces.contains_key(&oid))
     }
     fn root(&self) -> &Path {
         &self.pgdata
@@ -465,6 +581,8 @@ async fn extract_all(
     pgdata: &Path,
     tablespaces: &HashMap<u32, PathBuf>,
     durable: bool,
+    // Part of a chain: `Some(true)` for an incremental backup applied onto its parent's.
+    chain: Option<bool>,
 ) -> anyhow::Result<()> {
     let workers = cfg
         .restore
@@ -475,6 +593,8 @@ async fn extract_all(
         pgdata: pgdata.to_path_buf(),
         tablespaces: tablespaces.clone(),
         durable,
+        deltas: chain == Some(true),
+        chain: chain.is_some(),
     });
     let stop = transfer::StopFlag::default();
     let mut pending = m.objects.iter();
@@ -769,7 +889,14 @@ mod tests {
             pgdata: "/restore".into(),
             tablespaces: [(17000u32, PathBuf::from("/new/ts"))].into_iter().collect(),
             durable: true,
+            deltas: false,
+            chain: true,
         };
+        // In a chain, a tablespace the restored backup has not is skipped.
+        assert!(d.skip("pg_tblspc/17001/PG_15_202209061/5/16384"));
+        assert!(d.skip("pg_tblspc/17001"));
+        assert!(!d.skip("pg_tblspc/17000/PG_15_202209061/5/16384"));
+        assert!(!d.skip("pg_tblspc"));
         assert_eq!(
             d.place("base/5/16384"),
             (Path::new("/restore"), "base/5/16384")
