@@ -495,6 +495,9 @@ pub struct ScheduleConfig {
     #[serde(default = "defaults::utc")]
     pub timezone: String,
     pub physical: Option<String>,
+    /// Incremental physical backups (full when there is no parent, or the chain has
+    /// `backup.incremental.max_chain` links).
+    pub incremental: Option<String>,
     pub logical: Option<String>,
     pub verify: Option<String>,
     pub retention: Option<String>,
@@ -1617,6 +1620,7 @@ impl ScheduleConfig {
     pub fn entries(&self) -> Vec<(&'static str, &str)> {
         [
             ("physical", &self.physical),
+            ("incremental", &self.incremental),
             ("logical", &self.logical),
             ("verify", &self.verify),
             ("retention", &self.retention),

@@ -18,15 +18,24 @@ pub async fn run(cfg: &Config, kind: JobKind) -> anyhow::Result<JobReport> {
     match kind {
         // Exactly `backup --kind physical|logical`: restore point, verification with
         // `verify.after_backup`, retention with `retention.after_backup`.
-        JobKind::Physical | JobKind::Logical => {
-            let sel = if kind == JobKind::Physical {
-                BackupKindSel::Physical
-            } else {
+        JobKind::Physical | JobKind::Incremental | JobKind::Logical => {
+            let sel = if kind == JobKind::Logical {
                 BackupKindSel::Logical
+            } else {
+                BackupKindSel::Physical
             };
-            let taken =
-                backup::take_locked(cfg, sel, None, None, &[], cfg.verify.after_backup, Wait::No)
-                    .await?;
+            let incremental =
+                (kind == JobKind::Incremental).then_some(backup::physical::ParentChoice::Newest);
+            let taken = backup::take_locked(
+                cfg,
+                sel,
+                incremental.as_ref(),
+                None,
+                &[],
+                cfg.verify.after_backup,
+                Wait::No,
+            )
+            .await?;
             let mut report = JobReport::backup(&taken.manifests[0]);
             if let Some(v) = &taken.verification {
                 report.verification_failures = backup::verification_failures(v);

@@ -413,7 +413,12 @@ impl Daemon {
             a.backup_ids = r
                 .report
                 .as_ref()
-                .filter(|_| matches!(r.kind, JobKind::Physical | JobKind::Logical))
+                .filter(|_| {
+                    matches!(
+                        r.kind,
+                        JobKind::Physical | JobKind::Incremental | JobKind::Logical
+                    )
+                })
                 .map(|rep| rep.backup_ids.clone())
                 .unwrap_or_default();
         } else {

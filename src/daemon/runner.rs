@@ -156,7 +156,7 @@ async fn attempts(cfg: &Config, kind: JobKind) -> Attempts {
 /// `retention.incomplete_after`.
 pub async fn remove_unfinished(cfg: &Config, kind: JobKind, since: DateTime<Utc>) -> usize {
     let backup_kind = match kind {
-        JobKind::Physical => BackupKind::Physical,
+        JobKind::Physical | JobKind::Incremental => BackupKind::Physical,
         JobKind::Logical => BackupKind::Logical,
         _ => return 0,
     };

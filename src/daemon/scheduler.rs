@@ -348,6 +348,7 @@ mod tests {
             let v = Some("0 3 * * *".to_string());
             match kind {
                 JobKind::Physical => cfg.physical = v,
+                JobKind::Incremental => cfg.incremental = v,
                 JobKind::Logical => cfg.logical = v,
                 JobKind::Verify => cfg.verify = v,
                 JobKind::Retention => cfg.retention = v,

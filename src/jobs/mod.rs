@@ -18,6 +18,8 @@ use crate::manifest::Manifest;
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
     Physical,
+    /// An incremental physical backup (`[schedule] incremental`).
+    Incremental,
     Logical,
     Verify,
     Retention,
@@ -29,10 +31,11 @@ impl JobKind {
     /// Every kind, in the order `daemon --run-once` runs them: maintenance that changes
     /// the data first (partitions, archival), then the backups that capture it, then
     /// verification of those backups, and retention last (it keeps the newest verified).
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 7] = [
         JobKind::Partitions,
         JobKind::Archive,
         JobKind::Physical,
+        JobKind::Incremental,
         JobKind::Logical,
         JobKind::Verify,
         JobKind::Retention,
@@ -42,6 +45,7 @@ impl JobKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             JobKind::Physical => "physical",
+            JobKind::Incremental => "incremental",
             JobKind::Logical => "logical",
             JobKind::Verify => "verify",
             JobKind::Retention => "retention",
@@ -54,7 +58,8 @@ impl JobKind {
     /// run and an on-demand one never overlap.
     pub fn lock_name(&self) -> &'static str {
         match self {
-            JobKind::Physical => "backup-physical",
+            // One physical backup at a time, full or incremental.
+            JobKind::Physical | JobKind::Incremental => "backup-physical",
             JobKind::Logical => "backup-logical",
             JobKind::Verify => "verify",
             JobKind::Retention => "retention",
@@ -67,6 +72,7 @@ impl JobKind {
     pub fn describe(&self) -> &'static str {
         match self {
             JobKind::Physical => "physical backup",
+            JobKind::Incremental => "incremental backup",
             JobKind::Logical => "logical backup",
             JobKind::Verify => "verification",
             JobKind::Retention => "retention",
@@ -89,7 +95,7 @@ impl FromStr for JobKind {
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
-                format!("{s:?} is not a job (physical, logical, verify, retention, partitions, archive)")
+                format!("{s:?} is not a job (physical, incremental, logical, verify, retention, partitions, archive)")
             })
     }
 }
@@ -145,6 +151,7 @@ mod tests {
     fn names_round_trip_and_match_schedule_keys() {
         let cfg = crate::config::ScheduleConfig {
             physical: Some("0 3 * * *".into()),
+            incremental: Some("0 3 * * *".into()),
             logical: Some("0 3 * * *".into()),
             verify: Some("0 3 * * *".into()),
             retention: Some("0 3 * * *".into()),
@@ -168,9 +175,11 @@ mod tests {
         // The lock file names are on disk on running hosts: they must not change.
         assert_eq!(JobKind::Physical.lock_name(), "backup-physical");
         assert_eq!(JobKind::Logical.lock_name(), "backup-logical");
+        // Full and incremental physical backups never run at once.
+        assert_eq!(JobKind::Incremental.lock_name(), "backup-physical");
         let mut names: Vec<_> = JobKind::ALL.iter().map(|k| k.lock_name()).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), JobKind::ALL.len());
+        assert_eq!(names.len(), JobKind::ALL.len() - 1);
     }
 }

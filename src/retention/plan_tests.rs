@@ -132,6 +132,25 @@ impl World {
 
 /// What must hold for every plan.
 fn check_invariants(w: &World, p: &Plan) {
+    // No kept backup loses its parent.
+    for e in p
+        .backups
+        .iter()
+        .filter(|e| e.decision.action == Action::Keep)
+    {
+        if let Some(parent) = w
+            .backups
+            .iter()
+            .find(|m| m.id == e.decision.id)
+            .and_then(|m| m.parent())
+        {
+            assert!(
+                !p.delete.backups.iter().any(|d| d == parent),
+                "{parent} deleted under kept {}",
+                e.decision.id
+            );
+        }
+    }
     // History files never go.
     assert!(
         !p.delete.keys.iter().any(|k| k.ends_with(".history")),
@@ -250,6 +269,62 @@ fn a_leased_backup_and_its_wal_are_kept() {
     // Without the lease it goes, with the WAL before b2.
     let p = w.plan(&keep_last(2, "backups"), t(60));
     assert_eq!(p.delete.backups, vec![b1]);
+}
+
+/// A kept incremental backup keeps its whole chain: keep_last = 1 keeps the newest
+/// backup, and with it its parent and its parent's full backup; an older full backup
+/// outside the chain goes.
+#[test]
+fn a_kept_incremental_backup_keeps_its_chain() {
+    let mut w = World::new(
+        &[
+            (phys("old", "2026-11-22T10:00:00Z"), 1, 1, 1),
+            (phys("full", "2026-11-22T10:02:00Z"), 1, 2, 2),
+            (phys("inc1", "2026-11-22T10:04:00Z"), 1, 4, 4),
+            (phys("inc2", "2026-11-22T10:06:00Z"), 1, 6, 6),
+        ],
+        segs(1, 1..=7),
+        &[],
+    );
+    let link = |w: &mut World, child: usize, parent: usize| {
+        let since = w.backups[parent].physical.as_ref().unwrap().start_lsn;
+        let parent_id = w.backups[parent].id.clone();
+        let length = w.backups[parent]
+            .incremental()
+            .map_or(0, |i| i.chain_length)
+            + 1;
+        w.backups[child].physical.as_mut().unwrap().incremental =
+            Some(crate::manifest::IncrementalInfo {
+                parent: parent_id,
+                since_lsn: since,
+                chain_length: length,
+                method: "page-lsn".into(),
+                delta_files: 1,
+                unchanged_files: 1,
+            });
+    };
+    link(&mut w, 2, 1);
+    link(&mut w, 3, 2);
+    let p = w.plan(&keep_last(1, "backups"), t(60));
+    assert_eq!(p.delete.backups, vec![w.backups[0].id.clone()]);
+    for (i, child) in [(1, "inc1"), (2, "inc2")] {
+        let d = p
+            .backups
+            .iter()
+            .find(|b| b.decision.id == w.backups[i].id)
+            .unwrap();
+        assert_eq!(d.decision.action, Action::Keep);
+        assert!(
+            d.decision
+                .reasons
+                .iter()
+                .any(|r| r.contains("parent of kept incremental backup") && r.contains(child)),
+            "{:?}",
+            d.decision.reasons
+        );
+    }
+    // The WAL the full backup needs stays too.
+    assert!(wal_deleted(&p).iter().all(|k| !k.contains(&seg(1, 2))));
 }
 
 /// Regression (several repositories): a repository that receives WAL deleted the WAL
