@@ -54,6 +54,56 @@ pub fn is_block_file(name: &str) -> bool {
     }
 }
 
+/// The relation a block file (see [`is_block_file`]) is a segment of: (tablespace oid,
+/// database oid, relfilenode, segment number). `base/` is tablespace 1663
+/// (`pg_default`), `global/` 1664 (`pg_global`, database 0).
+pub fn relation_of(name: &str) -> Option<(u32, u32, u32, u32)> {
+    if !is_block_file(name) {
+        return None;
+    }
+    let parts: Vec<&str> = name.split('/').collect();
+    let (ts, db, file) = match parts.as_slice() {
+        ["global", f] => (1664, 0, *f),
+        ["base", db, f] => (1663, db.parse().ok()?, *f),
+        ["pg_tblspc", ts, _, db, f] => (ts.parse().ok()?, db.parse().ok()?, *f),
+        _ => return None,
+    };
+    let (node, seg) = match file.split_once('.') {
+        Some((n, s)) => (n.parse().ok()?, s.parse().ok()?),
+        None => (file.parse().ok()?, 0),
+    };
+    Some((ts, db, node, seg))
+}
+
+/// What WAL summaries say about one segment of a relation's main fork, as
+/// [`ChangedBlocks::Listed`] wants it: the changed blocks of the whole relation
+/// (`blocks`), its limit block, and the segment (`segno`, of `seg_blocks` blocks each).
+pub fn segment_changes(
+    blocks: &std::collections::BTreeSet<u32>,
+    limit: Option<u32>,
+    segno: u32,
+    seg_blocks: u32,
+    parent_size: u64,
+) -> ChangedBlocks {
+    let first = u64::from(segno) * u64::from(seg_blocks);
+    let end = first + u64::from(seg_blocks);
+    let in_segment = blocks
+        .range(first.min(u64::from(u32::MAX)) as u32..)
+        .take_while(|b| u64::from(**b) < end)
+        .map(|b| (u64::from(*b) - first) as u32)
+        .collect();
+    let limit = limit.map(|l| {
+        u64::from(l)
+            .saturating_sub(first)
+            .min(u64::from(seg_blocks)) as u32
+    });
+    ChangedBlocks::Listed {
+        blocks: in_segment,
+        limit,
+        parent_size,
+    }
+}
+
 /// How the blocks of a block-structured file that changed since its parent are found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangedBlocks {
@@ -339,6 +389,44 @@ mod tests {
         p[0..4].copy_from_slice(&((lsn >> 32) as u32).to_le_bytes());
         p[4..8].copy_from_slice(&(lsn as u32).to_le_bytes());
         p
+    }
+
+    #[test]
+    fn relations_and_their_segments_from_names() {
+        assert_eq!(relation_of("base/5/16384"), Some((1663, 5, 16384, 0)));
+        assert_eq!(relation_of("base/5/16384.2"), Some((1663, 5, 16384, 2)));
+        assert_eq!(relation_of("global/1262"), Some((1664, 0, 1262, 0)));
+        assert_eq!(
+            relation_of("pg_tblspc/16390/PG_17_1/5/16391.1"),
+            Some((16390, 5, 16391, 1))
+        );
+        assert_eq!(relation_of("base/5/16384_vm"), None);
+        // Blocks 5 and 131075 of a relation with 131072-block segments; truncated to 131080.
+        let blocks = [5u32, 131075].into_iter().collect();
+        assert_eq!(
+            segment_changes(&blocks, Some(131080), 1, 131072, 0),
+            ChangedBlocks::Listed {
+                blocks: vec![3],
+                limit: Some(8),
+                parent_size: 0
+            }
+        );
+        assert_eq!(
+            segment_changes(&blocks, Some(10), 1, 131072, 0),
+            ChangedBlocks::Listed {
+                blocks: vec![3],
+                limit: Some(0),
+                parent_size: 0
+            }
+        );
+        assert_eq!(
+            segment_changes(&blocks, None, 0, 131072, 7),
+            ChangedBlocks::Listed {
+                blocks: vec![5],
+                limit: None,
+                parent_size: 7
+            }
+        );
     }
 
     #[test]

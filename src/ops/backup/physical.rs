@@ -168,7 +168,15 @@ pub async fn run(
         crate::failpoint::point("backup.started");
 
         let codec = Codec::from_config(&cfg.compression.for_kind(DataKind::Physical));
+        let summary = match &parent {
+            Some(p) => {
+                let since = p.physical.as_ref().expect("physical").start_lsn;
+                summaries(&client, &info, since, start_lsn).await?
+            }
+            None => None,
+        };
         let since = parent.as_ref().map(|p| DeltaBase {
+            summary,
             since: p.physical.as_ref().expect("physical").start_lsn,
             sizes: p
                 .physical
@@ -232,7 +240,11 @@ pub async fn run(
             parent: p.id.clone(),
             since_lsn: p.physical.as_ref().expect("physical").start_lsn,
             chain_length: p.incremental().map_or(0, |i| i.chain_length) + 1,
-            method: "page-lsn".into(),
+            method: if since.as_ref().is_some_and(|b| b.summary.is_some()) {
+                "wal-summary".into()
+            } else {
+                "page-lsn".into()
+            },
             delta_files: copied.deltas,
             unchanged_files: copied.unchanged,
         });
@@ -304,8 +316,11 @@ pub async fn run(
     }
 }
 
-/// What an incremental backup compares with: its parent's start LSN and file sizes.
+/// What an incremental backup compares with: its parent's start LSN and file sizes,
+/// and the server's WAL summaries of the range when they cover it (with the number of
+/// blocks in a relation segment).
 struct DeltaBase {
+    summary: Option<(crate::pg::walsummary::Changes, u32)>,
     since: Lsn,
     sizes: std::collections::HashMap<String, u64>,
     block_size: u32,
@@ -319,6 +334,55 @@ struct Copied {
     unchanged: u64,
     /// The backup's file set (see [`PhysicalInfo::file_list`]).
     list: Vec<manifest::ListedFile>,
+}
+
+/// How long an incremental backup waits for the WAL summarizer to reach its start.
+const SUMMARY_WAIT: Duration = Duration::from_secs(30);
+
+/// On PostgreSQL 17 and later with `summarize_wal = on`: the server's WAL summaries of
+/// `[since, upto)` (the parent's start to this backup's start), with the blocks per
+/// relation segment; `None` (said in the log) when the server has none that cover the
+/// range, and the backup reads every page's LSN instead.
+async fn summaries(
+    client: &tokio_postgres::Client,
+    info: &ServerInfo,
+    since: Lsn,
+    upto: Lsn,
+) -> anyhow::Result<Option<(crate::pg::walsummary::Changes, u32)>> {
+    use crate::pg::walsummary;
+    let major = info.major();
+    if major < walsummary::FIRST_MAJOR {
+        return Ok(None);
+    }
+    if !walsummary::wait_summarized(client, major, upto, SUMMARY_WAIT).await? {
+        tracing::info!(
+            "no WAL summaries up to the backup's start {upto} (summarize_wal = off, or the summarizer is behind): reading every page's LSN instead"
+        );
+        return Ok(None);
+    }
+    match walsummary::changed_blocks(client, info.timeline, since, upto).await? {
+        Ok(changes) => {
+            let seg_blocks: i64 = client
+                .query_one(
+                    // In blocks: pg_settings gives segment_size in units of the block size.
+                    "SELECT setting::int8 FROM pg_settings WHERE name = 'segment_size'",
+                    &[],
+                )
+                .await
+                .context("read segment_size")?
+                .get(0);
+            tracing::info!(
+                summaries = changes.summaries.len(),
+                forks = changes.forks.len(),
+                "changed blocks from the server's WAL summaries: unchanged relation files are not read"
+            );
+            Ok(Some((changes, seg_blocks as u32)))
+        }
+        Err(why) => {
+            tracing::info!("WAL summaries do not cover the range since the parent ({why}): reading every page's LSN instead");
+            Ok(None)
+        }
+    }
 }
 
 /// The parent an incremental backup asked for with `choice`, or `None` (a full backup,
@@ -452,15 +516,42 @@ async fn copy_data(
             {
                 continue;
             }
-            if let Some(size) = base.sizes.get(&e.name) {
-                e.delta = Some(crate::physical::incremental::DeltaPlan {
-                    how: crate::physical::incremental::ChangedBlocks::PageLsn {
-                        since: base.since,
-                        parent_size: *size,
-                    },
-                    block_size: base.block_size,
-                });
-            }
+            use crate::physical::incremental::{self as inc, ChangedBlocks};
+            let Some(&parent_size) = base.sizes.get(&e.name) else {
+                continue;
+            };
+            let how = match (&base.summary, inc::relation_of(&e.name)) {
+                (Some((changes, seg_blocks)), Some((tablespace, database, relfilenode, segno))) => {
+                    let fork = crate::pg::walsummary::RelFork {
+                        tablespace,
+                        database,
+                        relfilenode,
+                        fork: 0,
+                    };
+                    match changes.forks.get(&fork) {
+                        Some(c) => inc::segment_changes(
+                            &c.blocks,
+                            c.limit,
+                            segno,
+                            *seg_blocks,
+                            parent_size,
+                        ),
+                        None => ChangedBlocks::Listed {
+                            blocks: vec![],
+                            limit: None,
+                            parent_size,
+                        },
+                    }
+                }
+                _ => ChangedBlocks::PageLsn {
+                    since: base.since,
+                    parent_size,
+                },
+            };
+            e.delta = Some(inc::DeltaPlan {
+                how,
+                block_size: base.block_size,
+            });
         }
     }
     let (control, entries): (Vec<_>, Vec<_>) = entries
