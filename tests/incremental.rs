@@ -340,6 +340,10 @@ mod local {
 
 mod s3 {
     #[test]
+    fn chain_restores_match_the_live_cluster() {
+        super::chain_restores_match_the_live_cluster(super::Backend::S3)
+    }
+    #[test]
     fn broken_chains_are_refused_and_retention_keeps_chains() {
         super::broken_chains_are_refused_and_retention_keeps_chains(super::Backend::S3)
     }
