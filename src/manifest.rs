@@ -414,7 +414,7 @@ impl Manifest {
     /// The manifest of backup `id` as `repo` holds it: `None` when absent, the problem
     /// when it cannot be used. Repository errors other than a key that does not open
     /// it are errors.
-    async fn read(
+    pub async fn read(
         repo: &dyn Repository,
         id: &str,
     ) -> anyhow::Result<Option<Result<Manifest, ManifestProblem>>> {

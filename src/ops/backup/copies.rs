@@ -103,6 +103,25 @@ pub async fn copy_backup(
     let manifest = layout::manifest_key(&m.id);
     let prefix = layout::backup_prefix(&m.id);
     let mut bytes = 0;
+    if let Some(parent) = m.parent() {
+        // An incremental backup is of use only with its chain: the parent goes first
+        // where it is missing (a repository added after it was taken), and the
+        // repository's format says it holds incremental backups.
+        if dst.head(&layout::manifest_key(parent)).await?.is_none() {
+            let pm = match Manifest::read(src, parent).await? {
+                Some(Ok(pm)) => pm,
+                Some(Err(p)) => anyhow::bail!("{}", p.message(parent)),
+                None => anyhow::bail!(
+                    "the parent {parent} of incremental backup {} is not in {}",
+                    m.id,
+                    src.describe()
+                ),
+            };
+            bytes += Box::pin(copy_backup(src, dst, &pm)).await?;
+            tracing::info!(backup = %pm.id, repository = %dst.describe(), "copied the parent of an incremental backup first");
+        }
+        crate::repo::identity::RepoIdentity::require_incremental(dst).await?;
+    }
     for o in src
         .list(&prefix)
         .await
