@@ -395,91 +395,117 @@ async fn choose_parent(
 ) -> anyhow::Result<Option<Manifest>> {
     let catalog = manifest::Catalog::load(repo.as_ref()).await?;
     let sysid = info.system_identifier.to_string();
+    match pick_parent(
+        &catalog,
+        &sysid,
+        info.timeline,
+        choice,
+        cfg.backup.incremental.max_chain,
+    ) {
+        Ok(Picked::Parent(m)) => {
+            tracing::info!(parent = %m.id, "incremental backup: storing what changed since the parent's start");
+            Ok(Some(m.clone()))
+        }
+        Ok(Picked::Full(why)) => {
+            tracing::info!("{why}: taking a full backup");
+            Ok(None)
+        }
+        Err(e) => Err(crate::user_error!("{e}")),
+    }
+}
+
+/// What [`pick_parent`] decided.
+#[derive(Debug, PartialEq)]
+enum Picked<'a> {
+    Parent(&'a Manifest),
+    /// Take a full backup, for this reason.
+    Full(String),
+}
+
+/// The parent `choice` names among `catalog`'s backups, for a backup of the cluster
+/// `sysid` on `timeline`: pure, so that every rule has a table-driven test. `Err`: an
+/// explicit `--parent ID` that cannot be a parent, with the reason and the fix.
+fn pick_parent<'a>(
+    catalog: &'a manifest::Catalog,
+    sysid: &str,
+    timeline: u32,
+    choice: &ParentChoice,
+    max_chain: u32,
+) -> Result<Picked<'a>, String> {
     // Why `m` cannot be the parent, if it cannot.
     let unfit = |m: &Manifest| -> Option<String> {
-        let p = m.physical.as_ref()?;
-        if m.kind != BackupKind::Physical {
+        let Some(p) = m.physical.as_ref() else {
             return Some("it is not a physical backup".into());
-        }
+        };
         if m.system_identifier != sysid {
             return Some(format!(
                 "it is of another cluster (system identifier {})",
                 m.system_identifier
             ));
         }
-        if p.timeline != info.timeline {
+        if p.timeline != timeline {
             return Some(format!(
-                "it is on timeline {}, the server on {} (the first backup on a new timeline is full)",
-                p.timeline, info.timeline
+                "it is on timeline {}, the server on {timeline} (the first backup on a new timeline is full)",
+                p.timeline
             ));
         }
         if p.file_list.is_none() {
             return Some("it was taken before incremental backups existed (no file list)".into());
         }
-        if let Err(why) = catalog.chain(m) {
-            return Some(why);
-        }
-        None
+        catalog.chain(m).err()
     };
-    let verified = |m: &&Manifest| m.is_verified_ok() && unfit(m).is_none();
-    let parent = match choice {
+    let usable = |m: &&Manifest| m.is_verified_ok() && unfit(m).is_none();
+    match choice {
         ParentChoice::Id(id) => {
-            let m = catalog.require(id)?;
+            let m = catalog.require(id).map_err(|e| format!("{e:#}"))?;
             if let Some(why) = unfit(m) {
-                return Err(crate::user_error!(
-                    "backup {id} cannot be the parent of an incremental backup: {why};                      give another with --parent ID, or --parent full"
+                return Err(format!(
+                    "backup {id} cannot be the parent of an incremental backup: {why}; \
+                     give another with --parent ID, or --parent full"
                 ));
             }
             if m.verification
                 .as_ref()
                 .is_some_and(|v| v.outcome == manifest::Outcome::Failed)
             {
-                return Err(crate::user_error!(
-                    "backup {id} failed its verification and cannot be a parent; give another with --parent ID, or take a full backup"
+                return Err(format!(
+                    "backup {id} failed its verification and cannot be a parent; give another \
+                     with --parent ID, or take a full backup"
                 ));
             }
-            m.clone()
+            Ok(Picked::Parent(m))
         }
-        ParentChoice::Full => {
-            match catalog
-                .complete
-                .iter()
-                .rev()
-                .filter(|m| m.incremental().is_none())
-                .find(verified)
-            {
-                Some(m) => m.clone(),
-                None => {
-                    tracing::info!("no complete, verified full physical backup of this cluster on timeline {} to be the parent of a differential backup: taking a full backup", info.timeline);
-                    return Ok(None);
-                }
-            }
-        }
+        ParentChoice::Full => Ok(catalog
+            .complete
+            .iter()
+            .rev()
+            .filter(|m| m.incremental().is_none())
+            .find(usable)
+            .map(Picked::Parent)
+            .unwrap_or_else(|| {
+                Picked::Full(format!(
+                    "no complete, verified full physical backup of this cluster on timeline \
+                     {timeline} to be the parent of a differential backup"
+                ))
+            })),
         ParentChoice::Newest => {
-            let newest = catalog
-                .complete
-                .iter()
-                .rev()
-                .filter(|m| m.kind == BackupKind::Physical)
-                .find(verified);
-            let Some(m) = newest else {
-                tracing::info!("no complete, verified physical backup of this cluster on timeline {} to be the parent of an incremental backup: taking a full backup", info.timeline);
-                return Ok(None);
+            let Some(m) = catalog.complete.iter().rev().find(usable) else {
+                return Ok(Picked::Full(format!(
+                    "no complete, verified physical backup of this cluster on timeline \
+                     {timeline} to be the parent of an incremental backup"
+                )));
             };
             let links = m.incremental().map_or(0, |i| i.chain_length);
-            if links >= cfg.backup.incremental.max_chain {
-                tracing::info!(
-                    parent = %m.id,
-                    "the chain after the newest backup has {links} incremental backups (backup.incremental.max_chain = {}): taking a full backup",
-                    cfg.backup.incremental.max_chain
-                );
-                return Ok(None);
+            if links >= max_chain {
+                return Ok(Picked::Full(format!(
+                    "the newest backup {} ends a chain of {links} incremental backups \
+                     (backup.incremental.max_chain = {max_chain})",
+                    m.id
+                )));
             }
-            m.clone()
+            Ok(Picked::Parent(m))
         }
-    };
-    tracing::info!(parent = %parent.id, "incremental backup: storing what changed since the parent's start");
-    Ok(Some(parent))
+    }
 }
 
 /// Copy PGDATA into tar parts with `backup.workers` parts in flight, then
@@ -867,6 +893,86 @@ mod tests {
             "000000010000000000000003 … 000000010000000000000004 (2 segments)"
         );
         assert_eq!(describe_missing(&m[..1]), "000000010000000000000003");
+    }
+
+    /// Backups: `f1` full verified, `i1` incremental on it verified, `i2` on `i1` not
+    /// verified, `f2` on timeline 2, `old` without a file list, `bad` failed.
+    fn catalog() -> manifest::Catalog {
+        use crate::test_fixtures::{manifest, physical_info, verification};
+        let t = |m: i64| {
+            chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc)
+                + chrono::Duration::minutes(m)
+        };
+        let b = |id: &str,
+                 min: i64,
+                 seg: u64,
+                 tli: u32,
+                 ok: Option<manifest::Outcome>,
+                 parent: Option<(&str, u64, u32)>| {
+            let mut m = manifest(id, BackupKind::Physical, t(min), t(min + 1));
+            let mut p = physical_info(tli, seg, seg);
+            p.file_list = Some(vec![]);
+            p.incremental = parent.map(|(parent, pseg, n)| manifest::IncrementalInfo {
+                parent: parent.into(),
+                since_lsn: physical_info(tli, pseg, pseg).start_lsn,
+                chain_length: n,
+                method: "page-lsn".into(),
+                delta_files: 0,
+                unchanged_files: 0,
+            });
+            m.physical = Some(p);
+            m.verification = ok.map(|o| verification(t(min + 2), o, 1.0));
+            m
+        };
+        use manifest::Outcome::{Failed, Ok as Good};
+        let mut old = b("old", 0, 1, 1, Some(Good), None);
+        old.physical.as_mut().unwrap().file_list = None;
+        manifest::Catalog {
+            complete: vec![
+                old,
+                b("f1", 10, 2, 1, Some(Good), None),
+                b("i1", 20, 3, 1, Some(Good), Some(("f1", 2, 1))),
+                b("bad", 25, 4, 1, Some(Failed), None),
+                b("i2", 30, 5, 1, None, Some(("i1", 3, 2))),
+                b("f2", 40, 6, 2, Some(Good), None),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_parent_is_the_newest_verified_backup_of_the_timeline_within_max_chain() {
+        let c = catalog();
+        let id = |p: Result<Picked, String>| match p {
+            Ok(Picked::Parent(m)) => m.id.clone(),
+            Ok(Picked::Full(why)) => format!("full: {why}"),
+            Err(e) => format!("error: {e}"),
+        };
+        let newest = ParentChoice::Newest;
+        // i2 is not verified, bad failed: i1.
+        assert_eq!(id(pick_parent(&c, "1", 1, &newest, 7)), "i1");
+        // i1 is the first link: with max_chain 1 the backup is full.
+        assert!(id(pick_parent(&c, "1", 1, &newest, 1)).contains("max_chain = 1"));
+        // --parent full: the newest verified full one on the timeline.
+        assert_eq!(id(pick_parent(&c, "1", 1, &ParentChoice::Full, 7)), "f1");
+        assert_eq!(id(pick_parent(&c, "1", 2, &newest, 7)), "f2");
+        // Another timeline or cluster: nothing fits, full.
+        assert!(id(pick_parent(&c, "1", 3, &newest, 7)).starts_with("full: no complete, verified"));
+        assert!(id(pick_parent(&c, "9", 1, &newest, 7)).starts_with("full:"));
+        // --parent ID: unverified is allowed, failed, foreign or list-less is refused.
+        let named = |s: &str| ParentChoice::Id(s.into());
+        assert_eq!(id(pick_parent(&c, "1", 1, &named("i2"), 7)), "i2");
+        assert!(id(pick_parent(&c, "1", 1, &named("bad"), 7)).contains("failed its verification"));
+        assert!(id(pick_parent(&c, "1", 1, &named("f2"), 7)).contains("timeline 2"));
+        assert!(id(pick_parent(&c, "1", 1, &named("old"), 7)).contains("no file list"));
+        assert!(id(pick_parent(&c, "1", 1, &named("nope"), 7)).contains("does not exist"));
+        // A broken chain: i1's parent gone, so neither i1 nor i2 can be a parent.
+        let mut broken = catalog();
+        broken.complete.retain(|m| m.id != "f1");
+        assert!(id(pick_parent(&broken, "1", 1, &newest, 7)).starts_with("full:"));
+        assert!(id(pick_parent(&broken, "1", 1, &named("i2"), 7)).contains("is missing"));
     }
 
     #[test]
