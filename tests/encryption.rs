@@ -120,6 +120,14 @@ fn nothing_stored_is_plaintext_and_every_restore_works(backend: Backend) {
     std::thread::sleep(Duration::from_millis(1100));
     s.sql(&format!("INSERT INTO secret VALUES (202, '{MARKER}')"));
     common::switch_wal_and_wait(&s.cluster);
+    // An incremental backup: its changed blocks are encrypted like everything else.
+    let incremental = s
+        .ok(&["backup", "--kind", "incremental", "--parent", &physical, "--no-verify"])
+        .trim()
+        .to_string();
+    assert!(incremental.ends_with("-incremental"), "{incremental}");
+    s.sql(&format!("INSERT INTO secret VALUES (203, '{MARKER}')"));
+    common::switch_wal_and_wait(&s.cluster);
 
     // Verification works through the encryption and names the key.
     let report: serde_json::Value =
@@ -128,7 +136,7 @@ fn nothing_stored_is_plaintext_and_every_restore_works(backend: Backend) {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(report["backups"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(report["backups"].as_array().unwrap().len(), 3, "{report}");
     for b in report["backups"].as_array().unwrap() {
         assert_eq!(b["outcome"], "ok", "{report}");
         assert_eq!(b["encryption_key"], key_id.as_str(), "{report}");
@@ -167,7 +175,8 @@ fn nothing_stored_is_plaintext_and_every_restore_works(backend: Backend) {
     );
     // repo.json is plaintext, and records the key by id only.
     let repo_json = s.repo_json();
-    assert_eq!(repo_json["format"], 2, "{repo_json}");
+    // 4: encrypted, holding incremental backups.
+    assert_eq!(repo_json["format"], 4, "{repo_json}");
     assert!(!std::fs::read_to_string(&key).unwrap().contains(&key_id));
 
     // PITR.
@@ -177,6 +186,10 @@ fn nothing_stored_is_plaintext_and_every_restore_works(backend: Backend) {
     drop(r);
     let r = s.restore_start(&["--backup", &physical, "--target", "immediate"]);
     assert_eq!(r.psql("postgres", "SELECT count(*) FROM secret"), "200");
+    r.stop();
+    drop(r);
+    let r = s.restore_start(&["--backup", &incremental, "--target", "immediate"]);
+    assert_eq!(r.psql("postgres", "SELECT count(*) FROM secret"), "202");
     r.stop();
 
     // Logical restore.

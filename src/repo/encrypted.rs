@@ -442,8 +442,16 @@ impl Encrypted {
             .map_err(|e| RepoError::io("read the body of", key, e))?;
         let mut id: RepoIdentity = serde_json::from_slice(&bytes)
             .map_err(|e| RepoError::io("parse", key, std::io::Error::other(e)))?;
-        id.format = FORMAT_ENCRYPTED;
-        id.encryption = Some(self.info.clone());
+        // A repository that holds incremental backups keeps saying so; one rewritten
+        // (its format raised) keeps the encryption section it has.
+        id.format = if id.format >= crate::repo::identity::FORMAT_INCREMENTAL_PLAIN {
+            crate::repo::identity::FORMAT_INCREMENTAL_ENCRYPTED
+        } else {
+            FORMAT_ENCRYPTED
+        };
+        if id.encryption.is_none() {
+            id.encryption = Some(self.info.clone());
+        }
         let out = serde_json::to_vec_pretty(&id).expect("serializable");
         match self.inner.put_bytes(key, out, opts).await {
             Err(RepoError::AlreadyExists { key }) => {
