@@ -122,7 +122,14 @@ fn nothing_stored_is_plaintext_and_every_restore_works(backend: Backend) {
     common::switch_wal_and_wait(&s.cluster);
     // An incremental backup: its changed blocks are encrypted like everything else.
     let incremental = s
-        .ok(&["backup", "--kind", "incremental", "--parent", &physical, "--no-verify"])
+        .ok(&[
+            "backup",
+            "--kind",
+            "incremental",
+            "--parent",
+            &physical,
+            "--no-verify",
+        ])
         .trim()
         .to_string();
     assert!(incremental.ends_with("-incremental"), "{incremental}");

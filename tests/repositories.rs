@@ -540,3 +540,92 @@ fn exports_reach_every_required_repository_before_rows_leave_the_database() {
         "the S3 repository lacks the export"
     );
 }
+
+/// An incremental backup copied to a repository that lacks its parent (one that began
+/// to receive physical backups after the parent was taken) takes its parent along: the
+/// chain restores from that repository alone, and its format says it holds
+/// incremental backups.
+#[test]
+fn an_incremental_backup_takes_its_parent_to_a_repository_that_lacks_it() {
+    let s = Two::new("kinds = [\"wal\", \"physical\"]\n", "kinds = [\"wal\"]\n");
+    s.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    s.sql("INSERT INTO t SELECT generate_series(1, 100)");
+    let full = s
+        .ok(&["backup", "--kind", "physical", "--no-verify"])
+        .trim()
+        .to_string();
+    switch_wal_and_wait(&s.cluster);
+    assert!(!s
+        .s3_root()
+        .join(format!("backups/{full}/manifest.json"))
+        .exists());
+    // The offsite repository now receives physical backups too.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let later = s.local.dir.path().join("later.toml");
+    std::fs::write(
+        &later,
+        text.replacen(
+            "kinds = [\"wal\"]\n",
+            "kinds = [\"wal\", \"physical\"]\n",
+            1,
+        ),
+    )
+    .unwrap();
+    common::chown_to_pg(&later);
+    s.sql("INSERT INTO t SELECT generate_series(101, 150)");
+    let out = backupctl(
+        &later,
+        &[
+            "backup",
+            "--kind",
+            "incremental",
+            "--parent",
+            &full,
+            "--no-verify",
+        ],
+    );
+    check_output("incremental backup", out.clone());
+    let inc = stdout(&out).trim().to_string();
+    switch_wal_and_wait(&s.cluster);
+    for id in [&full, &inc] {
+        assert!(
+            s.s3_root()
+                .join(format!("backups/{id}/manifest.json"))
+                .exists(),
+            "{id} not copied offsite"
+        );
+    }
+    let repo_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.s3_root().join("repo.json")).unwrap()).unwrap();
+    assert_eq!(repo_json["format"], 3, "{repo_json}");
+
+    let dir = common::pg_tempdir();
+    let pgdata = dir.path().join("restored");
+    let port = common::free_port();
+    let out = backupctl(
+        &later,
+        &[
+            "--repo",
+            "offsite",
+            "restore",
+            "--pgdata",
+            &pgdata.display().to_string(),
+            "--backup",
+            &inc,
+            "--target",
+            "immediate",
+            "--start",
+            "--port",
+            &port.to_string(),
+        ],
+    );
+    let restored = Restored {
+        pgdata: pgdata.clone(),
+        socket_dir: s.cluster.socket_dir.clone(),
+        port,
+        dir: Some(dir),
+    };
+    check_output("restore from offsite", out);
+    assert_eq!(restored.psql("postgres", "SELECT count(*) FROM t"), "150");
+    restored.stop();
+}
