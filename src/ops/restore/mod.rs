@@ -458,16 +458,32 @@ async fn extract_chain(
         chain = %chain.iter().map(|b| b.id.as_str()).collect::<Vec<_>>().join(" → "),
         "restoring an incremental backup: its full backup, then each incremental one"
     );
-    let listed = |b: &Manifest| -> Vec<String> {
-        b.physical
-            .as_ref()
-            .and_then(|p| p.file_list.as_ref())
-            .map(|l| l.iter().map(|f| f.name.clone()).collect())
-            .unwrap_or_default()
+    // The lists come from the repository: a name must be a plain relative path.
+    let listed = |b: &Manifest| -> anyhow::Result<Vec<String>> {
+        let Some(list) = b.physical.as_ref().and_then(|p| p.file_list.as_ref()) else {
+            anyhow::bail!("backup {} of the chain has no file list", b.id);
+        };
+        list.iter()
+            .map(|f| {
+                let plain = !f.name.is_empty()
+                    && f.name
+                        .split('/')
+                        .all(|c| !c.is_empty() && c != "." && c != "..");
+                if plain {
+                    Ok(f.name.clone())
+                } else {
+                    Err(crate::user_error!(
+                        "the manifest of backup {} lists {:?}, which is not a relative path in a data directory; the manifest is damaged",
+                        b.id,
+                        f.name
+                    ))
+                }
+            })
+            .collect()
     };
     let mut previous: Option<Vec<String>> = None;
     for (i, b) in chain.iter().enumerate() {
-        let names = listed(b);
+        let names = listed(b)?;
         if let Some(prev) = &previous {
             // What the parent had and this backup has not: dropped relations, databases,
             // files PostgreSQL removed. Children before their directories.
