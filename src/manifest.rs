@@ -129,25 +129,20 @@ pub struct PhysicalInfo {
     /// The server's `config_file` (outside PGDATA on Debian-style installs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_file: Option<String>,
-    /// Every file and directory a restore of this backup holds, in name order, files
-    /// with the size they were copied at: what an incremental child compares with, and
-    /// what a restore of a chain removes what is no longer there by. Absent in backups
-    /// taken before incremental backups existed (they cannot be parents).
+    /// Every file and directory a restore of this backup holds: name → size for a
+    /// file (the size it was copied at), `null` for a directory. What an incremental
+    /// child compares with, and what a restore of a chain removes what is no longer
+    /// there by. Absent in backups taken before incremental backups existed (they cannot
+    /// be parents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file_list: Option<Vec<ListedFile>>,
+    pub file_list: Option<FileList>,
     /// Set when this backup is incremental: it holds what changed since its parent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incremental: Option<IncrementalInfo>,
 }
 
-/// One entry of [`PhysicalInfo::file_list`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListedFile {
-    pub name: String,
-    /// Bytes, for a file; absent for a directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-}
+/// See [`PhysicalInfo::file_list`]: one line per entry in the stored manifest.
+pub type FileList = BTreeMap<String, Option<u64>>;
 
 /// What makes a physical backup incremental.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

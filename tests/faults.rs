@@ -685,14 +685,21 @@ fn repository_faults_during_backup_and_restore(backend: Backend) {
     must("backup with latency", out);
     switch_wal_and_wait(&s.cluster);
     // A restore whose download is cut short fails naming the object, and empties what
-    // it wrote; the same restore without the fault succeeds.
+    // it wrote; the same restore without the fault succeeds. The cut comes after the
+    // manifest's size (it lists every file of the backup), inside the data parts.
+    let manifest_size = std::fs::metadata(s.object_path(&format!(
+        "backups/{}/manifest.json",
+        listing(&s.config).0[0]
+    )))
+    .map(|m| m.len())
+    .unwrap_or(100_000);
     let dir = pg_tempdir();
     let pgdata = dir.path().join("restored");
     let pg = pgdata.display().to_string();
     let out = backupctl_env(
         &s.config,
         &["restore", "--pgdata", &pg],
-        &faults("truncate:get:1+:5000:eof"),
+        &faults(&format!("truncate:get:1+:{}:eof", manifest_size + 1000)),
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("base."), "{}", stderr(&out));

@@ -184,7 +184,7 @@ pub async fn run(
                 .and_then(|p| p.file_list.as_ref())
                 .into_iter()
                 .flatten()
-                .filter_map(|f| Some((f.name.clone(), f.size?)))
+                .filter_map(|(name, size)| Some((name.clone(), (*size)?)))
                 .collect(),
             block_size,
         });
@@ -333,7 +333,7 @@ struct Copied {
     deltas: u64,
     unchanged: u64,
     /// The backup's file set (see [`PhysicalInfo::file_list`]).
-    list: Vec<manifest::ListedFile>,
+    list: manifest::FileList,
 }
 
 /// How long an incremental backup waits for the WAL summarizer to reach its start.
@@ -525,13 +525,10 @@ async fn copy_data(
     let mut entries = tokio::task::spawn_blocking(move || scan::scan(&dir))
         .await?
         .with_context(|| format!("scan {}", pgdata.display()))?;
-    let mut list: Vec<manifest::ListedFile> = entries
+    let mut list: manifest::FileList = entries
         .iter()
         .filter(|e| !matches!(e.kind, scan::EntryKind::File { .. }))
-        .map(|e| manifest::ListedFile {
-            name: e.name.clone(),
-            size: None,
-        })
+        .map(|e| (e.name.clone(), None))
         .collect();
     if let Some(base) = base {
         // A relation file the parent had is stored as its changed blocks; any other
@@ -629,14 +626,7 @@ async fn copy_data(
         all.files += n.files;
         all.deltas += n.deltas;
         all.unchanged += n.unchanged;
-        list.extend(
-            n.copied
-                .into_iter()
-                .map(|(name, size)| manifest::ListedFile {
-                    name,
-                    size: Some(size),
-                }),
-        );
+        list.extend(n.copied.into_iter().map(|(name, size)| (name, Some(size))));
     };
     loop {
         while running.len() < workers {
@@ -669,7 +659,6 @@ async fn copy_data(
         add(n);
     }
     objects.sort_by(|a, b| a.name.cmp(&b.name));
-    list.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Copied {
         objects,
         files: all.files,
@@ -913,7 +902,7 @@ mod tests {
                  parent: Option<(&str, u64, u32)>| {
             let mut m = manifest(id, BackupKind::Physical, t(min), t(min + 1));
             let mut p = physical_info(tli, seg, seg);
-            p.file_list = Some(vec![]);
+            p.file_list = Some(Default::default());
             p.incremental = parent.map(|(parent, pseg, n)| manifest::IncrementalInfo {
                 parent: parent.into(),
                 since_lsn: physical_info(tli, pseg, pseg).start_lsn,

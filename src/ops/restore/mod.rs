@@ -463,19 +463,19 @@ async fn extract_chain(
         let Some(list) = b.physical.as_ref().and_then(|p| p.file_list.as_ref()) else {
             anyhow::bail!("backup {} of the chain has no file list", b.id);
         };
-        list.iter()
-            .map(|f| {
-                let plain = !f.name.is_empty()
-                    && f.name
+        list.keys()
+            .map(|name| {
+                let plain = !name.is_empty()
+                    && name
                         .split('/')
                         .all(|c| !c.is_empty() && c != "." && c != "..");
                 if plain {
-                    Ok(f.name.clone())
+                    Ok(name.clone())
                 } else {
                     Err(crate::user_error!(
                         "the manifest of backup {} lists {:?}, which is not a relative path in a data directory; the manifest is damaged",
                         b.id,
-                        f.name
+                        name
                     ))
                 }
             })
