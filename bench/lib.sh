@@ -125,9 +125,13 @@ CONF
 
 # A cluster of pgbench scale $SCALE plus a table of less compressible, realistic rows,
 # archiving every segment to both tools' repositories ($1 = zst|gz), and also with the
-# command in EXTRA_ARCHIVE when it is set.
+# command in EXTRA_ARCHIVE when it is set. NO_PGBACKREST=1: backupctl's alone (a server
+# pgBackRest does not support); EXTRA_CONF: more postgresql.conf lines.
 make_cluster() {
-    local alg=$1
+    local alg=$1 archive
+    archive="$BIN --config $BENCH_DIR/backup-$alg.toml wal-push %p"
+    [ -n "${NO_PGBACKREST:-}" ] || archive="$archive && pgbackrest --config=$BENCH_DIR/pgbackrest-$alg.conf --stanza=bench archive-push %p"
+
     stop_cluster
     rm -rf "$PGDATA" "$BENCH_DIR"/repo-* "$BENCH_DIR/state"
     mkdir -p "$SOCK"
@@ -139,13 +143,14 @@ listen_addresses = ''
 unix_socket_directories = '$SOCK'
 wal_level = replica
 archive_mode = on
-archive_command = '$BIN --config $BENCH_DIR/backup-$alg.toml wal-push %p && pgbackrest --config=$BENCH_DIR/pgbackrest-$alg.conf --stanza=bench archive-push %p${EXTRA_ARCHIVE:+ && $EXTRA_ARCHIVE}'
+archive_command = '$archive${EXTRA_ARCHIVE:+ && $EXTRA_ARCHIVE}'
 max_wal_size = 4GB
 shared_buffers = 256MB
 checkpoint_timeout = 30min
+${EXTRA_CONF:-}
 CONF
     pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$BENCH_DIR/postgres.log" -w start >/dev/null
-    pg pgbackrest --config="$BENCH_DIR/pgbackrest-$alg.conf" --stanza=bench stanza-create
+    [ -n "${NO_PGBACKREST:-}" ] || pg pgbackrest --config="$BENCH_DIR/pgbackrest-$alg.conf" --stanza=bench stanza-create
     echo "   loading pgbench scale $SCALE and the realistic table…" >&2
     pg "$PG_BIN/pgbench" -i -s "$SCALE" -q postgres >/dev/null 2>&1
     local rows=$((SCALE * 30000))
