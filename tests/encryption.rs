@@ -101,8 +101,13 @@ fn nothing_stored_is_plaintext_and_every_restore_works(backend: Backend) {
     let keys = pg_tempdir();
     let key = key_file(&keys, "repo.key");
     // No compression: what would be stored in plaintext holds the marker as it is.
-    let s = Setup::with_config(
+    // wal_log_hints: page LSNs show every change (an incremental backup below).
+    let s = Setup::with(
         backend,
+        common::ClusterOptions {
+            conf: vec!["wal_log_hints = on".into()],
+            ..Default::default()
+        },
         &format!(
             "[compression]\nalgorithm = \"none\"\n\n{}",
             encryption_toml(&key, &[])

@@ -54,6 +54,8 @@ impl Two {
         let config = write("");
         let cluster = Cluster::new(ClusterOptions {
             archive_command: Some(archive_command(&config)),
+            // Page LSNs show every change: incremental backups are taken as asked.
+            conf: vec!["wal_log_hints = on".into()],
             ..Default::default()
         });
         let config = write(&cluster.postgres_toml());

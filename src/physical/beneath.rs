@@ -127,30 +127,6 @@ pub fn update_file(dir: &OwnedFd, name: &str, path: &Path) -> io::Result<File> {
     .map_err(|e| refusal(dir, name, e, path, "write"))
 }
 
-/// Remove `name` from `dir` (relative, `/`-separated, beneath the directory whose
-/// descriptor is `root`): a file or link is unlinked, never followed; a directory is
-/// removed when empty. Nothing there is not an error.
-pub fn remove_beneath(root: &OwnedFd, root_path: &Path, name: &str) -> io::Result<()> {
-    let (parent, file) = name.rsplit_once('/').unwrap_or(("", name));
-    let file = component(file)?;
-    let dir = match open_dir(root, root_path, parent, false) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let path = root_path.join(name);
-    match rustix::fs::unlinkat(&dir, file, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(Errno::ISDIR) | Err(Errno::PERM) => {
-            match rustix::fs::unlinkat(&dir, file, AtFlags::REMOVEDIR) {
-                Ok(()) | Err(Errno::NOENT) => Ok(()),
-                Err(e) => Err(annotate(e.into(), "remove directory", &path)),
-            }
-        }
-        Err(e) => Err(annotate(e.into(), "remove", &path)),
-    }
-}
-
 /// Make symbolic link `name` in `dir` pointing at `target`.
 pub fn symlink(target: &Path, dir: &OwnedFd, name: &str, path: &Path) -> io::Result<()> {
     let name = component(name)?;

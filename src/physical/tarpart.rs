@@ -287,6 +287,11 @@ pub trait Destination: Sync {
     fn skip(&self, _name: &str) -> bool {
         false
     }
+    /// In a restore of a chain of backups, newest first: what newer backups wrote of each
+    /// file (see [`incremental::Claims`]). `None`: each entry is written as it is.
+    fn claims(&self) -> Option<&incremental::Claims> {
+        None
+    }
     /// Whether entries holding the changed blocks of a file (an incremental backup's)
     /// may be applied: only onto the copy of the backup's parent.
     fn applies_deltas(&self) -> bool {
@@ -530,11 +535,41 @@ fn extract_entries(
                         format!("backup entry {name} is a file where a directory must be"),
                     ));
                 }
-                let f = beneath::create_file(dirs.open(root, parent)?, file, &target)?;
-                let mtime = entry.header().mtime().ok();
-                write_file(&mut entry, f, &target, mode, mtime, syncer, &mut buf).map_err(|e| {
-                    io::Error::new(e.kind(), format!("write {}: {e}", target.display()))
-                })?;
+                let claim = dest.claims().map(|c| c.get(&name));
+                match &claim {
+                    // A newer backup of the chain has this file whole.
+                    Some(Some(c)) if c.whole => continue,
+                    // A newer one wrote some blocks: the rest comes from this copy.
+                    Some(Some(c)) => {
+                        let f = beneath::update_file(dirs.open(root, parent)?, file, &target)?;
+                        incremental::fill_claimed(&mut entry, &f, c).map_err(|e| {
+                            io::Error::new(e.kind(), format!("write {}: {e}", target.display()))
+                        })?;
+                        if syncer.is_some() {
+                            f.sync_all().map_err(|e| {
+                                io::Error::new(e.kind(), format!("fsync {}: {e}", target.display()))
+                            })?;
+                        }
+                    }
+                    _ => {
+                        let f = beneath::create_file(dirs.open(root, parent)?, file, &target)?;
+                        let mtime = entry.header().mtime().ok();
+                        write_file(&mut entry, f, &target, mode, mtime, syncer, &mut buf).map_err(
+                            |e| {
+                                io::Error::new(e.kind(), format!("write {}: {e}", target.display()))
+                            },
+                        )?;
+                    }
+                }
+                if let (Some(claims), Some(c)) = (dest.claims(), claim) {
+                    let size = entry.header().size()?;
+                    let mut c = c.unwrap_or_default();
+                    if !c.whole && c.block_size == 0 {
+                        c.size = size;
+                    }
+                    c.whole = true;
+                    claims.put(&name, c);
+                }
                 files += 1;
             }
             tar::EntryType::Symlink => {
@@ -583,13 +618,32 @@ fn extract_entries(
                 }
                 let (parent, file) = rel.rsplit_once('/').unwrap_or(("", rel));
                 let size = entry.header().size()?;
+                let claim = dest.claims().map(|c| c.get(&name));
+                if matches!(&claim, Some(Some(c)) if c.whole) {
+                    continue;
+                }
                 let h = incremental::read_header(&mut entry, &name, size)?;
                 let f = beneath::update_file(dirs.open(root, parent)?, file, &target)?;
-                incremental::apply(&mut entry, &h, &f, &name).map_err(|e| {
+                let first = !matches!(&claim, Some(Some(_)));
+                let wrote = match (dest.claims(), claim) {
+                    (Some(claims), Some(c)) => {
+                        incremental::apply_claimed(&mut entry, &h, &f, &name, c)
+                            .map(|c| claims.put(&name, c))
+                    }
+                    _ => incremental::apply(&mut entry, &h, &f, &name),
+                };
+                wrote.map_err(|e| {
                     io::Error::new(e.kind(), format!("write {}: {e}", target.display()))
                 })?;
-                let mtime = entry.header().mtime().ok();
-                write_file(&mut io::empty(), f, &target, mode, mtime, syncer, &mut buf)?;
+                if first {
+                    // The newest copy of the file: its mode and time.
+                    let mtime = entry.header().mtime().ok();
+                    write_file(&mut io::empty(), f, &target, mode, mtime, syncer, &mut buf)?;
+                } else if syncer.is_some() {
+                    f.sync_all().map_err(|e| {
+                        io::Error::new(e.kind(), format!("fsync {}: {e}", target.display()))
+                    })?;
+                }
                 files += 1;
             }
             // Hard links, devices, FIFOs: never part of a backup; nothing is made.

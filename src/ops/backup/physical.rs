@@ -119,6 +119,38 @@ pub async fn run(
         Some(choice) => choose_parent(cfg, &repo, &info, choice).await?,
         None => None,
     };
+    // Page LSNs show every change only when hint-bit-only changes are WAL-logged: without
+    // that, VACUUM sets a heap page's all-visible flag without moving its LSN, and a
+    // restore would pair an old heap page with a visibility map that says all-visible,
+    // which later inserts would not clear (see docs/incremental.md).
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_log_hints') = 'on' OR current_setting('data_checksums') = 'on', \
+                    coalesce(current_setting('summarize_wal', true), 'off') = 'on'",
+            &[],
+        )
+        .await
+        .context("read wal_log_hints, data_checksums and summarize_wal")?;
+    let (page_lsn_safe, summarizing): (bool, bool) = (row.get(0), row.get(1));
+    let summaries_expected = summarizing && info.major() >= crate::pg::walsummary::FIRST_MAJOR;
+    let parent = match parent {
+        Some(_) if !page_lsn_safe && !summaries_expected => {
+            let fix = if info.major() >= crate::pg::walsummary::FIRST_MAJOR {
+                "set summarize_wal = on (a reload), or wal_log_hints = on (a restart)"
+            } else {
+                "set wal_log_hints = on (a restart; data checksums do it too)"
+            };
+            if matches!(incremental, Some(ParentChoice::Id(_))) {
+                return Err(crate::user_error!(
+                    "an incremental backup needs changes the page LSNs do not show on this server \
+                     (wal_log_hints and data checksums are off, no WAL summaries): {fix}"
+                ));
+            }
+            tracing::warn!("wal_log_hints and data checksums are off and there are no WAL summaries: page LSNs do not show every change (VACUUM's all-visible flags), so the backup is taken full; for incremental backups {fix}");
+            None
+        }
+        other => other,
+    };
     let block_size: u32 = client
         .query_one("SELECT current_setting('block_size')::int4", &[])
         .await
@@ -175,6 +207,13 @@ pub async fn run(
             }
             None => None,
         };
+        if parent.is_some() && summary.is_none() && !page_lsn_safe {
+            anyhow::bail!(
+                "the WAL summaries do not cover the range since the parent, and page LSNs do not \
+                 show every change with wal_log_hints and data checksums off: take a full backup \
+                 (--kind physical), or set wal_log_hints = on"
+            );
+        }
         let since = parent.as_ref().map(|p| DeltaBase {
             summary,
             since: p.physical.as_ref().expect("physical").start_lsn,

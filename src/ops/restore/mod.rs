@@ -437,10 +437,11 @@ fn parse_tablespace_map(args: &[String]) -> anyhow::Result<HashMap<String, PathB
         .collect()
 }
 
-/// Restore incremental backup `m`: its full backup, then each incremental backup of its
-/// chain in order, each removing what its parent had and it has not, then writing its
-/// files whole and its changed blocks in place (so the newest version of each block
-/// wins). Every object's checksum is checked as it is read.
+/// Restore incremental backup `m` in one pass over its chain, newest backup first: each
+/// file is written by the newest backup that has it (a whole copy, or its changed blocks
+/// with the blocks only older backups have filled in from them), every block once, and
+/// nothing the newest backup's file list does not have (dropped tables and databases,
+/// removed files) is written at all. Every object's checksum is checked as it is read.
 async fn extract_chain(
     cfg: &Config,
     repo: &Arc<dyn Repository>,
@@ -456,90 +457,48 @@ async fn extract_chain(
     tracing::info!(
         backup = %m.id,
         chain = %chain.iter().map(|b| b.id.as_str()).collect::<Vec<_>>().join(" → "),
-        "restoring an incremental backup: its full backup, then each incremental one"
+        "restoring an incremental backup with its chain, newest first"
     );
-    // The lists come from the repository: a name must be a plain relative path.
-    let listed = |b: &Manifest| -> anyhow::Result<Vec<String>> {
-        let Some(list) = b.physical.as_ref().and_then(|p| p.file_list.as_ref()) else {
-            anyhow::bail!("backup {} of the chain has no file list", b.id);
-        };
-        list.keys()
-            .map(|name| {
-                let plain = !name.is_empty()
-                    && name
-                        .split('/')
-                        .all(|c| !c.is_empty() && c != "." && c != "..");
-                if plain {
-                    Ok(name.clone())
-                } else {
-                    Err(crate::user_error!(
-                        "the manifest of backup {} lists {:?}, which is not a relative path in a data directory; the manifest is damaged",
-                        b.id,
-                        name
-                    ))
-                }
-            })
-            .collect()
+    // The list comes from the repository: a name must be a plain relative path.
+    let Some(list) = m.physical.as_ref().and_then(|p| p.file_list.as_ref()) else {
+        anyhow::bail!("backup {} has no file list", m.id);
     };
-    let mut previous: Option<Vec<String>> = None;
-    for (i, b) in chain.iter().enumerate() {
-        let names = listed(b)?;
-        if let Some(prev) = &previous {
-            // What the parent had and this backup has not: dropped relations, databases,
-            // files PostgreSQL removed. Children before their directories.
-            let now: std::collections::HashSet<&String> = names.iter().collect();
-            let mut gone: Vec<String> = prev.iter().filter(|n| !now.contains(n)).cloned().collect();
-            gone.sort_by(|a, b| b.cmp(a));
-            let (root, ts) = (pgdata.to_path_buf(), tablespaces.clone());
-            let removed = gone.len();
-            tokio::task::spawn_blocking(move || remove_gone(&root, &ts, &gone)).await??;
-            tracing::debug!(backup = %b.id, removed, "removed what the parent had and this backup has not");
+    for name in list.keys() {
+        let plain = !name.is_empty()
+            && name
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        if !plain {
+            return Err(crate::user_error!(
+                "the manifest of backup {} lists {name:?}, which is not a relative path in a data directory; the manifest is damaged",
+                m.id
+            ));
         }
-        extract_all(cfg, repo, b, pgdata, tablespaces, durable, Some(i > 0)).await?;
-        previous = Some(names);
+    }
+    let link = Arc::new(ChainLink {
+        keep: list.keys().cloned().collect(),
+        claims: Default::default(),
+    });
+    for b in chain.iter().rev() {
+        extract_all(
+            cfg,
+            repo,
+            b,
+            pgdata,
+            tablespaces,
+            durable,
+            Some(link.clone()),
+        )
+        .await?;
     }
     Ok(())
 }
 
-/// Remove each of `gone` (backup names, children first) from the restore.
-fn remove_gone(
-    pgdata: &Path,
-    tablespaces: &HashMap<u32, PathBuf>,
-    gone: &[String],
-) -> anyhow::Result<()> {
-    let dest = RestoreDest {
-        pgdata: pgdata.to_path_buf(),
-        tablespaces: tablespaces.clone(),
-        durable: false,
-        deltas: true,
-        chain: true,
-    };
-    let mut roots: HashMap<PathBuf, std::os::fd::OwnedFd> = HashMap::new();
-    for name in gone {
-        if dest.skip(name) {
-            continue;
-        }
-        let (root, rel) = dest.place(name);
-        // A tablespace's own directory: its link in pg_tblspc is what goes.
-        let (root, rel) = if rel.is_empty() {
-            (pgdata, name.as_str())
-        } else {
-            (root, rel)
-        };
-        if !roots.contains_key(root) {
-            match beneath::open_root(root) {
-                Ok(fd) => {
-                    roots.insert(root.to_path_buf(), fd);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        beneath::remove_beneath(&roots[root], root, rel).with_context(|| {
-            format!("remove {name}, which the incremental backup no longer has")
-        })?;
-    }
-    Ok(())
+/// What the links of a chain share while it is restored newest first.
+struct ChainLink {
+    /// The names the restored backup has: nothing else is written.
+    keep: std::collections::HashSet<String>,
+    claims: crate::physical::incremental::Claims,
 }
 
 /// Maps backup entries to the restore directory and tablespace destinations.
@@ -547,10 +506,10 @@ struct RestoreDest {
     pgdata: PathBuf,
     tablespaces: HashMap<u32, PathBuf>,
     durable: bool,
-    /// Applying an incremental backup onto its parent's copy.
+    /// Applying an incremental backup of a chain.
     deltas: bool,
-    /// Restoring a chain: a tablespace the restored backup has not is skipped.
-    chain: bool,
+    /// Restoring a chain, newest first.
+    chain: Option<Arc<ChainLink>>,
 }
 
 impl Destination for RestoreDest {
@@ -560,15 +519,13 @@ impl Destination for RestoreDest {
     fn applies_deltas(&self) -> bool {
         self.deltas
     }
+    fn claims(&self) -> Option<&crate::physical::incremental::Claims> {
+        self.chain.as_ref().map(|c| &c.claims)
+    }
     fn skip(&self, name: &str) -> bool {
-        // A tablespace an older backup of a chain had and the restored one has not: it is
-        // removed again, and has nowhere to go meanwhile.
-        self.chain
-            && name
-                .strip_prefix("pg_tblspc/")
-                .map(|rest| rest.split_once('/').map_or(rest, |(oid, _)| oid))
-                .and_then(|oid| oid.parse::<u32>().ok())
-                .is_some_and(|oid| !self.tablespaces.contains_key(&oid))
+        // In a chain, what the restored backup does not have (a dropped table, database
+        // or tablespace) is not written.
+        self.chain.as_ref().is_some_and(|c| !c.keep.contains(name))
     }
     fn root(&self) -> &Path {
         &self.pgdata
@@ -597,8 +554,8 @@ async fn extract_all(
     pgdata: &Path,
     tablespaces: &HashMap<u32, PathBuf>,
     durable: bool,
-    // Part of a chain: `Some(true)` for an incremental backup applied onto its parent's.
-    chain: Option<bool>,
+    // Part of a chain restored newest first.
+    chain: Option<Arc<ChainLink>>,
 ) -> anyhow::Result<()> {
     let workers = cfg
         .restore
@@ -609,8 +566,8 @@ async fn extract_all(
         pgdata: pgdata.to_path_buf(),
         tablespaces: tablespaces.clone(),
         durable,
-        deltas: chain == Some(true),
-        chain: chain.is_some(),
+        deltas: m.incremental().is_some(),
+        chain,
     });
     let stop = transfer::StopFlag::default();
     let mut pending = m.objects.iter();
@@ -906,9 +863,15 @@ mod tests {
             tablespaces: [(17000u32, PathBuf::from("/new/ts"))].into_iter().collect(),
             durable: true,
             deltas: false,
-            chain: true,
+            chain: Some(Arc::new(ChainLink {
+                keep: ["pg_tblspc", "pg_tblspc/17000/PG_15_202209061/5/16384"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                claims: Default::default(),
+            })),
         };
-        // In a chain, a tablespace the restored backup has not is skipped.
+        // In a chain, what the restored backup has not (a dropped tablespace) is skipped.
         assert!(d.skip("pg_tblspc/17001/PG_15_202209061/5/16384"));
         assert!(d.skip("pg_tblspc/17001"));
         assert!(!d.skip("pg_tblspc/17000/PG_15_202209061/5/16384"));
