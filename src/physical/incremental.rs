@@ -109,19 +109,42 @@ pub fn apply_claimed(
 
 /// Write a whole copy of a file from an older backup of a chain into a file newer
 /// backups wrote blocks of (`claim`): only the blocks they did not write, and nothing
-/// beyond the size they set.
-pub fn fill_claimed(r: &mut dyn Read, file: &File, claim: &Claim) -> io::Result<()> {
-    let bs = u64::from(claim.block_size.max(1));
-    let mut page = vec![0u8; bs as usize];
+/// beyond the size they set. Runs of such blocks are written together, `buf` at a time;
+/// `written(bytes)` is called after each write (a durable restore syncs as it goes).
+pub fn fill_claimed(
+    r: &mut dyn Read,
+    file: &File,
+    claim: &Claim,
+    buf: &mut [u8],
+    written: &mut dyn FnMut(u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let bs = u64::from(claim.block_size.max(1)) as usize;
+    let chunk = (buf.len() / bs).max(1) * bs;
     let mut at = 0u64;
     loop {
-        let n = crate::transfer::read_full(r, &mut page)?;
+        let n = crate::transfer::read_full(r, &mut buf[..chunk])?;
         if n == 0 {
             return Ok(());
         }
-        if at < claim.size && !claim.has(at / bs) {
-            let len = (n as u64).min(claim.size - at) as usize;
-            file.write_all_at(&page[..len], at)?;
+        // The runs of blocks of this chunk that no newer backup wrote.
+        let mut i = 0;
+        while i < n {
+            let pos = at + i as u64;
+            if pos >= claim.size {
+                break;
+            }
+            if claim.has(pos / bs as u64) {
+                i += bs;
+                continue;
+            }
+            let mut j = i;
+            while j < n && at + (j as u64) < claim.size && !claim.has((at + j as u64) / bs as u64) {
+                j += bs;
+            }
+            let end = j.min(n).min((claim.size - at) as usize);
+            file.write_all_at(&buf[i..end], pos)?;
+            written((end - i) as u64)?;
+            i = j;
         }
         at += n as u64;
     }
@@ -630,7 +653,15 @@ mod tests {
             let h = read_header(&mut r, "f", d.len() as u64).unwrap();
             claim = Some(apply_claimed(&mut r, &h, &newest_first, "f", claim).unwrap());
         }
-        fill_claimed(&mut &full[..], &newest_first, claim.as_ref().unwrap()).unwrap();
+        let mut buf = vec![0u8; 3 * 8192];
+        fill_claimed(
+            &mut &full[..],
+            &newest_first,
+            claim.as_ref().unwrap(),
+            &mut buf,
+            &mut |_| Ok(()),
+        )
+        .unwrap();
 
         let read = |f: &File| {
             let mut out = vec![];

@@ -542,14 +542,32 @@ fn extract_entries(
                     // A newer one wrote some blocks: the rest comes from this copy.
                     Some(Some(c)) => {
                         let f = beneath::update_file(dirs.open(root, parent)?, file, &target)?;
-                        incremental::fill_claimed(&mut entry, &f, c).map_err(|e| {
+                        // Synced as it goes on the syncing thread, as a whole file is.
+                        let (mut total, mut flushed) = (0u64, 0u64);
+                        let sync = |range: Option<(u64, u64)>, f: &File| -> io::Result<()> {
+                            if let Some(tx) = syncer {
+                                let job = SyncJob {
+                                    file: f.try_clone()?,
+                                    path: target.clone(),
+                                    range,
+                                };
+                                tx.send(job)
+                                    .map_err(|_| io::Error::other("the fsync thread stopped"))?;
+                            }
+                            Ok(())
+                        };
+                        incremental::fill_claimed(&mut entry, &f, c, &mut buf, &mut |n| {
+                            total += n;
+                            if syncer.is_some() && total - flushed >= SYNC_EVERY {
+                                sync(Some((0, 0)), &f)?;
+                                flushed = total;
+                            }
+                            Ok(())
+                        })
+                        .map_err(|e| {
                             io::Error::new(e.kind(), format!("write {}: {e}", target.display()))
                         })?;
-                        if syncer.is_some() {
-                            f.sync_all().map_err(|e| {
-                                io::Error::new(e.kind(), format!("fsync {}: {e}", target.display()))
-                            })?;
-                        }
+                        sync(None, &f)?;
                     }
                     _ => {
                         let f = beneath::create_file(dirs.open(root, parent)?, file, &target)?;
