@@ -31,6 +31,8 @@ make_cluster zst
 # measured change. Autovacuum stays on.
 psql_ -c "VACUUM (ANALYZE)"
 psql_ -c "CHECKPOINT" >/dev/null
+# ... and its WAL archived, so that the first full backup does not wait for a backlog.
+wait_archived "$(psql_ -c "SELECT pg_walfile_name(pg_switch_wal())")"
 B=("$BIN" --config "$BENCH_DIR/backup-zst.toml")
 P=(pgbackrest --config="$BENCH_DIR/pgbackrest-zst.conf" --stanza=bench)
 newest() { pg "${B[@]}" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["backups"][-1]["id"])'; }
